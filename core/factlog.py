@@ -1,0 +1,255 @@
+"""The facts directory: an append-only log of signed envelopes, its checkpoints and its view.
+
+Layout (everything in it is meant to be committed to git)::
+
+    FACTS/
+      log.jsonl                 one entry per line: {"index": N, "envelope": <DSSE JSON>}
+      checkpoints/<size>.note   C2SP signed notes over the RFC 6962 root at that size
+      coordination.yaml         the rivet view, one artifact per fact
+      rivet.yaml, schemas/      so that `rivet validate` can read the view
+
+Leaf ``N`` of the Merkle tree is ``SHA-256(0x00 || line N)`` (the line without its
+newline). Appending writes one line to the log and one block to the view; nothing is
+ever rewritten, and the tree's right edge is kept in memory so a checkpoint costs
+O(log n). One process at a time may write a facts directory (an exclusive lock).
+
+Durability: :meth:`FactLog.sync` fsyncs what was appended; :meth:`FactLog.checkpoint`
+syncs, then writes the signed note atomically. A crash can leave at most an unsynced,
+incomplete last line, which :meth:`FactLog.open` trims: it was never acknowledged.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final, Self
+
+from agora.core.checkpoint import Checkpoint
+from agora.core.envelope import Fact, decode_fact, parse_json
+from agora.core.errors import ConfigError, InternalError, MalformedEnvelope
+from agora.core.keys import SigningKey
+from agora.core.merkle import Frontier, leaf_hash
+from agora.core.rivet import VIEW_HEADER, artifact
+from agora.core.rivet_project import write_rivet_project
+
+LOG_FILE: Final = "log.jsonl"
+VIEW_FILE: Final = "coordination.yaml"
+CHECKPOINT_DIR: Final = "checkpoints"
+LOCK_FILE: Final = ".lock"
+CHECKPOINT_SUFFIX: Final = ".note"
+DEFAULT_ORIGIN: Final = "agora/facts"
+
+
+def checkpoint_name(size: int) -> str:
+    return f"{size:016d}{CHECKPOINT_SUFFIX}"
+
+
+def entry_line(index: int, envelope: bytes) -> bytes:
+    """The log line for ``envelope`` at ``index`` (without the newline)."""
+    return b'{"index":%d,"envelope":%b}' % (index, envelope)
+
+
+def log_lines(data: bytes) -> Iterator[bytes]:
+    """The complete lines of a log file's bytes."""
+    start = 0
+    while True:
+        end = data.find(b"\n", start)
+        if end < 0:
+            return
+        yield data[start:end]
+        start = end + 1
+
+
+def envelope_of(line: bytes, index: int) -> object:
+    """The parsed DSSE envelope in a log line, checking the line's own index."""
+    entry = parse_json(line, what=f"entry {index}")
+    if not isinstance(entry, dict) or entry.keys() != {"index", "envelope"}:
+        raise MalformedEnvelope(f"entry {index} must be an object with index and envelope")
+    if entry["index"] != index or type(entry["index"]) is not int:
+        raise MalformedEnvelope(
+            f"entry {index} says index {entry['index']!r}: indices must run 0, 1, 2, ... "
+            "with none missing or moved"
+        )
+    return entry["envelope"]
+
+
+class FactLog:
+    """The writer of one facts directory. Use :meth:`open`, and close it when done."""
+
+    def __init__(
+        self, directory: Path, *, origin: str, signer: SigningKey, lock_fd: int
+    ) -> None:
+        self.directory = directory
+        self.origin = origin
+        self._signer = signer
+        self._lock_fd = lock_fd
+        self._frontier = Frontier()
+        self._log = (directory / LOG_FILE).open("ab")
+        self._view = (directory / VIEW_FILE).open("ab")
+        self._last_checkpoint_size = -1
+
+    @classmethod
+    def open(
+        cls, directory: Path, *, signer: SigningKey, origin: str = DEFAULT_ORIGIN
+    ) -> FactLog:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CHECKPOINT_DIR).mkdir(exist_ok=True)
+        write_rivet_project(directory)
+        ignore = directory / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text(f"{LOCK_FILE}\n*.tmp\n", encoding="utf-8")
+        lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(lock_fd)
+            raise ConfigError(
+                f"facts directory {directory} is being written by another process"
+            ) from exc
+        log_path = directory / LOG_FILE
+        _trim_incomplete_line(log_path)
+        view_is_current = _view_is_current(directory / VIEW_FILE, log_path)
+        log = cls(directory, origin=origin, signer=signer, lock_fd=lock_fd)
+        for line in log_lines(log_path.read_bytes()):
+            log._frontier.append(leaf_hash(line))
+        if not view_is_current:
+            log._rebuild_view()
+        log._last_checkpoint_size = _latest_checkpoint_size(directory)
+        return log
+
+    # -- appending --------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._frontier.size
+
+    def root(self) -> bytes:
+        return self._frontier.root()
+
+    def append(self, envelope: bytes, fact: Fact) -> int:
+        """Append a signed envelope carrying ``fact``; return its index.
+
+        The caller has verified the envelope (the host and bridge verify everything
+        they receive); ``agora verify`` checks it again, offline.
+        """
+        if b"\n" in envelope:
+            raise InternalError("an envelope in the log must be one line of JSON")
+        index = self._frontier.size
+        line = entry_line(index, envelope)
+        leaf = leaf_hash(line)
+        self._log.write(line + b"\n")
+        self._view.write(artifact(index, leaf.hex(), fact).encode())
+        self._frontier.append(leaf)
+        return index
+
+    def sync(self) -> None:
+        """Make every append so far durable."""
+        for file in (self._log, self._view):
+            file.flush()
+            os.fsync(file.fileno())
+
+    def checkpoint(self) -> Checkpoint:
+        """Sync, then sign and write a checkpoint over the whole log (if it grew)."""
+        checkpoint = Checkpoint(origin=self.origin, size=self.size, root=self.root())
+        if checkpoint.size == self._last_checkpoint_size:
+            return checkpoint
+        self.sync()
+        path = self.directory / CHECKPOINT_DIR / checkpoint_name(checkpoint.size)
+        _write_atomically(path, checkpoint.sign(self._signer))
+        self._last_checkpoint_size = checkpoint.size
+        return checkpoint
+
+    def close(self) -> None:
+        try:
+            self.checkpoint()
+        finally:
+            self._log.close()
+            self._view.close()
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- recovery ---------------------------------------------------------------------
+
+    def _rebuild_view(self) -> None:
+        """Write the view again from the log (after a crash between the two writes)."""
+        self._view.close()
+        path = self.directory / VIEW_FILE
+        temporary = path.with_name(path.name + ".tmp")
+        with temporary.open("wb") as view:
+            view.write(VIEW_HEADER.encode())
+            for index, line in enumerate(log_lines((self.directory / LOG_FILE).read_bytes())):
+                fact = _fact_in(line, index)
+                view.write(artifact(index, leaf_hash(line).hex(), fact).encode())
+            view.flush()
+            os.fsync(view.fileno())
+        temporary.replace(path)
+        self._view = path.open("ab")
+
+
+def _fact_in(line: bytes, index: int) -> Fact:
+    """The fact in a log line, without checking its signature (the writer's own line)."""
+    envelope = envelope_of(line, index)
+    if not isinstance(envelope, dict):
+        raise MalformedEnvelope(f"entry {index} holds no envelope object")
+    return decode_fact(envelope["payloadType"], base64.b64decode(envelope["payload"]))
+
+
+def _trim_incomplete_line(path: Path) -> None:
+    """Cut an incomplete last line left by a crash: it was never synced or acknowledged."""
+    if not path.exists():
+        path.touch()
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with path.open("r+b") as file:
+            file.truncate(end)
+            os.fsync(file.fileno())
+
+
+def _view_is_current(view_path: Path, log_path: Path) -> bool:
+    """Whether the view ends with the artifact of the log's last entry (reads both tails)."""
+    if not view_path.exists():
+        return False
+    data = log_path.read_bytes()
+    if data:
+        start = data.rfind(b"\n", 0, len(data) - 1) + 1
+        line = data[start:-1]
+        index = data.count(b"\n") - 1
+        expected = artifact(index, leaf_hash(line).hex(), _fact_in(line, index)).encode()
+    else:
+        expected = VIEW_HEADER.encode()
+    with view_path.open("rb") as file:
+        file.seek(0, os.SEEK_END)
+        length = file.tell()
+        if length < len(expected):
+            return False
+        file.seek(length - len(expected))
+        return file.read() == expected and (bool(data) or length == len(expected))
+
+
+def _latest_checkpoint_size(directory: Path) -> int:
+    names = sorted((directory / CHECKPOINT_DIR).glob(f"*{CHECKPOINT_SUFFIX}"))
+    return int(names[-1].name.removesuffix(CHECKPOINT_SUFFIX)) if names else -1
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    temporary.replace(path)
+    directory_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)

@@ -1,0 +1,289 @@
+"""Named Ed25519 identities: private key files and the public key registry.
+
+Every agent, the host, the bridge and each human operator has one named key. The
+registry (a YAML file that is safe to commit) maps each name to its public key, its role
+and the channels it is granted, much like an A2A agent card. Private keys are PKCS#8 PEM
+files created with mode 0600; they are never printed or logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import stat
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agora.core.acts import check_channel, check_name
+from agora.core.errors import ConfigError, UnknownKey, shown
+
+ALL_CHANNELS: Final = "*"
+PRIVATE_KEY_MODE: Final = 0o600
+PUBLIC_KEY_BYTES: Final = 32
+
+
+class Role(StrEnum):
+    """What an identity is allowed to sign."""
+
+    AGENT = "agent"  # speech acts on its granted channels
+    HOST = "host"  # events and checkpoints; acts for nobody but itself
+    BRIDGE = "bridge"  # acts injected from GitHub, and events
+    OPERATOR = "operator"  # a person at the command line
+
+
+def key_id(public_key: bytes) -> str:
+    """The DSSE ``keyid`` of a raw public key: its SHA-256, in hex. A hint, never trusted."""
+    return hashlib.sha256(public_key).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A name bound to a public key, a role and the channels it may speak on."""
+
+    name: str
+    role: Role
+    public_key: bytes
+    channels: frozenset[str]
+
+    @property
+    def keyid(self) -> str:
+        return key_id(self.public_key)
+
+    def may_use(self, channel: str) -> bool:
+        return channel in self.channels or ALL_CHANNELS in self.channels
+
+
+class KeyRegistry:
+    """Names to identities, and key ids to names. Immutable once built."""
+
+    def __init__(self, identities: Iterable[Identity]) -> None:
+        self._by_name: dict[str, Identity] = {}
+        self._by_keyid: dict[str, Identity] = {}
+        self._verifiers: dict[str, Ed25519PublicKey] = {}
+        for identity in identities:
+            if identity.name in self._by_name:
+                raise ConfigError(f"identity {identity.name!r} is registered twice")
+            if identity.keyid in self._by_keyid:
+                raise ConfigError(
+                    f"identities {self._by_keyid[identity.keyid].name!r} and "
+                    f"{identity.name!r} share one public key: each name needs its own key"
+                )
+            self._by_name[identity.name] = identity
+            self._by_keyid[identity.keyid] = identity
+            self._verifiers[identity.keyid] = Ed25519PublicKey.from_public_bytes(
+                identity.public_key
+            )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[Identity]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def get(self, name: str) -> Identity:
+        identity = self._by_name.get(name)
+        if identity is None:
+            raise UnknownKey(
+                f"identity {shown(name)} is not in the key registry: "
+                f"known names are {', '.join(self.names) or 'none'}"
+            )
+        return identity
+
+    def by_keyid(self, keyid: str) -> tuple[Identity, Ed25519PublicKey] | None:
+        identity = self._by_keyid.get(keyid)
+        if identity is None:
+            return None
+        return identity, self._verifiers[keyid]
+
+    def with_identity(self, identity: Identity) -> KeyRegistry:
+        """A new registry with ``identity`` added, or replaced if the name exists."""
+        others = [i for i in self._by_name.values() if i.name != identity.name]
+        return KeyRegistry([*others, identity])
+
+    # -- files ------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path) -> KeyRegistry:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"key registry {path} does not exist: create it with `agora keys new NAME`"
+            ) from exc
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"key registry {path} is not valid YAML: {exc}") from exc
+        return cls.from_document(document, source=str(path))
+
+    @classmethod
+    def from_document(cls, document: object, *, source: str = "key registry") -> KeyRegistry:
+        if document is None:
+            return cls([])
+        if not isinstance(document, Mapping) or set(document) != {"identities"}:
+            raise ConfigError(f"{source}: expected one top-level key 'identities'")
+        entries = document["identities"] or {}
+        if not isinstance(entries, Mapping):
+            raise ConfigError(f"{source}: 'identities' must map names to identities")
+        return cls(_identity_from(name, entry, source) for name, entry in entries.items())
+
+    def to_document(self) -> dict[str, object]:
+        return {
+            "identities": {
+                identity.name: {
+                    "role": identity.role.value,
+                    "public_key": base64.b64encode(identity.public_key).decode(),
+                    "channels": sorted(identity.channels),
+                }
+                for identity in sorted(self._by_name.values(), key=lambda i: i.name)
+            }
+        }
+
+    def save(self, path: Path) -> None:
+        header = "# agora key registry: who may sign, and on which channels. Safe to commit.\n"
+        text = header + yaml.safe_dump(self.to_document(), sort_keys=False)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+
+
+def _identity_from(name: object, entry: object, source: str) -> Identity:
+    where = f"{source}: identities.{name}"
+    try:
+        check_name(name, field="identity name")
+    except Exception as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    assert isinstance(name, str)
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with role, public_key, channels")
+    unexpected = set(entry) - {"role", "public_key", "channels"}
+    if unexpected:
+        raise ConfigError(f"{where}: unexpected keys {sorted(map(str, unexpected))}")
+    try:
+        role = Role(entry.get("role"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}.role is {shown(entry.get('role'))}: expected one of "
+            f"{', '.join(r.value for r in Role)}"
+        ) from exc
+    public_key = _decode_public_key(entry.get("public_key"), f"{where}.public_key")
+    channels_value = entry.get("channels", [])
+    if not isinstance(channels_value, list):
+        raise ConfigError(f"{where}.channels must be a list of channel names")
+    channels: set[str] = set()
+    for channel in channels_value:
+        if channel == ALL_CHANNELS and role is not Role.AGENT:
+            channels.add(ALL_CHANNELS)
+            continue
+        try:
+            channels.add(check_channel(channel))
+        except Exception as exc:
+            raise ConfigError(f"{where}.channels: {exc}") from exc
+    return Identity(name=name, role=role, public_key=public_key, channels=frozenset(channels))
+
+
+def _decode_public_key(value: object, where: str) -> bytes:
+    try:
+        raw = base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigError(f"{where} is not base64: {exc}") from exc
+    if not isinstance(value, str) or len(raw) != PUBLIC_KEY_BYTES:
+        raise ConfigError(f"{where} must be {PUBLIC_KEY_BYTES} raw Ed25519 bytes in base64")
+    return raw
+
+
+# -- private keys ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A named private key. Its ``repr`` never shows the key."""
+
+    name: str
+    private_key: Ed25519PrivateKey
+
+    def __repr__(self) -> str:
+        return f"SigningKey(name={self.name!r}, keyid={self.keyid[:16]}...)"
+
+    @property
+    def public_key(self) -> bytes:
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    @property
+    def keyid(self) -> str:
+        return key_id(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.private_key.sign(message)
+
+    def identity(self, role: Role, channels: Iterable[str] = ()) -> Identity:
+        return Identity(self.name, role, self.public_key, frozenset(channels))
+
+    @classmethod
+    def generate(cls, name: str) -> SigningKey:
+        return cls(check_name(name, field="key name"), Ed25519PrivateKey.generate())
+
+
+def private_key_path(keys_dir: Path, name: str) -> Path:
+    return keys_dir / f"{check_name(name, field='key name')}.key"
+
+
+def write_private_key(key: SigningKey, keys_dir: Path) -> Path:
+    """Write ``key`` to ``keys_dir/NAME.key`` with mode 0600, refusing to overwrite."""
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = private_key_path(keys_dir, key.name)
+    pem = key.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_KEY_MODE)
+    except FileExistsError as exc:
+        raise ConfigError(
+            f"private key {path} already exists: choose another name or remove it first"
+        ) from exc
+    with os.fdopen(fd, "wb") as file:
+        file.write(pem)
+    return path
+
+
+def read_private_key(keys_dir: Path, name: str) -> SigningKey:
+    """Load ``keys_dir/NAME.key``, refusing a file that others can read."""
+    path = private_key_path(keys_dir, name)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as exc:
+        raise UnknownKey(
+            f"private key {path} does not exist: create it with `agora keys new {name}`"
+        ) from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"private key {path} has mode {stat.S_IMODE(mode):04o}: it must be readable by "
+            f"its owner only (chmod 600 {path})"
+        )
+    try:
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except ValueError as exc:
+        raise ConfigError(f"private key {path} is not a PKCS#8 PEM key") from exc
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ConfigError(f"private key {path} is not an Ed25519 key")
+    return SigningKey(name, loaded)

@@ -1,0 +1,158 @@
+"""DSSE envelopes signed with Ed25519.
+
+An envelope is ``{"payload": b64, "payloadType": t, "signatures": [{"keyid", "sig"}]}``
+and the signature covers ``PAE(t, payload) = "DSSEv1" SP len(t) SP t SP len(body) SP body``.
+Verification works on the exact bytes received: the payload is decoded from base64 and
+checked as it is, never re-serialised first. ``keyid`` only says which registered key to
+try; the identity of a signer is the key whose signature verified.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.exceptions import InvalidSignature
+
+from agora.core.envelope import Act, Fact, check_payload, decode_fact, payload_type_of
+from agora.core.errors import (
+    MalformedEnvelope,
+    PayloadTooLarge,
+    SignatureError,
+    UnknownKey,
+    shown,
+)
+from agora.core.keys import Identity, KeyRegistry, SigningKey
+
+MAX_ENVELOPE_BYTES: Final = 128 * 1024
+ED25519_SIGNATURE_BYTES: Final = 64
+_ENVELOPE_KEYS: Final = frozenset({"payload", "payloadType", "signatures"})
+_SIGNATURE_KEYS: Final = frozenset({"keyid", "sig"})
+
+
+def pae(payload_type: str, body: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: the bytes a signature covers."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %b %d %b" % (len(kind), kind, len(body), body)
+
+
+def sign_body(body: bytes, payload_type: str, key: SigningKey) -> bytes:
+    """A compact DSSE envelope (JSON bytes) over ``body``, signed by ``key``."""
+    signature = key.sign(pae(payload_type, body))
+    envelope = {
+        "payload": base64.b64encode(body).decode(),
+        "payloadType": payload_type,
+        "signatures": [{"keyid": key.keyid, "sig": base64.b64encode(signature).decode()}],
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def sign_fact(fact: Fact, key: SigningKey) -> bytes:
+    return sign_body(fact.encode(), payload_type_of(fact), key)
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """An envelope whose signature verified: what it says, and who said it."""
+
+    fact: Fact
+    signer: Identity
+    payload_type: str
+    body: bytes
+
+
+def verify_envelope(data: bytes, registry: KeyRegistry) -> Verified:
+    """Check one envelope's signature against the registry and decode its fact.
+
+    Raises :class:`MalformedEnvelope`, :class:`PayloadTooLarge`, :class:`UnknownKey` or
+    :class:`SignatureError`. An act's ``sender`` must be the identity that signed it.
+    """
+    if len(data) > MAX_ENVELOPE_BYTES:
+        raise PayloadTooLarge(
+            f"envelope is {len(data)} bytes: the limit is {MAX_ENVELOPE_BYTES} bytes"
+        )
+    try:
+        envelope = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedEnvelope(f"envelope is not valid UTF-8 JSON: {exc}") from exc
+    return verify_parsed(envelope, registry)
+
+
+def verify_parsed(envelope: object, registry: KeyRegistry) -> Verified:
+    """:func:`verify_envelope` for an envelope already parsed from JSON."""
+    payload_type, body, keyid, signature = _unpack(envelope)
+    found = registry.by_keyid(keyid)
+    if found is None:
+        raise UnknownKey(f"envelope is signed with key id {shown(keyid)}, which no identity holds")
+    signer, public_key = found
+    try:
+        public_key.verify(signature, pae(payload_type, body))
+    except InvalidSignature as exc:
+        raise SignatureError(
+            f"signature by {signer.name!r} does not verify over this envelope's payload"
+        ) from exc
+    fact = decode_fact(payload_type, body)
+    if isinstance(fact, Act) and fact.sender != signer.name:
+        raise SignatureError(
+            f"act sender {fact.sender!r} is not its signer {signer.name!r}: "
+            "a sender can only sign for itself"
+        )
+    return Verified(fact=fact, signer=signer, payload_type=payload_type, body=body)
+
+
+def _unpack(envelope: object) -> tuple[str, bytes, str, bytes]:
+    if not isinstance(envelope, dict) or envelope.keys() != _ENVELOPE_KEYS:
+        raise MalformedEnvelope(
+            "envelope must be a JSON object with exactly payload, payloadType and signatures"
+        )
+    payload_type = envelope["payloadType"]
+    if not isinstance(payload_type, str):
+        raise MalformedEnvelope(f"payloadType must be a string, got {shown(payload_type)}")
+    signatures = envelope["signatures"]
+    if not isinstance(signatures, list) or len(signatures) != 1:
+        raise MalformedEnvelope("signatures must be a list of exactly one signature")
+    entry = signatures[0]
+    if not isinstance(entry, dict) or entry.keys() != _SIGNATURE_KEYS:
+        raise MalformedEnvelope("a signature must be an object with exactly keyid and sig")
+    keyid = entry["keyid"]
+    if not isinstance(keyid, str):
+        raise MalformedEnvelope(f"keyid must be a string, got {shown(keyid)}")
+    body = _b64(envelope["payload"], "payload")
+    check_payload_size(body)
+    signature = _b64(entry["sig"], "sig")
+    if len(signature) != ED25519_SIGNATURE_BYTES:
+        raise SignatureError(
+            f"sig is {len(signature)} bytes: an Ed25519 signature is {ED25519_SIGNATURE_BYTES}"
+        )
+    return payload_type, body, keyid, signature
+
+
+def check_payload_size(body: bytes) -> None:
+    if len(body) > MAX_ENVELOPE_BYTES:
+        raise PayloadTooLarge(
+            f"envelope payload is {len(body)} bytes: the limit is {MAX_ENVELOPE_BYTES} bytes"
+        )
+
+
+def _b64(value: object, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise MalformedEnvelope(f"{name} must be a base64 string, got {shown(value)}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedEnvelope(f"{name} is not valid base64: {exc}") from exc
+
+
+__all__ = [
+    "MAX_ENVELOPE_BYTES",
+    "Verified",
+    "check_payload",
+    "pae",
+    "sign_body",
+    "sign_fact",
+    "verify_envelope",
+    "verify_parsed",
+]

@@ -1,0 +1,1 @@
+"""The GitHub bridge: webhooks in as signed acts, summaries and decisions out."""

@@ -82,7 +82,8 @@ async def run_demo(*, facts_dir: Path, say: Callable[[str], None]) -> Summary:
     workspace = _fresh_workspace(facts_dir)
     summary = Summary()
     keys = {
-        name: SigningKey.generate(name) for name in ("maintainer", "synth-agent", "relay-agent", "host")
+        name: SigningKey.generate(name)
+        for name in ("maintainer", "synth-agent", "relay-agent", "host")
     }
     registry = KeyRegistry(
         [
@@ -105,7 +106,9 @@ async def run_demo(*, facts_dir: Path, say: Callable[[str], None]) -> Summary:
             await ensure_channel_stream(js)
             await _publish_seed(js, keys, summary, say)
             with FactLog.open(facts_dir, signer=keys["host"]) as log:
-                await _record(js, registry, log, keys["host"], summary, say)
+                await _record(
+                    js=js, registry=registry, log=log, host=keys["host"], summary=summary, say=say
+                )
                 summary.checkpoint_root = log.checkpoint().root.hex()
         finally:
             await client.close()
@@ -139,7 +142,10 @@ async def _publish_seed(
             summary.published += 1
             say(f"maintainer -> {act.channel}: {act.act.value} {act.payload!r} (signed, hops 3)")
     repeated = await publish_envelope(
-        js, channel="build-coord", msg_id=request.id, envelope=sign_fact(request, keys["maintainer"])
+        js,
+        channel="build-coord",
+        msg_id=request.id,
+        envelope=sign_fact(request, keys["maintainer"]),
     )
     if not repeated:
         summary.duplicates_dropped += 1
@@ -155,6 +161,7 @@ async def _publish_seed(
 
 
 async def _record(
+    *,
     js: Any,
     registry: KeyRegistry,
     log: FactLog,

@@ -57,7 +57,9 @@ def _file_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_new(arguments: argparse.Namespace) -> int:
-    registry = KeyRegistry.load(arguments.registry) if arguments.registry.exists() else KeyRegistry([])
+    registry = (
+        KeyRegistry.load(arguments.registry) if arguments.registry.exists() else KeyRegistry([])
+    )
     if arguments.name in registry:
         raise ConfigError(
             f"identity {arguments.name!r} is already in {arguments.registry}: pick another name"

@@ -84,9 +84,7 @@ def open_checkpoint(note: bytes, registry: KeyRegistry) -> SignedCheckpoint:
         signer = _verified_signer(line, signed_text, registry)
         if signer is not None:
             return SignedCheckpoint(checkpoint, signer)
-    raise UnknownKey(
-        "checkpoint carries no signature from a host or bridge key in the registry"
-    )
+    raise UnknownKey("checkpoint carries no signature from a host or bridge key in the registry")
 
 
 def _parse_body(body: str) -> Checkpoint:

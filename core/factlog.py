@@ -79,9 +79,7 @@ def envelope_of(line: bytes, index: int) -> object:
 class FactLog:
     """The writer of one facts directory. Use :meth:`open`, and close it when done."""
 
-    def __init__(
-        self, directory: Path, *, origin: str, signer: SigningKey, lock_fd: int
-    ) -> None:
+    def __init__(self, directory: Path, *, origin: str, signer: SigningKey, lock_fd: int) -> None:
         self.directory = directory
         self.origin = origin
         self._signer = signer
@@ -92,9 +90,7 @@ class FactLog:
         self._last_checkpoint_size = -1
 
     @classmethod
-    def open(
-        cls, directory: Path, *, signer: SigningKey, origin: str = DEFAULT_ORIGIN
-    ) -> FactLog:
+    def open(cls, directory: Path, *, signer: SigningKey, origin: str = DEFAULT_ORIGIN) -> FactLog:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CHECKPOINT_DIR).mkdir(exist_ok=True)
         write_rivet_project(directory)

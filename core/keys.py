@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agora.core.acts import check_channel, check_name
-from agora.core.errors import ConfigError, UnknownKey, shown
+from agora.core.errors import ConfigError, InvalidChannel, InvalidName, UnknownKey, shown
 
 ALL_CHANNELS: Final = "*"
 PRIVATE_KEY_MODE: Final = 0o600
@@ -166,17 +166,16 @@ class KeyRegistry:
 def _identity_from(name: object, entry: object, source: str) -> Identity:
     where = f"{source}: identities.{name}"
     try:
-        check_name(name, field="identity name")
-    except Exception as exc:
+        name = check_name(name, field="identity name")
+    except InvalidName as exc:
         raise ConfigError(f"{source}: {exc}") from exc
-    assert isinstance(name, str)
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where}: expected a mapping with role, public_key, channels")
     unexpected = set(entry) - {"role", "public_key", "channels"}
     if unexpected:
         raise ConfigError(f"{where}: unexpected keys {sorted(map(str, unexpected))}")
     try:
-        role = Role(entry.get("role"))
+        role = Role(str(entry.get("role")))
     except ValueError as exc:
         raise ConfigError(
             f"{where}.role is {shown(entry.get('role'))}: expected one of "
@@ -193,7 +192,7 @@ def _identity_from(name: object, entry: object, source: str) -> Identity:
             continue
         try:
             channels.add(check_channel(channel))
-        except Exception as exc:
+        except InvalidChannel as exc:
             raise ConfigError(f"{where}.channels: {exc}") from exc
     return Identity(name=name, role=role, public_key=public_key, channels=frozenset(channels))
 

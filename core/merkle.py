@@ -46,7 +46,7 @@ class Frontier:
     summarised in at most 64 hashes and the root never needs the whole history.
     """
 
-    __slots__ = ("_sizes", "_hashes", "size")
+    __slots__ = ("_hashes", "_sizes", "size")
 
     def __init__(self) -> None:
         self._sizes: list[int] = []

@@ -62,9 +62,13 @@ def _act_artifact(index: int, leaf_hex: str, act: Act) -> str:
         f"    time-ms: {act.time_ms}",
         f"    payload: {quoted(act.payload)}",
     ]
-    lines.extend(f"    provenance-{key}: {quoted(value)}" for key, value in sorted(act.provenance.items()))
+    lines.extend(
+        f"    provenance-{key}: {quoted(value)}" for key, value in sorted(act.provenance.items())
+    )
     if act.in_reply_to is not None:
-        lines.extend(["  links:", f"  - type: {REPLIES_TO}", f"    target: {quoted(act.in_reply_to)}"])
+        lines.extend(
+            ["  links:", f"  - type: {REPLIES_TO}", f"    target: {quoted(act.in_reply_to)}"]
+        )
     return "\n".join(lines) + "\n"
 
 

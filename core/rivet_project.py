@@ -41,12 +41,19 @@ artifact-types:
   - name: {ACT_ARTIFACT_TYPE}
     description: One signed FIPA speech act on an agora channel.
     fields:
-{_fields(
-    ("index", "number", True), ("leaf-hash", "string", True), ("act", "string", True),
-    ("channel", "string", True), ("sender", "string", True),
-    ("conversation", "string", True), ("hops", "number", True),
-    ("time-ms", "number", True), ("payload", "text", True),
-)}    link-fields:
+{
+    _fields(
+        ("index", "number", True),
+        ("leaf-hash", "string", True),
+        ("act", "string", True),
+        ("channel", "string", True),
+        ("sender", "string", True),
+        ("conversation", "string", True),
+        ("hops", "number", True),
+        ("time-ms", "number", True),
+        ("payload", "text", True),
+    )
+}    link-fields:
       - name: {REPLIES_TO}
         link-type: {REPLIES_TO}
         target-types: [{ACT_ARTIFACT_TYPE}]
@@ -55,11 +62,19 @@ artifact-types:
   - name: {EVENT_ARTIFACT_TYPE}
     description: Something the agora host or bridge did or refused.
     fields:
-{_fields(
-    ("index", "number", True), ("leaf-hash", "string", True), ("kind", "string", True),
-    ("actor", "string", True), ("reason", "string", True), ("detail", "text", True),
-    ("time-ms", "number", True), ("channel", "string", False), ("agent", "string", False),
-)}    link-fields:
+{
+    _fields(
+        ("index", "number", True),
+        ("leaf-hash", "string", True),
+        ("kind", "string", True),
+        ("actor", "string", True),
+        ("reason", "string", True),
+        ("detail", "text", True),
+        ("time-ms", "number", True),
+        ("channel", "string", False),
+        ("agent", "string", False),
+    )
+}    link-fields:
       - name: {CONCERNS}
         link-type: {CONCERNS}
         target-types: [{ACT_ARTIFACT_TYPE}, {EVENT_ARTIFACT_TYPE}]

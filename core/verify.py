@@ -27,7 +27,7 @@ from agora.core.checkpoint import (
     SignedCheckpoint,
     open_checkpoint,
 )
-from agora.core.envelope import Act, Event
+from agora.core.envelope import Act
 from agora.core.errors import AgoraError
 from agora.core.factlog import (
     CHECKPOINT_DIR,
@@ -41,7 +41,8 @@ from agora.core.factlog import (
 from agora.core.keys import KeyRegistry
 from agora.core.merkle import Frontier, consistency_proof, leaf_hash, verify_consistency
 from agora.core.rivet import VIEW_HEADER, artifact
-from agora.core.signing import verify_parsed
+from agora.core.signing import Verified, verify_parsed
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -123,8 +124,10 @@ def check_facts(
     report = Report()
     try:
         signed = _open_checkpoints(checkpoints, registry, report)
-        leaves = _check_entries(log, view, registry, report)
+        leaves, view_rest = _check_entries(log, view, registry, report)
         _check_checkpoints(signed, leaves, report)
+        if view_rest:
+            raise _Failed(Problem(VIEW_FILE, "has artifacts after the last entry of the log"))
     except _Failed as failed:
         report.problem = failed.problem
     return report
@@ -132,7 +135,8 @@ def check_facts(
 
 def _check_entries(
     log: bytes, view: bytes | None, registry: KeyRegistry, report: Report
-) -> list[bytes]:
+) -> tuple[list[bytes], int]:
+    """Check every entry and its view artifact; return the leaves and any view left over."""
     if log and not log.endswith(b"\n"):
         index = log.count(b"\n")
         raise _Failed(Problem(f"entry {index}", "is incomplete: the log ends mid-line", index))
@@ -150,30 +154,8 @@ def _check_entries(
             verified = verify_parsed(envelope_of(line, index), registry)
         except AgoraError as exc:
             raise _Failed(Problem(f"entry {index}", str(exc), index)) from exc
-        fact, signer = verified.fact, verified.signer
-        if isinstance(fact, Act):
-            if not signer.may_use(fact.channel):
-                raise _Failed(
-                    Problem(
-                        f"entry {index}",
-                        f"sender {signer.name!r} is not granted channel {fact.channel!r}",
-                        index,
-                    )
-                )
-            reference = fact.in_reply_to
-            report.acts += 1
-        else:
-            if signer.role not in CHECKPOINT_SIGNER_ROLES:
-                raise _Failed(
-                    Problem(
-                        f"entry {index}",
-                        f"event signed by {signer.name!r} ({signer.role.value}): "
-                        "only host and bridge identities record events",
-                        index,
-                    )
-                )
-            reference = fact.subject
-            report.events += 1
+        fact = verified.fact
+        reference = _check_signer(verified, index, report)
         if fact.id in seen:
             raise _Failed(Problem(f"entry {index}", f"id {fact.id!r} appears twice", index))
         if reference is not None and reference not in seen:
@@ -185,7 +167,7 @@ def _check_entries(
                 )
             )
         seen.add(fact.id)
-        signers[signer.name] = signers.get(signer.name, 0) + 1
+        signers[verified.signer.name] = signers.get(verified.signer.name, 0) + 1
         leaf = leaf_hash(line)
         leaves.append(leaf)
         expected = artifact(index, leaf.hex(), fact).encode()
@@ -195,9 +177,34 @@ def _check_entries(
             )
         view_at += len(expected)
     report.entries = len(leaves)
-    if view_at != len(view):
-        raise _Failed(Problem(VIEW_FILE, "has artifacts after the last entry of the log"))
-    return leaves
+    return leaves, len(view) - view_at
+
+
+def _check_signer(verified: Verified, index: int, report: Report) -> str | None:
+    """Check the signer may record this fact; return the earlier fact it refers to."""
+    fact, signer = verified.fact, verified.signer
+    if isinstance(fact, Act):
+        if not signer.may_use(fact.channel):
+            raise _Failed(
+                Problem(
+                    f"entry {index}",
+                    f"sender {signer.name!r} is not granted channel {fact.channel!r}",
+                    index,
+                )
+            )
+        report.acts += 1
+        return fact.in_reply_to
+    if signer.role not in CHECKPOINT_SIGNER_ROLES:
+        raise _Failed(
+            Problem(
+                f"entry {index}",
+                f"event signed by {signer.name!r} ({signer.role.value}): "
+                "only host and bridge identities record events",
+                index,
+            )
+        )
+    report.events += 1
+    return fact.subject
 
 
 def _open_checkpoints(
@@ -211,9 +218,7 @@ def _open_checkpoints(
         except AgoraError as exc:
             raise _Failed(Problem(where, str(exc))) from exc
         if name != checkpoint_name(signed.checkpoint.size):
-            raise _Failed(
-                Problem(where, f"holds a checkpoint of size {signed.checkpoint.size}")
-            )
+            raise _Failed(Problem(where, f"holds a checkpoint of size {signed.checkpoint.size}"))
         if opened and signed.checkpoint.origin != opened[0].checkpoint.origin:
             raise _Failed(
                 Problem(

@@ -132,7 +132,8 @@ class EmbeddedNats:
                 raise ConfigError(
                     f"nats-server exited at start: see {self.data_dir / 'nats-server.log'}"
                 )
-            for path in ports_dir.glob("*.ports"):
+            # a directory of one small file, read while nothing else runs yet
+            for path in ports_dir.glob("*.ports"):  # noqa: ASYNC240
                 with contextlib.suppress(json.JSONDecodeError, OSError):
                     ports = json.loads(path.read_text())
                     return str(ports["nats"][0])

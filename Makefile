@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both create the virtual
+# environment and install what is missing, so they work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/agora demo
+
+test: setup
+	$(BIN)/pytest
+
+# mypy does not follow setuptools' editable import hook, so lint sees the package
+# through a folder of links laid out as it is installed: agora/{core,cli,host,bridge}.
+lint: setup
+	$(BIN)/python tools/link_package.py .lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	MYPYPATH=.lint $(BIN)/mypy -p agora
+
+bench: setup
+	$(BIN)/python bench/bench_core.py
+
+clean:
+	rm -rf $(VENV) .lint build *.egg-info .pytest_cache .mypy_cache .ruff_cache

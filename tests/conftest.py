@@ -1,0 +1,69 @@
+"""Shared fixtures: named keys, a registry, and builders for acts and fact logs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agora.core.envelope import Act, Event
+from agora.core.factlog import FactLog
+from agora.core.keys import KeyRegistry, Role, SigningKey
+from agora.core.signing import sign_fact
+from agora.host.nats_server import EmbeddedNats
+from tests.factories import make_act, make_event
+
+AGENTS = ("synth-agent", "relay-agent")
+
+
+@pytest.fixture(scope="session")
+def keys() -> dict[str, SigningKey]:
+    names = ("maintainer", *AGENTS, "host", "bridge")
+    return {name: SigningKey.generate(name) for name in names}
+
+
+@pytest.fixture(scope="session")
+def registry(keys: dict[str, SigningKey]) -> KeyRegistry:
+    return KeyRegistry(
+        [
+            keys["maintainer"].identity(Role.OPERATOR, ["build-coord", "secret-ops"]),
+            *(keys[name].identity(Role.AGENT, ["build-coord"]) for name in AGENTS),
+            keys["host"].identity(Role.HOST, ["*"]),
+            keys["bridge"].identity(Role.BRIDGE, ["build-coord"]),
+        ]
+    )
+
+
+FactsBuilder = Callable[..., Path]
+
+
+@pytest.fixture
+def build_facts(tmp_path: Path, keys: dict[str, SigningKey]) -> Iterator[FactsBuilder]:
+    """Build a facts directory of ``count`` facts with a checkpoint every ``every``."""
+
+    def build(count: int = 12, *, every: int = 5, name: str = "facts") -> Path:
+        directory = tmp_path / name
+        with FactLog.open(directory, signer=keys["host"]) as log:
+            previous: str | None = None
+            for index in range(count):
+                if index % 4 == 3:
+                    fact: Act | Event = make_event(subject=previous)
+                    signer = keys["host"]
+                else:
+                    sender = AGENTS[index % 2]
+                    fact = make_act(sender=sender, payload=f"message {index}", in_reply_to=previous)
+                    signer = keys[sender]
+                log.append(sign_fact(fact, signer), fact)
+                previous = fact.id
+                if every and (index + 1) % every == 0:
+                    log.checkpoint()
+        return directory
+
+    yield build
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    async with EmbeddedNats(data_dir=tmp_path / "nats") as server:
+        yield server

@@ -1,0 +1,121 @@
+"""The facts directory: cheap appends, checkpoints, crash recovery, one writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agora.core.errors import ConfigError
+from agora.core.factlog import LOG_FILE, VIEW_FILE, FactLog
+from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.signing import sign_fact
+from agora.core.verify import verify_directory
+from tests.conftest import FactsBuilder
+from tests.factories import make_act
+
+
+def test_built_log_verifies(build_facts: FactsBuilder, registry: KeyRegistry) -> None:
+    report = verify_directory(build_facts(12), registry)
+    assert report.ok, report.problem
+    assert (report.entries, report.acts, report.events, report.checkpoints) == (12, 9, 3, 3)
+
+
+def test_appending_only_adds_to_the_end(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    directory = build_facts(6)
+    before = {name: (directory / name).read_bytes() for name in (LOG_FILE, VIEW_FILE)}
+    inode = (directory / LOG_FILE).stat().st_ino
+    with FactLog.open(directory, signer=keys["host"]) as log:
+        act = make_act(sender="relay-agent")
+        assert log.append(sign_fact(act, keys["relay-agent"]), act) == 6
+    for name, old in before.items():
+        assert (directory / name).read_bytes().startswith(old)
+    assert (directory / LOG_FILE).stat().st_ino == inode
+    assert verify_directory(directory, registry).entries == 7
+
+
+def test_reopened_log_continues_the_same_tree(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    directory = build_facts(5)
+    with FactLog.open(directory, signer=keys["host"]) as log:
+        assert log.size == 5
+        for _ in range(4):
+            act = make_act()
+            log.append(sign_fact(act, keys["synth-agent"]), act)
+    report = verify_directory(directory, registry)
+    assert report.ok, report.problem
+    assert report.size == 9
+
+
+def test_torn_last_line_from_a_crash_is_trimmed(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    directory = build_facts(5)
+    with (directory / LOG_FILE).open("ab") as file:
+        file.write(b'{"index":5,"envelope":{"payl')
+    FactLog.open(directory, signer=keys["host"]).close()
+    report = verify_directory(directory, registry)
+    assert report.ok, report.problem
+    assert report.entries == 5
+
+
+def test_view_behind_the_log_is_rebuilt(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    directory = build_facts(5)
+    view = directory / VIEW_FILE
+    text = view.read_bytes()
+    view.write_bytes(text[: text.rfind(b"\n- id: ") + 1])  # a crash between the two writes
+    assert not verify_directory(directory, registry).ok
+    FactLog.open(directory, signer=keys["host"]).close()
+    assert verify_directory(directory, registry).ok
+    assert view.read_bytes() == text
+
+
+def test_only_one_writer_at_a_time(tmp_path: Path, keys: dict[str, SigningKey]) -> None:
+    with (
+        FactLog.open(tmp_path / "facts", signer=keys["host"]),
+        pytest.raises(ConfigError, match="being written by another process"),
+    ):
+        FactLog.open(tmp_path / "facts", signer=keys["host"])
+
+
+def test_view_is_rivet_shaped_yaml(build_facts: FactsBuilder) -> None:
+    document = yaml.safe_load((build_facts(8) / VIEW_FILE).read_text())
+    assert list(document) == ["artifacts"]
+    first, second = document["artifacts"][:2]
+    assert {"id", "type", "title", "fields"} <= first.keys()
+    assert first["type"] == "coordination-fact"
+    assert second["links"] == [{"type": "replies-to", "target": first["id"]}]
+    event = document["artifacts"][3]
+    assert event["type"] == "coordination-event"
+    assert event["links"] == [{"type": "concerns", "target": document["artifacts"][2]["id"]}]
+
+
+def test_rivet_project_files_declare_the_types(build_facts: FactsBuilder) -> None:
+    directory = build_facts(1)
+    project = yaml.safe_load((directory / "rivet.yaml").read_text())
+    schema = yaml.safe_load((directory / "schemas" / "agora.yaml").read_text())
+    assert project["sources"] == [{"path": "coordination.yaml", "format": "generic-yaml"}]
+    assert "agora" in project["project"]["schemas"]
+    assert {t["name"] for t in schema["artifact-types"]} == {
+        "coordination-fact",
+        "coordination-event",
+    }
+    assert {t["name"] for t in schema["link-types"]} == {"replies-to", "concerns"}
+
+
+def test_checkpoint_is_written_durably_and_only_when_the_log_grew(
+    tmp_path: Path, keys: dict[str, SigningKey]
+) -> None:
+    with FactLog.open(tmp_path / "facts", signer=keys["host"]) as log:
+        act = make_act()
+        log.append(sign_fact(act, keys["synth-agent"]), act)
+        log.checkpoint()
+        log.checkpoint()
+    names = sorted(path.name for path in (tmp_path / "facts" / "checkpoints").iterdir())
+    assert names == ["0000000000000001.note"]

@@ -1,0 +1,122 @@
+"""DSSE envelopes: Ed25519 over PAE, verified against the registry on the bytes received."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from securesystemslib.dsse import Envelope as ReferenceEnvelope
+from securesystemslib.signer import SSlibKey
+
+from agora.core.envelope import ACT_PAYLOAD_TYPE
+from agora.core.errors import MalformedEnvelope, PayloadTooLarge, SignatureError, UnknownKey
+from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.signing import MAX_ENVELOPE_BYTES, pae, sign_body, sign_fact, verify_envelope
+from tests.factories import make_act
+
+
+def test_pae_matches_the_dsse_spec() -> None:
+    assert pae("http://example.com/HelloWorld", b"hello world") == (
+        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    )
+
+
+def test_signed_act_verifies_and_names_its_signer(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    act = make_act(sender="synth-agent")
+    verified = verify_envelope(sign_fact(act, keys["synth-agent"]), registry)
+    assert verified.fact == act
+    assert verified.signer.name == "synth-agent"
+    assert verified.payload_type == ACT_PAYLOAD_TYPE
+
+
+def test_an_independent_dsse_implementation_accepts_our_envelopes(
+    keys: dict[str, SigningKey],
+) -> None:
+    key = keys["synth-agent"]
+    envelope = json.loads(sign_fact(make_act(), key))
+    reference_key = SSlibKey(
+        keyid=key.keyid,
+        keytype="ed25519",
+        scheme="ed25519",
+        keyval={"public": key.public_key.hex()},
+    )
+    ReferenceEnvelope.from_dict(envelope).verify([reference_key], 1)
+
+
+def _tamper(envelope: bytes, **changes: object) -> bytes:
+    document = json.loads(envelope)
+    document.update(changes)
+    return json.dumps(document).encode()
+
+
+def test_a_changed_payload_fails(keys: dict[str, SigningKey], registry: KeyRegistry) -> None:
+    envelope = sign_fact(make_act(payload="yes"), keys["synth-agent"])
+    body = make_act(payload="no").encode()
+    forged = _tamper(envelope, payload=base64.b64encode(body).decode())
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_envelope(forged, registry)
+
+
+def test_a_changed_payload_type_fails(keys: dict[str, SigningKey], registry: KeyRegistry) -> None:
+    envelope = sign_fact(make_act(), keys["synth-agent"])
+    with pytest.raises(SignatureError):
+        verify_envelope(_tamper(envelope, payloadType="application/vnd.agora.event+json"), registry)
+
+
+def test_unknown_key_is_refused(registry: KeyRegistry) -> None:
+    stranger = SigningKey.generate("synth-agent")
+    with pytest.raises(UnknownKey, match="no identity holds"):
+        verify_envelope(sign_fact(make_act(), stranger), registry)
+
+
+def test_keyid_is_only_a_hint(keys: dict[str, SigningKey], registry: KeyRegistry) -> None:
+    """Claiming another identity's keyid does not make a signature verify as them."""
+    stranger = SigningKey.generate("synth-agent")
+    envelope = json.loads(sign_fact(make_act(), stranger))
+    envelope["signatures"][0]["keyid"] = keys["synth-agent"].keyid
+    with pytest.raises(SignatureError):
+        verify_envelope(json.dumps(envelope).encode(), registry)
+
+
+def test_sender_must_be_the_signer(keys: dict[str, SigningKey], registry: KeyRegistry) -> None:
+    forged_sender = make_act(sender="maintainer")
+    with pytest.raises(SignatureError, match="sender 'maintainer' is not its signer 'synth-agent'"):
+        verify_envelope(sign_fact(forged_sender, keys["synth-agent"]), registry)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"{}",
+        b'{"payload":"","payloadType":"x","signatures":[]}',
+        b'{"payload":"%%%","payloadType":"x","signatures":[{"keyid":"k","sig":"AA=="}]}',
+        b'{"payload":"","payloadType":1,"signatures":[{"keyid":"k","sig":"AA=="}]}',
+    ],
+)
+def test_malformed_envelopes_are_refused(data: bytes, registry: KeyRegistry) -> None:
+    with pytest.raises(MalformedEnvelope):
+        verify_envelope(data, registry)
+
+
+def test_short_signature_is_refused(keys: dict[str, SigningKey], registry: KeyRegistry) -> None:
+    envelope = json.loads(sign_fact(make_act(), keys["synth-agent"]))
+    envelope["signatures"][0]["sig"] = base64.b64encode(b"x" * 10).decode()
+    with pytest.raises(SignatureError, match="10 bytes"):
+        verify_envelope(json.dumps(envelope).encode(), registry)
+
+
+def test_oversized_envelope_is_refused_before_parsing(registry: KeyRegistry) -> None:
+    with pytest.raises(PayloadTooLarge, match=f"limit is {MAX_ENVELOPE_BYTES}"):
+        verify_envelope(b" " * (MAX_ENVELOPE_BYTES + 1), registry)
+
+
+def test_garbage_body_under_a_valid_signature_is_malformed(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    envelope = sign_body(b"{]", ACT_PAYLOAD_TYPE, keys["synth-agent"])
+    with pytest.raises(MalformedEnvelope, match="not valid UTF-8 JSON"):
+        verify_envelope(envelope, registry)

@@ -1,0 +1,224 @@
+"""Mutation suite: every way of tampering with a facts directory fails verification."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agora.core.checkpoint import Checkpoint
+from agora.core.envelope import Act
+from agora.core.factlog import CHECKPOINT_DIR, LOG_FILE, VIEW_FILE, FactLog, entry_line
+from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.merkle import leaf_hash, root_of
+from agora.core.signing import sign_fact
+from agora.core.verify import verify_directory
+from tests.conftest import FactsBuilder
+from tests.factories import make_act, make_event
+
+ENTRIES = 12
+
+
+def _lines(directory: Path) -> list[bytes]:
+    return (directory / LOG_FILE).read_bytes().splitlines()
+
+
+def _write_lines(directory: Path, lines: list[bytes]) -> None:
+    (directory / LOG_FILE).write_bytes(b"".join(line + b"\n" for line in lines))
+
+
+def _fails(directory: Path, registry: KeyRegistry) -> str:
+    report = verify_directory(directory, registry)
+    assert not report.ok, "a tampered facts directory verified"
+    return str(report.problem)
+
+
+@pytest.fixture
+def facts(build_facts: FactsBuilder, registry: KeyRegistry) -> Path:
+    directory = build_facts(ENTRIES, every=4)
+    assert verify_directory(directory, registry).ok
+    return directory
+
+
+@pytest.mark.parametrize("entry", range(ENTRIES))
+def test_a_flipped_byte_anywhere_in_any_envelope_fails(
+    facts: Path, registry: KeyRegistry, entry: int
+) -> None:
+    original = _lines(facts)
+    start = original[entry].index(b'"envelope":') + len(b'"envelope":')
+    for position in range(start, len(original[entry]), 7):
+        lines = [*original]
+        mutated = bytearray(lines[entry])
+        mutated[position] ^= 0x01
+        lines[entry] = bytes(mutated)
+        _write_lines(facts, lines)
+        assert f"entry {entry}" in _fails(facts, registry) or "checkpoint" in _fails(
+            facts, registry
+        )
+
+
+def test_a_removed_entry_fails_naming_it(facts: Path, registry: KeyRegistry) -> None:
+    lines = _lines(facts)
+    del lines[5]
+    _write_lines(facts, lines)
+    assert "entry 5" in _fails(facts, registry)
+
+
+def test_a_reordered_pair_fails(facts: Path, registry: KeyRegistry) -> None:
+    lines = _lines(facts)
+    lines[6], lines[7] = lines[7], lines[6]
+    _write_lines(facts, lines)
+    assert "entry 6" in _fails(facts, registry)
+
+
+def test_a_reordered_pair_with_rewritten_indices_fails(facts: Path, registry: KeyRegistry) -> None:
+    lines = _lines(facts)
+    envelopes = [json.loads(line)["envelope"] for line in lines]
+    envelopes[8], envelopes[9] = envelopes[9], envelopes[8]
+    _write_lines(
+        facts,
+        [
+            entry_line(i, json.dumps(e, separators=(",", ":")).encode())
+            for i, e in enumerate(envelopes)
+        ],
+    )
+    assert "checkpoint" in _fails(facts, registry) or "entry" in _fails(facts, registry)
+
+
+def test_an_entry_re_signed_with_an_unknown_key_fails(facts: Path, registry: KeyRegistry) -> None:
+    lines = _lines(facts)
+    document = json.loads(lines[4])
+    act = Act.decode(base64.b64decode(document["envelope"]["payload"]))
+    impostor = SigningKey.generate(act.sender)
+    lines[4] = entry_line(4, sign_fact(act, impostor))
+    _write_lines(facts, lines)
+    assert "entry 4" in _fails(facts, registry)
+    assert "no identity holds" in _fails(facts, registry)
+
+
+def test_a_truncated_log_fails(facts: Path, registry: KeyRegistry) -> None:
+    _write_lines(facts, _lines(facts)[:-2])
+    assert "entries were removed" in _fails(facts, registry)
+
+
+def test_a_log_cut_mid_line_fails(facts: Path, registry: KeyRegistry) -> None:
+    data = (facts / LOG_FILE).read_bytes()
+    (facts / LOG_FILE).write_bytes(data[:-10])
+    assert "incomplete" in _fails(facts, registry)
+
+
+def test_a_forged_checkpoint_fails(facts: Path, registry: KeyRegistry) -> None:
+    forger = SigningKey.generate("host")
+    latest = sorted((facts / CHECKPOINT_DIR).iterdir())[-1]
+    latest.write_bytes(Checkpoint("agora/facts", ENTRIES, b"\x00" * 32).sign(forger))
+    assert "checkpoint" in _fails(facts, registry)
+
+
+def test_a_checkpoint_with_a_flipped_root_fails(facts: Path, registry: KeyRegistry) -> None:
+    latest = sorted((facts / CHECKPOINT_DIR).iterdir())[-1]
+    note = latest.read_text().split("\n")
+    note[2] = ("B" if note[2][0] != "B" else "C") + note[2][1:]
+    latest.write_text("\n".join(note))
+    assert "checkpoint" in _fails(facts, registry)
+
+
+def test_history_rewritten_by_the_real_host_key_fails(
+    facts: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    """Even the host's own key cannot rewrite the past: earlier checkpoints pin it."""
+    lines = _lines(facts)
+    first = json.loads(lines[0])["envelope"]
+    original = Act.decode(base64.b64decode(first["payload"]))
+    rewritten = make_act(sender=original.sender, payload="a different past", act_id=original.id)
+    lines[0] = entry_line(0, sign_fact(rewritten, keys[original.sender]))
+    _write_lines(facts, lines)
+    latest = sorted((facts / CHECKPOINT_DIR).iterdir())[-1]
+    new_root = root_of([leaf_hash(line) for line in lines])
+    latest.write_bytes(Checkpoint("agora/facts", ENTRIES, new_root).sign(keys["host"]))
+    (facts / VIEW_FILE).unlink()
+    FactLog.open(facts, signer=keys["host"]).close()  # regenerates a matching view
+    problem = _fails(facts, registry)
+    assert "0000000000000004.note" in problem
+    assert "the log was changed" in problem
+
+
+def test_entries_after_the_last_checkpoint_fail(
+    facts: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    act = make_act()
+    lines = [*_lines(facts), entry_line(ENTRIES, sign_fact(act, keys["synth-agent"]))]
+    _write_lines(facts, lines)
+    assert f"entry {ENTRIES}" in _fails(facts, registry)
+
+
+def test_an_act_on_an_ungranted_channel_fails(
+    tmp_path: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    with FactLog.open(tmp_path / "facts", signer=keys["host"]) as log:
+        act = make_act(sender="synth-agent", channel="secret-ops")
+        log.append(sign_fact(act, keys["synth-agent"]), act)
+    assert "not granted channel 'secret-ops'" in _fails(tmp_path / "facts", registry)
+
+
+def test_an_event_signed_by_an_agent_fails(
+    tmp_path: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    with FactLog.open(tmp_path / "facts", signer=keys["host"]) as log:
+        event = make_event(actor="synth-agent")
+        log.append(sign_fact(event, keys["synth-agent"]), event)
+    assert "only host and bridge identities record events" in _fails(tmp_path / "facts", registry)
+
+
+def test_a_repeated_id_fails(
+    tmp_path: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    with FactLog.open(tmp_path / "facts", signer=keys["host"]) as log:
+        for _ in range(2):
+            act = make_act(act_id="same-id")
+            log.append(sign_fact(act, keys["synth-agent"]), act)
+    assert "id 'same-id' appears twice" in _fails(tmp_path / "facts", registry)
+
+
+def test_a_reply_to_nothing_recorded_fails(
+    tmp_path: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    with FactLog.open(tmp_path / "facts", signer=keys["host"]) as log:
+        act = make_act(in_reply_to="never-recorded")
+        log.append(sign_fact(act, keys["synth-agent"]), act)
+    assert "not an earlier fact" in _fails(tmp_path / "facts", registry)
+
+
+def test_an_edited_view_fails(facts: Path, registry: KeyRegistry) -> None:
+    view = facts / VIEW_FILE
+    view.write_text(view.read_text().replace("message 5", "message five"))
+    assert "coordination.yaml" in _fails(facts, registry)
+
+
+def test_verify_command_exit_codes_and_first_bad_entry(
+    facts: Path, registry: KeyRegistry, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "keys.yaml"
+    registry.save(keys_file)
+    agora = Path(sys.executable).parent / "agora"
+    good = subprocess.run(
+        [agora, "verify", facts, "--keys", keys_file], capture_output=True, text=True, check=False
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert good.stdout.startswith("OK")
+    lines = _lines(facts)
+    lines[3] = lines[3].replace(b'"payload":"', b'"payload":"A', 1)
+    _write_lines(facts, lines)
+    bad = subprocess.run(
+        [agora, "verify", facts, "--keys", keys_file, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 1
+    problem = json.loads(bad.stdout)["problem"]
+    assert problem["index"] == 3
+    assert problem["where"] == "entry 3"

@@ -126,8 +126,7 @@ def check_facts(
         signed = _open_checkpoints(checkpoints, registry, report)
         leaves, view_rest = _check_entries(log, view, registry, report)
         _check_checkpoints(signed, leaves, report)
-        if view_rest:
-            raise _Failed(Problem(VIEW_FILE, "has artifacts after the last entry of the log"))
+        _check_view_ends(view_rest)
     except _Failed as failed:
         report.problem = failed.problem
     return report
@@ -178,6 +177,11 @@ def _check_entries(
         view_at += len(expected)
     report.entries = len(leaves)
     return leaves, len(view) - view_at
+
+
+def _check_view_ends(rest: int) -> None:
+    if rest:
+        raise _Failed(Problem(VIEW_FILE, "has artifacts after the last entry of the log"))
 
 
 def _check_signer(verified: Verified, index: int, report: Report) -> str | None:

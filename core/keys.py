@@ -58,6 +58,15 @@ class Identity:
     def keyid(self) -> str:
         return key_id(self.public_key)
 
+    def __post_init__(self) -> None:
+        check_name(self.name, field="identity name")
+        for channel in self.channels:
+            if channel == ALL_CHANNELS and self.role is not Role.AGENT:
+                continue
+            check_channel(channel)
+        if len(self.public_key) != PUBLIC_KEY_BYTES:
+            raise ConfigError(f"public key of {self.name!r} must be {PUBLIC_KEY_BYTES} bytes")
+
     def may_use(self, channel: str) -> bool:
         return channel in self.channels or ALL_CHANNELS in self.channels
 
@@ -182,19 +191,13 @@ def _identity_from(name: object, entry: object, source: str) -> Identity:
             f"{', '.join(r.value for r in Role)}"
         ) from exc
     public_key = _decode_public_key(entry.get("public_key"), f"{where}.public_key")
-    channels_value = entry.get("channels", [])
-    if not isinstance(channels_value, list):
+    channels = entry.get("channels", [])
+    if not isinstance(channels, list):
         raise ConfigError(f"{where}.channels must be a list of channel names")
-    channels: set[str] = set()
-    for channel in channels_value:
-        if channel == ALL_CHANNELS and role is not Role.AGENT:
-            channels.add(ALL_CHANNELS)
-            continue
-        try:
-            channels.add(check_channel(channel))
-        except InvalidChannel as exc:
-            raise ConfigError(f"{where}.channels: {exc}") from exc
-    return Identity(name=name, role=role, public_key=public_key, channels=frozenset(channels))
+    try:
+        return Identity(name=name, role=role, public_key=public_key, channels=frozenset(channels))
+    except (InvalidChannel, TypeError) as exc:
+        raise ConfigError(f"{where}.channels: {exc}") from exc
 
 
 def _decode_public_key(value: object, where: str) -> bytes:

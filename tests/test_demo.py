@@ -1,0 +1,46 @@
+"""`agora demo` runs end to end on a real JetStream and ends with a JSON summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+AGORA = Path(sys.executable).parent / "agora"
+
+
+def test_demo_json_summary(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [AGORA, "demo", "--json", "--facts-dir", tmp_path / "demo" / "facts"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["facts"] == {"entries": 3, "verified": True}
+    assert summary["duplicates_dropped"] == 1
+    assert summary["refused"] == 1
+    assert summary["tamper_detected"] is True
+    again = subprocess.run(
+        [AGORA, "verify", tmp_path / "demo" / "facts", "--keys", tmp_path / "demo" / "keys.yaml"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert again.returncode == 0, again.stdout
+
+
+def test_demo_refuses_to_clear_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    result = subprocess.run(
+        [AGORA, "demo", "--facts-dir", tmp_path / "facts"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "did not make" in result.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

@@ -1,0 +1,122 @@
+"""`agora keys`: private keys 0600 and never printed; a registry that is safe to commit."""
+
+from __future__ import annotations
+
+import base64
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agora.core.errors import ConfigError, UnknownKey
+from agora.core.keys import KeyRegistry, Role, read_private_key
+
+AGORA = Path(sys.executable).parent / "agora"
+
+
+def _agora(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([AGORA, *arguments], cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def test_keys_new_writes_a_private_file_0600_and_registers_the_public_half(tmp_path: Path) -> None:
+    result = _agora(tmp_path, "keys", "new", "synth-agent", "--channel", "build-coord")
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / ".agora" / "keys" / "synth-agent.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    registry = KeyRegistry.load(tmp_path / "keys.yaml")
+    identity = registry.get("synth-agent")
+    assert identity.role is Role.AGENT
+    assert identity.channels == {"build-coord"}
+    key = read_private_key(tmp_path / ".agora" / "keys", "synth-agent")
+    assert key.public_key == identity.public_key
+
+
+def test_the_private_key_is_never_printed(tmp_path: Path) -> None:
+    result = _agora(tmp_path, "keys", "new", "host", "--role", "host", "--channel", "*")
+    pem = (tmp_path / ".agora" / "keys" / "host.key").read_text()
+    secret_lines = [line for line in pem.splitlines() if not line.startswith("-----")]
+    output = result.stdout + result.stderr
+    assert all(line not in output for line in secret_lines)
+    assert "PRIVATE KEY" not in output
+    assert "SigningKey(name='host'" in repr(read_private_key(tmp_path / ".agora" / "keys", "host"))
+    assert base64.b64encode(b"x").decode() not in repr(
+        read_private_key(tmp_path / ".agora" / "keys", "host")
+    )
+
+
+def test_private_key_folder_is_ignored_by_git(tmp_path: Path) -> None:
+    _agora(tmp_path, "keys", "new", "synth-agent")
+    assert (tmp_path / ".agora" / "keys" / ".gitignore").read_text().splitlines()[-1] == "*"
+
+
+def test_an_existing_name_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    _agora(tmp_path, "keys", "new", "synth-agent")
+    before = (tmp_path / "keys.yaml").read_bytes()
+    result = _agora(tmp_path, "keys", "new", "synth-agent")
+    assert result.returncode == 1
+    assert "already in keys.yaml" in result.stderr
+    assert (tmp_path / "keys.yaml").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["keys", "new", "a.b"], "key name 'a.b' is not allowed"),
+        (["keys", "new", "x", "--channel", "a>b"], "channel 'a>b' is not allowed"),
+        (["keys", "new", "x", "--channel", "*"], "'\\*' is not allowed"),
+    ],
+)
+def test_bad_names_are_refused_with_the_rule(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    result = _agora(tmp_path, *arguments)
+    assert result.returncode == 1
+    assert re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "keys.yaml").exists()
+    assert not list(tmp_path.glob(".agora/keys/*.key"))
+
+
+def test_a_readable_private_key_is_refused(tmp_path: Path) -> None:
+    _agora(tmp_path, "keys", "new", "synth-agent")
+    path = tmp_path / ".agora" / "keys" / "synth-agent.key"
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        read_private_key(tmp_path / ".agora" / "keys", "synth-agent")
+
+
+def test_a_missing_private_key_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(UnknownKey, match="agora keys new ghost"):
+        read_private_key(tmp_path, "ghost")
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"people": {}}, "expected one top-level key 'identities'"),
+        ({"identities": {"a": {"role": "king", "public_key": "AA=="}}}, "role is 'king'"),
+        ({"identities": {"a": {"role": "agent", "public_key": "AA=="}}}, "32 raw Ed25519 bytes"),
+        (
+            {
+                "identities": {
+                    "a": {"role": "agent", "public_key": "A" * 43 + "=", "channels": ["*"]}
+                }
+            },
+            "not allowed",
+        ),
+        ({"identities": {"a": {"role": "agent", "pubkey": "x"}}}, "unexpected keys \\['pubkey'\\]"),
+    ],
+)
+def test_bad_registries_name_the_key_and_the_expectation(document: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        KeyRegistry.from_document(document, source="keys.yaml")
+
+
+def test_agents_cannot_be_granted_every_channel() -> None:
+    document = {
+        "identities": {"a": {"role": "agent", "public_key": "A" * 43 + "=", "channels": ["*"]}}
+    }
+    with pytest.raises(ConfigError, match="channels"):
+        KeyRegistry.from_document(document)

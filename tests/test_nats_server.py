@@ -1,0 +1,79 @@
+"""The embedded nats-server: real JetStream on loopback, state kept across restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nats
+import pytest
+
+from agora.core.errors import InternalError, InvalidChannel
+from agora.host.nats_server import EmbeddedNats
+from agora.host.spine import (
+    CHANNEL_STREAM,
+    channel_subject,
+    ensure_channel_stream,
+    publish_envelope,
+)
+
+
+async def test_server_runs_jetstream_on_loopback(nats_server: EmbeddedNats) -> None:
+    assert nats_server.url.startswith("nats://127.0.0.1:")
+    client = await nats.connect(nats_server.url)
+    try:
+        info = await client.jetstream().account_info()
+        assert info.limits is not None
+    finally:
+        await client.close()
+
+
+async def test_two_servers_get_different_ports(tmp_path: Path) -> None:
+    async with (
+        EmbeddedNats(data_dir=tmp_path / "a") as first,
+        EmbeddedNats(data_dir=tmp_path / "b") as second,
+    ):
+        assert first.url != second.url
+
+
+async def test_streams_survive_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:
+    server = EmbeddedNats(data_dir=tmp_path / "nats")
+    async with server:
+        client = await nats.connect(server.url)
+        js = client.jetstream()
+        await ensure_channel_stream(js)
+        assert await publish_envelope(js, channel="build-coord", msg_id="m1", envelope=b"{}")
+        await client.close()
+    assert not server.running
+    async with server:
+        client = await nats.connect(server.url)
+        info = await client.jetstream().stream_info(CHANNEL_STREAM)
+        await client.close()
+    assert info.state.messages == 1
+
+
+async def test_stopped_server_has_no_url(tmp_path: Path) -> None:
+    server = EmbeddedNats(data_dir=tmp_path / "nats")
+    await server.start()
+    await server.stop()
+    with pytest.raises(InternalError, match="not running"):
+        _ = server.url
+
+
+async def test_same_message_id_is_stored_once(nats_server: EmbeddedNats) -> None:
+    client = await nats.connect(nats_server.url)
+    try:
+        js = client.jetstream()
+        await ensure_channel_stream(js)
+        first = await publish_envelope(js, channel="build-coord", msg_id="m1", envelope=b"{}")
+        again = await publish_envelope(js, channel="build-coord", msg_id="m1", envelope=b"{}")
+        info = await js.stream_info(CHANNEL_STREAM)
+    finally:
+        await client.close()
+    assert (first, again) == (True, False)
+    assert info.state.messages == 1
+
+
+@pytest.mark.parametrize("channel", ["build-coord.>", "*", "secret.ops", "a b"])
+def test_channel_names_cannot_reach_other_subjects(channel: str) -> None:
+    with pytest.raises(InvalidChannel):
+        channel_subject(channel)

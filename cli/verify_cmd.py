@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,6 +32,12 @@ def register(commands: Any) -> None:
     verify.add_argument(
         "--keys", type=Path, default=DEFAULT_REGISTRY, help="key registry (default: keys.yaml)"
     )
+    verify.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes that check signatures (default: one per core)",
+    )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(run=run)
 
@@ -38,7 +45,7 @@ def register(commands: Any) -> None:
 def run(arguments: argparse.Namespace) -> int:
     try:
         registry = KeyRegistry.load(arguments.keys)
-        report = verify_directory(arguments.facts_dir, registry)
+        report = verify_directory(arguments.facts_dir, registry, jobs=arguments.jobs)
     except AgoraError as exc:
         report = Report(problem=Problem(str(arguments.keys), str(exc)))
     if arguments.json:

@@ -223,7 +223,7 @@ def canonical_json(obj: object) -> bytes:
 def parse_json(data: bytes, *, what: str) -> object:
     """Parse untrusted JSON, refusing duplicate keys and invalid UTF-8."""
     try:
-        return json.loads(data, object_pairs_hook=_no_duplicate_keys)
+        return _strict_decoder.decode(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedEnvelope(f"{what} is not valid UTF-8 JSON: {exc}") from exc
     except _DuplicateKeyError as exc:
@@ -305,5 +305,6 @@ def _check_text_map(value: object, name: str) -> None:
         _check_text(item, f"{name}[{key!r}]")
 
 
+_strict_decoder: Final = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
 _ACT_KEYS: Final = frozenset(Act("x", "x", "x", "x", Performative.INFORM, "", 0, 0).to_json())
 _EVENT_KEYS: Final = frozenset(Event("x", EventKind.NOTE, "x", 0, "x").to_json())

@@ -30,16 +30,24 @@ CONCERNS: Final = "concerns"
 _YAML_UNSAFE: Final = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
 
 
+_json_string = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def quoted(text: str) -> str:
     """``text`` as a YAML double-quoted scalar that reads back exactly."""
-    encoded = json.dumps(text, ensure_ascii=False)
+    encoded = _json_string(text)
     if _YAML_UNSAFE.search(encoded) is None:
         return encoded
     return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", encoded)
 
 
 def artifact(index: int, leaf_hex: str, fact: Fact) -> str:
-    """The YAML list item for the fact at ``index`` (ends with a newline)."""
+    """The YAML list item for the fact at ``index`` (ends with a newline).
+
+    Ids, names, channels, acts and hashes were checked to be ``[A-Za-z0-9_-]`` (or hex)
+    when the fact was built, so they are quoted without escaping; free text goes through
+    :func:`quoted`.
+    """
     if isinstance(fact, Act):
         return _act_artifact(index, leaf_hex, fact)
     return _event_artifact(index, leaf_hex, fact)
@@ -47,17 +55,17 @@ def artifact(index: int, leaf_hex: str, fact: Fact) -> str:
 
 def _act_artifact(index: int, leaf_hex: str, act: Act) -> str:
     lines = [
-        f"- id: {quoted(act.id)}",
+        f'- id: "{act.id}"',
         f"  type: {ACT_ARTIFACT_TYPE}",
         f"  title: {quoted(f'{act.act.value} on {act.channel} by {act.sender}')}",
-        f"  tags: [{quoted(act.channel)}, {quoted(act.act.value)}]",
+        f'  tags: ["{act.channel}", "{act.act.value}"]',
         "  fields:",
         f"    index: {index}",
-        f"    leaf-hash: {quoted(leaf_hex)}",
-        f"    act: {quoted(act.act.value)}",
-        f"    channel: {quoted(act.channel)}",
-        f"    sender: {quoted(act.sender)}",
-        f"    conversation: {quoted(act.conversation)}",
+        f'    leaf-hash: "{leaf_hex}"',
+        f'    act: "{act.act.value}"',
+        f'    channel: "{act.channel}"',
+        f'    sender: "{act.sender}"',
+        f'    conversation: "{act.conversation}"',
         f"    hops: {act.hops}",
         f"    time-ms: {act.time_ms}",
         f"    payload: {quoted(act.payload)}",
@@ -66,32 +74,30 @@ def _act_artifact(index: int, leaf_hex: str, act: Act) -> str:
         f"    provenance-{key}: {quoted(value)}" for key, value in sorted(act.provenance.items())
     )
     if act.in_reply_to is not None:
-        lines.extend(
-            ["  links:", f"  - type: {REPLIES_TO}", f"    target: {quoted(act.in_reply_to)}"]
-        )
+        lines.extend(["  links:", f"  - type: {REPLIES_TO}", f'    target: "{act.in_reply_to}"'])
     return "\n".join(lines) + "\n"
 
 
 def _event_artifact(index: int, leaf_hex: str, event: Event) -> str:
     lines = [
-        f"- id: {quoted(event.id)}",
+        f'- id: "{event.id}"',
         f"  type: {EVENT_ARTIFACT_TYPE}",
         f"  title: {quoted(f'{event.kind.value}: {event.reason}')}",
-        f"  tags: [{quoted(event.kind.value)}]",
+        f'  tags: ["{event.kind.value}"]',
         "  fields:",
         f"    index: {index}",
-        f"    leaf-hash: {quoted(leaf_hex)}",
-        f"    kind: {quoted(event.kind.value)}",
-        f"    actor: {quoted(event.actor)}",
-        f"    reason: {quoted(event.reason)}",
+        f'    leaf-hash: "{leaf_hex}"',
+        f'    kind: "{event.kind.value}"',
+        f'    actor: "{event.actor}"',
+        f'    reason: "{event.reason}"',
         f"    detail: {quoted(event.detail)}",
         f"    time-ms: {event.time_ms}",
     ]
     if event.channel is not None:
-        lines.append(f"    channel: {quoted(event.channel)}")
+        lines.append(f'    channel: "{event.channel}"')
     if event.agent is not None:
-        lines.append(f"    agent: {quoted(event.agent)}")
+        lines.append(f'    agent: "{event.agent}"')
     lines.extend(f"    data-{key}: {quoted(value)}" for key, value in sorted(event.data.items()))
     if event.subject is not None:
-        lines.extend(["  links:", f"  - type: {CONCERNS}", f"    target: {quoted(event.subject)}"])
+        lines.extend(["  links:", f"  - type: {CONCERNS}", f'    target: "{event.subject}"'])
     return "\n".join(lines) + "\n"

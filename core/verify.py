@@ -17,17 +17,24 @@ only reads the files first. The checks, in order, stop at the first problem:
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from agora.core.checkpoint import (
-    CHECKPOINT_SIGNER_ROLES,
     Checkpoint,
     SignedCheckpoint,
     open_checkpoint,
 )
-from agora.core.envelope import Act
+from agora.core.entries import (
+    CheckedEntry,
+    EntryProblem,
+    check_chunk,
+    check_chunk_in_worker,
+    init_worker,
+)
 from agora.core.errors import AgoraError
 from agora.core.factlog import (
     CHECKPOINT_DIR,
@@ -35,13 +42,14 @@ from agora.core.factlog import (
     LOG_FILE,
     VIEW_FILE,
     checkpoint_name,
-    envelope_of,
     log_lines,
 )
 from agora.core.keys import KeyRegistry
-from agora.core.merkle import Frontier, consistency_proof, leaf_hash, verify_consistency
-from agora.core.rivet import VIEW_HEADER, artifact
-from agora.core.signing import Verified, verify_parsed
+from agora.core.merkle import Frontier, consistency_proof, verify_consistency
+from agora.core.rivet import VIEW_HEADER
+
+CHUNK_ENTRIES: Final = 2_000
+PARALLEL_FROM_ENTRIES: Final = 4 * CHUNK_ENTRIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +107,7 @@ class _Failed(Exception):
         self.problem = problem
 
 
-def verify_directory(directory: Path, registry: KeyRegistry) -> Report:
+def verify_directory(directory: Path, registry: KeyRegistry, *, jobs: int = 1) -> Report:
     """Read a facts directory and check it (see the module docstring)."""
     log_path = directory / LOG_FILE
     if not log_path.is_file():
@@ -112,7 +120,7 @@ def verify_directory(directory: Path, registry: KeyRegistry) -> Report:
     ]
     view_path = directory / VIEW_FILE
     view = view_path.read_bytes() if view_path.is_file() else None
-    return check_facts(log_path.read_bytes(), checkpoints, view, registry)
+    return check_facts(log_path.read_bytes(), checkpoints, view, registry, jobs=jobs)
 
 
 def check_facts(
@@ -120,11 +128,14 @@ def check_facts(
     checkpoints: Sequence[tuple[str, bytes]],
     view: bytes | None,
     registry: KeyRegistry,
+    *,
+    jobs: int = 1,
 ) -> Report:
+    """Check a log, its checkpoints and its view; ``jobs`` > 1 checks entries in parallel."""
     report = Report()
     try:
         signed = _open_checkpoints(checkpoints, registry, report)
-        leaves, view_rest = _check_entries(log, view, registry, report)
+        leaves, view_rest = _check_entries(log, view, registry, report, jobs)
         _check_checkpoints(signed, leaves, report)
         _check_view_ends(view_rest)
     except _Failed as failed:
@@ -133,7 +144,7 @@ def check_facts(
 
 
 def _check_entries(
-    log: bytes, view: bytes | None, registry: KeyRegistry, report: Report
+    log: bytes, view: bytes | None, registry: KeyRegistry, report: Report, jobs: int
 ) -> tuple[list[bytes], int]:
     """Check every entry and its view artifact; return the leaves and any view left over."""
     if log and not log.endswith(b"\n"):
@@ -148,67 +159,63 @@ def _check_entries(
     leaves: list[bytes] = []
     seen: set[str] = set()
     signers = report.signers
-    for index, line in enumerate(log_lines(log)):
-        try:
-            verified = verify_parsed(envelope_of(line, index), registry)
-        except AgoraError as exc:
-            raise _Failed(Problem(f"entry {index}", str(exc), index)) from exc
-        fact = verified.fact
-        reference = _check_signer(verified, index, report)
-        if fact.id in seen:
-            raise _Failed(Problem(f"entry {index}", f"id {fact.id!r} appears twice", index))
-        if reference is not None and reference not in seen:
+    for index, entry in enumerate(_checked_entries(list(log_lines(log)), registry, jobs)):
+        if entry.fact_id in seen:
+            raise _Failed(Problem(f"entry {index}", f"id {entry.fact_id!r} appears twice", index))
+        if entry.reference is not None and entry.reference not in seen:
             raise _Failed(
                 Problem(
                     f"entry {index}",
-                    f"refers to {reference!r}, which is not an earlier fact in this log",
+                    f"refers to {entry.reference!r}, which is not an earlier fact in this log",
                     index,
                 )
             )
-        seen.add(fact.id)
-        signers[verified.signer.name] = signers.get(verified.signer.name, 0) + 1
-        leaf = leaf_hash(line)
-        leaves.append(leaf)
-        expected = artifact(index, leaf.hex(), fact).encode()
-        if view[view_at : view_at + len(expected)] != expected:
+        seen.add(entry.fact_id)
+        signers[entry.signer] = signers.get(entry.signer, 0) + 1
+        if entry.is_act:
+            report.acts += 1
+        else:
+            report.events += 1
+        leaves.append(entry.leaf)
+        if view[view_at : view_at + len(entry.artifact)] != entry.artifact:
             raise _Failed(
                 Problem(VIEW_FILE, f"differs from the log at the artifact of entry {index}", index)
             )
-        view_at += len(expected)
+        view_at += len(entry.artifact)
     report.entries = len(leaves)
     return leaves, len(view) - view_at
+
+
+def _checked_entries(
+    lines: list[bytes], registry: KeyRegistry, jobs: int
+) -> Iterator[CheckedEntry]:
+    """Every entry's independent checks, in log order, on ``jobs`` processes."""
+    starts = range(0, len(lines), CHUNK_ENTRIES)
+    chunks = [lines[start : start + CHUNK_ENTRIES] for start in starts]
+    if jobs <= 1 or len(lines) < PARALLEL_FROM_ENTRIES:
+        results: Iterable[tuple[list[CheckedEntry], EntryProblem | None]] = (
+            check_chunk(chunk, start, registry) for chunk, start in zip(chunks, starts, strict=True)
+        )
+        yield from _in_order(results)
+        return
+    with ProcessPoolExecutor(
+        max_workers=jobs, initializer=init_worker, initargs=(registry.to_document(),)
+    ) as pool:
+        yield from _in_order(pool.map(check_chunk_in_worker, chunks, starts))
+
+
+def _in_order(
+    results: Iterable[tuple[list[CheckedEntry], EntryProblem | None]],
+) -> Iterator[CheckedEntry]:
+    for checked, problem in results:
+        yield from checked
+        if problem is not None:
+            raise _Failed(Problem(f"entry {problem.index}", problem.message, problem.index))
 
 
 def _check_view_ends(rest: int) -> None:
     if rest:
         raise _Failed(Problem(VIEW_FILE, "has artifacts after the last entry of the log"))
-
-
-def _check_signer(verified: Verified, index: int, report: Report) -> str | None:
-    """Check the signer may record this fact; return the earlier fact it refers to."""
-    fact, signer = verified.fact, verified.signer
-    if isinstance(fact, Act):
-        if not signer.may_use(fact.channel):
-            raise _Failed(
-                Problem(
-                    f"entry {index}",
-                    f"sender {signer.name!r} is not granted channel {fact.channel!r}",
-                    index,
-                )
-            )
-        report.acts += 1
-        return fact.in_reply_to
-    if signer.role not in CHECKPOINT_SIGNER_ROLES:
-        raise _Failed(
-            Problem(
-                f"entry {index}",
-                f"event signed by {signer.name!r} ({signer.role.value}): "
-                "only host and bridge identities record events",
-                index,
-            )
-        )
-    report.events += 1
-    return fact.subject
 
 
 def _open_checkpoints(

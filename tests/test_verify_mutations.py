@@ -16,7 +16,7 @@ from agora.core.factlog import CHECKPOINT_DIR, LOG_FILE, VIEW_FILE, FactLog, ent
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.merkle import leaf_hash, root_of
 from agora.core.signing import sign_fact
-from agora.core.verify import verify_directory
+from agora.core.verify import PARALLEL_FROM_ENTRIES, verify_directory
 from tests.conftest import FactsBuilder
 from tests.factories import make_act, make_event
 
@@ -222,3 +222,26 @@ def test_verify_command_exit_codes_and_first_bad_entry(
     problem = json.loads(bad.stdout)["problem"]
     assert problem["index"] == 3
     assert problem["where"] == "entry 3"
+
+
+def test_parallel_verify_finds_the_same_first_problem(
+    tmp_path: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    directory = tmp_path / "large"
+    count = PARALLEL_FROM_ENTRIES + 1_000
+    with FactLog.open(directory, signer=keys["host"]) as log:
+        for _ in range(count):
+            act = make_act()
+            log.append(sign_fact(act, keys["synth-agent"]), act)
+    parallel = verify_directory(directory, registry, jobs=2)
+    assert parallel.ok, parallel.problem
+    assert parallel.entries == count
+    lines = _lines(directory)
+    bad = count - 500
+    lines[bad] = lines[bad].replace(b'"sig":"', b'"sig":"AAAA', 1)
+    _write_lines(directory, lines)
+    sequential = verify_directory(directory, registry, jobs=1)
+    parallel = verify_directory(directory, registry, jobs=2)
+    assert sequential.problem == parallel.problem
+    assert parallel.problem is not None
+    assert parallel.problem.index == bad

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from agora.core.envelope import Act, Event
 from agora.core.factlog import FactLog
@@ -15,6 +16,10 @@ from agora.host.nats_server import EmbeddedNats
 from tests.factories import make_act, make_event
 
 AGENTS = ("synth-agent", "relay-agent")
+
+# CI machines are shared: judge properties on their examples, never on wall-clock time.
+settings.register_profile("agora", deadline=None)
+settings.load_profile("agora")
 
 
 @pytest.fixture(scope="session")

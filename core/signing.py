@@ -17,7 +17,7 @@ from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 
-from agora.core.envelope import Act, Fact, check_payload, decode_fact, payload_type_of
+from agora.core.envelope import Act, Fact, decode_fact, payload_type_of
 from agora.core.errors import (
     MalformedEnvelope,
     PayloadTooLarge,
@@ -145,14 +145,3 @@ def _b64(value: object, name: str) -> bytes:
     except (binascii.Error, ValueError) as exc:
         raise MalformedEnvelope(f"{name} is not valid base64: {exc}") from exc
 
-
-__all__ = [
-    "MAX_ENVELOPE_BYTES",
-    "Verified",
-    "check_payload",
-    "pae",
-    "sign_body",
-    "sign_fact",
-    "verify_envelope",
-    "verify_parsed",
-]

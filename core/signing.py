@@ -144,4 +144,3 @@ def _b64(value: object, name: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise MalformedEnvelope(f"{name} is not valid base64: {exc}") from exc
-

@@ -111,10 +111,10 @@ class FactLog:
                 f"facts directory {directory} is being written by another process"
             ) from exc
         log_path = directory / LOG_FILE
-        _trim_incomplete_line(log_path)
-        view_is_current = _view_is_current(directory / VIEW_FILE, log_path)
+        data = _trim_incomplete_line(log_path)
+        view_is_current = _view_is_current(directory / VIEW_FILE, data)
         log = cls(directory, origin=origin, signer=signer, lock_fd=lock_fd)
-        for line in log_lines(log_path.read_bytes()):
+        for line in log_lines(data):
             log._frontier.append(leaf_hash(line))
         if not view_is_current:
             log._rebuild_view()
@@ -203,24 +203,25 @@ def _fact_in(line: bytes, index: int) -> Fact:
     return decode_fact(envelope["payloadType"], base64.b64decode(envelope["payload"]))
 
 
-def _trim_incomplete_line(path: Path) -> None:
-    """Cut an incomplete last line left by a crash: it was never synced or acknowledged."""
+def _trim_incomplete_line(path: Path) -> bytes:
+    """Cut an incomplete last line left by a crash (it was never synced or acknowledged);
+    return the log's complete lines."""
     if not path.exists():
         path.touch()
-        return
+        return b""
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end != len(data):
         with path.open("r+b") as file:
             file.truncate(end)
             os.fsync(file.fileno())
+    return data[:end]
 
 
-def _view_is_current(view_path: Path, log_path: Path) -> bool:
-    """Whether the view ends with the artifact of the log's last entry (reads both tails)."""
+def _view_is_current(view_path: Path, data: bytes) -> bool:
+    """Whether the view ends with the artifact of the last entry in the log bytes ``data``."""
     if not view_path.exists():
         return False
-    data = log_path.read_bytes()
     if data:
         start = data.rfind(b"\n", 0, len(data) - 1) + 1
         line = data[start:-1]

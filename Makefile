@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup agents demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: setup
+# Agents are rebuilt only when their source or the WIT contract changed.
+agents: setup
+	$(BIN)/agora agents build
+
+demo: agents
 	$(BIN)/agora demo
 
-test: setup
+test: agents
 	$(BIN)/pytest
 
 # mypy does not follow setuptools' editable import hook, so lint sees the package

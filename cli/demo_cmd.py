@@ -1,218 +1,333 @@
-"""``agora demo``: the foundation, end to end, on a real embedded JetStream.
+"""``agora demo``: the whole host loop, end to end, on a real embedded JetStream.
 
-It makes named keys, starts ``nats-server`` with JetStream, publishes the spike's two
-seed messages as signed acts (plus a repeat and a forgery), reads the channel stream back
-through a durable consumer, verifies every envelope before it is recorded, records the
-forgery as a refusal, signs a checkpoint, verifies the facts offline, and shows that a
-copy with one flipped byte fails verification.
+In a fresh folder it makes keys and an ``agora.yaml``, builds the agents (once; later
+runs reuse the build), starts ``nats-server`` with JetStream and the host, and then:
+
+1. runs the spike's scenario live: the maintainer asks "ship v0.1?" on ``build-coord``
+   and says a secret on ``secret-ops``; the chatty pair answers until the hop budget
+   runs out, and no agent ever sees the secret;
+2. runs an agreement on ``release``: a coordinator opens a vote, three voters each
+   decide by their own rule, the coordinator announces the outcome it counted, and a
+   summarizer sums it up;
+3. shows that "stop" said in a channel is just a message, and that a kill is not: after
+   ``kill --channel build-coord`` nothing more is delivered there;
+4. stops, verifies the facts offline, and shows that one changed byte fails.
+
+The pure control core's run of the spike's own simulation is printed beside the live
+figures, so the two can be compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import nats
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js import JetStreamContext
 
+from agora.cli.session import Session, connected, open_session
+from agora.cli.up_cmd import prepare_host
+from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
-from agora.core.envelope import Act, Event, EventKind
-from agora.core.errors import AgoraError, ConfigError
-from agora.core.factlog import LOG_FILE, FactLog
-from agora.core.keys import KeyRegistry, Role, SigningKey, write_private_key
-from agora.core.signing import sign_fact, verify_envelope
+from agora.core.envelope import Act, Event, EventKind, decode_fact
+from agora.core.errors import ConfigError
+from agora.core.factlog import LOG_FILE, envelope_of, log_lines
+from agora.core.ids import new_id, now_ms
+from agora.core.keys import KeyRegistry
+from agora.core.signing import sign_fact
 from agora.core.verify import verify_directory
+from agora.host.killswitch import set_switch
 from agora.host.nats_server import EmbeddedNats
-from agora.host.spine import (
-    CHANNEL_STREAM,
-    channel_of,
-    channel_subject,
-    ensure_channel_stream,
-    publish_envelope,
-)
+from agora.host.reference import run_reference
+from agora.host.runner import Delivery
+from agora.host.service import Host
+from agora.host.spine import event_subject, publish_envelope, publish_fact
 
 DEFAULT_FACTS_DIR: Final = Path("agora-demo/facts")
 DEMO_MARKER: Final = ".agora-demo"
-RECORDER: Final = "recorder"
-FETCH_TIMEOUT_S: Final = 2.0
+CHANNELS: Final = ("build-coord", "secret-ops", "release")
+SPIKE_HOPS: Final = 3
+TOPIC: Final = "ship v0.2: tests pass, changelog reviewed"
+VOTERS: Final = {
+    "alice-voter": {"approve": "tests pass", "veto": "breaking", "default": "reject"},
+    "bob-voter": {"approve": "reviewed,changelog", "veto": "security", "default": "accept"},
+    "carol-voter": {"approve": "docs", "veto": "license,breaking", "default": "reject"},
+}
+AGENTS: Final = {
+    "synth-agent": AgentPlan("chatty", ("build-coord",)),
+    "relay-agent": AgentPlan("chatty", ("build-coord",)),
+    "coordinator": AgentPlan(
+        "coordinator",
+        ("release",),
+        {"voters": ",".join(VOTERS), "quorum": "2", "deadline-ms": "5000"},
+    ),
+    **{name: AgentPlan("voter", ("release",), rule) for name, rule in VOTERS.items()},
+    "summarizer": AgentPlan("summarizer", ("release",)),
+}
+CHATTY: Final = ("synth-agent", "relay-agent")
 
 
 def register(commands: Any) -> None:
-    demo = commands.add_parser("demo", help="run the whole loop on a local JetStream")
+    demo = commands.add_parser("demo", help="run the host loop end to end on a local JetStream")
     demo.add_argument(
         "--facts-dir",
         type=Path,
         default=DEFAULT_FACTS_DIR,
-        help="where the demo's facts go (default: agora-demo/facts; keys go beside it)",
+        help="where the demo's facts go (default: agora-demo/facts; keys and config beside it)",
     )
     demo.add_argument("--json", action="store_true", help="end with one JSON summary line")
     demo.set_defaults(run=run)
 
 
 @dataclass(slots=True)
-class Summary:
-    published: int = 0
-    duplicates_dropped: int = 0
-    refused: int = 0
-    recorded: int = 0
-    verified: bool = False
+class Report:
+    live: dict[str, object] = field(default_factory=dict)
+    kill: dict[str, object] = field(default_factory=dict)
+    decision: dict[str, object] = field(default_factory=dict)
+    summary: str = ""
+    facts: dict[str, object] = field(default_factory=dict)
     tamper_detected: bool = False
-    tamper_problem: str = ""
-    checkpoint_root: str = ""
-    channels: dict[str, int] = field(default_factory=dict)
 
 
 def run(arguments: argparse.Namespace) -> int:
     facts_dir: Path = arguments.facts_dir
     say: Callable[[str], None] = (lambda _: None) if arguments.json else print
-    summary = asyncio.run(run_demo(facts_dir=facts_dir, say=say))
-    if arguments.json:
-        print(json.dumps(_to_json(summary, facts_dir), sort_keys=True))
-    return 0 if summary.verified and summary.tamper_detected else 1
-
-
-async def run_demo(*, facts_dir: Path, say: Callable[[str], None]) -> Summary:
     workspace = _fresh_workspace(facts_dir)
-    summary = Summary()
-    keys = {
-        name: SigningKey.generate(name)
-        for name in ("maintainer", "synth-agent", "relay-agent", "host")
+    config_path = create_workspace(
+        workspace,
+        channels=CHANNELS,
+        agents=AGENTS,
+        extra={"facts": str(facts_dir.resolve())},
+    )
+    say(f"Made keys, a key registry and {config_path} in {workspace}.")
+    session = open_session(config_path)
+    report = asyncio.run(run_demo(session, say=say))
+    reference = run_reference()
+    result = {
+        "reference": {
+            "scope_blocked": reference.scope_blocked,
+            "echo_dropped": reference.echo_dropped,
+            "converged_round": reference.converged_round,
+            "accepted": reference.accepted,
+        },
+        "live": report.live,
+        "decision": report.decision,
+        "summary": report.summary,
+        "kill": report.kill,
+        "facts": report.facts,
+        "tamper_detected": report.tamper_detected,
+        "facts_dir": str(facts_dir),
     }
-    registry = KeyRegistry(
-        [
-            keys["maintainer"].identity(Role.OPERATOR, ["build-coord", "secret-ops"]),
-            keys["synth-agent"].identity(Role.AGENT, ["build-coord"]),
-            keys["relay-agent"].identity(Role.AGENT, ["build-coord"]),
-            keys["host"].identity(Role.HOST, ["*"]),
-        ]
+    say(
+        "The pure control core, on the spike's own simulation: "
+        f"{reference.scope_blocked} scope-blocked, {reference.echo_dropped} echoes dropped, "
+        f"converged in round {reference.converged_round}, {reference.accepted} accepted."
     )
-    for key in keys.values():
-        write_private_key(key, workspace / ".agora" / "keys")
-    registry.save(workspace / "keys.yaml")
-    say(f"Made four named Ed25519 keys; the public halves are in {workspace / 'keys.yaml'}.")
+    if arguments.json:
+        print(json.dumps(result, sort_keys=True))
+    ok = bool(report.facts.get("verified")) and report.tamper_detected
+    return 0 if ok and report.live.get("converged") else 1
 
-    async with EmbeddedNats(data_dir=workspace / "nats") as server:
+
+async def run_demo(session: Session, *, say: Callable[[str], None]) -> Report:
+    report = Report()
+    config = session.config
+    say("Building the agents into WebAssembly components (only what changed)...")
+    host = prepare_host(session, log_line=lambda line: say(f"  {line}"))
+    deliveries: list[Delivery] = []
+    async with (
+        EmbeddedNats(data_dir=config.nats.data_dir) as server,
+        connected(server.url) as client,
+    ):
         say(f"Started nats-server with JetStream at {server.url}.")
-        client = await nats.connect(server.url)
-        try:
-            js = client.jetstream()
-            await ensure_channel_stream(js)
-            await _publish_seed(js, keys, summary, say)
-            with FactLog.open(facts_dir, signer=keys["host"]) as log:
-                await _record(
-                    js=js, registry=registry, log=log, host=keys["host"], summary=summary, say=say
-                )
-                summary.checkpoint_root = log.checkpoint().root.hex()
-        finally:
-            await client.close()
-
-    report = verify_directory(facts_dir, registry)
-    summary.verified = report.ok
-    say(f"agora verify: {'OK' if report.ok else report.problem} ({report.entries} facts).")
-    summary.tamper_detected, summary.tamper_problem = _tamper_check(facts_dir, registry)
-    say(f"A copy with one flipped byte fails: {summary.tamper_problem}")
-    say(f"Check it yourself: agora verify {facts_dir} --keys {workspace / 'keys.yaml'}")
-    return summary
+        await host.start(client)
+        for runner in host.runners.values():
+            runner.observers.append(deliveries.append)
+        say(f"The host runs {len(host.runners)} agents, each in its own wasm sandbox.")
+        run = DemoRun(session, client.jetstream(), host, deliveries, report, say)
+        await _spike(run)
+        await _agreement(run)
+        await _stop_and_kill(run)
+        await host.stop()
+    _read_outcome(config.facts_dir, report, say)
+    _verify(config.facts_dir, session.registry, report, say)
+    return report
 
 
-async def _publish_seed(
-    js: Any, keys: dict[str, SigningKey], summary: Summary, say: Callable[[str], None]
-) -> None:
-    now = int(time.time() * 1000)
-    request = Act(
-        id="m1", conversation="c1", sender="maintainer", channel="build-coord",
-        act=Performative.REQUEST, payload="ship v0.1?", hops=3, time_ms=now,
-    )  # fmt: skip
-    secret = Act(
-        id="m2", conversation="c2", sender="maintainer", channel="secret-ops",
-        act=Performative.INFORM, payload="the deploy key rotates at midnight", hops=3,
-        time_ms=now,
-    )  # fmt: skip
-    for act in (request, secret):
-        if await publish_envelope(
-            js, channel=act.channel, msg_id=act.id, envelope=sign_fact(act, keys["maintainer"])
-        ):
-            summary.published += 1
-            say(f"maintainer -> {act.channel}: {act.act.value} {act.payload!r} (signed, hops 3)")
-    repeated = await publish_envelope(
+@dataclass(frozen=True, slots=True)
+class DemoRun:
+    session: Session
+    js: JetStreamContext
+    host: Host
+    deliveries: list[Delivery]
+    report: Report
+    say: Callable[[str], None]
+
+
+async def _spike(run: DemoRun) -> None:
+    session, js, host, deliveries, report, say = _unpack(run)
+    say("")
+    say("1. The spike's scenario. The maintainer asks on #build-coord and tells a secret")
+    say("   on #secret-ops, both with a hop budget of 3.")
+    await _inject(session, js, "build-coord", Performative.REQUEST, "ship v0.1?", hops=SPIKE_HOPS)
+    await _inject(
+        session,
         js,
+        "secret-ops",
+        Performative.INFORM,
+        "the deploy key rotates at 02:00",
+        hops=SPIKE_HOPS,
+    )
+    await host.settle()
+    chatty = [host.runners[name].counters for name in CHATTY]
+    accepted = sum(c["emitted"] for c in chatty)
+    echoes = sum(c["self-echo"] for c in chatty)
+    spent = sum(c["no-hops"] for c in chatty)
+    secret = sum(1 for d in deliveries if d.act.channel == "secret-ops")
+    report.live = {
+        "accepted": accepted,
+        "echo_dropped": echoes,
+        "secret_delivered": secret,
+        "converged": accepted == 6 and secret == 0,
+    }
+    say(
+        f"   The pair answered each other {accepted} times and then went quiet: each reply "
+        "carries one hop less,"
+    )
+    say(
+        f"   and {spent} replies with none left were recorded but delivered to no one. "
+        f"{echoes} echoes of their own words were dropped."
+    )
+    say(f"   The secret was delivered to {secret} agents: none is granted #secret-ops.")
+
+
+async def _agreement(run: DemoRun) -> None:
+    session, js, host, _, _, say = _unpack(run)
+    say("")
+    say(f'2. An agreement on #release. The maintainer requests: "{TOPIC}".')
+    say("   The coordinator proposes it; three voters each apply their own rule.")
+    await _inject(session, js, "release", Performative.REQUEST, TOPIC, hops=session.config.hops)
+    await host.settle(quiet_s=0.5)
+
+
+async def _stop_and_kill(run: DemoRun) -> None:
+    session, js, host, deliveries, report, say = _unpack(run)
+    say("")
+    say('3. The maintainer types "stop" into #build-coord. It is just one more message:')
+    before = len(deliveries)
+    await _inject(session, js, "build-coord", Performative.INFORM, "stop", hops=1)
+    await host.settle()
+    stop_delivered = len(deliveries) - before
+    say(f"   it was delivered {stop_delivered} times, like any other.")
+    say("   Now a kill, out of band: `agora kill --channel build-coord`.")
+    event = Event(
+        id=new_id("ev"),
+        kind=EventKind.KILLED,
+        actor=session.config.operator,
+        time_ms=now_ms(),
+        reason="kill",
+        detail="the demo's maintainer stops #build-coord",
         channel="build-coord",
-        msg_id=request.id,
-        envelope=sign_fact(request, keys["maintainer"]),
     )
-    if not repeated:
-        summary.duplicates_dropped += 1
-        say("The same message sent again was dropped by JetStream (same Nats-Msg-Id).")
-    intruder = SigningKey.generate("maintainer")
-    forged = Act(
-        id="m3", conversation="c1", sender="maintainer", channel="build-coord",
-        act=Performative.CONFIRM, payload="ship it now", hops=3, time_ms=now,
-    )  # fmt: skip
-    await js.publish(channel_subject("build-coord"), sign_fact(forged, intruder))
-    summary.published += 1
-    say("Someone without a registered key sent a message claiming to be maintainer.")
+    envelope = sign_fact(event, session.key(session.config.operator))
+    await set_switch(js, event, envelope)
+    await publish_fact(js, subject=event_subject(event.actor), msg_id=event.id, envelope=envelope)
+    await host.killswitch.wait_for(lambda state: state.blocks("synth-agent", "build-coord"))
+    before = len(deliveries)
+    await _inject(session, js, "build-coord", Performative.REQUEST, "are you there?", hops=3)
+    await host.settle()
+    after_kill = sum(1 for d in deliveries[before:] if d.act.channel == "build-coord")
+    report.kill = {"stop_message_delivered": stop_delivered, "deliveries_after_kill": after_kill}
+    say(f"   After the kill, messages delivered on #build-coord: {after_kill}.")
 
 
-async def _record(
+def _unpack(
+    run: DemoRun,
+) -> tuple[Session, JetStreamContext, Host, list[Delivery], Report, Callable[[str], None]]:
+    return run.session, run.js, run.host, run.deliveries, run.report, run.say
+
+
+async def _inject(
+    session: Session,
+    js: JetStreamContext,
+    channel: str,
+    act: Performative,
+    text: str,
     *,
-    js: Any,
-    registry: KeyRegistry,
-    log: FactLog,
-    host: SigningKey,
-    summary: Summary,
-    say: Callable[[str], None],
-) -> None:
-    """Read the channel stream through a durable consumer; verify, then record each."""
-    subscription = await js.pull_subscribe(
-        "agora.ch.*",
-        durable=RECORDER,
-        stream=CHANNEL_STREAM,
-        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_deliver=5, ack_wait=30),
+    hops: int,
+) -> Act:
+    speaker = session.config.operator
+    ident = new_id("act")
+    fact = Act(
+        id=ident,
+        conversation=ident,
+        sender=speaker,
+        channel=channel,
+        act=act,
+        payload=text,
+        hops=hops,
+        time_ms=now_ms(),
     )
-    messages = await subscription.fetch(batch=100, timeout=FETCH_TIMEOUT_S)
-    for message in messages:
-        channel = channel_of(message.subject)
-        try:
-            verified = verify_envelope(message.data, registry)
-        except AgoraError as exc:
-            refusal = Event(
-                id=f"refused-{message.metadata.sequence.stream}",
-                kind=EventKind.REFUSED,
-                actor=host.name,
-                time_ms=int(time.time() * 1000),
-                reason="bad-signature",
-                detail=str(exc)[:500],
-                channel=channel,
-            )
-            log.append(sign_fact(refusal, host), refusal)
-            summary.refused += 1
-            say(f"Refused before anyone saw it, and recorded as a fact: {exc}")
-        else:
-            log.append(message.data, verified.fact)
-            summary.channels[channel] = summary.channels.get(channel, 0) + 1
-            say(f"Verified and recorded {verified.fact.id} from {verified.signer.name}.")
-        summary.recorded += 1
-        await message.ack()
+    await publish_envelope(
+        js, channel=channel, msg_id=ident, envelope=sign_fact(fact, session.key(speaker))
+    )
+    return fact
 
 
-def _tamper_check(facts_dir: Path, registry: KeyRegistry) -> tuple[bool, str]:
+def _read_outcome(facts_dir: Path, report: Report, say: Callable[[str], None]) -> None:
+    body_votes: dict[str, str] = {}
+    for index, line in enumerate(log_lines((facts_dir / LOG_FILE).read_bytes())):
+        envelope: Any = envelope_of(line, index)
+        fact = decode_fact(envelope["payloadType"], base64.b64decode(envelope["payload"]))
+        if not isinstance(fact, Act) or not fact.payload.startswith("{"):
+            continue
+        body = json.loads(fact.payload)
+        if body.get("kind") == "decision" and fact.sender == "coordinator":
+            report.decision = {
+                "topic": body["topic"],
+                "outcome": body["outcome"],
+                "votes": body["votes"],
+                "quorum": body["quorum"],
+                "fact": fact.id,
+            }
+            body_votes = {str(k): str(v) for k, v in body["votes"].items()}
+        elif body.get("kind") == "summary" and fact.sender == "summarizer":
+            report.summary = str(body.get("text", ""))
+    if report.decision:
+        cast: dict[str, str] = body_votes
+        votes = ", ".join(f"{k} {v}" for k, v in sorted(cast.items()))
+        say(f"   The coordinator counted: {votes}; outcome: {report.decision['outcome']}.")
+    if report.summary:
+        say(f"   The summarizer wrote: {report.summary}")
+
+
+def _verify(
+    facts_dir: Path, registry: KeyRegistry, report: Report, say: Callable[[str], None]
+) -> None:
+    say("")
+    verdict = verify_directory(facts_dir, registry)
+    report.facts = {"entries": verdict.entries, "verified": verdict.ok}
+    say(
+        f"4. Every act delivered, emitted and refused is a signed fact: {verdict.entries} "
+        f"in {facts_dir}, and `agora verify` says: {'verified' if verdict.ok else verdict}."
+    )
     copy = facts_dir.parent / "facts-tampered"
     shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(facts_dir, copy)
+    shutil.copytree(facts_dir, copy, ignore=shutil.ignore_patterns(".lock"))
     log = copy / LOG_FILE
     data = bytearray(log.read_bytes())
     position = data.index(b'"payload":"') + len(b'"payload":"') + 4
     data[position] ^= 0x01
     log.write_bytes(bytes(data))
-    report = verify_directory(copy, registry)
-    return (not report.ok, str(report.problem))
+    tampered = verify_directory(copy, registry)
+    report.tamper_detected = not tampered.ok
+    say(f"   A copy with one byte changed fails: {tampered.problem}.")
 
 
 def _fresh_workspace(facts_dir: Path) -> Path:
@@ -229,16 +344,3 @@ def _fresh_workspace(facts_dir: Path) -> Path:
     workspace.mkdir(parents=True, exist_ok=True)
     marker.write_text("made by agora demo; removed by the next run\n", encoding="utf-8")
     return workspace
-
-
-def _to_json(summary: Summary, facts_dir: Path) -> dict[str, object]:
-    return {
-        "facts_dir": str(facts_dir),
-        "published": summary.published,
-        "duplicates_dropped": summary.duplicates_dropped,
-        "refused": summary.refused,
-        "channels": summary.channels,
-        "facts": {"entries": summary.recorded, "verified": summary.verified},
-        "tamper_detected": summary.tamper_detected,
-        "checkpoint_root": summary.checkpoint_root,
-    }

@@ -11,7 +11,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from agora.cli import demo_cmd, keys_cmd, verify_cmd
+from agora.cli import (
+    agents_cmd,
+    channel_cmds,
+    control_cmds,
+    demo_cmd,
+    keys_cmd,
+    up_cmd,
+    verify_cmd,
+)
 from agora.core.errors import AgoraError
 
 EXIT_FAILED = 1
@@ -27,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cmd.register(commands)
     verify_cmd.register(commands)
     demo_cmd.register(commands)
+    agents_cmd.register(commands)
+    up_cmd.register(commands)
+    channel_cmds.register(commands)
+    control_cmds.register(commands)
     return parser
 
 

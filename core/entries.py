@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agora.core.checkpoint import CHECKPOINT_SIGNER_ROLES
+from agora.core.admission import check_signer_may_say
 from agora.core.envelope import Act
 from agora.core.errors import AgoraError, InternalError
 from agora.core.factlog import envelope_of
@@ -43,17 +43,8 @@ def check_entry(line: bytes, index: int, registry: KeyRegistry) -> CheckedEntry:
     """Verify one entry's framing, signature, fact and grant. Raises AgoraError."""
     verified = verify_parsed(envelope_of(line, index), registry)
     fact, signer = verified.fact, verified.signer
-    if isinstance(fact, Act):
-        if not signer.may_use(fact.channel):
-            raise AgoraError(f"sender {signer.name!r} is not granted channel {fact.channel!r}")
-        reference = fact.in_reply_to
-    else:
-        if signer.role not in CHECKPOINT_SIGNER_ROLES:
-            raise AgoraError(
-                f"event signed by {signer.name!r} ({signer.role.value}): "
-                "only host and bridge identities record events"
-            )
-        reference = fact.subject
+    check_signer_may_say(signer, fact)
+    reference = fact.in_reply_to if isinstance(fact, Act) else fact.subject
     leaf = leaf_hash(line)
     return CheckedEntry(
         fact_id=fact.id,

@@ -146,6 +146,11 @@ class FactLog:
         self._frontier.append(leaf)
         return index
 
+    def fact_ids(self) -> set[str]:
+        """The id of every fact in the log (read from the file; for a writer's start-up)."""
+        data = (self.directory / LOG_FILE).read_bytes()
+        return {_fact_in(line, index).id for index, line in enumerate(log_lines(data))}
+
     def sync(self) -> None:
         """Make every append so far durable."""
         for file in (self._log, self._view):

@@ -12,14 +12,22 @@ Delivery, in this order (the first that applies wins):
 3. idempotency: a message the agent already processed is skipped;
 4. hop budget: a message with no hops left is recorded but delivered to no agent.
 
-Emission: the host, not the agent, sets the hop budget of a reply (one less than the
-message it answers), and refuses emits to channels the agent was not granted.
+Emission (:func:`screen_emit`), in this order: a sender other than the agent itself
+is a forgery; a malformed channel or conversation id is refused, then a channel the
+agent was not granted, then an oversized payload; the host, not the agent, sets the
+hop budget (one less than the message answered) and refuses a reply to a message the
+agent was never handed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
+
+from agora.core.acts import check_channel, check_name
+from agora.core.envelope import check_payload
+from agora.core.errors import InputError, shown
 
 
 class Verdict(StrEnum):
@@ -55,3 +63,73 @@ def screen_delivery(
 def reply_hops(parent_hops: int) -> int:
     """The hop budget of a reply: one less than its parent's, never more, never below 0."""
     return max(parent_hops - 1, 0)
+
+
+class EmitVerdict(StrEnum):
+    """What the host decides about one message an agent asked to send."""
+
+    EMIT = "emit"
+    FORGED_SENDER = "forged-sender"
+    MALFORMED = "emit-malformed"
+    UNGRANTED = "emit-ungranted"
+    TOO_LARGE = "payload-too-large"
+    UNKNOWN_REPLY = "unknown-reply"
+    NO_PARENT = "no-parent"
+
+
+@dataclass(frozen=True, slots=True)
+class EmitDecision:
+    verdict: EmitVerdict
+    hops: int = 0
+    detail: str = ""
+
+
+def screen_emit(  # noqa: PLR0911 - one return per control, in order
+    *,
+    agent: str,
+    granted: Container[str],
+    sender: str,
+    channel: str,
+    conversation: str,
+    in_reply_to: str | None,
+    payload: str,
+    parents: Mapping[str, int],
+    conversations: Mapping[str, int],
+) -> EmitDecision:
+    """Whether the host publishes what ``agent`` emitted, and with which hop budget.
+
+    ``parents`` maps the ids of messages the agent was handed to their hop budgets;
+    ``conversations`` maps conversations it took part in to the budget of the last
+    message it was handed there. A reply gets one hop less than the message it answers;
+    a message that answers none (a timer's output) one less than the conversation's
+    last; a message in no conversation the agent was handed is refused, so an agent
+    can never start traffic out of nothing or raise a budget.
+    """
+    if sender not in ("", agent):
+        return EmitDecision(EmitVerdict.FORGED_SENDER, detail=f"sender {shown(sender)}")
+    try:
+        check_channel(channel)
+        check_name(conversation, field="conversation-id")
+    except InputError as exc:
+        return EmitDecision(EmitVerdict.MALFORMED, detail=str(exc))
+    if channel not in granted:
+        return EmitDecision(EmitVerdict.UNGRANTED, detail=f"channel {channel!r} is not granted")
+    try:
+        check_payload(payload)
+    except InputError as exc:
+        return EmitDecision(EmitVerdict.TOO_LARGE, detail=str(exc))
+    if in_reply_to is not None:
+        parent_hops = parents.get(in_reply_to)
+        if parent_hops is None:
+            return EmitDecision(
+                EmitVerdict.UNKNOWN_REPLY,
+                detail=f"in-reply-to {shown(in_reply_to)} is no message the agent was handed",
+            )
+        return EmitDecision(EmitVerdict.EMIT, hops=reply_hops(parent_hops))
+    last_hops = conversations.get(conversation)
+    if last_hops is None:
+        return EmitDecision(
+            EmitVerdict.NO_PARENT,
+            detail=f"conversation {conversation!r} is not one the agent was handed a message in",
+        )
+    return EmitDecision(EmitVerdict.EMIT, hops=reply_hops(last_hops))

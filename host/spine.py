@@ -1,25 +1,55 @@
-"""The JetStream spine: one stream for channel traffic, one subject per channel.
+"""The JetStream spine: one stream for every fact, one subject per channel.
 
-Channel ``build-coord`` is subject ``agora.ch.build-coord``. Channel names are checked
-before they become subjects, so no name can reach another subject (``.``, ``*`` and
-``>`` are refused). Every publish carries ``Nats-Msg-Id`` = the act's id, so a repeat
-within the stream's duplicate window is dropped by the server.
+Channel ``build-coord`` is subject ``agora.ch.build-coord``; the events the host and the
+bridge record go to ``agora.ev.<identity>`` in the same stream, so the stream's order
+is the order facts are recorded in (an event always comes after the act it concerns).
+Channel names are checked before they become subjects, so no name can reach another
+subject (``.``, ``*`` and ``>`` are refused). Every publish carries ``Nats-Msg-Id`` =
+the fact's id, so a repeat within the stream's duplicate window is dropped by the
+server.
+
+Beside the stream, three key-value buckets:
+
+- ``agora-control``: the out-of-band kill switch (keys ``all``, ``agent.<name>``,
+  ``channel.<name>``; each value a signed ``killed``/``resumed``/``quarantined`` event);
+- ``agora-agents``: each agent's saved state, progress and unsent outbox;
+- ``agora-status``: each host's counters, for ``agora status``.
+
+Messages a consumer gave up on after ``max_deliver`` attempts are announced by the
+server as advisories, which the ``AGORA_DEAD`` stream keeps (the dead-letter place).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from agora.core.acts import check_channel
+from agora.core.acts import check_channel, check_name
 
-CHANNEL_STREAM: Final = "AGORA_CHANNELS"
+STREAM: Final = "AGORA"
 CHANNEL_SUBJECT_PREFIX: Final = "agora.ch."
+EVENT_SUBJECT_PREFIX: Final = "agora.ev."
 DUPLICATE_WINDOW_S: Final = 120.0
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
+CONTROL_BUCKET: Final = "agora-control"
+AGENTS_BUCKET: Final = "agora-agents"
+STATUS_BUCKET: Final = "agora-status"
+DEAD_STREAM: Final = "AGORA_DEAD"
+DEAD_SUBJECTS: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.>"
+RECORDER_CONSUMER: Final = "recorder"
 
 
 def channel_subject(channel: str) -> str:
@@ -31,10 +61,14 @@ def channel_of(subject: str) -> str:
     return check_channel(subject.removeprefix(CHANNEL_SUBJECT_PREFIX))
 
 
-def channel_stream_config(*, replicas: int = 1) -> StreamConfig:
+def event_subject(identity: str) -> str:
+    return EVENT_SUBJECT_PREFIX + check_name(identity, field="identity")
+
+
+def stream_config(*, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
-        name=CHANNEL_STREAM,
-        subjects=[CHANNEL_SUBJECT_PREFIX + "*"],
+        name=STREAM,
+        subjects=[CHANNEL_SUBJECT_PREFIX + "*", EVENT_SUBJECT_PREFIX + "*"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
@@ -43,20 +77,83 @@ def channel_stream_config(*, replicas: int = 1) -> StreamConfig:
     )
 
 
-async def ensure_channel_stream(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create the channel stream, or bring its configuration up to date."""
-    config = channel_stream_config(replicas=replicas)
+async def ensure_spine(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create the stream, the dead-letter stream and the buckets, or update them."""
+    await _ensure_stream(js, stream_config(replicas=replicas))
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=DEAD_STREAM,
+            subjects=[DEAD_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+        ),
+    )
+    for bucket, history in ((CONTROL_BUCKET, 16), (AGENTS_BUCKET, 1), (STATUS_BUCKET, 1)):
+        try:
+            await js.key_value(bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=history, replicas=replicas)
+            )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
-        await js.stream_info(CHANNEL_STREAM)
+        await js.stream_info(config.name or "")
     except NotFoundError:
         await js.add_stream(config)
         return
     await js.update_stream(config)
 
 
+def agent_consumer_name(agent: str) -> str:
+    return "agent-" + check_name(agent, field="agent")
+
+
+def agent_consumer_config(
+    agent: str, channels: Sequence[str], *, ack_wait_s: float, max_deliver: int, batch: int
+) -> ConsumerConfig:
+    """A durable pull consumer that sees exactly the agent's granted channels.
+
+    Acks are explicit; a message not acked within ``ack_wait_s`` is redelivered at most
+    ``max_deliver`` times in all, after which the server's advisory lands in the
+    dead-letter stream. A new agent starts with the messages published after it was
+    created (its durable position survives restarts).
+    """
+    return ConsumerConfig(
+        durable_name=agent_consumer_name(agent),
+        filter_subjects=[channel_subject(c) for c in channels],
+        deliver_policy=DeliverPolicy.NEW,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        max_deliver=max_deliver,
+        max_ack_pending=batch * 4,
+    )
+
+
+async def ensure_consumer(js: JetStreamContext, config: ConsumerConfig) -> None:
+    """Create a durable consumer, or bring its filter and limits up to date."""
+    name = config.durable_name or ""
+    try:
+        await js.consumer_info(STREAM, name)
+    except NotFoundError:
+        await js.add_consumer(STREAM, config)
+        return
+    await js.add_consumer(STREAM, config)  # same durable name: the server updates it
+
+
+async def publish_fact(js: JetStreamContext, *, subject: str, msg_id: str, envelope: bytes) -> bool:
+    """Publish a signed envelope; False if JetStream saw its id already."""
+    ack = await js.publish(subject, envelope, headers={MSG_ID_HEADER: msg_id})
+    return not ack.duplicate
+
+
 async def publish_envelope(
     js: JetStreamContext, *, channel: str, msg_id: str, envelope: bytes
 ) -> bool:
-    """Publish a signed envelope to its channel; False if JetStream saw it already."""
-    ack = await js.publish(channel_subject(channel), envelope, headers={MSG_ID_HEADER: msg_id})
-    return not ack.duplicate
+    """Publish a signed act to its channel; False if JetStream saw its id already."""
+    return await publish_fact(
+        js, subject=channel_subject(channel), msg_id=msg_id, envelope=envelope
+    )

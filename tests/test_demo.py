@@ -20,9 +20,29 @@ def test_demo_json_summary(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["facts"] == {"entries": 3, "verified": True}
-    assert summary["duplicates_dropped"] == 1
-    assert summary["refused"] == 1
+    assert summary["reference"] == {
+        "scope_blocked": 8,
+        "echo_dropped": 12,
+        "converged_round": 3,
+        "accepted": 6,
+    }
+    assert summary["live"] == {
+        "accepted": 6,
+        "echo_dropped": 6,
+        "secret_delivered": 0,
+        "converged": True,
+    }
+    decision = summary["decision"]
+    assert decision["outcome"] == "accepted"
+    assert decision["votes"] == {
+        "alice-voter": "accept",
+        "bob-voter": "accept",
+        "carol-voter": "reject",
+    }
+    assert "accepted, 2 accept to 1 reject" in summary["summary"]
+    assert summary["kill"] == {"stop_message_delivered": 2, "deliveries_after_kill": 0}
+    assert summary["facts"]["verified"] is True
+    assert summary["facts"]["entries"] > 40
     assert summary["tamper_detected"] is True
     again = subprocess.run(
         [AGORA, "verify", tmp_path / "demo" / "facts", "--keys", tmp_path / "demo" / "keys.yaml"],

@@ -10,9 +10,9 @@ import pytest
 from agora.core.errors import InternalError, InvalidChannel
 from agora.host.nats_server import EmbeddedNats
 from agora.host.spine import (
-    CHANNEL_STREAM,
+    STREAM,
     channel_subject,
-    ensure_channel_stream,
+    ensure_spine,
     publish_envelope,
 )
 
@@ -40,13 +40,13 @@ async def test_streams_survive_a_restart_on_the_same_data_dir(tmp_path: Path) ->
     async with server:
         client = await nats.connect(server.url)
         js = client.jetstream()
-        await ensure_channel_stream(js)
+        await ensure_spine(js)
         assert await publish_envelope(js, channel="build-coord", msg_id="m1", envelope=b"{}")
         await client.close()
     assert not server.running
     async with server:
         client = await nats.connect(server.url)
-        info = await client.jetstream().stream_info(CHANNEL_STREAM)
+        info = await client.jetstream().stream_info(STREAM)
         await client.close()
     assert info.state.messages == 1
 
@@ -63,10 +63,10 @@ async def test_same_message_id_is_stored_once(nats_server: EmbeddedNats) -> None
     client = await nats.connect(nats_server.url)
     try:
         js = client.jetstream()
-        await ensure_channel_stream(js)
+        await ensure_spine(js)
         first = await publish_envelope(js, channel="build-coord", msg_id="m1", envelope=b"{}")
         again = await publish_envelope(js, channel="build-coord", msg_id="m1", envelope=b"{}")
-        info = await js.stream_info(CHANNEL_STREAM)
+        info = await js.stream_info(STREAM)
     finally:
         await client.close()
     assert (first, again) == (True, False)

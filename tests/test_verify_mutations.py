@@ -170,7 +170,7 @@ def test_an_event_signed_by_an_agent_fails(
     with FactLog.open(tmp_path / "facts", signer=keys["host"]) as log:
         event = make_event(actor="synth-agent")
         log.append(sign_fact(event, keys["synth-agent"]), event)
-    assert "only host and bridge identities record events" in _fails(tmp_path / "facts", registry)
+    assert "only bridge, host identities record it" in _fails(tmp_path / "facts", registry)
 
 
 def test_a_repeated_id_fails(

@@ -1,0 +1,155 @@
+"""summarizer: follows each conversation and sums it up when a decision is announced.
+
+For every conversation it sees it counts the messages and the acts, notes who took part
+and the first request's payload (the topic). When a decision arrives (an ``inform`` whose
+payload is JSON with ``"kind": "decision"``, as the coordinator sends) it answers that
+message with an ``inform`` whose payload is canonical JSON of kind ``"summary"``:
+``conversation``, ``text`` (plain sentences), ``messages``, ``participants``, ``acts``
+and ``outcome``. Each conversation is summed up on its first decision only. It keeps the
+64 most recently active conversations.
+
+Settings: ``every`` (default 0): when above 0, a conversation is also summed up, without
+an outcome, each time its message count reaches a multiple of ``every``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import wit_world
+from wit_world.imports.types import Context, Message, Outcome, Performative
+
+MAX_CONVERSATIONS = 64
+MAX_PARTICIPANTS = 64
+MAX_TOPIC_CHARS = 500
+MAX_OUTCOME_CHARS = 40
+SHOWN_TOPIC_CHARS = 80
+
+
+@dataclass
+class Thread:
+    messages: int = 0
+    acts: dict[str, int] = field(default_factory=dict)
+    participants: list[str] = field(default_factory=list)
+    topic: str | None = None
+    outcome: str | None = None
+
+    def add(self, message: Message) -> None:
+        act = act_name(message.act)
+        self.messages += 1
+        self.acts[act] = self.acts.get(act, 0) + 1
+        if message.sender not in self.participants and len(self.participants) < MAX_PARTICIPANTS:
+            self.participants.append(message.sender)
+        if self.topic is None and message.act == Performative.REQUEST:
+            self.topic = message.payload[:MAX_TOPIC_CHARS]
+
+
+class WitWorld(wit_world.WitWorld):
+    def handle(self, ctx: Context, state: bytes, inbox: list[Message]) -> Outcome:
+        every = every_from(dict(ctx.settings))
+        threads = load(state)
+        outbox: list[Message] = []
+        for message in inbox:
+            thread = threads.pop(message.conversation_id, None) or Thread()
+            threads[message.conversation_id] = thread  # most recently active last
+            thread.add(message)
+            decision = decision_in(message)
+            if decision is not None and thread.outcome is None:
+                thread.outcome = str(decision["outcome"])[:MAX_OUTCOME_CHARS]
+                if thread.topic is None and isinstance(decision.get("topic"), str):
+                    thread.topic = decision["topic"][:MAX_TOPIC_CHARS]
+                outbox.append(summary(ctx, message, thread, decision))
+            elif every and thread.messages % every == 0:
+                outbox.append(summary(ctx, message, thread, None))
+        while len(threads) > MAX_CONVERSATIONS:
+            del threads[next(iter(threads))]
+        return Outcome(outbox=outbox, state=dump(threads), wake_at_ms=None)
+
+
+def every_from(settings: dict[str, str]) -> int:
+    text = settings.get("every", "0")
+    try:
+        every = int(text)
+    except ValueError:
+        every = -1
+    if every < 0:
+        raise ValueError(f"setting 'every' must be a whole number (0: off), got {text!r}")
+    return every
+
+
+def load(state: bytes) -> dict[str, Thread]:
+    if not state:
+        return {}
+    return {conversation: Thread(**data) for conversation, data in json.loads(state).items()}
+
+
+def dump(threads: dict[str, Thread]) -> bytes:
+    return json.dumps({c: asdict(t) for c, t in threads.items()}).encode()
+
+
+def decision_in(message: Message) -> dict[str, object] | None:
+    """The decision a message announces, if it announces one."""
+    if message.act != Performative.INFORM:
+        return None
+    try:
+        payload = json.loads(message.payload)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or payload.get("kind") != "decision":
+        return None
+    return payload if isinstance(payload.get("outcome"), str) else None
+
+
+def summary(
+    ctx: Context, message: Message, thread: Thread, decision: dict[str, object] | None
+) -> Message:
+    body: dict[str, object] = {
+        "kind": "summary",
+        "conversation": message.conversation_id,
+        "text": describe(message.conversation_id, thread, decision),
+        "messages": thread.messages,
+        "participants": sorted(thread.participants),
+        "acts": thread.acts,
+    }
+    if decision is not None:
+        body["outcome"] = thread.outcome
+    return Message(
+        id="",
+        conversation_id=message.conversation_id,
+        in_reply_to=message.id,
+        sender=ctx.agent,
+        channel=message.channel,
+        act=Performative.INFORM,
+        payload=json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+        hops=0,
+    )
+
+
+def describe(conversation: str, thread: Thread, decision: dict[str, object] | None) -> str:
+    topic = f'on "{shorten(thread.topic)}"' if thread.topic else f"in conversation {conversation}"
+    people = count(len(thread.participants), "participant")
+    size = f"{count(thread.messages, 'message')} from {people}"
+    if decision is None:
+        acts = ", ".join(f"{n} {act}" for act, n in sorted(thread.acts.items()))
+        return f"Conversation {topic} so far: {size} ({acts})."
+    accepts, rejects, quorum = (whole(decision, key) for key in ("accepts", "rejects", "quorum"))
+    tally = f"{accepts} accept to {rejects} reject (quorum {quorum})"
+    return f"Vote {topic}: {thread.outcome}, {tally}. {size}."
+
+
+def whole(decision: dict[str, object], key: str) -> int:
+    value = decision.get(key)
+    return value if isinstance(value, int) else 0
+
+
+def shorten(text: str) -> str:
+    return text if len(text) <= SHOWN_TOPIC_CHARS else text[: SHOWN_TOPIC_CHARS - 3] + "..."
+
+
+def count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def act_name(act: Performative) -> str:
+    return act.name.lower().replace("_", "-")

@@ -1,0 +1,171 @@
+"""``agora watch``, ``agora log`` and ``agora inject``: reading and speaking on channels.
+
+Every act shown is verified first; one that does not verify is shown as refused, with
+the reason, never as if it had been said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+from typing import Any, Final
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import FetchTimeoutError
+
+from agora.cli.session import add_config_option, connected, open_session, running_url
+from agora.core.acts import check_channel, parse_act
+from agora.core.admission import admit
+from agora.core.envelope import Act
+from agora.core.errors import InputError
+from agora.core.ids import new_id, now_ms
+from agora.core.keys import KeyRegistry
+from agora.core.signing import sign_fact
+from agora.host.spine import STREAM, channel_of, channel_subject, publish_envelope
+
+LOG_BATCH: Final = 256
+LOG_WAIT_S: Final = 0.5
+SHOWN_PAYLOAD_CHARS: Final = 400
+
+
+def register(commands: Any) -> None:
+    watch = commands.add_parser("watch", help="show acts on channels as they happen")
+    watch.add_argument("channels", nargs="+", metavar="CHANNEL")
+    add_config_option(watch)
+    watch.set_defaults(run=run_watch)
+
+    history = commands.add_parser("log", help="print a channel's history")
+    history.add_argument("channel", metavar="CHANNEL")
+    history.add_argument("--json", action="store_true", help="one verified act per line, as JSON")
+    add_config_option(history)
+    history.set_defaults(run=run_log)
+
+    inject = commands.add_parser("inject", help="send a signed act to a channel")
+    inject.add_argument("channel", metavar="CHANNEL")
+    inject.add_argument("act", metavar="ACT", help="a FIPA performative, e.g. request, inform")
+    inject.add_argument("text", metavar="TEXT")
+    inject.add_argument("--as", dest="speaker", help="the identity that speaks (default: operator)")
+    inject.add_argument("--reply-to", help="the id of the act this answers")
+    inject.add_argument("--conversation", help="conversation id (default: a new one)")
+    inject.add_argument("--hops", type=int, help="hop budget (default: defaults.hops)")
+    add_config_option(inject)
+    inject.set_defaults(run=run_inject)
+
+
+def describe(data: bytes, subject: str, registry: KeyRegistry) -> tuple[str, dict[str, Any] | None]:
+    """A readable line for one channel message, and its JSON form if it verified."""
+    try:
+        fact = admit(data, registry, channel=channel_of(subject)).fact
+    except InputError as exc:
+        return f"REFUSED on {subject}: {exc}", None
+    if not isinstance(fact, Act):  # pragma: no cover - admit refuses events on channels
+        return f"REFUSED on {subject}: not an act", None
+    when = dt.datetime.fromtimestamp(fact.time_ms / 1000, tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    reply = f" re {fact.in_reply_to}" if fact.in_reply_to else ""
+    payload = (
+        fact.payload
+        if len(fact.payload) <= SHOWN_PAYLOAD_CHARS
+        else (fact.payload[:SHOWN_PAYLOAD_CHARS] + "...")
+    )
+    line = (
+        f"{when} #{fact.channel} {fact.sender} {fact.act.value} "
+        f"(hops {fact.hops}, {fact.id}{reply}): {payload}"
+    )
+    return line, fact.to_json()
+
+
+def run_watch(arguments: argparse.Namespace) -> int:
+    session = open_session(arguments.config)
+    channels = [check_channel(c) for c in arguments.channels]
+
+    async def watch() -> None:
+        async with connected(running_url(session.config)) as client:
+            js = client.jetstream()
+            done = asyncio.Event()
+            for channel in channels:
+
+                async def show(message: Any) -> None:
+                    line, _ = describe(message.data, message.subject, session.registry)
+                    print(line, flush=True)
+
+                await js.subscribe(
+                    channel_subject(channel),
+                    stream=STREAM,
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.NEW,
+                    cb=show,
+                )
+            print(f"watching {', '.join('#' + c for c in channels)} (Ctrl-C to stop)", flush=True)
+            await done.wait()
+
+    asyncio.run(watch())
+    return 0
+
+
+def run_log(arguments: argparse.Namespace) -> int:
+    session = open_session(arguments.config)
+    channel = check_channel(arguments.channel)
+
+    async def history() -> None:
+        async with connected(running_url(session.config)) as client:
+            js = client.jetstream()
+            subscription = await js.pull_subscribe(
+                channel_subject(channel),
+                stream=STREAM,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_policy=AckPolicy.NONE,
+                    inactive_threshold=30.0,
+                ),
+            )
+            while True:
+                try:
+                    messages = await subscription.fetch(LOG_BATCH, timeout=LOG_WAIT_S)
+                except (FetchTimeoutError, TimeoutError):
+                    return
+                for message in messages:
+                    line, obj = describe(message.data, message.subject, session.registry)
+                    if arguments.json:
+                        print(json.dumps(obj if obj is not None else {"refused": line}))
+                    else:
+                        print(line)
+                if messages[-1].metadata.num_pending == 0:
+                    return
+
+    asyncio.run(history())
+    return 0
+
+
+def run_inject(arguments: argparse.Namespace) -> int:
+    session = open_session(arguments.config)
+    config = session.config
+    speaker = arguments.speaker or config.operator
+    hops = config.hops if arguments.hops is None else arguments.hops
+    act_id = new_id("act")
+    act = Act(
+        id=act_id,
+        conversation=arguments.conversation or act_id,
+        sender=speaker,
+        channel=check_channel(arguments.channel),
+        act=parse_act(arguments.act),
+        payload=arguments.text,
+        hops=hops,
+        time_ms=now_ms(),
+        in_reply_to=arguments.reply_to,
+    )
+    identity = session.registry.get(speaker)
+    if not identity.may_use(act.channel):
+        raise InputError(f"{speaker!r} is not granted channel {act.channel!r} in the key registry")
+    envelope = sign_fact(act, session.key(speaker))
+
+    async def send() -> None:
+        async with connected(running_url(config)) as client:
+            await publish_envelope(
+                client.jetstream(), channel=act.channel, msg_id=act.id, envelope=envelope
+            )
+
+    asyncio.run(send())
+    print(act.id)
+    return 0

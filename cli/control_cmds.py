@@ -1,0 +1,148 @@
+"""``agora kill``, ``agora resume`` and ``agora status``: the out-of-band control path.
+
+A kill is a ``killed`` event signed by an operator (by default the configured one),
+written to the control bucket, where every host sees it before its next delivery, and
+published as a fact. ``resume`` writes a ``resumed`` event under the same key. Nothing
+said on a channel can do either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from nats.js.errors import NoKeysError, NotFoundError
+
+from agora.cli.session import Session, add_config_option, connected, open_session, running_url
+from agora.core.envelope import Event, EventKind
+from agora.core.ids import new_id, now_ms
+from agora.core.signing import sign_fact
+from agora.host.killswitch import control_key, set_switch
+from agora.host.spine import (
+    CONTROL_BUCKET,
+    DEAD_STREAM,
+    STATUS_BUCKET,
+    STREAM,
+    event_subject,
+    publish_fact,
+)
+
+
+def register(commands: Any) -> None:
+    for name, kind, words in (
+        ("kill", EventKind.KILLED, "stop delivering to an agent, a channel or everything"),
+        ("resume", EventKind.RESUMED, "undo a kill or a quarantine"),
+    ):
+        parser = commands.add_parser(name, help=words)
+        target = parser.add_mutually_exclusive_group(required=True)
+        target.add_argument("--agent", help="one agent")
+        target.add_argument("--channel", help="one channel (every agent on it)")
+        target.add_argument("--all", action="store_true", help="every agent on every channel")
+        parser.add_argument(
+            "--as", dest="speaker", help="the operator who signs (default: operator)"
+        )
+        parser.add_argument("--reason", default="", help="a sentence for the record")
+        add_config_option(parser)
+        parser.set_defaults(run=run_switch, kind=kind)
+
+    status = commands.add_parser("status", help="agents, their channels, control counters, kills")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    add_config_option(status)
+    status.set_defaults(run=run_status)
+
+
+def switch_event(session: Session, arguments: argparse.Namespace) -> tuple[Event, bytes]:
+    speaker = arguments.speaker or session.config.operator
+    kind: EventKind = arguments.kind
+    key = control_key(agent=arguments.agent, channel=arguments.channel)
+    event = Event(
+        id=new_id("ev"),
+        kind=kind,
+        actor=speaker,
+        time_ms=now_ms(),
+        reason="kill" if kind is EventKind.KILLED else "resume",
+        detail=arguments.reason or f"{kind.value} {key} from the command line",
+        agent=arguments.agent,
+        channel=arguments.channel,
+    )
+    return event, sign_fact(event, session.key(speaker))
+
+
+def run_switch(arguments: argparse.Namespace) -> int:
+    session = open_session(arguments.config)
+    event, envelope = switch_event(session, arguments)
+
+    async def send() -> None:
+        async with connected(running_url(session.config)) as client:
+            js = client.jetstream()
+            await set_switch(js, event, envelope)
+            await publish_fact(
+                js, subject=event_subject(event.actor), msg_id=event.id, envelope=envelope
+            )
+
+    asyncio.run(send())
+    print(
+        f"{event.kind.value}: {control_key(agent=event.agent, channel=event.channel)} ({event.id})"
+    )
+    return 0
+
+
+async def gather_status(session: Session) -> dict[str, Any]:
+    async with connected(running_url(session.config)) as client:
+        js = client.jetstream()
+        hosts: dict[str, Any] = {}
+        status_kv = await js.key_value(STATUS_BUCKET)
+        try:
+            for key in await status_kv.keys():
+                entry = await status_kv.get(key)
+                hosts[key] = json.loads(entry.value or b"{}")
+        except NoKeysError:
+            pass
+        stream = await js.stream_info(STREAM)
+        try:
+            dead = (await js.stream_info(DEAD_STREAM)).state.messages
+        except NotFoundError:
+            dead = 0
+        control = await js.key_value(CONTROL_BUCKET)
+        try:
+            control_keys = await control.keys()
+        except NoKeysError:
+            control_keys = []
+    stopped = {
+        key: value
+        for host in hosts.values()
+        for key, value in dict(host.get("stopped", {})).items()
+    }
+    return {
+        "hosts": hosts,
+        "stopped": stopped,
+        "control_keys": sorted(control_keys),
+        "stream": {"messages": stream.state.messages, "dead_letters": dead},
+    }
+
+
+def run_status(arguments: argparse.Namespace) -> int:
+    session = open_session(arguments.config)
+    status = asyncio.run(gather_status(session))
+    if arguments.json:
+        print(json.dumps(status, sort_keys=True))
+        return 0
+    stream = status["stream"]
+    print(f"stream: {stream['messages']} messages, {stream['dead_letters']} dead letters")
+    for name, host in sorted(status["hosts"].items()):
+        print(f"host {name}:")
+        recorder = host.get("recorder")
+        if recorder:
+            print(f"  recorder: {recorder['recorded']} recorded, {recorder['refused']} refused")
+        for agent, info in sorted(host.get("agents", {}).items()):
+            counters = ", ".join(f"{k} {v}" for k, v in sorted(info["counters"].items())) or "idle"
+            print(f"  {agent} [{info['state']}] on {', '.join(info['channels'])}: {counters}")
+    if status["stopped"]:
+        print("stopped:")
+        for key, info in sorted(status["stopped"].items()):
+            print(f"  {key}: {info['kind']} by {info['by']} ({info['reason']})")
+    else:
+        print("nothing is killed")
+    return 0

@@ -1,0 +1,81 @@
+"""What every command that talks to a running agora needs: its config, keys and NATS.
+
+``agora up`` with no ``nats.url`` starts an embedded server whose address is written in
+its data folder; the other commands find it there, so they work in another terminal
+without being told where the server is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import nats
+from nats.aio.client import Client
+
+from agora.core.errors import ConfigError
+from agora.core.keys import KeyRegistry, SigningKey, read_private_key
+from agora.host.config import Config, check_against_registry, load_config
+
+DEFAULT_CONFIG: Final = Path("agora.yaml")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    config: Config
+    registry: KeyRegistry
+
+    def key(self, name: str) -> SigningKey:
+        """The private key of ``name``, which must be in the registry."""
+        self.registry.get(name)
+        return read_private_key(self.config.keys_dir, name)
+
+
+def add_config_option(parser: Any) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="the agora configuration file (default: agora.yaml)",
+    )
+
+
+def open_session(config_path: Path) -> Session:
+    """Read and check the configuration and the key registry, before anything starts."""
+    config = load_config(config_path)
+    registry = KeyRegistry.load(config.registry)
+    check_against_registry(config, registry)
+    return Session(config=config, registry=registry)
+
+
+def running_url(config: Config) -> str:
+    """The NATS URL to use: the configured one, or the running embedded server's."""
+    if config.nats.url is not None:
+        return config.nats.url
+    ports_dir = config.nats.data_dir / "ports"
+    for path in sorted(ports_dir.glob("*.ports")) if ports_dir.is_dir() else []:
+        try:
+            return str(json.loads(path.read_text())["nats"][0])
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    raise ConfigError(
+        f"no agora is running with its embedded NATS server in {config.nats.data_dir}: "
+        "start one with `agora up`, or set nats.url in the configuration"
+    )
+
+
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[Client]:
+    try:
+        client = await nats.connect(url, connect_timeout=3, allow_reconnect=False)
+    except Exception as exc:
+        raise ConfigError(f"cannot reach NATS at {url}: {exc}") from exc
+    try:
+        yield client
+    finally:
+        await client.close()

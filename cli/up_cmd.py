@@ -1,0 +1,110 @@
+"""``agora up``: run the host (its agents, the kill switch and the recorder) until stopped.
+
+Everything is checked before anything starts: the configuration, the key registry, the
+private keys and the agents' components (built if a source changed). Without
+``nats.url`` an embedded nats-server with JetStream is started on loopback, its data
+kept in ``nats.data_dir`` so a restart picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from agora.cli.session import Session, add_config_option, connected, open_session
+from agora.host.builder import build_agents
+from agora.host.config import Config
+from agora.host.nats_server import EmbeddedNats
+from agora.host.service import Host, HostKeys
+
+log = logging.getLogger("agora.up")
+
+SOURCE_WIT = Path(__file__).resolve().parent.parent / "wit"
+
+
+def register(commands: Any) -> None:
+    up = commands.add_parser("up", help="run the host with its agents until interrupted")
+    add_config_option(up)
+    up.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not write the fact log (another host process records)",
+    )
+    up.set_defaults(run=run_up)
+
+
+def run_up(arguments: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    session = open_session(arguments.config)
+    asyncio.run(_serve(session, record=not arguments.no_record))
+    return 0
+
+
+def wit_dir(config: Config) -> Path:
+    """The contract to build against: the project's own ``wit/``, else agora's."""
+    own = config.root / "wit"
+    return own if own.is_dir() else SOURCE_WIT
+
+
+def prepare_host(
+    session: Session, *, record: bool = True, log_line: Callable[[str], None] | None = None
+) -> Host:
+    """Build (if needed) every component the configuration names, and load the keys."""
+    config = session.config
+    names = sorted({agent.component for agent in config.agents.values()})
+    components = (
+        build_agents(
+            config.agents_dir, config.build_dir, wit_dir(config), names, log=log_line or log.info
+        )
+        if names
+        else {}
+    )
+    keys = HostKeys(
+        host=session.key(config.host_name),
+        agents={name: session.key(name) for name in config.agents},
+    )
+    return Host(
+        config=config,
+        registry=session.registry,
+        keys=keys,
+        components=components,
+        record=record,
+    )
+
+
+@asynccontextmanager
+async def nats_for(config: Config) -> AsyncIterator[str]:
+    """The configured NATS URL, or an embedded server's for as long as the block runs."""
+    if config.nats.url is not None:
+        yield config.nats.url
+        return
+    async with EmbeddedNats(data_dir=config.nats.data_dir) as server:
+        yield server.url
+
+
+async def _serve(session: Session, *, record: bool) -> None:
+    host = prepare_host(session, record=record)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with nats_for(session.config) as url, connected(url) as client:
+        await host.start(client)
+        log.info(
+            "agora is up: %d agents on %d channels; NATS at %s; facts in %s",
+            len(host.runners),
+            len(session.config.channels),
+            url if session.config.nats.url is None else "the configured server",
+            session.config.facts_dir if record else "(another host)",
+        )
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping")
+            await host.stop()

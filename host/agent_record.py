@@ -1,0 +1,168 @@
+"""What the host keeps for each agent between calls, in the ``agora-agents`` bucket.
+
+- ``state``: the bytes the agent returned last time (the agent's own memory);
+- ``last_seq``: the highest stream sequence the agent has finished with; a redelivered
+  message at or below it was already processed (idempotency across restarts);
+- ``recent``: the ids of the last messages it finished with, so a repeat published
+  under a new sequence is still recognised;
+- ``parents`` / ``conversations``: hop budgets of recent messages it was handed, by id
+  and by conversation, from which the host computes the budget of what it emits;
+- ``wake_at_ms``: when the agent asked to be called again with an empty inbox;
+- ``outbox``: signed envelopes (with their subjects and ids) decided but not yet known
+  to be published. The record is
+  saved *before* they are published and cleared after, so a crash in between publishes
+  them again on restart (under the same ids, so nothing is duplicated) and never loses
+  or re-decides them.
+
+Saving is compare-and-set on the bucket's revision: a second host running the same
+agent cannot silently overwrite the first's progress; it gets :class:`RecordConflict`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from agora.core.errors import AgoraError, MalformedEnvelope
+
+MAX_RECENT: Final = 256
+MAX_PARENTS: Final = 256
+MAX_CONVERSATIONS: Final = 128
+
+
+class RecordConflict(AgoraError):
+    """Another host saved this agent's record since we read it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A signed envelope to publish: where, under which message id, and the bytes."""
+
+    subject: str
+    msg_id: str
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    state: bytes = b""
+    last_seq: int = 0
+    recent: tuple[str, ...] = ()
+    parents: dict[str, int] = field(default_factory=dict)
+    conversations: dict[str, int] = field(default_factory=dict)
+    wake_at_ms: int | None = None
+    outbox: tuple[Outgoing, ...] = ()
+    calls: int = 0
+
+    def finished(
+        self,
+        *,
+        state: bytes,
+        last_seq: int,
+        ids: Iterable[str],
+        handed: Iterable[tuple[str, str, int]],
+        wake_at_ms: int | None,
+        outbox: tuple[Outgoing, ...],
+    ) -> AgentRecord:
+        """The record after a batch: ``handed`` is (id, conversation, hops) per delivery."""
+        parents = dict(self.parents)
+        conversations = dict(self.conversations)
+        for ident, conversation, hops in handed:
+            parents[ident] = hops
+            conversations.pop(conversation, None)
+            conversations[conversation] = hops
+        return AgentRecord(
+            state=state,
+            last_seq=max(self.last_seq, last_seq),
+            recent=(*self.recent, *ids)[-MAX_RECENT:],
+            parents=_newest(parents, MAX_PARENTS),
+            conversations=_newest(conversations, MAX_CONVERSATIONS),
+            wake_at_ms=wake_at_ms,
+            outbox=outbox,
+            calls=self.calls + 1,
+        )
+
+    def sent(self) -> AgentRecord:
+        return replace(self, outbox=())
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "state": base64.b64encode(self.state).decode(),
+                "last_seq": self.last_seq,
+                "recent": list(self.recent),
+                "parents": self.parents,
+                "conversations": self.conversations,
+                "wake_at_ms": self.wake_at_ms,
+                "outbox": [
+                    [o.subject, o.msg_id, base64.b64encode(o.envelope).decode()]
+                    for o in self.outbox
+                ],
+                "calls": self.calls,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> AgentRecord:
+        try:
+            obj: Any = json.loads(data)
+            return cls(
+                state=base64.b64decode(obj["state"], validate=True),
+                last_seq=int(obj["last_seq"]),
+                recent=tuple(str(i) for i in obj["recent"]),
+                parents={str(k): int(v) for k, v in obj["parents"].items()},
+                conversations={str(k): int(v) for k, v in obj["conversations"].items()},
+                wake_at_ms=None if obj["wake_at_ms"] is None else int(obj["wake_at_ms"]),
+                outbox=tuple(
+                    Outgoing(str(s), str(i), base64.b64decode(e, validate=True))
+                    for s, i, e in obj["outbox"]
+                ),
+                calls=int(obj["calls"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise MalformedEnvelope(f"agent record is unreadable: {exc}") from exc
+
+
+def _newest(mapping: dict[str, int], limit: int) -> dict[str, int]:
+    if len(mapping) <= limit:
+        return mapping
+    return dict(list(mapping.items())[-limit:])
+
+
+class RecordStore:
+    """Load and compare-and-set save one agent's record."""
+
+    def __init__(self, kv: KeyValue, agent: str) -> None:
+        self._kv = kv
+        self._key = agent
+        self._revision = 0
+
+    async def load(self) -> AgentRecord:
+        try:
+            entry = await self._kv.get(self._key)
+        except KeyNotFoundError:
+            self._revision = 0
+            return AgentRecord()
+        self._revision = entry.revision or 0
+        return AgentRecord.decode(entry.value or b"")
+
+    async def save(self, record: AgentRecord) -> None:
+        try:
+            if self._revision == 0:
+                self._revision = await self._kv.create(self._key, record.encode())
+            else:
+                self._revision = await self._kv.update(
+                    self._key, record.encode(), last=self._revision
+                )
+        except KeyWrongLastSequenceError as exc:
+            raise RecordConflict(
+                f"agent {self._key!r} was saved by another host since this one read it: "
+                "run each agent on one host at a time"
+            ) from exc

@@ -1,0 +1,163 @@
+"""The out-of-band kill switch: a key-value bucket that only privileged identities write.
+
+Keys are ``all``, ``agent.<name>`` and ``channel.<name>``. Each value is a signed
+event: ``killed`` (by an operator, the bridge or the host), ``quarantined`` (by the host,
+after an agent faulted) or ``resumed``. The host watches the bucket and keeps the latest
+verified value of each key in memory, so checking before a delivery costs a dictionary
+lookup. A value that does not verify, or whose key does not match what it says, is
+ignored and logged: writing to the bucket is not enough to stop anything, a key is needed
+too. Agents hold no NATS connection at all, and no channel name can reach the bucket's
+subjects (``$KV.agora-control.*``), so no agent can touch it.
+
+Nothing said on a channel affects this state: "stop" in a message is just a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from agora.core.acts import check_channel, check_name
+from agora.core.admission import admit
+from agora.core.envelope import Event, EventKind
+from agora.core.errors import InputError
+from agora.core.keys import KeyRegistry
+from agora.host.spine import CONTROL_BUCKET
+
+log = logging.getLogger(__name__)
+
+ALL_KEY: Final = "all"
+BLOCKING_KINDS: Final = frozenset({EventKind.KILLED, EventKind.QUARANTINED})
+SWITCH_KINDS: Final = BLOCKING_KINDS | {EventKind.RESUMED}
+
+
+def control_key(*, agent: str | None = None, channel: str | None = None) -> str:
+    """The bucket key for a kill of one agent, one channel, or (neither) everything."""
+    if agent is not None and channel is not None:
+        raise InputError("a kill names an agent or a channel, not both")
+    if agent is not None:
+        return "agent." + check_name(agent, field="agent")
+    if channel is not None:
+        return "channel." + check_channel(channel)
+    return ALL_KEY
+
+
+def key_of_event(event: Event) -> str:
+    return control_key(agent=event.agent, channel=event.channel)
+
+
+@dataclass(frozen=True, slots=True)
+class KillState:
+    """What is stopped right now, by key, with the event that stopped it."""
+
+    stopped: dict[str, Event]
+
+    def blocks(self, agent: str, channel: str) -> bool:
+        return self.stopped_by(agent, channel) is not None
+
+    def stopped_by(self, agent: str, channel: str) -> Event | None:
+        """The event that stops delivering ``channel`` to ``agent``, if any."""
+        stopped = self.stopped
+        return (
+            stopped.get("agent." + agent)
+            or stopped.get("channel." + channel)
+            or stopped.get(ALL_KEY)
+        )
+
+    def blocks_agent(self, agent: str) -> bool:
+        return ALL_KEY in self.stopped or ("agent." + agent) in self.stopped
+
+
+class KillSwitch:
+    """The host's live view of the bucket, updated by a watcher task."""
+
+    def __init__(self, registry: KeyRegistry) -> None:
+        self._registry = registry
+        self.state = KillState({})
+        self._kv: KeyValue | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.listeners: list[Callable[[str, Event], None]] = []
+        self._changed = asyncio.Condition()
+
+    async def start(self, js: JetStreamContext) -> None:
+        self._kv = await js.key_value(CONTROL_BUCKET)
+        watcher = await self._kv.watchall()
+        self._task = asyncio.create_task(self._follow(watcher), name="agora-killswitch")
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:  # the initial values have all been seen
+                    self._ready.set()
+                    continue
+                self._apply(entry.key, entry.value or b"", entry.operation)
+                async with self._changed:
+                    self._changed.notify_all()
+        finally:
+            self._ready.set()
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def wait_for(
+        self, predicate: Callable[[KillState], bool], timeout_s: float = 10.0
+    ) -> None:
+        """Wait until the switch's state satisfies ``predicate``."""
+        async with asyncio.timeout(timeout_s), self._changed:
+            await self._changed.wait_for(lambda: predicate(self.state))
+
+    def _apply(self, key: str, value: bytes, operation: str | None) -> None:
+        stopped = dict(self.state.stopped)
+        if operation in ("DEL", "PURGE"):
+            stopped.pop(key, None)
+            self.state = KillState(stopped)
+            return
+        event = self._verified_event(key, value)
+        if event is None:
+            return
+        if event.kind in BLOCKING_KINDS:
+            stopped[key] = event
+        else:
+            stopped.pop(key, None)
+        self.state = KillState(stopped)
+        for listener in self.listeners:
+            listener(key, event)
+
+    def _verified_event(self, key: str, value: bytes) -> Event | None:
+        try:
+            fact = admit(value, self._registry).fact
+        except InputError as exc:
+            log.warning("ignored control value under %r: %s", key, exc)
+            return None
+        if not isinstance(fact, Event) or fact.kind not in SWITCH_KINDS:
+            log.warning("ignored control value under %r: not a kill, quarantine or resume", key)
+            return None
+        try:
+            expected = key_of_event(fact)
+        except InputError as exc:
+            log.warning("ignored control value under %r: %s", key, exc)
+            return None
+        if expected != key:
+            log.warning("ignored control value under %r: it is about %r", key, expected)
+            return None
+        return fact
+
+
+async def set_switch(js: JetStreamContext, event: Event, envelope: bytes) -> None:
+    """Write a signed kill, quarantine or resume to the bucket under its own key."""
+    kv = await js.key_value(CONTROL_BUCKET)
+    await kv.put(key_of_event(event), envelope)

@@ -1,0 +1,446 @@
+"""One agent's loop: fetch, screen, call, stamp, save, publish, acknowledge.
+
+For each batch pulled from the agent's durable consumer (which only ever sees its
+granted channels), every message is verified (unsigned or forged ones never reach the
+agent) and screened by the control core: scope, self-echo on the signed sender,
+idempotency, hop budget, and the kill switch. What passes is handed to the agent in one
+call. What the agent returns is screened again (forged sender, malformed or ungranted
+channel, size, reply to a message it was never handed); what passes is stamped by the
+host (id, sender, hop budget, time) and signed with the agent's key, which the agent
+never sees.
+
+Then, in this order: the agent's record is saved with everything to publish (its new
+state, progress, and the outbox of signed acts and events); the outbox is published
+with ``Nats-Msg-Id``; the batch is acknowledged; the outbox is cleared. A crash at any
+point either redoes nothing (the batch was saved: its messages are recognised as
+processed and the saved outbox is published again under the same ids) or redoes the
+whole batch from the saved state, so each message is processed once and no output is
+duplicated.
+
+A kill that lands while the agent is running discards what the call returned. A fault
+(fuel, time, memory, a trap, a flood) quarantines the agent through the kill switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import FetchTimeoutError
+
+from agora.core.acts import parse_act
+from agora.core.envelope import Act, Event, EventKind
+from agora.core.errors import AgoraError, InputError
+from agora.core.ids import new_id, now_ms
+from agora.core.keys import SigningKey
+from agora.core.signing import sign_fact
+from agora.host.agent_record import AgentRecord, Outgoing, RecordStore
+from agora.host.controls import EmitVerdict, Verdict, screen_delivery, screen_emit
+from agora.host.killswitch import KillSwitch, set_switch
+from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome, Sandbox
+from agora.host.spine import STREAM, agent_consumer_name, channel_of, channel_subject
+from agora.host.spine import event_subject as events_of
+from agora.host.vouched import Vouched
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S: Final = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """What the runner needs to know about its agent."""
+
+    name: str
+    channels: tuple[str, ...]
+    settings: tuple[tuple[str, str], ...]
+    batch: int
+    outbox_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One act handed to the agent (for observers such as the demo and the benchmarks)."""
+
+    agent: str
+    act: Act
+    at_ns: int
+
+
+class AgentRunner:
+    def __init__(
+        self,
+        *,
+        spec: AgentSpec,
+        js: JetStreamContext,
+        records: RecordStore,
+        sandbox_factory: Callable[[], Sandbox],
+        agent_key: SigningKey,
+        host_key: SigningKey,
+        killswitch: KillSwitch,
+        vouched: Vouched,
+    ) -> None:
+        self.spec = spec
+        self._js = js
+        self._records = records
+        self._new_sandbox = sandbox_factory
+        self._sandbox: Sandbox | None = None
+        self._agent_key = agent_key
+        self._host_key = host_key
+        self._killswitch = killswitch
+        self._vouched = vouched
+        self._granted = frozenset(spec.channels)
+        self.counters: Counter[str] = Counter()
+        self.observers: list[Callable[[Delivery], None]] = []
+        self.busy = False
+        self._record = AgentRecord()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._record = await self._records.load()
+        if self._record.outbox:
+            await self._publish(self._record.outbox)
+            await self._save(self._record.sent())
+        with contextlib.suppress(AgentFault):  # a guest that cannot start faults on its call
+            self._sandbox = await asyncio.to_thread(self._new_sandbox)
+        subscription = await self._js.pull_subscribe_bind(
+            agent_consumer_name(self.spec.name), stream=STREAM
+        )
+        self._task = asyncio.create_task(self._run(subscription), name=f"agent-{self.spec.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self, subscription: JetStreamContext.PullSubscription) -> None:
+        while True:
+            try:
+                messages = await subscription.fetch(self.spec.batch, timeout=self._wait_s())
+            except (FetchTimeoutError, TimeoutError):
+                messages = []
+            try:
+                await self._step(messages)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Not acknowledged: the batch comes back after ack wait, at most
+                # max_deliver times, and then lands in the dead-letter stream.
+                self.counters["host-error"] += 1
+                log.exception("agent %s: batch failed; it will be redelivered", self.spec.name)
+                await asyncio.sleep(IDLE_WAIT_S)
+
+    def _wait_s(self) -> float:
+        wake = self._record.wake_at_ms
+        if wake is None:
+            return IDLE_WAIT_S
+        return min(IDLE_WAIT_S, max(0.01, (wake - now_ms()) / 1000))
+
+    # -- one batch ------------------------------------------------------------------------
+
+    async def _step(self, messages: list[Msg]) -> None:
+        batch = Batch(self.spec.name)
+        for message in messages:
+            self._screen(message, batch)
+        wake_due = self._record.wake_at_ms is not None and self._record.wake_at_ms <= now_ms()
+        stopped = self._killswitch.state.blocks_agent(self.spec.name)
+        outcome: GuestOutcome | None = None
+        if (batch.inbox or wake_due) and not stopped:
+            outcome = await self._call(batch)
+        record = self._record
+        if outcome is not None:
+            self._take(outcome, batch)
+            record = record.finished(
+                state=outcome.state,
+                last_seq=batch.last_seq,
+                ids=batch.ids,
+                handed=batch.handed,
+                wake_at_ms=outcome.wake_at_ms,
+                outbox=tuple(batch.outgoing),
+            )
+        elif messages or batch.outgoing:
+            record = record.finished(
+                state=record.state,
+                last_seq=batch.last_seq,
+                ids=batch.ids,
+                handed=batch.handed,
+                wake_at_ms=record.wake_at_ms,
+                outbox=tuple(batch.outgoing),
+            )
+        else:
+            return
+        await self._save(record)
+        await self._publish(record.outbox)
+        for message in messages:
+            await message.ack()
+        if record.outbox:
+            await self._save(record.sent())
+
+    def _screen(self, message: Msg, batch: Batch) -> None:
+        seq = message.metadata.sequence.stream if message.metadata.sequence else 0
+        batch.last_seq = max(batch.last_seq, seq)
+        try:
+            channel = channel_of(message.subject)
+            fact, signer = self._vouched.admit(message.data, channel=channel)
+        except InputError:
+            self.counters["unverified"] += 1  # the recorder records the refusal once
+            return
+        if not isinstance(fact, Act):  # pragma: no cover - admit refuses events on channels
+            return
+        batch.ids.append(fact.id)
+        if seq and seq <= self._record.last_seq:
+            verdict: str = Verdict.DUPLICATE
+        else:
+            verdict = screen_delivery(
+                agent=self.spec.name,
+                granted=self._granted,
+                channel=channel,
+                signed_sender=signer,
+                message_id=fact.id,
+                hops=fact.hops,
+                processed=batch.processed(self._record),
+            )
+        if verdict == Verdict.DELIVER:
+            stopped = self._killswitch.state.stopped_by(self.spec.name, channel)
+            if stopped is not None:
+                verdict = stopped.kind.value
+        self.counters[verdict] += 1
+        if verdict == Verdict.DELIVER:
+            batch.deliver(fact)
+            return
+        batch.outgoing.append(
+            self._event(
+                EventKind.REFUSED,
+                reason=verdict,
+                subject=fact.id,
+                channel=channel,
+                detail=_REFUSAL_DETAIL.get(verdict, verdict),
+            )
+        )
+
+    async def _call(self, batch: Batch) -> GuestOutcome | None:
+        context = GuestContext(
+            agent=self.spec.name,
+            channels=self.spec.channels,
+            now_ms=now_ms(),
+            settings=self.spec.settings,
+        )
+        inbox = tuple(batch.inbox)
+        self.busy = True
+        try:
+            if self._sandbox is None or self._sandbox.dead:
+                self._sandbox = await asyncio.to_thread(self._new_sandbox)
+            call = self._sandbox.call
+            outcome = await asyncio.to_thread(call, context, self._record.state, inbox)
+        except AgentFault as fault:
+            self._delivered(batch)
+            await self._quarantine(fault.kind, fault.detail, batch)
+            return None
+        finally:
+            self.busy = False
+        self.counters["calls"] += 1
+        self._delivered(batch)
+        if len(outcome.outbox) > self.spec.outbox_limit:
+            await self._quarantine(
+                "flood",
+                f"{len(outcome.outbox)} messages in one call; the limit is "
+                f"{self.spec.outbox_limit}",
+                batch,
+            )
+            return None
+        return outcome
+
+    def _delivered(self, batch: Batch) -> None:
+        at_ns = time.perf_counter_ns()
+        for act in batch.delivered:
+            self.counters["delivered"] += 1
+            batch.outgoing.append(
+                self._event(
+                    EventKind.DELIVERED, reason="delivered", subject=act.id, channel=act.channel
+                )
+            )
+            for observer in self.observers:
+                observer(Delivery(self.spec.name, act, at_ns))
+
+    def _take(self, outcome: GuestOutcome, batch: Batch) -> None:
+        """Screen, stamp and sign what the agent emitted."""
+        parents = {**self._record.parents, **batch.parents}
+        conversations = {**self._record.conversations, **batch.conversations}
+        for message in outcome.outbox:
+            if self._killswitch.state.blocks(self.spec.name, message.channel):
+                self.counters["discarded-by-kill"] += 1
+                batch.outgoing.append(
+                    self._event(
+                        EventKind.REFUSED,
+                        reason="discarded-by-kill",
+                        detail="a kill landed while the agent was running; its output is dropped",
+                    )
+                )
+                continue
+            decision = screen_emit(
+                agent=self.spec.name,
+                granted=self._granted,
+                sender=message.sender,
+                channel=message.channel,
+                conversation=message.conversation_id,
+                in_reply_to=message.in_reply_to,
+                payload=message.payload,
+                parents=parents,
+                conversations=conversations,
+            )
+            if decision.verdict != EmitVerdict.EMIT:
+                self.counters[decision.verdict] += 1
+                batch.outgoing.append(
+                    self._event(EventKind.REFUSED, reason=decision.verdict, detail=decision.detail)
+                )
+                continue
+            if message.hops > decision.hops:
+                self.counters["hops-lowered"] += 1
+            self._emit(message, decision.hops, batch)
+
+    def _emit(self, message: GuestMessage, hops: int, batch: Batch) -> None:
+        act = Act(
+            id=new_id("act"),
+            conversation=message.conversation_id,
+            sender=self.spec.name,
+            channel=message.channel,
+            act=parse_act(message.act),
+            payload=message.payload,
+            hops=hops,
+            time_ms=now_ms(),
+            in_reply_to=message.in_reply_to,
+        )
+        envelope = sign_fact(act, self._agent_key)
+        self._vouched.add(envelope, act, self.spec.name)
+        self.counters["emitted"] += 1
+        batch.outgoing.append(Outgoing(channel_subject(act.channel), act.id, envelope))
+
+    async def _quarantine(self, kind: str, detail: str, batch: Batch) -> None:
+        """Stop a faulting agent: record the fault, then switch it off (until resumed)."""
+        self.counters["faults"] += 1
+        log.warning("agent %s quarantined after a fault (%s): %s", self.spec.name, kind, detail)
+        fault = self._event(EventKind.FAULT, reason=kind, detail=detail)
+        batch.outgoing.append(fault)
+        quarantine = Event(
+            id=new_id("ev"),
+            kind=EventKind.QUARANTINED,
+            actor=self._host_key.name,
+            time_ms=now_ms(),
+            reason=kind,
+            detail=f"stopped after a fault; resume with `agora resume --agent {self.spec.name}`",
+            agent=self.spec.name,
+        )
+        envelope = sign_fact(quarantine, self._host_key)
+        self._vouched.add(envelope, quarantine, self._host_key.name)
+        batch.outgoing.append(Outgoing(events_of(self._host_key.name), quarantine.id, envelope))
+        await set_switch(self._js, quarantine, envelope)
+
+    def _event(
+        self,
+        kind: EventKind,
+        *,
+        reason: str,
+        detail: str = "",
+        subject: str | None = None,
+        channel: str | None = None,
+    ) -> Outgoing:
+        event = Event(
+            id=new_id("ev"),
+            kind=kind,
+            actor=self._host_key.name,
+            time_ms=now_ms(),
+            reason=reason,
+            detail=detail[:1000],
+            subject=subject,
+            channel=channel,
+            agent=self.spec.name,
+        )
+        envelope = sign_fact(event, self._host_key)
+        self._vouched.add(envelope, event, self._host_key.name)
+        return Outgoing(events_of(self._host_key.name), event.id, envelope)
+
+    # -- durable steps ----------------------------------------------------------------
+
+    async def _save(self, record: AgentRecord) -> None:
+        await self._records.save(record)
+        self._record = record
+
+    async def _publish(self, outgoing: tuple[Outgoing, ...]) -> None:
+        if not outgoing:
+            return
+        acks = await asyncio.gather(
+            *(
+                self._js.publish(o.subject, o.envelope, headers={"Nats-Msg-Id": o.msg_id})
+                for o in outgoing
+            )
+        )
+        if len(acks) != len(outgoing):  # pragma: no cover - gather returns one per call
+            raise AgoraError("publish lost an acknowledgement")
+
+
+_REFUSAL_DETAIL: Final = {
+    Verdict.SCOPE_BLOCKED: "the agent was not granted this channel",
+    Verdict.SELF_ECHO: "the agent's own message is never delivered back to it",
+    Verdict.DUPLICATE: "the agent already processed this message",
+    Verdict.NO_HOPS: "the message has no hop budget left",
+    "killed": "a kill is in force for this agent or channel",
+    "quarantined": "the agent is quarantined after a fault",
+}
+
+
+class Batch:
+    """What one batch gathers as it is screened: the inbox, and what to publish."""
+
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+        self.last_seq = 0
+        self.ids: list[str] = []
+        self.inbox: list[GuestMessage] = []
+        self.delivered: list[Act] = []
+        self.handed: list[tuple[str, str, int]] = []
+        self.parents: dict[str, int] = {}
+        self.conversations: dict[str, int] = {}
+        self.outgoing: list[Outgoing] = []
+        self._seen: set[str] = set()
+
+    def processed(self, record: AgentRecord) -> _Processed:
+        return _Processed(record.recent, self._seen)
+
+    def deliver(self, act: Act) -> None:
+        self._seen.add(act.id)
+        self.delivered.append(act)
+        self.inbox.append(
+            GuestMessage(
+                id=act.id,
+                conversation_id=act.conversation,
+                in_reply_to=act.in_reply_to,
+                sender=act.sender,
+                channel=act.channel,
+                act=act.act.value,
+                payload=act.payload,
+                hops=act.hops,
+            )
+        )
+        self.handed.append((act.id, act.conversation, act.hops))
+        self.parents[act.id] = act.hops
+        self.conversations[act.conversation] = act.hops
+
+
+@dataclass(frozen=True, slots=True)
+class _Processed:
+    recent: tuple[str, ...]
+    seen: set[str]
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.seen or item in self.recent

@@ -1,0 +1,353 @@
+"""Agents in wasmtime: one store per agent, no ambient authority, bounded CPU and memory.
+
+Each agent is a WebAssembly component built against ``wit/agent.wit``. The host gives
+it nothing but WASI's bare minimum: no preopened directory (no filesystem), no
+environment variables, no arguments, no sockets beyond what WASI 0.2 refuses without a
+grant, and stdout/stderr redirected to files that the host copies into its own log.
+
+Every call runs under two budgets: fuel (a count of executed instructions) and an epoch
+deadline (wall-clock, ticked by one thread per engine). The store's linear memory is
+capped. A call that runs out of either budget, exceeds the memory cap or traps raises
+:class:`AgentFault`; the store is dead after that and the host quarantines the agent.
+
+Compiling a component takes seconds; the compiled form is cached beside the build
+(``<name>-<digest>.cwasm``), keyed by the component's bytes, the wasmtime version and
+the engine settings, so a host restart loads each agent in milliseconds. Only files this
+module wrote are ever deserialized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+import wasmtime
+from wasmtime import component as wc
+
+from agora.core.errors import AgoraError, shown
+
+log = logging.getLogger(__name__)
+
+EPOCH_TICK_S: Final = 0.005
+INSTANTIATE_TICKS: Final = 2_000  # 10 s: starting the guest interpreter is not a call
+INSTANTIATE_FUEL: Final = 10_000_000_000
+MAX_LOG_BYTES_PER_CALL: Final = 64 * 1024
+MAX_LOG_LINE_CHARS: Final = 1000
+MESSAGE_FIELDS: Final = (
+    "id",
+    "conversation-id",
+    "in-reply-to",
+    "sender",
+    "channel",
+    "act",
+    "payload",
+    "hops",
+)
+
+
+class AgentFault(AgoraError):
+    """An agent stopped abnormally: out of fuel or time, out of memory, or a trap."""
+
+    def __init__(self, agent: str, kind: str, detail: str) -> None:
+        super().__init__(f"agent {agent!r} faulted ({kind}): {detail}")
+        self.agent = agent
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxLimits:
+    fuel: int
+    timeout_ms: int
+    memory_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class GuestMessage:
+    """A message as the WIT ``message`` record carries it."""
+
+    id: str
+    conversation_id: str
+    in_reply_to: str | None
+    sender: str
+    channel: str
+    act: str
+    payload: str
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class GuestContext:
+    agent: str
+    channels: tuple[str, ...]
+    now_ms: int
+    settings: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GuestOutcome:
+    outbox: tuple[GuestMessage, ...]
+    state: bytes
+    wake_at_ms: int | None
+
+
+def make_engine() -> wasmtime.Engine:
+    """The one engine every agent store of this process shares (fuel and epochs on)."""
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    return wasmtime.Engine(config)
+
+
+class EpochTicker:
+    """Advances an engine's epoch every :data:`EPOCH_TICK_S`, for wall-clock deadlines."""
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self._engine = engine
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agora-epoch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(EPOCH_TICK_S):
+            self._engine.increment_epoch()
+
+
+def ticks_for(timeout_ms: int) -> int:
+    return max(1, math.ceil(timeout_ms / 1000 / EPOCH_TICK_S))
+
+
+def _engine_fingerprint() -> str:
+    version = metadata.version("wasmtime")
+    return f"wasmtime-{version};fuel;epoch"
+
+
+def compiled_cache_path(wasm: Path, wasm_bytes: bytes) -> Path:
+    digest = hashlib.sha256(_engine_fingerprint().encode() + b"\0" + wasm_bytes).hexdigest()
+    return wasm.with_name(f"{wasm.stem}-{digest[:24]}.cwasm")
+
+
+def load_component(engine: wasmtime.Engine, wasm: Path) -> wc.Component:
+    """Load a component, compiling it once and reusing the compiled form after that."""
+    try:
+        wasm_bytes = wasm.read_bytes()
+    except OSError as exc:
+        raise AgoraError(
+            f"component {str(wasm)!r} cannot be read ({exc.strerror}); "
+            "run `agora agents build` first"
+        ) from exc
+    cached = compiled_cache_path(wasm, wasm_bytes)
+    if cached.exists():
+        try:
+            return wc.Component.deserialize_file(engine, str(cached))
+        except wasmtime.WasmtimeError:
+            log.warning("compiled cache %s is unusable; compiling again", cached.name)
+    try:
+        component = wc.Component(engine, wasm_bytes)
+    except wasmtime.WasmtimeError as exc:
+        raise AgoraError(f"component {str(wasm)!r} is not a valid component: {exc}") from exc
+    for stale in wasm.parent.glob(f"{wasm.stem}-*.cwasm"):
+        stale.unlink(missing_ok=True)
+    _write_atomically(cached, bytes(component.serialize()))
+    return component
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class GuestLog:
+    """An agent's stdout or stderr: a file the guest writes, copied into the host log."""
+
+    def __init__(self, path: Path, logger: logging.Logger, level: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        self.path = path
+        self._logger = logger
+        self._level = level
+        self._offset = 0
+        self.last_lines: list[str] = []
+
+    def drain(self) -> None:
+        """Copy what the guest wrote since the last drain into the host log."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        if size <= self._offset:
+            return
+        with self.path.open("rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read(min(size - self._offset, MAX_LOG_BYTES_PER_CALL))
+        self._offset = size  # anything past the per-call cap is skipped, not replayed
+        lines = chunk.decode("utf-8", errors="replace").splitlines()
+        self.last_lines = lines
+        for line in lines:
+            self._logger.log(self._level, "%s", line[:MAX_LOG_LINE_CHARS])
+
+
+def _record(fields: dict[str, Any]) -> wc.Record:
+    record = wc.Record()
+    for name, value in fields.items():
+        setattr(record, name, value)
+    return record
+
+
+def _message_record(message: GuestMessage) -> wc.Record:
+    return _record(
+        {
+            "id": message.id,
+            "conversation-id": message.conversation_id,
+            "in-reply-to": message.in_reply_to,
+            "sender": message.sender,
+            "channel": message.channel,
+            "act": message.act,
+            "payload": message.payload,
+            "hops": message.hops,
+        }
+    )
+
+
+def _guest_message(record: Any) -> GuestMessage:
+    values = [getattr(record, name) for name in MESSAGE_FIELDS]
+    ident, conversation, reply, sender, channel, act, payload, hops = values
+    return GuestMessage(
+        id=ident,
+        conversation_id=conversation,
+        in_reply_to=reply,
+        sender=sender,
+        channel=channel,
+        act=act,
+        payload=payload,
+        hops=hops,
+    )
+
+
+class Sandbox:
+    """One agent's store and instance. Dead after a fault; make a new one to restart."""
+
+    def __init__(
+        self,
+        *,
+        agent: str,
+        engine: wasmtime.Engine,
+        linker: wc.Linker,
+        component: wc.Component,
+        limits: SandboxLimits,
+        log_dir: Path,
+    ) -> None:
+        self.agent = agent
+        self._limits = limits
+        logger = logging.getLogger(f"agora.agent.{agent}")
+        self._stdout = GuestLog(log_dir / f"{agent}.stdout.log", logger, logging.INFO)
+        self._stderr = GuestLog(log_dir / f"{agent}.stderr.log", logger, logging.WARNING)
+        wasi = wasmtime.WasiConfig()
+        wasi.stdout_file = str(self._stdout.path)
+        wasi.stderr_file = str(self._stderr.path)
+        self._store = wasmtime.Store(engine)
+        self._store.set_wasi(wasi)
+        self._store.set_limits(memory_size=limits.memory_bytes)
+        self._store.set_fuel(INSTANTIATE_FUEL)
+        self._store.set_epoch_deadline(INSTANTIATE_TICKS)
+        self.dead = False
+        try:
+            instance = linker.instantiate(self._store, component)
+        except wasmtime.WasmtimeError as exc:
+            raise self._fault(exc) from exc
+        handle = instance.get_func(self._store, "handle")
+        if handle is None:
+            raise AgoraError(f"agent {agent!r}: its component exports no `handle` function")
+        self._handle = handle
+
+    def call(
+        self, context: GuestContext, state: bytes, inbox: tuple[GuestMessage, ...]
+    ) -> GuestOutcome:
+        """Run one batch. Raises :class:`AgentFault` and marks the sandbox dead on a fault."""
+        if self.dead:
+            raise AgoraError(f"agent {self.agent!r}: its sandbox faulted and cannot run")
+        self._store.set_fuel(self._limits.fuel)
+        self._store.set_epoch_deadline(ticks_for(self._limits.timeout_ms))
+        ctx = _record(
+            {
+                "agent": context.agent,
+                "channels": list(context.channels),
+                "now-ms": context.now_ms,
+                "settings": [tuple(pair) for pair in context.settings],
+            }
+        )
+        try:
+            result = self._handle(self._store, ctx, state, [_message_record(m) for m in inbox])
+            self._handle.post_return(self._store)
+        except wasmtime.WasmtimeError as exc:
+            raise self._fault(exc) from exc
+        finally:
+            self._stdout.drain()
+            self._stderr.drain()
+        outbox = tuple(_guest_message(m) for m in result.outbox)
+        wake = getattr(result, "wake-at-ms")
+        return GuestOutcome(outbox=outbox, state=bytes(result.state), wake_at_ms=wake)
+
+    def _fault(self, exc: wasmtime.WasmtimeError) -> AgentFault:
+        self.dead = True
+        self._stderr.drain()
+        message = str(exc)
+        said = self._stderr.last_lines
+        kind = classify_fault(message, "\n".join(said))
+        guest_said = " | ".join(_python_error_lines(said)[-2:])
+        first_line = message.strip().splitlines()[0] if message.strip() else "trap"
+        detail = first_line if not guest_said else f"{first_line}; guest: {guest_said}"
+        return AgentFault(self.agent, kind, shown(detail)[1:-1])
+
+
+_RUNTIME_NOISE: Final = ("thread '", "note: ", "Python function threw", "stack backtrace")
+
+
+def _python_error_lines(lines: list[str]) -> list[str]:
+    """The guest's own words in a fault's stderr, without the runtime's panic report."""
+    kept: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text.lower().startswith("stack backtrace"):
+            break
+        if text and not text.startswith(_RUNTIME_NOISE):
+            kept.append(text)
+    return kept
+
+
+def classify_fault(message: str, guest_stderr: str) -> str:
+    """Name a fault: ``fuel``, ``timeout``, ``memory`` or ``trap``."""
+    if "all fuel consumed" in message:
+        return "fuel"
+    if "interrupt" in message:
+        return "timeout"
+    if "MemoryError" in guest_stderr or "memory" in message.lower():
+        return "memory"
+    return "trap"
+
+
+def make_linker(engine: wasmtime.Engine) -> wc.Linker:
+    """WASI 0.2 imports, configured per store to grant nothing (see :class:`Sandbox`)."""
+    linker = wc.Linker(engine)
+    linker.add_wasip2()
+    return linker

@@ -1,0 +1,272 @@
+"""The host: agents in their sandboxes, the kill switch, and the recorder, on one spine.
+
+:class:`Host` is what ``agora up`` runs and what the demo, the tests and the benchmarks
+start in-process. It needs a NATS connection (an embedded server or a cluster), the
+configuration, the key registry and the private keys of the identities it acts for.
+
+Several host processes can share one NATS cluster: each runs a different set of agents
+(an agent's record is compare-and-set, so running one agent twice is detected), and one
+of them records the facts (``record=True``); nothing that must be global lives in a
+process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from wasmtime import component as wc
+
+from agora.core.factlog import FactLog
+from agora.core.ids import now_ms
+from agora.core.keys import KeyRegistry, SigningKey
+from agora.host.agent_record import RecordStore
+from agora.host.config import AgentConfig, Config
+from agora.host.killswitch import KillSwitch
+from agora.host.recorder import Recorder
+from agora.host.runner import AgentRunner, AgentSpec
+from agora.host.sandbox import (
+    EpochTicker,
+    Sandbox,
+    SandboxLimits,
+    load_component,
+    make_engine,
+    make_linker,
+)
+from agora.host.spine import (
+    AGENTS_BUCKET,
+    STATUS_BUCKET,
+    STREAM,
+    agent_consumer_config,
+    agent_consumer_name,
+    ensure_consumer,
+    ensure_spine,
+)
+from agora.host.vouched import Vouched
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY_S: Final = 1.0
+SETTLE_POLL_S: Final = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class HostKeys:
+    """The private keys the host acts with: its own, and each of its agents'."""
+
+    host: SigningKey
+    agents: Mapping[str, SigningKey]
+
+
+class Host:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        registry: KeyRegistry,
+        keys: HostKeys,
+        components: Mapping[str, Path],
+        record: bool = True,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self._registry = registry
+        self._keys = keys
+        self._components = components
+        self._record = record
+        self._log_dir = log_dir or config.root / ".agora" / "logs"
+        self.vouched = Vouched(registry)
+        self.killswitch = KillSwitch(registry)
+        self.runners: dict[str, AgentRunner] = {}
+        self.recorder: Recorder | None = None
+        self._engine = make_engine()
+        self._ticker = EpochTicker(self._engine)
+        self._linker: wc.Linker | None = None
+        self._loaded: dict[str, wc.Component] = {}
+        self._status_task: asyncio.Task[None] | None = None
+        self._js: JetStreamContext | None = None
+
+    @property
+    def name(self) -> str:
+        return self._keys.host.name
+
+    async def start(self, nc: Client) -> None:
+        """Prepare the spine, load every agent, and start them all."""
+        js = nc.jetstream()
+        self._js = js
+        await ensure_spine(js, replicas=self.config.nats.replicas)
+        self._ticker.start()
+        self._linker = make_linker(self._engine)
+        await self.killswitch.start(js)
+        if self._record:
+            factlog = FactLog.open(self.config.facts_dir, signer=self._keys.host)
+            self.recorder = Recorder(
+                js=js,
+                factlog=factlog,
+                host_key=self._keys.host,
+                vouched=self.vouched,
+                checkpoint_every=self.config.checkpoint_every,
+            )
+            await self.recorder.start()
+        agents_kv = await js.key_value(AGENTS_BUCKET)
+        for agent in self.config.agents.values():
+            runner = await self._prepare(js, agent, RecordStore(agents_kv, agent.name))
+            self.runners[agent.name] = runner
+        for runner in self.runners.values():
+            await runner.start()
+        self._status_task = asyncio.create_task(self._report_status(js), name="agora-status")
+
+    async def _prepare(
+        self, js: JetStreamContext, agent: AgentConfig, records: RecordStore
+    ) -> AgentRunner:
+        component = self._component(agent.component)
+        limits = SandboxLimits(
+            fuel=agent.limits.fuel,
+            timeout_ms=agent.limits.timeout_ms,
+            memory_bytes=agent.limits.memory_mb * 1024 * 1024,
+        )
+        linker = self._linker
+        engine = self._engine
+        log_dir = self._log_dir
+
+        def new_sandbox() -> Sandbox:
+            assert linker is not None  # noqa: S101 - set in start() before any runner exists
+            return Sandbox(
+                agent=agent.name,
+                engine=engine,
+                linker=linker,
+                component=component,
+                limits=limits,
+                log_dir=log_dir,
+            )
+
+        await ensure_consumer(
+            js,
+            agent_consumer_config(
+                agent.name,
+                agent.channels,
+                ack_wait_s=self.config.consumer.ack_wait_s,
+                max_deliver=self.config.consumer.max_deliver,
+                batch=agent.limits.batch,
+            ),
+        )
+        return AgentRunner(
+            spec=AgentSpec(
+                name=agent.name,
+                channels=agent.channels,
+                settings=agent.settings,
+                batch=agent.limits.batch,
+                outbox_limit=agent.limits.outbox,
+            ),
+            js=js,
+            records=records,
+            sandbox_factory=new_sandbox,
+            agent_key=self._keys.agents[agent.name],
+            host_key=self._keys.host,
+            killswitch=self.killswitch,
+            vouched=self.vouched,
+        )
+
+    def _component(self, name: str) -> wc.Component:
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            loaded = load_component(self._engine, self._components[name])
+            self._loaded[name] = loaded
+        return loaded
+
+    async def stop(self) -> None:
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
+        for runner in self.runners.values():
+            await runner.stop()
+        if self.recorder is not None:
+            await self.recorder.stop()
+        await self.killswitch.stop()
+        self._ticker.stop()
+
+    # -- observing ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        stopped = self.killswitch.state.stopped
+        agents: dict[str, object] = {}
+        for name, runner in self.runners.items():
+            reason = next(
+                (
+                    event.kind.value
+                    for channel in runner.spec.channels
+                    if (event := self.killswitch.state.stopped_by(name, channel)) is not None
+                ),
+                None,
+            )
+            agents[name] = {
+                "channels": list(runner.spec.channels),
+                "state": reason or "running",
+                "counters": dict(sorted(runner.counters.items())),
+            }
+        recorder = self.recorder
+        return {
+            "host": self.name,
+            "time_ms": now_ms(),
+            "agents": agents,
+            "recorder": None
+            if recorder is None
+            else {
+                "recorded": recorder.counters.recorded,
+                "repeated": recorder.counters.repeated,
+                "refused": recorder.counters.refused,
+            },
+            "stopped": {
+                key: {
+                    "kind": e.kind.value,
+                    "by": e.actor,
+                    "reason": e.reason,
+                    "time_ms": e.time_ms,
+                }
+                for key, e in sorted(stopped.items())
+            },
+        }
+
+    async def _report_status(self, js: JetStreamContext) -> None:
+        kv = await js.key_value(STATUS_BUCKET)
+        while True:
+            try:
+                await kv.put(self.name, json.dumps(self.status()).encode())
+            except Exception:
+                log.warning("could not publish host status", exc_info=True)
+            await asyncio.sleep(STATUS_EVERY_S)
+
+    async def settle(self, *, quiet_s: float = 0.3, timeout_s: float = 60.0) -> None:
+        """Wait until every agent and the recorder have caught up and stayed idle."""
+        js = self._js
+        if js is None:
+            raise RuntimeError("the host is not started")
+        names = [agent_consumer_name(n) for n in self.runners]
+        if self.recorder is not None:
+            names.append("recorder")
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        quiet_since: float | None = None
+        while True:
+            now = asyncio.get_running_loop().time()
+            if now > deadline:
+                raise TimeoutError(f"the host did not settle within {timeout_s} s")
+            busy = any(r.busy for r in self.runners.values())
+            for name in names:
+                info = await js.consumer_info(STREAM, name)
+                busy = busy or bool(info.num_pending) or bool(info.num_ack_pending)
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= quiet_s:
+                return
+            await asyncio.sleep(SETTLE_POLL_S)

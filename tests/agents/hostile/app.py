@@ -1,0 +1,93 @@
+"""hostile: a test-only agent that breaks one rule at a time, chosen by its ``mode`` setting.
+
+Modes (any other value, including none, is ``stop-ignorer``):
+
+=================  ==========================================================
+``loop``           never returns (spins until fuel or the deadline stops it)
+``membomb``        allocates memory until the store's limit traps it
+``trap``           raises an exception
+``emit-ungranted`` replies on ``secret-ops`` instead of the message's channel
+``emit-control``   replies on ``$KV.AGORA_CONTROL.all``
+``emit-malformed`` replies on ``build-coord.>``
+``forge-sender``   replies as ``maintainer``
+``oversized``      replies with a payload of 200,000 characters
+``flood``          sends 10,000 replies for each message
+``raise-hops``     asks for 255 hops on its replies
+``bad-reply``      replies "in reply to" ``no-such-id``
+``print``          writes a line to stdout and one to stderr, then replies normally
+``stop-ignorer``   replies to everything, "stop" included, like chatty
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import wit_world
+from wit_world.imports.types import Context, Message, Outcome, Performative
+
+OVERSIZED_CHARS = 200_000
+FLOOD_COPIES = 10_000
+MEMBOMB_CHUNK_BYTES = 16 * 1024 * 1024
+MAX_PAYLOAD_CHARS = 200
+
+
+class WitWorld(wit_world.WitWorld):
+    def handle(self, ctx: Context, state: bytes, inbox: list[Message]) -> Outcome:
+        mode = dict(ctx.settings).get("mode", "stop-ignorer")
+        misbehave(mode, ctx)
+        outbox = [bent for message in inbox for bent in bend(mode, answer(ctx, message))]
+        return Outcome(outbox=outbox, state=state, wake_at_ms=None)
+
+
+def misbehave(mode: str, ctx: Context) -> None:
+    """The modes that never get as far as replying (and ``print``, which does)."""
+    if mode == "loop":
+        spins = 0
+        while True:
+            spins += 1
+    if mode == "membomb":
+        hoard = []
+        while True:
+            hoard.append(bytearray(MEMBOMB_CHUNK_BYTES))
+    if mode == "trap":
+        raise RuntimeError(f"{ctx.agent} trapped on purpose")
+    if mode == "print":
+        print(f"{ctx.agent} says hello on stdout")
+        print(f"{ctx.agent} says hello on stderr", file=sys.stderr)
+
+
+def bend(mode: str, message: Message) -> list[Message]:  # noqa: PLR0911 - one mode each
+    """The reply as the mode twists it."""
+    if mode == "emit-ungranted":
+        return [replace(message, channel="secret-ops")]
+    if mode == "emit-control":
+        return [replace(message, channel="$KV.AGORA_CONTROL.all")]
+    if mode == "emit-malformed":
+        return [replace(message, channel="build-coord.>")]
+    if mode == "forge-sender":
+        return [replace(message, sender="maintainer")]
+    if mode == "oversized":
+        return [replace(message, payload="x" * OVERSIZED_CHARS)]
+    if mode == "flood":
+        return [replace(message, payload=f"{message.payload} #{n}") for n in range(FLOOD_COPIES)]
+    if mode == "raise-hops":
+        return [replace(message, hops=255)]
+    if mode == "bad-reply":
+        return [replace(message, in_reply_to="no-such-id")]
+    return [message]
+
+
+def answer(ctx: Context, message: Message) -> Message:
+    text = f"{ctx.agent} heard {message.sender}: {message.payload}"
+    return Message(
+        id="",
+        conversation_id=message.conversation_id,
+        in_reply_to=message.id,
+        sender=ctx.agent,
+        channel=message.channel,
+        act=Performative.INFORM,
+        payload=text[:MAX_PAYLOAD_CHARS],
+        hops=0,
+    )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import shutil
 from collections.abc import Callable
@@ -35,9 +34,9 @@ from agora.cli.session import Session, connected, open_session
 from agora.cli.up_cmd import prepare_host
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
-from agora.core.envelope import Act, Event, EventKind, decode_fact
+from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import ConfigError
-from agora.core.factlog import LOG_FILE, envelope_of, log_lines
+from agora.core.factlog import LOG_FILE, read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry
 from agora.core.signing import sign_fact
@@ -282,9 +281,7 @@ async def _inject(
 
 def _read_outcome(facts_dir: Path, report: Report, say: Callable[[str], None]) -> None:
     body_votes: dict[str, str] = {}
-    for index, line in enumerate(log_lines((facts_dir / LOG_FILE).read_bytes())):
-        envelope: Any = envelope_of(line, index)
-        fact = decode_fact(envelope["payloadType"], base64.b64decode(envelope["payload"]))
+    for fact in read_facts(facts_dir):
         if not isinstance(fact, Act) or not fact.payload.startswith("{"):
             continue
         body = json.loads(fact.payload)

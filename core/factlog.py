@@ -200,6 +200,15 @@ class FactLog:
         self._view = path.open("ab")
 
 
+def read_facts(directory: Path) -> list[Fact]:
+    """Every fact in a facts directory's log, in order, *without* checking signatures.
+
+    For reading one's own log back (the demo, tests); ``agora verify`` is the check.
+    """
+    data = (directory / LOG_FILE).read_bytes()
+    return [_fact_in(line, index) for index, line in enumerate(log_lines(data))]
+
+
 def _fact_in(line: bytes, index: int) -> Fact:
     """The fact in a log line, without checking its signature (the writer's own line)."""
     envelope = envelope_of(line, index)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -25,10 +27,10 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
 
-from agora.core.envelope import Event, EventKind
+from agora.core.envelope import Event, EventKind, Fact
 from agora.core.errors import InputError
 from agora.core.factlog import FactLog
-from agora.core.ids import new_id, now_ms
+from agora.core.ids import now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
 from agora.host.spine import (
@@ -40,6 +42,7 @@ from agora.host.spine import (
     event_subject,
     publish_fact,
 )
+from agora.host.tasks import finish
 from agora.host.vouched import Vouched
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,10 @@ class Recorder:
         self._since_checkpoint = 0
         self.counters = RecorderCounters()
         self.idle = asyncio.Event()
+        self.observers: list[Callable[[Fact], None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._subscription: JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
         await ensure_consumer(
@@ -88,17 +94,19 @@ class Recorder:
             ),
         )
         subscription = await self._js.pull_subscribe_bind(RECORDER_CONSUMER, stream=STREAM)
+        self._subscription = subscription
         self._task = asyncio.create_task(self._run(subscription), name="agora-recorder")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def stop(self, *, graceful: bool = True) -> None:
+        """Stop after the batch in hand (graceful), or at once, as a crash would."""
+        await finish(self._task, self._stopping, graceful=graceful)
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
         self._log.close()  # checkpoints what was recorded
 
     async def _run(self, subscription: JetStreamContext.PullSubscription) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
             except (FetchTimeoutError, TimeoutError):
@@ -114,19 +122,22 @@ class Recorder:
     async def record(self, messages: list[Msg]) -> None:
         """Append a fetched batch, fsync it, then acknowledge it."""
         refusals: list[Event] = []
+        appended: list[Fact] = []
         for message in messages:
-            refusal = self._append(message)
-            if refusal is not None:
-                refusals.append(refusal)
+            self._append(message, appended=appended, refusals=refusals)
         self._log.sync()
-        for message in messages:
-            await message.ack()
         for event in refusals:
             envelope = sign_fact(event, self._key)
             self._vouched.add(envelope, event, self._key.name)
             await publish_fact(
                 self._js, subject=event_subject(self._key.name), msg_id=event.id, envelope=envelope
             )
+        for message in messages:
+            await message.ack()
+        if self.observers:
+            for fact in appended:
+                for observer in self.observers:
+                    observer(fact)
         if self._since_checkpoint >= self._checkpoint_every:
             self.checkpoint()
 
@@ -134,28 +145,36 @@ class Recorder:
         self._log.checkpoint()
         self._since_checkpoint = 0
 
-    def _append(self, message: Msg) -> Event | None:
+    def _append(self, message: Msg, *, appended: list[Fact], refusals: list[Event]) -> None:
+        """Append one message's fact, or note why it cannot be recorded."""
         try:
             fact, _ = self._vouched.admit(message.data, channel=_channel_of(message))
         except InputError as exc:
             self.counters.refused += 1
-            return Event(
-                id=new_id("ev"),
-                kind=EventKind.REFUSED,
-                actor=self._key.name,
-                time_ms=now_ms(),
-                reason="unverified",
-                detail=str(exc)[:1000],
-                data={"subject": message.subject[:200], "stream_seq": str(_seq(message))},
-            )
+            refusals.append(_unverified(message, exc, self._key.name))
+            return
         if fact.id in self._ids:
             self.counters.repeated += 1
-            return None
+            return
         self._log.append(message.data, fact)
         self._ids.add(fact.id)
         self.counters.recorded += 1
         self._since_checkpoint += 1
-        return None
+        appended.append(fact)
+
+
+def _unverified(message: Msg, problem: InputError, host: str) -> Event:
+    # The id follows from the refused bytes, so a redelivery refuses under the same id.
+    digest = hashlib.sha256(message.data).hexdigest()[:32]
+    return Event(
+        id=f"ev-unverified-{digest}",
+        kind=EventKind.REFUSED,
+        actor=host,
+        time_ms=now_ms(),
+        reason="unverified",
+        detail=str(problem)[:1000],
+        data={"subject": message.subject[:200], "stream_seq": str(_seq(message))},
+    )
 
 
 def _channel_of(message: Msg) -> str | None:

@@ -48,6 +48,7 @@ from agora.host.killswitch import KillSwitch, set_switch
 from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome, Sandbox
 from agora.host.spine import STREAM, agent_consumer_name, channel_of, channel_subject
 from agora.host.spine import event_subject as events_of
+from agora.host.tasks import finish
 from agora.host.vouched import Vouched
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class AgentRunner:
         self.busy = False
         self._record = AgentRecord()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._subscription: JetStreamContext.PullSubscription | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -116,16 +119,18 @@ class AgentRunner:
         subscription = await self._js.pull_subscribe_bind(
             agent_consumer_name(self.spec.name), stream=STREAM
         )
+        self._subscription = subscription
         self._task = asyncio.create_task(self._run(subscription), name=f"agent-{self.spec.name}")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def stop(self, *, graceful: bool = True) -> None:
+        """Stop after the batch in hand (graceful), or at once, as a crash would."""
+        await finish(self._task, self._stopping, graceful=graceful)
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
 
     async def _run(self, subscription: JetStreamContext.PullSubscription) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 messages = await subscription.fetch(self.spec.batch, timeout=self._wait_s())
             except (FetchTimeoutError, TimeoutError):

@@ -311,13 +311,21 @@ class Sandbox:
     def _fault(self, exc: wasmtime.WasmtimeError) -> AgentFault:
         self.dead = True
         self._stderr.drain()
-        message = str(exc)
         said = self._stderr.last_lines
-        kind = classify_fault(message, "\n".join(said))
+        kind = classify_fault(str(exc), "\n".join(said))
         guest_said = " | ".join(_python_error_lines(said)[-2:])
-        first_line = message.strip().splitlines()[0] if message.strip() else "trap"
-        detail = first_line if not guest_said else f"{first_line}; guest: {guest_said}"
+        detail = self._explain(kind)
+        if guest_said:
+            detail = f"{detail}; the agent said: {guest_said}"
         return AgentFault(self.agent, kind, shown(detail)[1:-1])
+
+    def _explain(self, kind: str) -> str:
+        limits = self._limits
+        return {
+            "fuel": f"used up its fuel ({limits.fuel} units) in one call",
+            "timeout": f"ran past its {limits.timeout_ms} ms budget for one call",
+            "memory": f"ran out of memory (limit {limits.memory_bytes // (1024 * 1024)} MiB)",
+        }.get(kind, "trapped")
 
 
 _RUNTIME_NOISE: Final = ("thread '", "note: ", "Python function threw", "stack backtrace")

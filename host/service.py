@@ -182,15 +182,15 @@ class Host:
             self._loaded[name] = loaded
         return loaded
 
-    async def stop(self) -> None:
+    async def stop(self, *, graceful: bool = True) -> None:
+        """Stop every agent and the recorder: between batches, or at once (a crash)."""
         if self._status_task is not None:
             self._status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._status_task
-        for runner in self.runners.values():
-            await runner.stop()
+        await asyncio.gather(*(r.stop(graceful=graceful) for r in self.runners.values()))
         if self.recorder is not None:
-            await self.recorder.stop()
+            await self.recorder.stop(graceful=graceful)
         await self.killswitch.stop()
         self._ticker.stop()
 
@@ -245,7 +245,7 @@ class Host:
                 log.warning("could not publish host status", exc_info=True)
             await asyncio.sleep(STATUS_EVERY_S)
 
-    async def settle(self, *, quiet_s: float = 0.3, timeout_s: float = 60.0) -> None:
+    async def settle(self, *, quiet_s: float = 0.3, timeout_s: float = 20.0) -> None:
         """Wait until every agent and the recorder have caught up and stayed idle."""
         js = self._js
         if js is None:
@@ -257,13 +257,16 @@ class Host:
         quiet_since: float | None = None
         while True:
             now = asyncio.get_running_loop().time()
-            if now > deadline:
-                raise TimeoutError(f"the host did not settle within {timeout_s} s")
-            busy = any(r.busy for r in self.runners.values())
+            waiting = [n for n, r in self.runners.items() if r.busy]
             for name in names:
                 info = await js.consumer_info(STREAM, name)
-                busy = busy or bool(info.num_pending) or bool(info.num_ack_pending)
-            if busy:
+                if info.num_pending or info.num_ack_pending:
+                    waiting.append(name)
+            if now > deadline:
+                raise TimeoutError(
+                    f"the host did not settle within {timeout_s} s: still busy: {waiting}"
+                )
+            if waiting:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = now

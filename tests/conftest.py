@@ -12,6 +12,7 @@ from agora.core.envelope import Act, Event
 from agora.core.factlog import FactLog
 from agora.core.keys import KeyRegistry, Role, SigningKey
 from agora.core.signing import sign_fact
+from agora.host.builder import build_agents
 from agora.host.nats_server import EmbeddedNats
 from tests.factories import make_act, make_event
 
@@ -72,3 +73,17 @@ def build_facts(tmp_path: Path, keys: dict[str, SigningKey]) -> Iterator[FactsBu
 async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
     async with EmbeddedNats(data_dir=tmp_path / "nats") as server:
         yield server
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def components() -> dict[str, Path]:
+    """Every shipped component and the test-only ``hostile`` one, built (once) for real."""
+    wit = ROOT / "wit"
+    shipped = build_agents(ROOT / "agents", ROOT / "agents" / "build", wit, log=lambda _: None)
+    hostile = build_agents(
+        ROOT / "tests" / "agents", ROOT / "tests" / "agents" / "build", wit, log=lambda _: None
+    )
+    return {**shipped, **hostile}

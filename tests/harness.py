@@ -1,0 +1,192 @@
+"""A real host on a real embedded JetStream, for tests: workspace, server, host, helpers.
+
+Everything is real: nats-server with JetStream, wasmtime running the built components,
+the recorder writing the fact log. The harness only adds conveniences: injecting signed
+acts, killing and resuming, reading the facts back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from agora.cli.session import Session, connected, open_session
+from agora.cli.workspace import AgentPlan, create_workspace
+from agora.core.acts import Performative
+from agora.core.envelope import Act, Event, EventKind, Fact
+from agora.core.factlog import read_facts
+from agora.core.ids import new_id, now_ms
+from agora.core.keys import Role
+from agora.core.signing import sign_fact
+from agora.core.verify import verify_directory
+from agora.host.config import Config
+from agora.host.killswitch import set_switch
+from agora.host.nats_server import EmbeddedNats
+from agora.host.runner import Delivery
+from agora.host.service import Host, HostKeys
+from agora.host.spine import event_subject, publish_envelope, publish_fact
+
+
+@dataclass
+class Harness:
+    session: Session
+    client: Client
+    components: Mapping[str, Path]
+    host: Host | None = None
+    deliveries: list[Delivery] = field(default_factory=list)
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.client.jetstream()
+
+    @property
+    def facts_dir(self) -> Path:
+        return self.session.config.facts_dir
+
+    def running(self) -> Host:
+        if self.host is None:
+            raise AssertionError("no host is running")
+        return self.host
+
+    async def start_host(self, agents: list[str] | None = None) -> Host:
+        """Start a host running ``agents`` (default: all in the configuration)."""
+        config = self.session.config
+        chosen = list(config.agents) if agents is None else agents
+        keys = HostKeys(
+            host=self.session.key(config.host_name),
+            agents={name: self.session.key(name) for name in chosen},
+        )
+        trimmed = _with_agents(config, chosen)
+        host = Host(
+            config=trimmed,
+            registry=self.session.registry,
+            keys=keys,
+            components=self.components,
+            log_dir=config.root / "logs",
+        )
+        await host.start(self.client)
+        for runner in host.runners.values():
+            runner.observers.append(self.deliveries.append)
+        self.host = host
+        return host
+
+    async def stop_host(self, *, graceful: bool = True) -> None:
+        if self.host is not None:
+            await self.host.stop(graceful=graceful)
+            self.host = None
+
+    async def inject(
+        self,
+        channel: str,
+        text: str,
+        *,
+        act: Performative = Performative.REQUEST,
+        hops: int = 3,
+        sender: str = "maintainer",
+        conversation: str | None = None,
+        reply_to: str | None = None,
+    ) -> Act:
+        ident = new_id("act")
+        fact = Act(
+            id=ident,
+            conversation=conversation or ident,
+            sender=sender,
+            channel=channel,
+            act=act,
+            payload=text,
+            hops=hops,
+            time_ms=now_ms(),
+            in_reply_to=reply_to,
+        )
+        envelope = sign_fact(fact, self.session.key(sender))
+        await publish_envelope(self.js, channel=channel, msg_id=ident, envelope=envelope)
+        return fact
+
+    async def switch(
+        self,
+        kind: EventKind,
+        *,
+        agent: str | None = None,
+        channel: str | None = None,
+        by: str = "maintainer",
+    ) -> Event:
+        event = Event(
+            id=new_id("ev"),
+            kind=kind,
+            actor=by,
+            time_ms=now_ms(),
+            reason=kind.value,
+            agent=agent,
+            channel=channel,
+        )
+        envelope = sign_fact(event, self.session.key(by))
+        await set_switch(self.js, event, envelope)
+        await publish_fact(self.js, subject=event_subject(by), msg_id=event.id, envelope=envelope)
+        return event
+
+    async def settle(self) -> None:
+        await self.running().settle(quiet_s=0.3)
+
+    def delivered_to(self, agent: str) -> list[Act]:
+        return [d.act for d in self.deliveries if d.agent == agent]
+
+    def facts(self) -> list[Fact]:
+        return read_facts(self.facts_dir)
+
+    def acts_by(self, sender: str) -> list[Act]:
+        return [f for f in self.facts() if isinstance(f, Act) and f.sender == sender]
+
+    def events(self, kind: EventKind, agent: str | None = None) -> list[Event]:
+        return [
+            f
+            for f in self.facts()
+            if isinstance(f, Event) and f.kind is kind and (agent is None or f.agent == agent)
+        ]
+
+    def verify(self) -> None:
+        report = verify_directory(self.facts_dir, self.session.registry)
+        assert report.ok, str(report.problem)
+
+
+def _with_agents(config: Config, chosen: list[str]) -> Config:
+    return replace(
+        config, agents=MappingProxyType({n: a for n, a in config.agents.items() if n in chosen})
+    )
+
+
+@asynccontextmanager
+async def running_host(
+    root: Path,
+    components: Mapping[str, Path],
+    *,
+    agents: Mapping[str, AgentPlan],
+    channels: tuple[str, ...] = ("build-coord", "secret-ops"),
+    start: bool = True,
+    extra: Mapping[str, Any] | None = None,
+    others: Mapping[str, tuple[Role, list[str]]] | None = None,
+) -> AsyncIterator[Harness]:
+    """A workspace in ``root`` with a running JetStream and (unless ``start`` is False)
+    a host; on the way out the host stops and the facts must verify."""
+    config_path = create_workspace(
+        root, channels=channels, agents=agents, extra=extra, others=others
+    )
+    session = open_session(config_path)
+    async with (
+        EmbeddedNats(data_dir=session.config.nats.data_dir) as server,
+        connected(server.url) as client,
+    ):
+        harness = Harness(session=session, client=client, components=components)
+        if start:
+            await harness.start_host()
+        try:
+            yield harness
+        finally:
+            await harness.stop_host()
+    harness.verify()

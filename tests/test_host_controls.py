@@ -1,0 +1,160 @@
+"""Every cross-talk control, enforced by the live host on real agents over real JetStream.
+
+Each test runs agents built with componentize-py on wasmtime, against nats-server, and
+checks both what the agents were handed and what the fact log says afterwards (which
+must verify).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agora.cli.workspace import AgentPlan
+from agora.core.acts import Performative
+from agora.core.envelope import Act, EventKind
+from agora.core.ids import new_id, now_ms
+from agora.core.keys import SigningKey
+from agora.core.signing import sign_fact
+from agora.host.spine import channel_subject
+from tests.harness import running_host
+
+PAIR = {
+    "synth-agent": AgentPlan("chatty", ("build-coord",)),
+    "relay-agent": AgentPlan("chatty", ("build-coord",)),
+}
+
+
+async def test_the_spike_scenario_live(tmp_path: Path, components: dict[str, Path]) -> None:
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        seed = await h.inject("build-coord", "ship v0.1?", hops=3)
+        secret = await h.inject("secret-ops", "the key is 42", act=Performative.INFORM, hops=3)
+        await h.settle()
+        host = h.running()
+        pair = [host.runners[n].counters for n in PAIR]
+        # Two chains, one per agent, of replies with 2, 1 and 0 hops left.
+        assert sum(c["emitted"] for c in pair) == 6
+        assert all(c["self-echo"] == 3 for c in pair)
+        assert sum(c["no-hops"] for c in pair) == 2
+        assert all(d.act.channel == "build-coord" for d in h.deliveries)
+        assert secret.id not in {d.act.id for d in h.deliveries}
+        replies = [a for n in PAIR for a in h.acts_by(n)]
+        assert sorted(a.hops for a in replies) == [0, 0, 1, 1, 2, 2]
+        assert {a.in_reply_to for a in replies if a.hops == 2} == {seed.id}
+    # Every delivery, emission and refusal is a fact.
+    delivered = h.events(EventKind.DELIVERED)
+    assert len(delivered) == len(h.deliveries) == 6
+    refused = h.events(EventKind.REFUSED)
+    assert sorted(e.reason for e in refused) == ["no-hops"] * 2 + ["self-echo"] * 6
+
+
+async def test_the_host_stamps_what_an_agent_sends(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents={"synth-agent": PAIR["synth-agent"]}) as h:
+        seed = await h.inject("build-coord", "hello", hops=5)
+        await h.settle()
+        [reply] = h.acts_by("synth-agent")
+    assert reply.sender == "synth-agent"
+    assert reply.hops == 4
+    assert reply.in_reply_to == seed.id
+    assert reply.conversation == seed.conversation
+    assert reply.id.startswith("act-") and reply.id != seed.id
+
+
+async def test_forged_and_unsigned_messages_never_reach_an_agent(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents={"synth-agent": PAIR["synth-agent"]}) as h:
+        intruder = SigningKey.generate("maintainer")  # right name, wrong key
+        forged = Act(
+            id=new_id("act"),
+            conversation="c1",
+            sender="maintainer",
+            channel="build-coord",
+            act=Performative.REQUEST,
+            payload="delete everything",
+            hops=3,
+            time_ms=now_ms(),
+        )
+        await h.js.publish(channel_subject("build-coord"), sign_fact(forged, intruder))
+        await h.js.publish(channel_subject("build-coord"), forged.encode())  # not signed at all
+        # A genuine envelope replayed onto another channel is refused too.
+        genuine = await h.inject("build-coord", "fine", hops=1)
+        envelope = sign_fact(genuine, h.session.key("maintainer"))
+        await h.js.publish(channel_subject("secret-ops"), envelope)
+        await h.settle()
+        counters = h.running().runners["synth-agent"].counters
+        assert [d.act.id for d in h.deliveries] == [genuine.id]
+        assert counters["unverified"] == 2
+    refusals = [e for e in h.events(EventKind.REFUSED) if e.reason == "unverified"]
+    assert len(refusals) == 3  # both forgeries and the replay, recorded once each
+    assert all(e.subject is None for e in refusals)
+    assert forged.id not in {f.id for f in h.facts()}
+
+
+async def test_a_republished_message_is_processed_once(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents={"synth-agent": PAIR["synth-agent"]}) as h:
+        seed = await h.inject("build-coord", "once", hops=2)
+        await h.settle()
+        envelope = sign_fact(seed, h.session.key("maintainer"))
+        # Outside JetStream's duplicate window: a different message id, same act.
+        await h.js.publish(channel_subject("build-coord"), envelope)
+        await h.settle()
+        counters = h.running().runners["synth-agent"].counters
+        assert counters["delivered"] == 1
+        assert counters["duplicate"] == 1
+        assert len(h.acts_by("synth-agent")) == 1
+
+
+async def test_a_message_with_no_hops_is_recorded_but_not_delivered(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        spent = await h.inject("build-coord", "no budget", hops=0)
+        await h.settle()
+        assert h.deliveries == []
+    assert spent.id in {f.id for f in h.facts()}
+    assert {e.reason for e in h.events(EventKind.REFUSED)} == {"no-hops"}
+
+
+async def test_the_agreement_decides_by_the_voters_rules(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    voters = {
+        "alice-voter": {"approve": "tests pass", "veto": "breaking", "default": "reject"},
+        "bob-voter": {"approve": "reviewed", "veto": "security", "default": "accept"},
+        "carol-voter": {"approve": "docs", "veto": "breaking", "default": "reject"},
+    }
+    agents = {
+        "coordinator": AgentPlan(
+            "coordinator",
+            ("release",),
+            {"voters": ",".join(voters), "quorum": "2", "deadline-ms": "30000"},
+        ),
+        **{n: AgentPlan("voter", ("release",), rule) for n, rule in voters.items()},
+        "summarizer": AgentPlan("summarizer", ("release",)),
+    }
+    async with running_host(tmp_path, components, agents=agents, channels=("release",)) as h:
+        await h.inject("release", "ship v0.3: tests pass, docs updated", hops=8)
+        await h.settle()
+        await h.inject("release", "ship v0.4: breaking change to the API", hops=8)
+        await h.settle()
+        decisions = [
+            json.loads(a.payload) for a in h.acts_by("coordinator") if a.act.value == "inform"
+        ]
+    assert [d["outcome"] for d in decisions] == ["accepted", "rejected"]
+    assert decisions[0]["votes"] == {
+        "alice-voter": "accept",
+        "bob-voter": "accept",
+        "carol-voter": "accept",
+    }
+    assert decisions[1]["votes"] == {
+        "alice-voter": "reject",
+        "bob-voter": "accept",
+        "carol-voter": "reject",
+    }
+    summaries = [json.loads(a.payload) for a in h.acts_by("summarizer")]
+    assert [s["outcome"] for s in summaries] == ["accepted", "rejected"]

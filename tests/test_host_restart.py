@@ -1,0 +1,160 @@
+"""Restarts: in the middle of a vote, in the middle of a conversation, and with kills in
+force. Each message is processed once, no output is duplicated, and the outcome is the
+one an uninterrupted run would give.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+from agora.cli.workspace import AgentPlan
+from agora.core.envelope import EventKind
+from agora.host.spine import agent_consumer_config, ensure_consumer, ensure_spine
+from tests.harness import Harness, running_host
+
+VOTERS = {
+    "alice-voter": {"approve": "tests pass", "default": "reject"},
+    "bob-voter": {"approve": "reviewed", "default": "reject"},
+    "carol-voter": {"approve": "tests pass", "veto": "friday", "default": "accept"},
+}
+VOTE = {
+    "coordinator": AgentPlan(
+        "coordinator",
+        ("release",),
+        {"voters": ",".join(VOTERS), "quorum": "3", "deadline-ms": "60000"},
+    ),
+    **{n: AgentPlan("voter", ("release",), rule) for n, rule in VOTERS.items()},
+}
+PAIR = {
+    "synth-agent": AgentPlan("chatty", ("build-coord",)),
+    "relay-agent": AgentPlan("chatty", ("build-coord",)),
+}
+
+
+async def test_a_restart_in_the_middle_of_a_vote_still_decides_right(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(
+        tmp_path, components, agents=VOTE, channels=("release",), start=False
+    ) as h:
+        # carol's consumer exists (she was deployed), but her host is not running yet.
+        await ensure_spine(h.js)
+        await ensure_consumer(
+            h.js,
+            agent_consumer_config(
+                "carol-voter", ["release"], ack_wait_s=30, max_deliver=5, batch=64
+            ),
+        )
+        await h.start_host(["coordinator", "alice-voter", "bob-voter"])
+        request = await h.inject("release", "ship it: tests pass, reviewed", hops=8)
+        await h.settle()
+        assert len(h.acts_by("alice-voter")) == len(h.acts_by("bob-voter")) == 1
+        assert not [a for a in h.acts_by("coordinator") if a.act.value == "inform"]
+        await h.stop_host()  # two votes in, one to come: the tally lives in saved state
+
+        await h.start_host()
+        await h.settle()
+        coordinator = h.acts_by("coordinator")
+    proposals = [a for a in coordinator if a.act.value == "propose"]
+    decisions = [json.loads(a.payload) for a in coordinator if a.act.value == "inform"]
+    assert len(proposals) == 1
+    assert proposals[0].in_reply_to == request.id
+    assert len(decisions) == 1
+    assert decisions[0]["outcome"] == "accepted"
+    assert decisions[0]["votes"] == dict.fromkeys(VOTERS, "accept")
+    for voter in VOTERS:
+        assert len(h.acts_by(voter)) == 1
+    _each_delivered_once(h)
+
+
+async def test_a_crash_in_the_middle_of_a_conversation_loses_and_repeats_nothing(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    hops = 16
+    # What a crash left delivered but unacknowledged comes back after ack_wait_s.
+    quick = {"consumer": {"ack_wait_s": 1, "max_deliver": 5}}
+    async with running_host(tmp_path, components, agents=PAIR, extra=quick) as h:
+        enough = asyncio.Event()
+        h.running().runners["synth-agent"].observers.append(
+            lambda _: enough.set() if len(h.deliveries) >= 8 else None
+        )
+        await h.inject("build-coord", "count down", hops=hops)
+        await enough.wait()
+        await h.stop_host(graceful=False)  # cancelled wherever they are, as in a crash
+        stopped_at = len(h.deliveries)
+        assert stopped_at < 2 * hops
+
+        await h.start_host()
+        await h.settle()
+    replies = [a for n in PAIR for a in h.acts_by(n)]
+    # Two chains of replies, one started by each agent, with hops-1 down to 0.
+    assert len(replies) == 2 * hops
+    assert sorted(a.hops for a in replies) == sorted(list(range(hops)) * 2)
+    answered = Counter((a.sender, a.in_reply_to) for a in replies)
+    assert max(answered.values()) == 1  # no agent answered any message twice
+    _each_delivered_once(h)
+
+
+async def test_kills_survive_a_restart_and_resume_undoes_them(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        await h.switch(EventKind.KILLED, channel="build-coord")
+        await h.running().killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
+        await h.stop_host()
+        host = await h.start_host()
+        assert host.killswitch.state.blocks("relay-agent", "build-coord")
+        silenced = await h.inject("build-coord", "anyone?", hops=2)
+        await h.settle()
+        assert h.deliveries == []
+        assert host.runners["synth-agent"].counters["killed"] == 1
+
+        await h.switch(EventKind.RESUMED, channel="build-coord")
+        await host.killswitch.wait_for(lambda s: not s.stopped)
+        heard = await h.inject("build-coord", "back?", hops=1)
+        await h.settle()
+        assert {d.act.id for d in h.deliveries} == {heard.id}
+    # The kill discarded the message; resuming does not replay it.
+    assert silenced.id not in {d.act.id for d in h.deliveries}
+    kinds = [e.kind for e in h.events(EventKind.KILLED)] + [
+        e.kind for e in h.events(EventKind.RESUMED)
+    ]
+    assert kinds == [EventKind.KILLED, EventKind.RESUMED]
+
+
+async def test_kill_one_agent_or_everything(tmp_path: Path, components: dict[str, Path]) -> None:
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        host = h.running()
+        await h.switch(EventKind.KILLED, agent="relay-agent")
+        await host.killswitch.wait_for(lambda s: s.blocks_agent("relay-agent"))
+        first = await h.inject("build-coord", "one", hops=1)
+        await h.settle()
+        assert [d.agent for d in h.deliveries if d.act.id == first.id] == ["synth-agent"]
+
+        await h.switch(EventKind.KILLED)
+        await host.killswitch.wait_for(lambda s: s.blocks_agent("synth-agent"))
+        second = await h.inject("build-coord", "two", hops=1)
+        await h.settle()
+        assert second.id not in {d.act.id for d in h.deliveries}
+
+
+async def test_only_signed_privileged_switches_count(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        host = h.running()
+        control = await h.js.key_value("agora-control")
+        await control.put("all", b'{"kind":"killed"}')  # no signature: ignored
+        await h.switch(EventKind.KILLED, channel="build-coord", by="synth-agent")  # an agent
+        await h.switch(EventKind.KILLED, agent="relay-agent")  # the real thing, last
+        await host.killswitch.wait_for(lambda s: s.blocks_agent("relay-agent"))
+        assert set(host.killswitch.state.stopped) == {"agent.relay-agent"}
+
+
+def _each_delivered_once(h: Harness) -> None:
+    delivered = Counter((e.agent, e.subject) for e in h.events(EventKind.DELIVERED))
+    assert delivered
+    assert max(delivered.values()) == 1

@@ -1,0 +1,164 @@
+"""Hostile agents, one rule broken at a time: the host stops each, records why, and the
+well-behaved agent beside it goes on.
+
+The ``hostile`` component (tests/agents/hostile) misbehaves as its ``mode`` setting says.
+Each test runs it next to a chatty ``synth-agent`` on the same channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from agora.cli.workspace import AgentPlan
+from agora.core.acts import Performative
+from agora.core.envelope import Act, EventKind
+from agora.host.spine import CONTROL_BUCKET
+from tests.harness import Harness, running_host
+
+FAST = {"timeout_ms": 300, "memory_mb": 32}
+
+
+def agents(mode: str) -> dict[str, AgentPlan]:
+    return {
+        "hostile-agent": AgentPlan("hostile", ("build-coord",), {"mode": mode}, FAST),
+        "synth-agent": AgentPlan("chatty", ("build-coord",)),
+    }
+
+
+async def provoke(harness: Harness, hops: int = 2) -> Act:
+    seed = await harness.inject("build-coord", "please answer", hops=hops)
+    await harness.settle()
+    return seed
+
+
+def witness_went_on(harness: Harness, seed: Act) -> None:
+    replies = [a for a in harness.acts_by("synth-agent") if a.in_reply_to == seed.id]
+    assert len(replies) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "fault"),
+    [("loop", {"timeout", "fuel"}), ("membomb", {"memory"}), ("trap", {"trap"})],
+)
+async def test_a_faulting_agent_is_quarantined_and_the_others_go_on(
+    tmp_path: Path, components: dict[str, Path], mode: str, fault: set[str]
+) -> None:
+    async with running_host(tmp_path, components, agents=agents(mode)) as h:
+        seed = await provoke(h)
+        host = h.running()
+        assert host.runners["hostile-agent"].counters["faults"] == 1
+        stopped = host.killswitch.state.stopped["agent.hostile-agent"]
+        assert stopped.kind is EventKind.QUARANTINED
+        assert stopped.reason in fault
+        # Quarantined: the next message is refused for it, delivered to the other.
+        later = await provoke(h)
+        assert later.id not in {a.id for a in h.delivered_to("hostile-agent")}
+        assert host.runners["hostile-agent"].counters["quarantined"] >= 1
+        witness_went_on(h, seed)
+        witness_went_on(h, later)
+        assert not h.acts_by("hostile-agent")
+    [recorded] = h.events(EventKind.FAULT, agent="hostile-agent")
+    assert recorded.reason in fault
+    if mode == "trap":
+        assert "ValueError" in recorded.detail or "RuntimeError" in recorded.detail
+    assert len(h.events(EventKind.QUARANTINED, agent="hostile-agent")) == 1
+
+
+async def test_a_quarantined_agent_runs_again_after_resume(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents=agents("trap")) as h:
+        await provoke(h)
+        await h.switch(EventKind.RESUMED, agent="hostile-agent")
+        host = h.running()
+        await host.killswitch.wait_for(lambda s: not s.blocks_agent("hostile-agent"))
+        await provoke(h)
+        # A fresh sandbox ran the call (and trapped again: it is still hostile).
+        assert host.runners["hostile-agent"].counters["faults"] == 2
+
+
+@pytest.mark.parametrize(
+    ("mode", "counter"),
+    [
+        ("emit-ungranted", "emit-ungranted"),
+        ("emit-control", "emit-malformed"),
+        ("emit-malformed", "emit-malformed"),
+        ("forge-sender", "forged-sender"),
+        ("oversized", "payload-too-large"),
+        ("bad-reply", "unknown-reply"),
+    ],
+)
+async def test_a_refused_emit_is_counted_recorded_and_never_published(
+    tmp_path: Path, components: dict[str, Path], mode: str, counter: str
+) -> None:
+    async with running_host(tmp_path, components, agents=agents(mode)) as h:
+        seed = await provoke(h, hops=1)  # the witness's reply has no hops left
+        runner = h.running().runners["hostile-agent"]
+        assert runner.counters[counter] == 1
+        assert runner.counters["emitted"] == 0
+        witness_went_on(h, seed)
+        control = await h.js.key_value(CONTROL_BUCKET)
+        assert await control.status()  # the bucket exists ...
+        assert (await h.js.stream_info("KV_" + CONTROL_BUCKET)).state.messages == 0  # ... untouched
+    assert not h.acts_by("hostile-agent")
+    forged = [a for a in h.acts_by("maintainer") if a.id != seed.id]
+    assert forged == []  # nothing went out under the maintainer's name
+    refusals = [
+        e for e in h.events(EventKind.REFUSED, agent="hostile-agent") if e.reason == counter
+    ]
+    assert len(refusals) == 1
+    assert not [f for f in h.facts() if isinstance(f, Act) and f.channel == "secret-ops"]
+
+
+async def test_an_agent_cannot_raise_its_hop_budget(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents=agents("raise-hops")) as h:
+        seed = await provoke(h, hops=3)
+        assert h.running().runners["hostile-agent"].counters["hops-lowered"] >= 1
+    hostile = [a for a in h.acts_by("hostile-agent") if a.in_reply_to == seed.id]
+    assert [a.hops for a in hostile] == [2]
+    assert all(a.hops < 3 for a in h.acts_by("hostile-agent"))
+
+
+async def test_a_flood_is_cut_off(tmp_path: Path, components: dict[str, Path]) -> None:
+    async with running_host(tmp_path, components, agents=agents("flood")) as h:
+        seed = await provoke(h)
+        host = h.running()
+        assert host.killswitch.state.stopped["agent.hostile-agent"].reason == "flood"
+        witness_went_on(h, seed)
+    assert not h.acts_by("hostile-agent")
+    [fault] = h.events(EventKind.FAULT, agent="hostile-agent")
+    assert "10000 messages in one call" in fault.detail
+
+
+async def test_agent_output_goes_to_the_host_log(
+    tmp_path: Path, components: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agora.agent")
+    async with running_host(tmp_path, components, agents=agents("print")) as h:
+        await provoke(h)
+    said = [r for r in caplog.records if r.name == "agora.agent.hostile-agent"]
+    assert any("stdout" in r.getMessage() for r in said)
+    assert any("stderr" in r.getMessage() and r.levelno == logging.WARNING for r in said)
+
+
+async def test_stop_in_the_channel_is_just_a_message_and_a_kill_is_not(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents=agents("stop-ignorer")) as h:
+        stop = await h.inject("build-coord", "stop", act=Performative.REQUEST, hops=1)
+        await h.settle()
+        assert stop.id in {a.id for a in h.delivered_to("hostile-agent")}
+        assert [a.in_reply_to for a in h.acts_by("hostile-agent")] == [stop.id]
+        await h.switch(EventKind.KILLED, agent="hostile-agent")
+        host = h.running()
+        await host.killswitch.wait_for(lambda s: s.blocks_agent("hostile-agent"))
+        after = await h.inject("build-coord", "still there?", hops=1)
+        await h.settle()
+        assert after.id not in {a.id for a in h.delivered_to("hostile-agent")}
+        assert after.id in {a.id for a in h.delivered_to("synth-agent")}
+        assert host.runners["hostile-agent"].counters["killed"] == 1

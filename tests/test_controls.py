@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from agora.host.controls import Verdict, reply_hops, screen_delivery
+from agora.host.controls import (
+    EmitDecision,
+    EmitVerdict,
+    Verdict,
+    reply_hops,
+    screen_delivery,
+    screen_emit,
+)
 from agora.host.reference import run_reference
 
 
@@ -52,3 +59,48 @@ def test_each_control_and_their_order(changes: dict[str, object], verdict: Verdi
 @pytest.mark.parametrize(("parent", "reply"), [(3, 2), (1, 0), (0, 0)])
 def test_replies_always_carry_fewer_hops(parent: int, reply: int) -> None:
     assert reply_hops(parent) == reply
+
+
+def _emit(**changes: object) -> EmitDecision:
+    arguments: dict[str, object] = {
+        "agent": "synth-agent",
+        "granted": {"build-coord"},
+        "sender": "",
+        "channel": "build-coord",
+        "conversation": "conv-1",
+        "in_reply_to": "m1",
+        "payload": "ok",
+        "parents": {"m1": 3},
+        "conversations": {"conv-1": 5},
+    }
+    arguments.update(changes)
+    return screen_emit(**arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "verdict", "hops"),
+    [
+        ({}, EmitVerdict.EMIT, 2),
+        ({"sender": "synth-agent"}, EmitVerdict.EMIT, 2),
+        ({"in_reply_to": None}, EmitVerdict.EMIT, 4),  # a timer's output: the conversation's
+        ({"parents": {"m1": 0}}, EmitVerdict.EMIT, 0),  # never below zero
+        ({"sender": "maintainer"}, EmitVerdict.FORGED_SENDER, 0),
+        ({"channel": "build-coord.>"}, EmitVerdict.MALFORMED, 0),
+        ({"channel": "$KV.agora-control.all"}, EmitVerdict.MALFORMED, 0),
+        ({"conversation": "a b"}, EmitVerdict.MALFORMED, 0),
+        ({"channel": "secret-ops"}, EmitVerdict.UNGRANTED, 0),
+        ({"payload": "x" * (64 * 1024 + 1)}, EmitVerdict.TOO_LARGE, 0),
+        ({"in_reply_to": "never-seen"}, EmitVerdict.UNKNOWN_REPLY, 0),
+        ({"in_reply_to": None, "conversation": "other"}, EmitVerdict.NO_PARENT, 0),
+    ],
+)
+def test_emit_screening(changes: dict[str, object], verdict: EmitVerdict, hops: int) -> None:
+    decision = _emit(**changes)
+    assert decision.verdict is verdict
+    assert decision.hops == hops
+    assert (decision.detail == "") is (verdict is EmitVerdict.EMIT)
+
+
+def test_the_forged_sender_is_checked_before_anything_else() -> None:
+    decision = _emit(sender="maintainer", channel="secret-ops", payload="x" * 70_000)
+    assert decision.verdict is EmitVerdict.FORGED_SENDER

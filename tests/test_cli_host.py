@@ -1,0 +1,171 @@
+"""The human window: ``agora up`` in one process, the other commands in others.
+
+Real processes, as a user runs them: ``agora up`` starts the embedded JetStream and the
+host; ``inject``, ``log``, ``watch``, ``status``, ``kill`` and ``resume`` find it through
+the configuration alone.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agora.cli.workspace import AgentPlan, create_workspace
+
+AGORA = Path(sys.executable).parent / "agora"
+PAIR = {
+    "synth-agent": AgentPlan("chatty", ("build-coord",)),
+    "relay-agent": AgentPlan("chatty", ("build-coord",)),
+}
+
+
+def agora(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [AGORA, *map(str, args)], capture_output=True, text=True, check=False, timeout=60
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def eventually(probe: Any, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, components: dict[str, Path]) -> Path:
+    assert "chatty" in components  # built before `agora up` needs it
+    return create_workspace(tmp_path, channels=("build-coord", "secret-ops"), agents=PAIR)
+
+
+@pytest.fixture
+def up(workspace: Path) -> Iterator[subprocess.Popen[str]]:
+    log = (workspace.parent / "up.log").open("w")
+    process = subprocess.Popen(
+        [AGORA, "up", "-c", workspace], stdout=log, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        eventually(lambda: _status(workspace) is not None)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        log.close()
+
+
+def _status(config: Path) -> dict[str, Any] | None:
+    result = agora("status", "--json", "-c", config, check=False)
+    if result.returncode != 0:
+        return None
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status if status["hosts"] else None
+
+
+def _acts(config: Path, channel: str) -> list[dict[str, Any]]:
+    out = agora("log", channel, "--json", "-c", config).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_the_commands_drive_a_running_host(workspace: Path, up: subprocess.Popen[str]) -> None:
+    status = eventually(lambda: _status(workspace))
+    [host] = status["hosts"].values()
+    assert set(host["agents"]) == set(PAIR)
+    assert host["agents"]["synth-agent"]["channels"] == ["build-coord"]
+
+    seed = agora("inject", "build-coord", "request", "ship v0.1?", "--hops", 3, "-c", workspace)
+    seed_id = seed.stdout.strip()
+    acts = eventually(lambda: (a := _acts(workspace, "build-coord")) and len(a) == 7 and a)
+    assert acts[0]["id"] == seed_id and acts[0]["sender"] == "maintainer"
+    assert sorted(a["hops"] for a in acts[1:]) == [0, 0, 1, 1, 2, 2]
+    readable = agora("log", "build-coord", "-c", workspace).stdout
+    assert "maintainer request (hops 3" in readable and "ship v0.1?" in readable
+
+    counters = eventually(
+        lambda: (
+            (s := _status(workspace))
+            and (c := next(iter(s["hosts"].values()))["agents"]["synth-agent"]["counters"]).get(
+                "self-echo"
+            )
+            == 3
+            and c
+        )
+    )
+    assert counters["emitted"] == 3
+
+    agora("kill", "--channel", "build-coord", "--reason", "too chatty", "-c", workspace)
+    stopped = eventually(lambda: (s := _status(workspace)) and s["stopped"])
+    assert stopped["channel.build-coord"]["by"] == "maintainer"
+    agora("inject", "build-coord", "inform", "hello?", "--hops", 2, "-c", workspace)
+    eventually(
+        lambda: (
+            (s := _status(workspace))
+            and next(iter(s["hosts"].values()))["agents"]["synth-agent"]["counters"].get("killed")
+        )
+    )
+    agora("resume", "--channel", "build-coord", "-c", workspace)
+    eventually(lambda: (s := _status(workspace)) and not s["stopped"])
+    assert "nothing is killed" in agora("status", "-c", workspace).stdout
+
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(timeout=30) == 0
+    root = workspace.parent
+    verified = agora("verify", root / "facts", "--keys", root / "keys.yaml", "--json")
+    assert json.loads(verified.stdout)["ok"] is True
+
+
+def test_watch_streams_acts_as_they_happen(workspace: Path, up: subprocess.Popen[str]) -> None:
+    assert up.poll() is None
+    watcher = subprocess.Popen(
+        [AGORA, "watch", "build-coord", "-c", workspace], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().startswith("watching #build-coord")
+        agora("inject", "build-coord", "query-if", "is main green?", "--hops", 1, "-c", workspace)
+        line = watcher.stdout.readline()
+        assert "#build-coord maintainer query-if (hops 1" in line
+        assert line.rstrip().endswith("is main green?")
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=10)
+
+
+def test_a_config_mistake_is_reported_before_anything_starts(tmp_path: Path) -> None:
+    config = tmp_path / "agora.yaml"
+    config.write_text(
+        "channels: {build-coord: {}}\n"
+        "agents:\n"
+        "  synth-agent:\n"
+        "    component: chatty\n"
+        "    channels: [build-coord]\n"
+        "    limits: {memory_mb: 8}\n"
+    )
+    result = agora("up", "-c", config, check=False)
+    assert result.returncode == 1
+    assert "agora.yaml: agents.synth-agent.limits.memory_mb: expected" in result.stderr
+    assert "got 8" in result.stderr
+    assert not (tmp_path / ".agora").exists()  # no server started, nothing written
+
+
+def test_commands_say_when_no_host_is_running(workspace: Path) -> None:
+    result = agora("inject", "build-coord", "inform", "hi", "-c", workspace, check=False)
+    assert result.returncode == 1
+    assert "start one with `agora up`" in result.stderr
+    refused = agora("inject", "build-coord", "shout", "hi", "-c", workspace, check=False)
+    assert refused.returncode == 1
+    assert "shout" in refused.stderr

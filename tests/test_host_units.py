@@ -1,0 +1,95 @@
+"""The host's pure pieces: the agent record, the kill switch's keys and state, faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agora.core.envelope import Event, EventKind
+from agora.core.errors import InputError, InvalidChannel, MalformedEnvelope
+from agora.core.factlog import FactLog
+from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.signing import sign_fact
+from agora.core.verify import verify_directory
+from agora.host.agent_record import MAX_RECENT, AgentRecord, Outgoing
+from agora.host.killswitch import KillState, control_key
+from agora.host.sandbox import classify_fault
+
+
+def test_an_agent_record_round_trips_and_stays_bounded() -> None:
+    record = AgentRecord()
+    for batch in range(400):
+        record = record.finished(
+            state=b"\x00\xffstate",
+            last_seq=batch,
+            ids=[f"m{batch}"],
+            handed=[(f"m{batch}", f"c{batch}", 3)],
+            wake_at_ms=batch,
+            outbox=(Outgoing("agora.ch.x", f"a{batch}", b'{"e":1}'),),
+        )
+    assert len(record.recent) == MAX_RECENT
+    assert record.recent[-1] == "m399"
+    assert len(record.parents) <= 256 and "m399" in record.parents
+    assert AgentRecord.decode(record.encode()) == record
+    assert record.sent().outbox == ()
+
+
+@pytest.mark.parametrize("data", [b"", b"{}", b"[1]", b'{"state": 3}'])
+def test_an_unreadable_agent_record_is_refused(data: bytes) -> None:
+    with pytest.raises(MalformedEnvelope, match="agent record is unreadable"):
+        AgentRecord.decode(data)
+
+
+def test_control_keys() -> None:
+    assert control_key() == "all"
+    assert control_key(agent="synth-agent") == "agent.synth-agent"
+    assert control_key(channel="build-coord") == "channel.build-coord"
+    with pytest.raises(InvalidChannel):
+        control_key(channel="build-coord.>")
+    with pytest.raises(InputError, match="not both"):
+        control_key(agent="a", channel="b")
+
+
+def _event(kind: EventKind, **target: str) -> Event:
+    return Event(id="ev-1", kind=kind, actor="maintainer", time_ms=1, reason="r", **target)
+
+
+def test_kill_state_blocks_by_agent_channel_or_all() -> None:
+    by_channel = KillState({"channel.build-coord": _event(EventKind.KILLED, channel="build-coord")})
+    assert by_channel.blocks("synth-agent", "build-coord")
+    assert not by_channel.blocks("synth-agent", "release")
+    assert not by_channel.blocks_agent("synth-agent")
+    by_agent = KillState({"agent.synth-agent": _event(EventKind.QUARANTINED, agent="synth-agent")})
+    assert by_agent.blocks_agent("synth-agent") and not by_agent.blocks_agent("relay-agent")
+    everything = KillState({"all": _event(EventKind.KILLED)})
+    assert everything.blocks("anyone", "anywhere")
+
+
+@pytest.mark.parametrize(
+    ("message", "stderr", "kind"),
+    [
+        ("error while executing: all fuel consumed by WebAssembly", "", "fuel"),
+        ("wasm trap: interrupt", "", "timeout"),
+        ("wasm `unreachable` instruction executed", "object type name: MemoryError", "memory"),
+        ("wasm `unreachable` instruction executed", "ValueError: boom", "trap"),
+    ],
+)
+def test_faults_are_named(message: str, stderr: str, kind: str) -> None:
+    assert classify_fault(message, stderr) == kind
+
+
+def test_an_operator_may_sign_a_kill_but_nothing_else(
+    tmp_path: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    directory = tmp_path / "facts"
+    with FactLog.open(directory, signer=keys["host"]) as log:
+        kill = _event(EventKind.KILLED, channel="build-coord")
+        log.append(sign_fact(kill, keys["maintainer"]), kill)
+    assert verify_directory(directory, registry).ok
+    with FactLog.open(directory, signer=keys["host"]) as log:
+        note = Event(id="ev-2", kind=EventKind.NOTE, actor="maintainer", time_ms=1, reason="r")
+        log.append(sign_fact(note, keys["maintainer"]), note)
+    report = verify_directory(directory, registry)
+    assert not report.ok
+    assert "note event signed by 'maintainer' (operator)" in str(report.problem)

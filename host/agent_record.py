@@ -1,10 +1,10 @@
 """What the host keeps for each agent between calls, in the ``agora-agents`` bucket.
 
 - ``state``: the bytes the agent returned last time (the agent's own memory);
-- ``last_seq``: the highest stream sequence the agent has finished with; a redelivered
-  message at or below it was already processed (idempotency across restarts);
-- ``recent``: the ids of the last messages it finished with, so a repeat published
-  under a new sequence is still recognised;
+- ``recent``: the ids of the last messages it finished with: a message redelivered
+  after a crash, or published again under a new sequence, is recognised as processed
+  (idempotency across restarts, and across hosts sharing the agent);
+- ``last_seq``: the highest stream sequence it has finished with (for status);
 - ``parents`` / ``conversations``: hop budgets of recent messages it was handed, by id
   and by conversation, from which the host computes the budget of what it emits;
 - ``wake_at_ms``: when the agent asked to be called again with an empty inbox;
@@ -15,7 +15,8 @@
   or re-decides them.
 
 Saving is compare-and-set on the bucket's revision: a second host running the same
-agent cannot silently overwrite the first's progress; it gets :class:`RecordConflict`.
+agent cannot silently overwrite the first's progress; it gets :class:`RecordConflict`,
+reloads, and redoes its batch on the fresh record.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from nats.js.kv import KeyValue
 
 from agora.core.errors import AgoraError, MalformedEnvelope
 
-MAX_RECENT: Final = 256
+MAX_RECENT: Final = 512
 MAX_PARENTS: Final = 256
 MAX_CONVERSATIONS: Final = 128
 

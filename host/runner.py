@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from agora.core.errors import AgoraError, InputError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
-from agora.host.agent_record import AgentRecord, Outgoing, RecordStore
+from agora.host.agent_record import AgentRecord, Outgoing, RecordConflict, RecordStore
 from agora.host.controls import EmitVerdict, Verdict, screen_delivery, screen_emit
 from agora.host.killswitch import KillSwitch, set_switch
 from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome, Sandbox
@@ -54,6 +55,7 @@ from agora.host.vouched import Vouched
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S: Final = 0.5
+CONFLICT_RETRIES: Final = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +138,7 @@ class AgentRunner:
             except (FetchTimeoutError, TimeoutError):
                 messages = []
             try:
-                await self._step(messages)
+                await self._step_with_retry(messages)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -153,6 +155,24 @@ class AgentRunner:
         return min(IDLE_WAIT_S, max(0.01, (wake - now_ms()) / 1000))
 
     # -- one batch ------------------------------------------------------------------------
+
+    async def _step_with_retry(self, messages: list[Msg]) -> None:
+        """Run a batch; if another host saved this agent meanwhile, reload and redo it.
+
+        Two hosts may run the same agent on one durable consumer: each batch goes to one
+        of them, and the compare-and-set save orders their progress. A batch redone on
+        the fresh record sees what the other host already processed as duplicates.
+        """
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                await self._step(messages)
+            except RecordConflict:
+                self.counters["record-conflict"] += 1
+                self._record = await self._records.load()
+                await asyncio.sleep(random.uniform(0.005, 0.05))  # noqa: S311 - jitter, not secrecy
+            else:
+                return
+        raise RecordConflict(f"agent {self.spec.name!r}: its record keeps changing under it")
 
     async def _step(self, messages: list[Msg]) -> None:
         batch = Batch(self.spec.name)
@@ -190,7 +210,10 @@ class AgentRunner:
         for message in messages:
             await message.ack()
         if record.outbox:
-            await self._save(record.sent())
+            try:
+                await self._save(record.sent())
+            except RecordConflict:  # published and acknowledged; another host moved on
+                self._record = await self._records.load()
 
     def _screen(self, message: Msg, batch: Batch) -> None:
         seq = message.metadata.sequence.stream if message.metadata.sequence else 0
@@ -204,18 +227,15 @@ class AgentRunner:
         if not isinstance(fact, Act):  # pragma: no cover - admit refuses events on channels
             return
         batch.ids.append(fact.id)
-        if seq and seq <= self._record.last_seq:
-            verdict: str = Verdict.DUPLICATE
-        else:
-            verdict = screen_delivery(
-                agent=self.spec.name,
-                granted=self._granted,
-                channel=channel,
-                signed_sender=signer,
-                message_id=fact.id,
-                hops=fact.hops,
-                processed=batch.processed(self._record),
-            )
+        verdict: str = screen_delivery(
+            agent=self.spec.name,
+            granted=self._granted,
+            channel=channel,
+            signed_sender=signer,
+            message_id=fact.id,
+            hops=fact.hops,
+            processed=batch.processed(self._record),
+        )
         if verdict == Verdict.DELIVER:
             stopped = self._killswitch.state.stopped_by(self.spec.name, channel)
             if stopped is not None:

@@ -19,7 +19,7 @@ from agora.host.sandbox import classify_fault
 
 def test_an_agent_record_round_trips_and_stays_bounded() -> None:
     record = AgentRecord()
-    for batch in range(400):
+    for batch in range(600):
         record = record.finished(
             state=b"\x00\xffstate",
             last_seq=batch,
@@ -29,8 +29,8 @@ def test_an_agent_record_round_trips_and_stays_bounded() -> None:
             outbox=(Outgoing("agora.ch.x", f"a{batch}", b'{"e":1}'),),
         )
     assert len(record.recent) == MAX_RECENT
-    assert record.recent[-1] == "m399"
-    assert len(record.parents) <= 256 and "m399" in record.parents
+    assert record.recent[-1] == "m599"
+    assert len(record.parents) <= 256 and "m599" in record.parents
     assert AgentRecord.decode(record.encode()) == record
     assert record.sent().outbox == ()
 

@@ -6,11 +6,17 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+from agora.cli.workspace import AgentPlan
+from agora.core.acts import Performative
 from agora.core.keys import KeyRegistry
+from agora.host.builder import build_agents
+from tests.harness import running_host
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def _shell_blocks(section: str) -> list[str]:
@@ -34,3 +40,26 @@ def test_readme_key_commands_run_as_written(tmp_path: Path) -> None:
     registry = KeyRegistry.load(tmp_path / "keys.yaml")
     assert registry.names == ["agora-host", "alice", "synth-agent"]
     assert "synth-agent" in result.stdout
+
+
+async def test_readme_example_agent_builds_and_answers(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    text = README.read_text()
+    section = text.split("### Write an agent\n", 1)[1].split("\n## ", 1)[0]
+    (source,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    agent_dir = tmp_path / "agents" / "oracle"
+    agent_dir.mkdir(parents=True)
+    (agent_dir / "app.py").write_text(textwrap.dedent(source))
+    built = build_agents(tmp_path / "agents", tmp_path / "build", ROOT / "wit", ["oracle"])
+    plan = AgentPlan("oracle", ("build-coord",), {"facts": "ci is green, main is frozen"})
+    async with running_host(tmp_path / "ws", {**components, **built}, agents={"oracle": plan}) as h:
+        yes = await h.inject("build-coord", "CI is green", act=Performative.QUERY_IF, hops=2)
+        no = await h.inject("build-coord", "it is friday", act=Performative.QUERY_IF, hops=2)
+        await h.inject("build-coord", "ci is green", act=Performative.INFORM, hops=2)
+        await h.settle()
+        answers = {a.in_reply_to: (a.act, a.payload) for a in h.acts_by("oracle")}
+    assert answers == {
+        yes.id: (Performative.INFORM_IF, "yes"),
+        no.id: (Performative.INFORM_IF, "no"),
+    }

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
@@ -67,6 +68,16 @@ def running_url(config: Config) -> str:
         f"no agora is running with its embedded NATS server in {config.nats.data_dir}: "
         "start one with `agora up`, or set nats.url in the configuration"
     )
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with any user and password replaced by ``***``, fit for a log."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"***@{host}{port}"))
 
 
 @asynccontextmanager

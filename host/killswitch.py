@@ -105,7 +105,10 @@ class KillSwitch:
                 if entry is None:  # the initial values have all been seen
                     self._ready.set()
                     continue
-                self._apply(entry.key, entry.value or b"", entry.operation)
+                try:
+                    self._apply(entry.key, entry.value or b"", entry.operation)
+                except Exception:
+                    log.exception("ignored control value under %r", entry.key)
                 async with self._changed:
                     self._changed.notify_all()
         finally:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agora.cli.session import without_credentials
 from agora.core.envelope import Event, EventKind
 from agora.core.errors import InputError, InvalidChannel, MalformedEnvelope
 from agora.core.factlog import FactLog
@@ -93,3 +94,9 @@ def test_an_operator_may_sign_a_kill_but_nothing_else(
     report = verify_directory(directory, registry)
     assert not report.ok
     assert "note event signed by 'maintainer' (operator)" in str(report.problem)
+
+
+def test_nats_credentials_never_reach_a_message() -> None:
+    assert without_credentials("nats://user:s3cret@10.0.0.1:4222") == "nats://***@10.0.0.1:4222"
+    assert without_credentials("tls://token@nats.example:4443") == "tls://***@nats.example:4443"
+    assert without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"

@@ -74,7 +74,8 @@ def retry_delay(
         reset = _number(lowered.get("x-ratelimit-reset"))
         if reset is not None:
             return max(reset - now_epoch_s, 0.0) + 1.0
-    return min(MINUTE_S * 2 ** max(failures - 1, 0), MAX_BACKOFF_S)
+    backoff: float = MINUTE_S * 2.0 ** max(failures - 1, 0)
+    return min(backoff, MAX_BACKOFF_S)
 
 
 def _number(value: str | None) -> float | None:

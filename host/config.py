@@ -14,8 +14,6 @@ the GitHub bridge, which checks it with its own loader; it is kept as given.
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -26,8 +24,14 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from agora.core.acts import MAX_CHANNEL_CHARS, MAX_NAME_CHARS, check_channel, check_name
-from agora.core.errors import ConfigError, InvalidChannel, InvalidName, shown
+from agora.core.document import (
+    Fields,
+    Node,
+    check_channel_at,
+    check_name_at,
+    resolve_path,
+)
+from agora.core.errors import ConfigError, shown
 from agora.core.keys import ALL_CHANNELS, KeyRegistry, Role
 
 # -- defaults and limits, with their units ---------------------------------------------
@@ -67,8 +71,6 @@ DEFAULT_OPERATOR: Final = "maintainer"
 NATS_URL_SCHEMES: Final = ("nats", "tls", "ws", "wss")
 SETTINGS_LIST_SEPARATOR: Final = ","
 
-_NAME_RULE: Final = f"(only letters, digits, '-' and '_'; 1 to {MAX_NAME_CHARS} characters)"
-_CHANNEL_RULE: Final = f"(only letters, digits, '-' and '_'; 1 to {MAX_CHANNEL_CHARS} characters)"
 
 _TOP_KEYS: Final = (
     "facts",
@@ -151,135 +153,6 @@ class Config:
     bridge: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
 
-# -- reading the document ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Node:
-    """One value of the document and the dotted path that leads to it."""
-
-    file: str
-    where: str
-    value: object
-
-    def error(self, expected: str, got: str | None = None) -> ConfigError:
-        place = f"{self.file}: {self.where}" if self.where else self.file
-        return ConfigError(f"{place}: expected {expected}, got {got or shown(self.value)}")
-
-    def child(self, key: str, value: object) -> _Node:
-        return _Node(self.file, f"{self.where}.{key}" if self.where else key, value)
-
-    def entries(self) -> list[tuple[object, _Node]]:
-        """The key/value pairs of a mapping (null counts as empty), keys not yet checked."""
-        if self.value is None:
-            return []
-        if not isinstance(self.value, Mapping):
-            raise self.error("a mapping")
-        return [(key, self.child(_segment(key), value)) for key, value in self.value.items()]
-
-    def fields(self, allowed: tuple[str, ...]) -> _Fields:
-        """A mapping whose keys must all be among ``allowed``."""
-        children: dict[str, _Node] = {}
-        for key, child in self.entries():
-            if not isinstance(key, str) or key not in allowed:
-                raise _unknown_key(child, key, allowed)
-            children[key] = child
-        return _Fields(self, children)
-
-
-def _segment(key: object) -> str:
-    """A key as one step of a dotted path; a long or odd one is shortened like a value."""
-    if isinstance(key, str) and len(key) <= MAX_CHANNEL_CHARS:
-        return key
-    return shown(key) if not isinstance(key, int) else str(key)
-
-
-def _unknown_key(node: _Node, key: object, allowed: tuple[str, ...]) -> ConfigError:
-    close = difflib.get_close_matches(str(key), allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    keys = f"one of the keys {', '.join(allowed)}" if len(allowed) > 1 else f"the key {allowed[0]}"
-    return node.error(f"{keys}{hint}", shown(key))
-
-
-@dataclass(frozen=True, slots=True)
-class _Fields:
-    node: _Node
-    children: dict[str, _Node]
-
-    def get(self, key: str) -> _Node | None:
-        return self.children.get(key)
-
-    def missing(self, key: str) -> _Node:
-        return self.node.child(key, None)
-
-    def section(self, key: str, allowed: tuple[str, ...]) -> _Fields:
-        return (self.get(key) or self.missing(key)).fields(allowed)
-
-    def integer(self, key: str, *, default: int, low: int, high: int) -> int:
-        node = self.get(key)
-        if node is None:
-            return default
-        value = node.value
-        # bool is an int to Python, never to a reader of the file
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise node.error(f"an integer from {low} to {high}")
-        return value
-
-    def seconds(self, key: str, *, default: float, low: float, high: float) -> float:
-        node = self.get(key)
-        if node is None:
-            return default
-        value = node.value
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not low <= value <= high
-        ):
-            raise node.error(f"a number of seconds from {low:g} to {high:g}")
-        return float(value)
-
-    def text(self, key: str, *, default: str) -> str:
-        node = self.get(key)
-        if node is None:
-            return default
-        if not isinstance(node.value, str):
-            raise node.error("a string")
-        return node.value
-
-    def name(self, key: str, *, default: str) -> str:
-        node = self.get(key)
-        if node is None:
-            return default
-        return _name(node, node.value, "an identity name")
-
-    def path(self, key: str, *, root: Path, default: str) -> Path:
-        node = self.get(key)
-        if node is None:
-            return _resolve(root, default)
-        if not isinstance(node.value, str) or not node.value:
-            raise node.error("a path (a non-empty string)")
-        return _resolve(root, node.value)
-
-
-def _name(node: _Node, value: object, what: str) -> str:
-    try:
-        return check_name(value)
-    except InvalidName:
-        raise node.error(f"{what} {_NAME_RULE}", shown(value)) from None
-
-
-def _channel(node: _Node, value: object) -> str:
-    try:
-        return check_channel(value)
-    except InvalidChannel:
-        raise node.error(f"a channel name {_CHANNEL_RULE}", shown(value)) from None
-
-
-def _resolve(root: Path, value: str) -> Path:
-    return Path(os.path.normpath(root / value))
-
-
 # -- the parser -------------------------------------------------------------------------
 
 
@@ -291,7 +164,7 @@ def parse_config(document: object, *, path: Path) -> Config:
     """
     absolute = Path(os.path.normpath(path.absolute()))
     root = absolute.parent
-    top = _Node(str(path), "", document)
+    top = Node(str(path), "", document)
     if document is not None and not isinstance(document, Mapping):
         raise top.error("a mapping of configuration keys")
     fields = top.fields(_TOP_KEYS)
@@ -331,7 +204,7 @@ def parse_config(document: object, *, path: Path) -> Config:
     )
 
 
-def _limits(fields: _Fields, base: Limits) -> Limits:
+def _limits(fields: Fields, base: Limits) -> Limits:
     return Limits(
         fuel=fields.integer("fuel", default=base.fuel, low=MIN_FUEL, high=MAX_FUEL),
         timeout_ms=fields.integer(
@@ -345,7 +218,7 @@ def _limits(fields: _Fields, base: Limits) -> Limits:
     )
 
 
-def _nats(fields: _Fields, root: Path) -> NatsConfig:
+def _nats(fields: Fields, root: Path) -> NatsConfig:
     url: str | None = None
     node = fields.get("url")
     if node is not None and node.value is not None:
@@ -357,7 +230,7 @@ def _nats(fields: _Fields, root: Path) -> NatsConfig:
     )
 
 
-def _nats_url(node: _Node) -> str:
+def _nats_url(node: Node) -> str:
     expected = "null (an embedded server) or a URL starting with " + ", ".join(
         f"{scheme}://" for scheme in NATS_URL_SCHEMES
     )
@@ -384,7 +257,7 @@ def _without_password(url: str) -> str:
     return f"{scheme}{separator}{authority}{slash}{path}"
 
 
-def _consumer(fields: _Fields) -> ConsumerConfig:
+def _consumer(fields: Fields) -> ConsumerConfig:
     return ConsumerConfig(
         ack_wait_s=fields.seconds(
             "ack_wait_s", default=DEFAULT_ACK_WAIT_S, low=MIN_ACK_WAIT_S, high=MAX_ACK_WAIT_S
@@ -395,17 +268,17 @@ def _consumer(fields: _Fields) -> ConsumerConfig:
     )
 
 
-def _channels(node: _Node) -> dict[str, ChannelConfig]:
+def _channels(node: Node) -> dict[str, ChannelConfig]:
     channels: dict[str, ChannelConfig] = {}
     for key, child in node.entries():
-        name = _channel(node, key)
+        name = check_channel_at(node, key)
         fields = child.fields(("description",))
         channels[name] = ChannelConfig(name, fields.text("description", default=""))
     return channels
 
 
 def _agents(
-    node: _Node,
+    node: Node,
     *,
     channels: Mapping[str, ChannelConfig],
     keys_dir: Path,
@@ -414,7 +287,7 @@ def _agents(
 ) -> dict[str, AgentConfig]:
     agents: dict[str, AgentConfig] = {}
     for key, child in node.entries():
-        name = _name(node, key, "an agent name")
+        name = check_name_at(node, key, "an agent name")
         fields = child.fields(_AGENT_KEYS)
         component = fields.get("component")
         if component is None:
@@ -423,7 +296,7 @@ def _agents(
             )
         agents[name] = AgentConfig(
             name=name,
-            component=_name(component, component.value, "a component name"),
+            component=check_name_at(component, component.value, "a component name"),
             channels=_agent_channels(
                 fields.get("channels") or fields.missing("channels"), channels
             ),
@@ -434,13 +307,13 @@ def _agents(
     return agents
 
 
-def _agent_channels(node: _Node, declared: Mapping[str, ChannelConfig]) -> tuple[str, ...]:
+def _agent_channels(node: Node, declared: Mapping[str, ChannelConfig]) -> tuple[str, ...]:
     if not isinstance(node.value, list) or not node.value:
         raise node.error("a non-empty list of channel names, each declared under channels:")
     granted: list[str] = []
     for index, value in enumerate(node.value):
-        item = _Node(node.file, f"{node.where}[{index}]", value)
-        channel = _channel(item, value)
+        item = Node(node.file, f"{node.where}[{index}]", value)
+        channel = check_channel_at(item, value)
         if channel not in declared:
             known = ", ".join(declared) or "none are declared"
             raise item.error(f"a channel declared under channels: ({known})")
@@ -450,10 +323,10 @@ def _agent_channels(node: _Node, declared: Mapping[str, ChannelConfig]) -> tuple
     return tuple(granted)
 
 
-def _settings(node: _Node) -> tuple[tuple[str, str], ...]:
+def _settings(node: Node) -> tuple[tuple[str, str], ...]:
     settings: list[tuple[str, str]] = []
     for key, child in node.entries():
-        name = _name(node, key, "a setting name")
+        name = check_name_at(node, key, "a setting name")
         if isinstance(child.value, list):
             items = [_setting_item(child, index, value) for index, value in enumerate(child.value)]
             settings.append((name, SETTINGS_LIST_SEPARATOR.join(items)))
@@ -462,8 +335,8 @@ def _settings(node: _Node) -> tuple[tuple[str, str], ...]:
     return tuple(settings)
 
 
-def _setting_item(node: _Node, index: int, value: object) -> str:
-    item = _Node(node.file, f"{node.where}[{index}]", value)
+def _setting_item(node: Node, index: int, value: object) -> str:
+    item = Node(node.file, f"{node.where}[{index}]", value)
     text = _scalar(item, value)
     if SETTINGS_LIST_SEPARATOR in text:
         raise item.error(
@@ -473,7 +346,7 @@ def _setting_item(node: _Node, index: int, value: object) -> str:
     return text
 
 
-def _scalar(node: _Node, value: object) -> str:
+def _scalar(node: Node, value: object) -> str:
     """A setting value as the agent receives it: always a string."""
     if isinstance(value, bool):  # before int: YAML true is a bool, and bool is an int
         return "true" if value else "false"
@@ -482,7 +355,7 @@ def _scalar(node: _Node, value: object) -> str:
     raise node.error("a string, number or boolean, or a list of those (quote dates and nulls)")
 
 
-def _bridge(node: _Node | None) -> Mapping[str, object]:
+def _bridge(node: Node | None) -> Mapping[str, object]:
     if node is None:
         return MappingProxyType({})
     raw: dict[str, object] = {}
@@ -594,8 +467,8 @@ def _keys_new(config: Config, name: str, role: Role, channels: tuple[str, ...]) 
     if role is not Role.AGENT:
         words.append(f"--role {role.value}")
     words += ["--channel " + ("'*'" if c == ALL_CHANNELS else c) for c in channels]
-    if config.registry != _resolve(config.root, DEFAULT_REGISTRY):
+    if config.registry != resolve_path(config.root, DEFAULT_REGISTRY):
         words.append(f"--registry {config.registry}")
-    if config.keys_dir != _resolve(config.root, DEFAULT_KEYS_DIR):
+    if config.keys_dir != resolve_path(config.root, DEFAULT_KEYS_DIR):
         words.append(f"--keys-dir {config.keys_dir}")
     return " ".join(words)

@@ -23,7 +23,7 @@ from agora.core.errors import InputError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry
 from agora.core.signing import sign_fact
-from agora.host.spine import STREAM, channel_of, channel_subject, publish_envelope
+from agora.core.spine import STREAM, channel_of, channel_subject, publish_envelope
 
 LOG_BATCH: Final = 256
 LOG_WAIT_S: Final = 0.5

@@ -16,11 +16,11 @@ from typing import Any
 from nats.js.errors import NoKeysError, NotFoundError
 
 from agora.cli.session import Session, add_config_option, connected, open_session, running_url
+from agora.core.control import control_key, set_switch
 from agora.core.envelope import Event, EventKind
 from agora.core.ids import new_id, now_ms
 from agora.core.signing import sign_fact
-from agora.host.killswitch import control_key, set_switch
-from agora.host.spine import (
+from agora.core.spine import (
     CONTROL_BUCKET,
     DEAD_STREAM,
     STATUS_BUCKET,

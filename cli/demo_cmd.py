@@ -34,19 +34,19 @@ from agora.cli.session import Session, connected, open_session
 from agora.cli.up_cmd import prepare_host
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
+from agora.core.control import set_switch
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import ConfigError
 from agora.core.factlog import LOG_FILE, read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry
 from agora.core.signing import sign_fact
+from agora.core.spine import event_subject, publish_envelope, publish_fact
 from agora.core.verify import verify_directory
-from agora.host.killswitch import set_switch
 from agora.host.nats_server import EmbeddedNats
 from agora.host.reference import run_reference
 from agora.host.runner import Delivery
 from agora.host.service import Host
-from agora.host.spine import event_subject, publish_envelope, publish_fact
 
 DEFAULT_FACTS_DIR: Final = Path("agora-demo/facts")
 DEMO_MARKER: Final = ".agora-demo"

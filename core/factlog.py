@@ -40,6 +40,7 @@ LOG_FILE: Final = "log.jsonl"
 VIEW_FILE: Final = "coordination.yaml"
 CHECKPOINT_DIR: Final = "checkpoints"
 LOCK_FILE: Final = ".lock"
+POSITION_FILE: Final = ".position"  # the recorder's place in the stream (machine state)
 CHECKPOINT_SUFFIX: Final = ".note"
 DEFAULT_ORIGIN: Final = "agora/facts"
 _INDEX_RE: Final = re.compile(rb'\{"index":(-?\d+),')
@@ -101,7 +102,7 @@ class FactLog:
         write_rivet_project(directory)
         ignore = directory / ".gitignore"
         if not ignore.exists():
-            ignore.write_text(f"{LOCK_FILE}\n*.tmp\n", encoding="utf-8")
+            ignore.write_text(f"{LOCK_FILE}\n{POSITION_FILE}\n*.tmp\n", encoding="utf-8")
         lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

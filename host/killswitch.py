@@ -24,33 +24,17 @@ from typing import Final
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from agora.core.acts import check_channel, check_name
 from agora.core.admission import admit
+from agora.core.control import ALL_KEY, key_of_event
 from agora.core.envelope import Event, EventKind
 from agora.core.errors import InputError
 from agora.core.keys import KeyRegistry
-from agora.host.spine import CONTROL_BUCKET
+from agora.core.spine import CONTROL_BUCKET
 
 log = logging.getLogger(__name__)
 
-ALL_KEY: Final = "all"
 BLOCKING_KINDS: Final = frozenset({EventKind.KILLED, EventKind.QUARANTINED})
 SWITCH_KINDS: Final = BLOCKING_KINDS | {EventKind.RESUMED}
-
-
-def control_key(*, agent: str | None = None, channel: str | None = None) -> str:
-    """The bucket key for a kill of one agent, one channel, or (neither) everything."""
-    if agent is not None and channel is not None:
-        raise InputError("a kill names an agent or a channel, not both")
-    if agent is not None:
-        return "agent." + check_name(agent, field="agent")
-    if channel is not None:
-        return "channel." + check_channel(channel)
-    return ALL_KEY
-
-
-def key_of_event(event: Event) -> str:
-    return control_key(agent=event.agent, channel=event.channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +142,3 @@ class KillSwitch:
             log.warning("ignored control value under %r: it is about %r", key, expected)
             return None
         return fact
-
-
-async def set_switch(js: JetStreamContext, event: Event, envelope: bytes) -> None:
-    """Write a signed kill, quarantine or resume to the bucket under its own key."""
-    kv = await js.key_value(CONTROL_BUCKET)
-    await kv.put(key_of_event(event), envelope)

@@ -1,12 +1,14 @@
 """The recorder: the one writer that turns the stream into the fact log.
 
-It reads the whole stream (every channel and every event subject) in order through
-its own durable consumer, checks each envelope with the same rule ``agora verify``
-applies (:func:`agora.core.admission.admit`), appends it, fsyncs the batch, and only
-then acknowledges it. A crash before the acknowledgement redelivers the batch; facts
-already in the log are recognised by id and skipped, so each fact is recorded exactly
-once. An envelope that fails the rule is not recorded; a signed ``refused`` event
-naming it is published instead, so the refusal itself is a fact.
+It reads the whole stream (every channel and every event subject) strictly in stream
+order, through an ordered consumer starting after the last message it recorded (kept
+in ``FACTS/.position``, beside the log it describes). It checks each envelope with the
+same rules ``agora verify`` applies (:func:`agora.core.admission.admit`, and a reply or
+event must point at an earlier fact), appends it, fsyncs the batch, and only then moves
+the position. A crash in between reads the batch again; facts already in the log are
+recognised by id and skipped, so each fact is recorded exactly once and in order. An
+envelope that fails a rule is not recorded; a signed ``refused`` event naming it is
+published instead, so the refusal itself is a fact.
 
 Envelopes the host in the same process already signed or verified are not verified a
 second time (:class:`~agora.host.vouched.Vouched`).
@@ -18,27 +20,26 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from agora.core.envelope import Event, EventKind, Fact
-from agora.core.errors import InputError
-from agora.core.factlog import FactLog
+from agora.core.envelope import Act, Event, EventKind, Fact
+from agora.core.errors import ConfigError, InputError
+from agora.core.factlog import POSITION_FILE, FactLog
 from agora.core.ids import now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
-from agora.host.spine import (
+from agora.core.spine import (
     CHANNEL_SUBJECT_PREFIX,
-    RECORDER_CONSUMER,
+    EVENT_SUBJECT_PREFIX,
     STREAM,
     channel_of,
-    ensure_consumer,
     event_subject,
     publish_fact,
 )
@@ -59,6 +60,8 @@ class RecorderCounters:
 
 
 class Recorder:
+    """Reads the stream in order from the position after the last recorded message."""
+
     def __init__(
         self,
         *,
@@ -74,53 +77,69 @@ class Recorder:
         self._vouched = vouched
         self._checkpoint_every = checkpoint_every
         self._ids = factlog.fact_ids()
+        self._position_file = factlog.directory / POSITION_FILE
+        self.position = read_position(self._position_file)
         self._since_checkpoint = 0
         self.counters = RecorderCounters()
-        self.idle = asyncio.Event()
         self.observers: list[Callable[[Fact], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._subscription: JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
-        await ensure_consumer(
-            self._js,
-            ConsumerConfig(
-                durable_name=RECORDER_CONSUMER,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=60.0,
-                max_ack_pending=FETCH_BATCH * 4,
-            ),
-        )
-        subscription = await self._js.pull_subscribe_bind(RECORDER_CONSUMER, stream=STREAM)
-        self._subscription = subscription
-        self._task = asyncio.create_task(self._run(subscription), name="agora-recorder")
+        self._task = asyncio.create_task(self._run(), name="agora-recorder")
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in hand (graceful), or at once, as a crash would."""
         await finish(self._task, self._stopping, graceful=graceful)
-        if self._subscription is not None:
-            with contextlib.suppress(Exception):
-                await self._subscription.unsubscribe()
         self._log.close()  # checkpoints what was recorded
 
-    async def _run(self, subscription: JetStreamContext.PullSubscription) -> None:
+    async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
-            except (FetchTimeoutError, TimeoutError):
-                self.idle.set()
-                continue
-            self.idle.clear()
-            try:
-                await self.record(messages)
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
             except Exception:
-                log.exception("recorder: batch not recorded; it will be redelivered")
+                log.exception("recorder: reading again from stream sequence %d", self.position + 1)
                 await asyncio.sleep(1.0)
 
+    async def _follow(self) -> None:
+        """Record from ``position + 1`` on, through an ordered consumer (no gaps, in order)."""
+        arrived: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def take(message: Msg) -> None:
+            await arrived.put(message)
+
+        subscription = await self._subscribe(take)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    first = await asyncio.wait_for(arrived.get(), timeout=FETCH_WAIT_S)
+                except TimeoutError:
+                    continue
+                batch = [first]
+                while len(batch) < FETCH_BATCH and not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                await self.record(batch)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _subscribe(self, take: Callable[[Msg], Awaitable[None]]) -> Any:
+        return await self._js.subscribe(
+            CHANNEL_SUBJECT_PREFIX + "*",
+            stream=STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(
+                opt_start_seq=self.position + 1,
+                filter_subjects=[CHANNEL_SUBJECT_PREFIX + "*", EVENT_SUBJECT_PREFIX + "*"],
+            ),
+            cb=take,
+        )
+
     async def record(self, messages: list[Msg]) -> None:
-        """Append a fetched batch, fsync it, then acknowledge it."""
+        """Append a batch in stream order, fsync it, then move the position past it."""
         refusals: list[Event] = []
         appended: list[Fact] = []
         for message in messages:
@@ -132,8 +151,8 @@ class Recorder:
             await publish_fact(
                 self._js, subject=event_subject(self._key.name), msg_id=event.id, envelope=envelope
             )
-        for message in messages:
-            await message.ack()
+        self.position = max(self.position, *(_seq(m) for m in messages))
+        write_position(self._position_file, self.position)
         if self.observers:
             for fact in appended:
                 for observer in self.observers:
@@ -155,6 +174,12 @@ class Recorder:
             return
         if fact.id in self._ids:
             self.counters.repeated += 1
+            return
+        reference = fact.in_reply_to if isinstance(fact, Act) else fact.subject
+        if reference is not None and reference not in self._ids:
+            self.counters.refused += 1
+            problem = InputError(f"{fact.id!r} refers to {reference!r}, which is no earlier fact")
+            refusals.append(_unverified(message, problem, self._key.name))
             return
         self._log.append(message.data, fact)
         self._ids.add(fact.id)
@@ -180,6 +205,22 @@ def _unverified(message: Msg, problem: InputError, host: str) -> Event:
 def _channel_of(message: Msg) -> str | None:
     subject = message.subject
     return channel_of(subject) if subject.startswith(CHANNEL_SUBJECT_PREFIX) else None
+
+
+def read_position(path: Path) -> int:
+    """The stream sequence of the last message recorded into this facts directory."""
+    try:
+        return int(path.read_text(encoding="utf-8").strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except ValueError as exc:
+        raise ConfigError(f"{path} is damaged ({exc}); delete it to record from the start") from exc
+
+
+def write_position(path: Path, position: int) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(f"{position}\n", encoding="utf-8")
+    temporary.replace(path)
 
 
 def _seq(message: Msg) -> int:

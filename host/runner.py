@@ -38,17 +38,18 @@ from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError
 
 from agora.core.acts import parse_act
+from agora.core.control import set_switch
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import AgoraError, InputError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
+from agora.core.spine import STREAM, agent_consumer_name, channel_of, channel_subject
+from agora.core.spine import event_subject as events_of
 from agora.host.agent_record import AgentRecord, Outgoing, RecordConflict, RecordStore
 from agora.host.controls import EmitVerdict, Verdict, screen_delivery, screen_emit
-from agora.host.killswitch import KillSwitch, set_switch
+from agora.host.killswitch import KillSwitch
 from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome, Sandbox
-from agora.host.spine import STREAM, agent_consumer_name, channel_of, channel_subject
-from agora.host.spine import event_subject as events_of
 from agora.host.tasks import finish
 from agora.host.vouched import Vouched
 

@@ -28,6 +28,15 @@ from wasmtime import component as wc
 from agora.core.factlog import FactLog
 from agora.core.ids import now_ms
 from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.spine import (
+    AGENTS_BUCKET,
+    STATUS_BUCKET,
+    STREAM,
+    agent_consumer_config,
+    agent_consumer_name,
+    ensure_consumer,
+    ensure_spine,
+)
 from agora.host.agent_record import RecordStore
 from agora.host.config import AgentConfig, Config
 from agora.host.killswitch import KillSwitch
@@ -40,15 +49,6 @@ from agora.host.sandbox import (
     load_component,
     make_engine,
     make_linker,
-)
-from agora.host.spine import (
-    AGENTS_BUCKET,
-    STATUS_BUCKET,
-    STREAM,
-    agent_consumer_config,
-    agent_consumer_name,
-    ensure_consumer,
-    ensure_spine,
 )
 from agora.host.vouched import Vouched
 
@@ -251,8 +251,6 @@ class Host:
         if js is None:
             raise RuntimeError("the host is not started")
         names = [agent_consumer_name(n) for n in self.runners]
-        if self.recorder is not None:
-            names.append("recorder")
         deadline = asyncio.get_running_loop().time() + timeout_s
         quiet_since: float | None = None
         while True:
@@ -262,6 +260,10 @@ class Host:
                 info = await js.consumer_info(STREAM, name)
                 if info.num_pending or info.num_ack_pending:
                     waiting.append(name)
+            if self.recorder is not None:
+                last = (await js.stream_info(STREAM)).state.last_seq
+                if self.recorder.position < last:
+                    waiting.append("recorder")
             if now > deadline:
                 raise TimeoutError(
                     f"the host did not settle within {timeout_s} s: still busy: {waiting}"

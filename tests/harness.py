@@ -20,18 +20,18 @@ from nats.js import JetStreamContext
 from agora.cli.session import Session, connected, open_session
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
+from agora.core.control import set_switch
 from agora.core.envelope import Act, Event, EventKind, Fact
 from agora.core.factlog import read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import Role
 from agora.core.signing import sign_fact
+from agora.core.spine import event_subject, publish_envelope, publish_fact
 from agora.core.verify import verify_directory
 from agora.host.config import Config
-from agora.host.killswitch import set_switch
 from agora.host.nats_server import EmbeddedNats
 from agora.host.runner import Delivery
 from agora.host.service import Host, HostKeys
-from agora.host.spine import event_subject, publish_envelope, publish_fact
 
 
 @dataclass

@@ -17,8 +17,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from agora.cli.workspace import AgentPlan
 from agora.core.keys import Role
+from agora.core.spine import DEAD_STREAM, STREAM, channel_subject, ensure_spine
 from agora.host.service import Host, HostKeys
-from agora.host.spine import DEAD_STREAM, STREAM, channel_subject, ensure_spine
 from tests.harness import Harness, running_host
 
 PAIR = {

@@ -16,7 +16,7 @@ from agora.core.envelope import Act, EventKind
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
-from agora.host.spine import channel_subject
+from agora.core.spine import channel_subject
 from tests.harness import running_host
 
 PAIR = {
@@ -158,3 +158,14 @@ async def test_the_agreement_decides_by_the_voters_rules(
     }
     summaries = [json.loads(a.payload) for a in h.acts_by("summarizer")]
     assert [s["outcome"] for s in summaries] == ["accepted", "rejected"]
+
+
+async def test_a_reply_to_no_earlier_fact_is_refused_by_the_recorder(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents={}) as h:
+        orphan = await h.inject("build-coord", "re: nothing", hops=1, reply_to="act-never-said")
+        await h.settle()
+    assert orphan.id not in {f.id for f in h.facts()}
+    [refusal] = h.events(EventKind.REFUSED)
+    assert "act-never-said" in refusal.detail

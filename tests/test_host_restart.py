@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agora.cli.workspace import AgentPlan
 from agora.core.envelope import EventKind
-from agora.host.spine import agent_consumer_config, ensure_consumer, ensure_spine
+from agora.core.spine import agent_consumer_config, ensure_consumer, ensure_spine
 from tests.harness import Harness, running_host
 
 VOTERS = {

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from agora.cli.session import without_credentials
+from agora.core.control import control_key
 from agora.core.envelope import Event, EventKind
 from agora.core.errors import InputError, InvalidChannel, MalformedEnvelope
 from agora.core.factlog import FactLog
@@ -14,7 +15,7 @@ from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import sign_fact
 from agora.core.verify import verify_directory
 from agora.host.agent_record import MAX_RECENT, AgentRecord, Outgoing
-from agora.host.killswitch import KillState, control_key
+from agora.host.killswitch import KillState
 from agora.host.sandbox import classify_fault
 
 

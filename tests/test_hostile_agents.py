@@ -15,7 +15,7 @@ import pytest
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
 from agora.core.envelope import Act, EventKind
-from agora.host.spine import CONTROL_BUCKET
+from agora.core.spine import CONTROL_BUCKET
 from tests.harness import Harness, running_host
 
 FAST = {"timeout_ms": 300, "memory_mb": 32}

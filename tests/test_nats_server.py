@@ -8,13 +8,13 @@ import nats
 import pytest
 
 from agora.core.errors import InternalError, InvalidChannel
-from agora.host.nats_server import EmbeddedNats
-from agora.host.spine import (
+from agora.core.spine import (
     STREAM,
     channel_subject,
     ensure_spine,
     publish_envelope,
 )
+from agora.host.nats_server import EmbeddedNats
 
 
 async def test_server_runs_jetstream_on_loopback(nats_server: EmbeddedNats) -> None:

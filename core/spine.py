@@ -49,7 +49,6 @@ AGENTS_BUCKET: Final = "agora-agents"
 STATUS_BUCKET: Final = "agora-status"
 DEAD_STREAM: Final = "AGORA_DEAD"
 DEAD_SUBJECTS: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.>"
-RECORDER_CONSUMER: Final = "recorder"
 
 
 def channel_subject(channel: str) -> str:

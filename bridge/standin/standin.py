@@ -347,6 +347,13 @@ class GitHubStandIn:
     def deliveries(self) -> list[Delivery]:
         return self.world.deliveries
 
+    def redeliver(self, delivery_id: int) -> None:
+        """Send a recorded delivery again, under the same GUID (as the deliveries API does)."""
+        found = [d for d in self.world.deliveries if d.id == delivery_id]
+        if not found:
+            raise GitHubError(404, f"no delivery {delivery_id}")
+        self._engine.redeliver(found[0])
+
     def creations(self, caller: str | None = None) -> list[float]:
         """When content-creating requests were let through, of all callers or of one.
 

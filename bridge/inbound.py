@@ -1,0 +1,387 @@
+"""The inbound worker: stored deliveries become signed acts, refusals, kills and links.
+
+It reads ``AGORA_WEBHOOKS`` in order through a durable consumer, parses each delivery
+with githubkit's webhook models, and acts:
+
+- ``issue_comment.created`` on a linked issue: a person allowed to speak becomes a
+  speech act on the linked channel, signed by the bridge, with its provenance (login,
+  comment id and URL, delivery id, issue) and a fresh hop budget. Anything else said
+  there (the bridge's own comment coming back, a bot, someone not allowed, a pull
+  request unless configured, a malformed command) is a signed ``refused`` fact;
+- ``issue_comment.edited`` / ``deleted``: an ``edited`` / ``deleted`` fact, pointing at
+  the act the comment became, if it became one;
+- ``issues.labeled`` with the kill label: the linked channel is killed through the
+  out-of-band control path; ``unlabeled`` resumes it; ``agora:channel:<name>`` links the
+  issue to a channel (``unlabeled`` unlinks it).
+
+Every id is derived from GitHub's (the comment id, the delivery id), so handling a
+delivery twice publishes the same facts under the same ids: the spine and the recorder
+drop the repeats. A delivery is marked handled only after its effects are published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from githubkit.webhooks import parse_obj
+from githubkit_schemas.latest.models import (
+    WebhookIssueCommentCreated,
+    WebhookIssueCommentDeleted,
+    WebhookIssueCommentEdited,
+    WebhookIssuesLabeled,
+    WebhookIssuesUnlabeled,
+)
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import FetchTimeoutError, KeyNotFoundError
+from pydantic import ValidationError
+
+from agora.bridge.config import BridgeConfig
+from agora.bridge.links import Links
+from agora.bridge.speech import Author, Speech, screen_comment
+from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM
+from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER
+from agora.core.acts import check_channel
+from agora.core.control import set_switch
+from agora.core.envelope import Act, Event, EventKind
+from agora.core.errors import InputError
+from agora.core.ids import now_ms
+from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.signing import sign_fact
+from agora.core.spine import event_subject, publish_envelope, publish_fact
+
+log = logging.getLogger(__name__)
+
+INBOUND_CONSUMER: Final = "bridge-inbound"
+FETCH_BATCH: Final = 32
+FETCH_WAIT_S: Final = 0.25
+MAX_DELIVER: Final = 5
+TEXT_CHARS: Final = 1000
+
+
+def act_id_for_comment(comment_id: int) -> str:
+    return f"act-gh-comment-{comment_id}"
+
+
+def _present(value: object) -> bool:
+    """Whether an optional githubkit field holds a value (not None, not UNSET)."""
+    return value is not None and type(value).__name__ != "Unset" and bool(value)
+
+
+@dataclass(slots=True)
+class InboundCounters:
+    handled: int = 0
+    injected: int = 0
+    refused: int = 0
+    killed: int = 0
+    resumed: int = 0
+    ignored: int = 0
+    malformed: int = 0
+
+
+class InboundWorker:
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        config: BridgeConfig,
+        key: SigningKey,
+        registry: KeyRegistry,
+        links: Links,
+    ) -> None:
+        self._js = js
+        self._config = config
+        self._key = key
+        self._registry = registry
+        self._links = links
+        self.counters = InboundCounters()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        config = ConsumerConfig(
+            durable_name=INBOUND_CONSUMER,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            max_deliver=MAX_DELIVER,
+            max_ack_pending=FETCH_BATCH * 2,
+        )
+        await self._js.add_consumer(WEBHOOK_STREAM, config)
+        subscription = await self._js.pull_subscribe_bind(INBOUND_CONSUMER, stream=WEBHOOK_STREAM)
+        self._task = asyncio.create_task(self._run(subscription), name="bridge-inbound")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=10)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+    async def _run(self, subscription: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+            except (FetchTimeoutError, TimeoutError):
+                continue
+            for message in messages:
+                try:
+                    await self.handle(message)
+                except Exception:
+                    log.exception("delivery not handled; it will be tried again")
+                    continue
+                await message.ack()
+
+    # -- one delivery -------------------------------------------------------------------
+
+    async def handle(self, message: Msg) -> None:
+        headers = message.headers or {}
+        event = headers.get(EVENT_HEADER, "")
+        delivery = headers.get(DELIVERY_HEADER, "")
+        deliveries = await self._js.key_value(DELIVERIES_BUCKET)
+        with contextlib.suppress(KeyNotFoundError):
+            await deliveries.get(delivery)
+            return  # handled before (a redelivery, or a replay after a restart)
+        try:
+            payload: Any = parse_obj(event, _json(message.data))
+        except (ValidationError, ValueError, InputError) as exc:
+            self.counters.malformed += 1
+            log.warning("delivery %s (%s) does not parse: %s", delivery, event, exc)
+        else:
+            await self._dispatch(payload, delivery)
+        await deliveries.put(delivery, b"handled")
+        self.counters.handled += 1
+
+    async def _dispatch(self, payload: object, delivery: str) -> None:
+        if isinstance(payload, WebhookIssueCommentCreated):
+            await self._comment_created(payload, delivery)
+        elif isinstance(payload, WebhookIssueCommentEdited | WebhookIssueCommentDeleted):
+            await self._comment_changed(payload, delivery)
+        elif isinstance(payload, WebhookIssuesLabeled | WebhookIssuesUnlabeled):
+            await self._label(payload, delivery)
+        else:
+            self.counters.ignored += 1
+
+    async def _comment_created(self, payload: WebhookIssueCommentCreated, delivery: str) -> None:
+        repo = payload.repository.full_name
+        number = payload.issue.number
+        channel = await self._links.channel_for(repo, number)
+        if channel is None:
+            self.counters.ignored += 1
+            return
+        comment = payload.comment
+        user = comment.user
+        author = Author(
+            login=user.login if user is not None else "ghost",
+            kind=str(user.type) if user is not None else "User",
+            association=str(comment.author_association),
+            via_app=_present(comment.performed_via_github_app),
+        )
+        provenance = {
+            "source": "github-comment",
+            "login": author.login,
+            "comment_id": str(comment.id),
+            "url": comment.html_url,
+            "delivery": delivery,
+            "issue": f"{repo}#{number}",
+        }
+        verdict = screen_comment(
+            body=comment.body,
+            author=author,
+            bridge_login=self._config.login,
+            on_pull_request=_present(getattr(payload.issue, "pull_request", None)),
+            pull_requests_allowed=self._config.pull_requests,
+            associations=self._config.associations,
+            allowed_logins=self._config.logins,
+        )
+        if not isinstance(verdict, Speech):
+            refusal, why = verdict
+            await self._record(
+                EventKind.REFUSED,
+                delivery,
+                reason=refusal.value,
+                detail=why,
+                channel=channel,
+                data=provenance,
+            )
+            self.counters.refused += 1
+            return
+        if not self._registry.get(self._key.name).may_use(channel):
+            await self._record(
+                EventKind.REFUSED,
+                delivery,
+                reason="bridge-not-granted",
+                detail=f"the bridge identity {self._key.name!r} is not granted {channel!r}",
+                channel=channel,
+                data=provenance,
+            )
+            self.counters.refused += 1
+            return
+        await self._inject(verdict, channel, comment.id, provenance)
+
+    async def _inject(
+        self, speech: Speech, channel: str, comment_id: int, provenance: dict[str, str]
+    ) -> None:
+        ident = act_id_for_comment(comment_id)
+        act = Act(
+            id=ident,
+            conversation=ident,
+            sender=self._key.name,
+            channel=channel,
+            act=speech.act,
+            payload=speech.text,
+            hops=self._config.hops,
+            time_ms=now_ms(),
+            provenance=provenance,
+        )
+        await publish_envelope(
+            self._js, channel=channel, msg_id=ident, envelope=sign_fact(act, self._key)
+        )
+        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        await bucket.put(f"comment.{comment_id}", ident.encode())
+        self.counters.injected += 1
+
+    async def _comment_changed(
+        self, payload: WebhookIssueCommentEdited | WebhookIssueCommentDeleted, delivery: str
+    ) -> None:
+        repo = payload.repository.full_name
+        channel = await self._links.channel_for(repo, payload.issue.number)
+        if channel is None:
+            self.counters.ignored += 1
+            return
+        comment = payload.comment
+        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        subject: str | None = None
+        with contextlib.suppress(KeyNotFoundError):
+            entry = await bucket.get(f"comment.{comment.id}")
+            subject = (entry.value or b"").decode() or None
+        edited = isinstance(payload, WebhookIssueCommentEdited)
+        await self._record(
+            EventKind.EDITED if edited else EventKind.DELETED,
+            delivery,
+            reason="comment-edited" if edited else "comment-deleted",
+            detail=(comment.body or "")[:TEXT_CHARS] if edited else "",
+            channel=channel,
+            subject=subject,
+            data={
+                "login": payload.sender.login,
+                "comment_id": str(comment.id),
+                "url": comment.html_url,
+                "delivery": delivery,
+            },
+        )
+
+    async def _label(
+        self, payload: WebhookIssuesLabeled | WebhookIssuesUnlabeled, delivery: str
+    ) -> None:
+        label = payload.label.name if _present(payload.label) and payload.label else ""
+        repo = payload.repository.full_name
+        number = payload.issue.number
+        added = isinstance(payload, WebhookIssuesLabeled)
+        who = payload.sender.login
+        prefix = self._config.link_label_prefix
+        if label.startswith(prefix):
+            await self._link_label(label.removeprefix(prefix), repo, number, added, delivery)
+            return
+        if label != self._config.kill_label:
+            self.counters.ignored += 1
+            return
+        channel = await self._links.channel_for(repo, number)
+        if channel is None:
+            self.counters.ignored += 1
+            return
+        kind = EventKind.KILLED if added else EventKind.RESUMED
+        event = Event(
+            id=f"ev-gh-{delivery}",
+            kind=kind,
+            actor=self._key.name,
+            time_ms=now_ms(),
+            reason="label",
+            detail=f"{who} {'added' if added else 'removed'} {label!r} on {repo}#{number}",
+            channel=channel,
+            data={"login": who, "issue": f"{repo}#{number}", "delivery": delivery},
+        )
+        envelope = sign_fact(event, self._key)
+        await set_switch(self._js, event, envelope)
+        await publish_fact(
+            self._js, subject=event_subject(self._key.name), msg_id=event.id, envelope=envelope
+        )
+        if added:
+            self.counters.killed += 1
+        else:
+            self.counters.resumed += 1
+
+    async def _link_label(
+        self, name: str, repo: str, number: int, added: bool, delivery: str
+    ) -> None:
+        try:
+            channel = check_channel(name)
+        except InputError as exc:
+            await self._record(
+                EventKind.REFUSED,
+                delivery,
+                reason="bad-link",
+                detail=str(exc),
+                data={"issue": f"{repo}#{number}"},
+            )
+            return
+        if added:
+            await self._links.link(repo, number, channel)
+        else:
+            await self._links.unlink(repo, number, channel)
+        await self._record(
+            EventKind.NOTE,
+            delivery,
+            reason="linked" if added else "unlinked",
+            detail=f"{repo}#{number} {'linked to' if added else 'unlinked from'} {channel}",
+            channel=channel,
+            data={"issue": f"{repo}#{number}"},
+        )
+
+    async def _record(
+        self,
+        kind: EventKind,
+        delivery: str,
+        *,
+        reason: str,
+        detail: str,
+        channel: str | None = None,
+        subject: str | None = None,
+        data: Mapping[str, str] | None = None,
+    ) -> None:
+        event = Event(
+            id=f"ev-gh-{delivery}",
+            kind=kind,
+            actor=self._key.name,
+            time_ms=now_ms(),
+            reason=reason,
+            detail=detail[:TEXT_CHARS],
+            subject=subject,
+            channel=channel,
+            data={k: v[:TEXT_CHARS] for k, v in (data or {}).items()},
+        )
+        await publish_fact(
+            self._js,
+            subject=event_subject(self._key.name),
+            msg_id=event.id,
+            envelope=sign_fact(event, self._key),
+        )
+
+
+def _json(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"the stored delivery is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InputError("the stored delivery is not a JSON object")
+    return value

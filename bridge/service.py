@@ -1,0 +1,80 @@
+"""The bridge: the webhook receiver and the workers behind it, on one NATS connection.
+
+:class:`Bridge` is what ``agora up`` runs beside the host when ``agora.yaml`` has a
+``bridge:`` section, and what the demo and the tests start in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from nats.aio.client import Client
+
+from agora.bridge.config import BridgeConfig
+from agora.bridge.inbound import InboundWorker
+from agora.bridge.links import Links
+from agora.bridge.streams import ensure_bridge_streams
+from agora.bridge.webhook import WebhookReceiver
+from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.spine import ensure_spine
+
+log = logging.getLogger(__name__)
+
+
+class Bridge:
+    def __init__(
+        self,
+        *,
+        config: BridgeConfig,
+        channels: set[str],
+        key: SigningKey,
+        registry: KeyRegistry,
+        replicas: int = 1,
+    ) -> None:
+        self.config = config
+        self._channels = channels
+        self._key = key
+        self._registry = registry
+        self._replicas = replicas
+        self.receiver: WebhookReceiver | None = None
+        self.inbound: InboundWorker | None = None
+        self.links: Links | None = None
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self, nc: Client) -> None:
+        js = nc.jetstream()
+        await ensure_spine(js, replicas=self._replicas)
+        await ensure_bridge_streams(js, replicas=self._replicas)
+        self.links = Links(js, self.config.links, self._channels)
+        self.inbound = InboundWorker(
+            js=js, config=self.config, key=self._key, registry=self._registry, links=self.links
+        )
+        await self.inbound.start()
+        self.receiver = WebhookReceiver(
+            nc=nc, secret=self.config.webhook_secret, max_body_bytes=self.config.max_body_bytes
+        )
+        self._runner = web.AppRunner(self.receiver.application(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port)
+        await site.start()
+        host, port = self._bound_address()
+        self.url = f"http://{host}:{port}"
+        log.info("bridge listening for webhooks at %s/webhook", self.url)
+
+    def _bound_address(self) -> tuple[str, int]:
+        assert self._runner is not None  # noqa: S101 - called after setup
+        for site in self._runner.sites:
+            server = getattr(site, "_server", None)
+            sockets = getattr(server, "sockets", None) or []
+            for sock in sockets:
+                name = sock.getsockname()
+                return str(name[0]), int(name[1])
+        return self.config.listen_host, self.config.listen_port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.inbound is not None:
+            await self.inbound.stop()

@@ -1,0 +1,48 @@
+"""The bridge's own JetStream state, beside the host's spine.
+
+- ``AGORA_WEBHOOKS``: every accepted delivery, as received (``agora.gh.<event>``), with
+  ``Nats-Msg-Id`` = the delivery id; the inbound worker reads it in order;
+- ``agora-deliveries``: the delivery ids already handled (kept 30 days, beyond
+  GitHub's three-day redelivery window and JetStream's two-minute duplicate window);
+- ``agora-bridge``: links between channels and issues, the comments injected, the
+  comments posted, and the catch-up watermarks.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+WEBHOOK_STREAM: Final = "AGORA_WEBHOOKS"
+WEBHOOK_SUBJECT_PREFIX: Final = "agora.gh."
+DELIVERIES_BUCKET: Final = "agora-deliveries"
+BRIDGE_BUCKET: Final = "agora-bridge"
+DELIVERY_MEMORY_S: Final = 30 * 24 * 3600.0
+
+
+async def ensure_bridge_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+    config = StreamConfig(
+        name=WEBHOOK_STREAM,
+        subjects=[WEBHOOK_SUBJECT_PREFIX + "*"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=120.0,
+        max_age=DELIVERY_MEMORY_S,
+        num_replicas=replicas,
+    )
+    try:
+        await js.stream_info(WEBHOOK_STREAM)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+    for bucket, ttl in ((DELIVERIES_BUCKET, DELIVERY_MEMORY_S), (BRIDGE_BUCKET, 0.0)):
+        try:
+            await js.key_value(bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=1, ttl=ttl or None, replicas=replicas)
+            )

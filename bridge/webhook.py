@@ -1,0 +1,166 @@
+"""The webhook receiver: GitHub's deliveries in, durably, in well under GitHub's 10 s.
+
+``POST /webhook`` checks, in this order, and changes nothing when a check fails:
+
+1. the body is no larger than the configured limit (413);
+2. ``X-Hub-Signature-256`` is present (401) and is the HMAC-SHA256 of the exact body
+   under the shared secret, compared in constant time (401);
+3. ``X-GitHub-Event`` and ``X-GitHub-Delivery`` are present and well formed (400);
+4. the body is a JSON object (400).
+
+``ping`` is answered at once; events the bridge does not act on are acknowledged and
+ignored. A delivery already handled (a redelivery or a replay, also after a restart and
+long after JetStream's two-minute duplicate window) is acknowledged with no second
+effect. Anything else is published to the ``AGORA_WEBHOOKS`` stream with
+``Nats-Msg-Id`` = the delivery id, and only once JetStream has acknowledged it does the
+receiver answer 202; the work happens afterwards (:mod:`agora.bridge.inbound`). If
+JetStream cannot take it, the answer is 503 and GitHub records a failed delivery, which
+the bridge redelivers when it catches up.
+
+``GET /healthz`` says the process is up; ``GET /readyz`` that NATS and the stream are
+reachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+from typing import Final
+
+from aiohttp import web
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+
+from agora.bridge.config import Secret
+from agora.bridge.streams import DELIVERIES_BUCKET, WEBHOOK_STREAM, WEBHOOK_SUBJECT_PREFIX
+from agora.core.spine import MSG_ID_HEADER
+
+log = logging.getLogger(__name__)
+
+HANDLED_EVENTS: Final = frozenset({"issue_comment", "issues"})
+SIGNATURE_HEADER: Final = "X-Hub-Signature-256"
+EVENT_HEADER: Final = "X-GitHub-Event"
+DELIVERY_HEADER: Final = "X-GitHub-Delivery"
+_DELIVERY: Final = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_EVENT: Final = re.compile(r"^[a-z_]{1,64}$")
+
+
+def signature_of(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _refuse(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class WebhookReceiver:
+    """The aiohttp application around one NATS connection and one secret."""
+
+    def __init__(self, *, nc: Client, secret: Secret, max_body_bytes: int) -> None:
+        self._nc = nc
+        self._secret = secret
+        self._max_body = max_body_bytes
+        self.accepted = 0
+        self.refused = 0
+        self.duplicates = 0
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=self._max_body)
+        app.router.add_post("/webhook", self.receive)
+        app.router.add_get("/healthz", self.health)
+        app.router.add_get("/readyz", self.ready)
+        return app
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def ready(self, _: web.Request) -> web.Response:
+        if not self._nc.is_connected:
+            return _refuse(503, "not connected to NATS")
+        try:
+            await self._nc.jetstream().stream_info(WEBHOOK_STREAM)
+        except Exception as exc:
+            return _refuse(503, f"the webhook stream is not reachable: {type(exc).__name__}")
+        return web.json_response({"ok": True})
+
+    async def receive(self, request: web.Request) -> web.Response:
+        try:
+            event, delivery, body = await self._checked(request)
+        except _Refused as refused:
+            self.refused += 1
+            return _refuse(refused.status, refused.message)
+        if event == "ping":
+            return web.json_response({"ok": True, "pong": delivery})
+        if event not in HANDLED_EVENTS:
+            return web.json_response({"ignored": event}, status=202)
+        return await self._publish(event, delivery, body)
+
+    async def _checked(self, request: web.Request) -> tuple[str, str, bytes]:
+        """The event, the delivery id and the body, or :class:`_Refused` saying why not."""
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise _Refused(
+                413, f"the body is {request.content_length} bytes; the limit is {self._max_body}"
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _Refused(413, f"the body is over the limit of {self._max_body} bytes") from None
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if signature is None:
+            raise _Refused(401, f"{SIGNATURE_HEADER} is missing: configure the webhook secret")
+        expected = signature_of(self._secret.reveal(), body)
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
+            raise _Refused(401, f"{SIGNATURE_HEADER} does not match the body and the secret")
+        event = request.headers.get(EVENT_HEADER, "")
+        delivery = request.headers.get(DELIVERY_HEADER, "")
+        if not _EVENT.match(event):
+            raise _Refused(400, f"{EVENT_HEADER} is missing or malformed")
+        if not _DELIVERY.match(delivery):
+            raise _Refused(400, f"{DELIVERY_HEADER} is missing or malformed")
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _Refused(400, f"the body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise _Refused(400, "the body must be a JSON object")
+        return event, delivery, body
+
+    async def _publish(self, event: str, delivery: str, body: bytes) -> web.Response:
+        js = self._nc.jetstream()
+        try:
+            if await _seen(js, delivery):
+                self.duplicates += 1
+                return web.json_response({"duplicate": delivery}, status=200)
+            ack = await js.publish(
+                WEBHOOK_SUBJECT_PREFIX + event,
+                body,
+                headers={MSG_ID_HEADER: delivery, EVENT_HEADER: event, DELIVERY_HEADER: delivery},
+            )
+        except Exception:
+            log.warning("delivery %s could not be stored; answering 503", delivery, exc_info=True)
+            return _refuse(503, "the delivery could not be stored; it will be fetched again")
+        if ack.duplicate:
+            self.duplicates += 1
+            return web.json_response({"duplicate": delivery}, status=200)
+        self.accepted += 1
+        return web.json_response({"accepted": delivery}, status=202)
+
+
+async def _seen(js: JetStreamContext, delivery: str) -> bool:
+    kv = await js.key_value(DELIVERIES_BUCKET)
+    try:
+        await kv.get(delivery)
+    except KeyNotFoundError:
+        return False
+    return True

@@ -1,0 +1,105 @@
+"""The whole GitHub loop for tests: the stand-in, the bridge, the host and its agents.
+
+The stand-in sends real signed webhooks over HTTP to the bridge's aiohttp receiver; the
+bridge injects signed acts into the real JetStream the host's agents read; the host's
+recorder writes the facts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from agora.bridge.config import BridgeConfig, bridge_config
+from agora.bridge.service import Bridge
+from agora.bridge.standin import GitHubStandIn
+from agora.cli.workspace import AgentPlan
+from agora.core.keys import Role
+from tests.harness import Harness, running_host
+
+REPO = "octo/repo"
+SECRET = "webhook-secret-for-tests"
+HUMAN = "mona"
+BOT = "agora-bridge[bot]"
+
+
+@dataclass
+class Loop:
+    host: Harness
+    github: GitHubStandIn
+    bridge: Bridge
+    issue: int
+    token: str
+
+    async def delivered(self) -> None:
+        """Wait until the stand-in sent its webhooks and the host settled."""
+        await self.github.drain()
+        await self.host.settle()
+
+    async def restart_bridge(self) -> None:
+        """Stop the bridge and start a new one on the same address (GitHub's hook URL)."""
+        port = int(self.bridge.url.rsplit(":", 1)[1])
+        await self.bridge.stop()
+        config = replace(self.bridge.config, listen_port=port)
+        self.bridge = await _start_bridge(self.host, config)
+
+
+async def _start_bridge(host: Harness, config: BridgeConfig) -> Bridge:
+    bridge = Bridge(
+        config=config,
+        channels=set(host.session.config.channels),
+        key=host.session.key(config.identity),
+        registry=host.session.registry,
+    )
+    await bridge.start(host.client)
+    return bridge
+
+
+@asynccontextmanager
+async def github_loop(
+    root: Path,
+    components: Mapping[str, Path],
+    *,
+    agents: Mapping[str, AgentPlan],
+    bridge: Mapping[str, Any] | None = None,
+) -> AsyncIterator[Loop]:
+    github = GitHubStandIn()
+    base_url = await github.start()
+    github.add_user(HUMAN, association="MEMBER")
+    github.add_user("drive-by", association="NONE")
+    github.add_user(BOT, type="Bot", association="NONE")
+    github.create_repo(REPO)
+    issue = github.create_issue(REPO, "Coordination", "agents talk here", by=HUMAN)
+    token = github.issue_token(BOT)
+    section: dict[str, Any] = {
+        "webhook_secret": {"env": "HOOK_SECRET"},
+        "listen": {"port": 0},
+        "github": {"api_url": base_url, "token": {"env": "GH_TOKEN"}, "login": BOT},
+        "links": {"build-coord": f"{REPO}#{issue}"},
+        "mirror": ["build-coord"],
+        **(bridge or {}),
+    }
+    try:
+        async with running_host(
+            root,
+            components,
+            agents=agents,
+            extra={"bridge": section},
+            others={"bridge": (Role.BRIDGE, ["build-coord", "secret-ops"])},
+        ) as host:
+            config = bridge_config(
+                host.session.config, environ={"HOOK_SECRET": SECRET, "GH_TOKEN": token}
+            )
+            assert config is not None
+            running = await _start_bridge(host, config)
+            github.set_webhook(running.url + "/webhook", SECRET)
+            loop = Loop(host=host, github=github, bridge=running, issue=issue, token=token)
+            try:
+                yield loop
+            finally:
+                await loop.bridge.stop()
+    finally:
+        await github.stop()

@@ -1,0 +1,175 @@
+"""Comments in as signed acts, through real webhooks from the GitHub stand-in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+from githubkit import GitHub, TokenAuthStrategy
+from githubkit.cache import MemCacheStrategy
+
+from agora.bridge.inbound import act_id_for_comment
+from agora.bridge.streams import WEBHOOK_STREAM
+from agora.bridge.webhook import signature_of
+from agora.cli.workspace import AgentPlan
+from agora.core.acts import Performative
+from agora.core.envelope import Act, EventKind
+from tests.bridge_harness import HUMAN, REPO, SECRET, Loop, github_loop
+
+SYNTH = {"synth-agent": AgentPlan("chatty", ("build-coord",))}
+
+
+async def test_a_members_comment_becomes_a_signed_act_an_agent_answers(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=SYNTH) as loop:
+        comment = loop.github.comment(REPO, loop.issue, "/agora request ship v0.3?", by=HUMAN)
+        await loop.delivered()
+        [act] = [a for a in loop.host.acts_by("bridge")]
+        assert act.id == act_id_for_comment(comment)
+        assert (act.act, act.payload, act.channel) == (
+            Performative.REQUEST,
+            "ship v0.3?",
+            "build-coord",
+        )
+        assert act.hops == loop.host.session.config.hops
+        assert act.provenance["login"] == HUMAN
+        assert act.provenance["comment_id"] == str(comment)
+        assert act.provenance["url"].endswith(str(comment))
+        assert act.provenance["delivery"]
+        assert [a.in_reply_to for a in loop.host.acts_by("synth-agent")] == [act.id]
+
+
+async def test_comments_that_must_not_speak_are_refused_as_facts(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=SYNTH) as loop:
+        loop.github.comment(REPO, loop.issue, "let me in", by="drive-by")
+        pull = loop.github.create_issue(REPO, "A change", "", by=HUMAN, pull_request=True)
+        await loop.bridge.links.link(REPO, pull, "build-coord")  # type: ignore[union-attr]
+        loop.github.comment(REPO, pull, "on the pull request", by=HUMAN)
+        loop.github.comment(REPO, loop.issue, "/agora dance", by=HUMAN)
+        # The bridge's own comment, posted through the API, comes back as a webhook.
+        async with _client(loop) as gh:
+            await gh.rest.issues.async_create_comment(
+                "octo", "repo", loop.issue, body="status <!-- agora:status -->"
+            )
+        await loop.delivered()
+        assert loop.host.acts_by("bridge") == []
+        assert loop.host.delivered_to("synth-agent") == []
+        reasons = sorted(e.reason for e in loop.host.events(EventKind.REFUSED))
+    assert reasons == ["bad-command", "not-allowed", "own-comment", "pull-request"]
+
+
+def _client(loop: Loop) -> GitHub[TokenAuthStrategy]:
+    return GitHub(
+        TokenAuthStrategy(loop.token),
+        base_url=loop.bridge.config.api_url,
+        auto_retry=False,
+        http_cache=False,
+        cache_strategy=MemCacheStrategy(),
+    )
+
+
+async def test_edits_and_deletions_are_recorded(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}) as loop:
+        comment = loop.github.comment(REPO, loop.issue, "first words", by=HUMAN)
+        await loop.delivered()
+        loop.github.edit_comment(REPO, comment, "second thoughts", by=HUMAN)
+        loop.github.delete_comment(REPO, comment, by=HUMAN)
+        await loop.delivered()
+        [edited] = loop.host.events(EventKind.EDITED)
+        [deleted] = loop.host.events(EventKind.DELETED)
+    assert edited.subject == deleted.subject == act_id_for_comment(comment)
+    assert edited.detail == "second thoughts"
+
+
+async def test_the_kill_label_stops_the_channel_and_unlabel_resumes_it(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=SYNTH) as loop:
+        loop.github.add_label(REPO, loop.issue, "agora:kill", by=HUMAN)
+        await loop.delivered()
+        host = loop.host.running()
+        await host.killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
+        loop.github.comment(REPO, loop.issue, "anyone?", by=HUMAN)
+        await loop.delivered()
+        assert loop.host.delivered_to("synth-agent") == []
+        loop.github.remove_label(REPO, loop.issue, "agora:kill", by=HUMAN)
+        await loop.delivered()
+        await host.killswitch.wait_for(lambda s: not s.stopped)
+        loop.github.comment(REPO, loop.issue, "back", by=HUMAN)
+        await loop.delivered()
+        assert [a.payload for a in loop.host.delivered_to("synth-agent")] == ["back"]
+        [killed] = loop.host.events(EventKind.KILLED)
+    assert killed.actor == "bridge" and killed.channel == "build-coord"
+    assert killed.data["login"] == HUMAN
+
+
+async def test_a_label_links_an_issue_to_a_channel(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}) as loop:
+        other = loop.github.create_issue(REPO, "Secrets", "", by=HUMAN)
+        loop.github.comment(REPO, other, "before the link", by=HUMAN)
+        loop.github.add_label(REPO, other, "agora:channel:secret-ops", by=HUMAN)
+        await loop.delivered()
+        loop.github.comment(REPO, other, "after the link", by=HUMAN)
+        await loop.delivered()
+        acts = loop.host.acts_by("bridge")
+    assert [(a.channel, a.payload) for a in acts] == [("secret-ops", "after the link")]
+
+
+async def test_bad_webhooks_are_refused_with_no_effect(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}) as loop:
+        url = loop.bridge.url + "/webhook"
+        body = json.dumps({"action": "created"}).encode()
+        good = {"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": "d-1"}
+        cases = [
+            ({**good}, body, 401),
+            ({**good, "X-Hub-Signature-256": "sha256=" + "0" * 64}, body, 401),
+            ({"X-Hub-Signature-256": signature_of(SECRET, body)}, body, 400),
+            ({**good, "X-Hub-Signature-256": signature_of(SECRET, b"{nope")}, b"{nope", 400),
+            ({**good, "X-Hub-Signature-256": signature_of(SECRET, b"[1]")}, b"[1]", 400),
+        ]
+        big = b"{" + b" " * (2 * 1024 * 1024) + b"}"
+        cases.append(({**good, "X-Hub-Signature-256": signature_of(SECRET, big)}, big, 413))
+        async with aiohttp.ClientSession() as session:
+            for headers, data, status in cases:
+                async with session.post(url, data=data, headers=headers) as response:
+                    assert response.status == status
+                    assert "error" in await response.json()
+            headers = {"X-GitHub-Event": "star", "X-GitHub-Delivery": "d-2"}
+            headers["X-Hub-Signature-256"] = signature_of(SECRET, body)
+            async with session.post(url, data=body, headers=headers) as response:
+                assert response.status == 202
+                assert await response.json() == {"ignored": "star"}
+            for path in ("/healthz", "/readyz"):
+                async with session.get(loop.bridge.url + path) as response:
+                    assert response.status == 200
+        info = await loop.host.js.stream_info(WEBHOOK_STREAM)
+        assert info.state.messages == 0
+
+
+async def test_a_replayed_delivery_has_no_second_effect_even_after_a_restart(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=SYNTH) as loop:
+        loop.github.comment(REPO, loop.issue, "only once", by=HUMAN)
+        await loop.delivered()
+        [delivery] = [d for d in loop.github.deliveries if d.event == "issue_comment"]
+        await loop.restart_bridge()
+        # Forget JetStream's duplicate window entirely: only the bridge's memory is left.
+        await loop.host.js.purge_stream(WEBHOOK_STREAM)
+        loop.github.redeliver(delivery.id)
+        await loop.delivered()
+        assert len(loop.host.acts_by("bridge")) == 1
+        assert len(loop.host.delivered_to("synth-agent")) == 1
+        assert isinstance(loop.host.acts_by("bridge")[0], Act)
+        assert loop.bridge.receiver is not None
+        assert loop.bridge.receiver.duplicates == 1

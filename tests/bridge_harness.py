@@ -21,7 +21,7 @@ from agora.core.keys import Role
 from tests.harness import Harness, running_host
 
 REPO = "octo/repo"
-SECRET = "webhook-secret-for-tests"
+SECRET = "webhook-secret-for-tests"  # noqa: S105 - a test fixture, not a credential
 HUMAN = "mona"
 BOT = "agora-bridge[bot]"
 

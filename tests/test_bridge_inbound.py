@@ -26,7 +26,7 @@ async def test_a_members_comment_becomes_a_signed_act_an_agent_answers(
     async with github_loop(tmp_path, components, agents=SYNTH) as loop:
         comment = loop.github.comment(REPO, loop.issue, "/agora request ship v0.3?", by=HUMAN)
         await loop.delivered()
-        [act] = [a for a in loop.host.acts_by("bridge")]
+        [act] = loop.host.acts_by("bridge")
         assert act.id == act_id_for_comment(comment)
         assert (act.act, act.payload, act.channel) == (
             Performative.REQUEST,

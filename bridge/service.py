@@ -6,14 +6,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from aiohttp import web
 from nats.aio.client import Client
 
 from agora.bridge.config import BridgeConfig
+from agora.bridge.github import Clock, GitHubWriter, Sleep, make_client
 from agora.bridge.inbound import InboundWorker
 from agora.bridge.links import Links
+from agora.bridge.mirror import Mirror
 from agora.bridge.streams import ensure_bridge_streams
 from agora.bridge.webhook import WebhookReceiver
 from agora.core.keys import KeyRegistry, SigningKey
@@ -31,12 +35,18 @@ class Bridge:
         key: SigningKey,
         registry: KeyRegistry,
         replicas: int = 1,
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.config = config
         self._channels = channels
         self._key = key
         self._registry = registry
         self._replicas = replicas
+        self._clock = clock
+        self._sleep = sleep
+        self.mirror: Mirror | None = None
+        self.writer: GitHubWriter | None = None
         self.receiver: WebhookReceiver | None = None
         self.inbound: InboundWorker | None = None
         self.links: Links | None = None
@@ -52,6 +62,22 @@ class Bridge:
             js=js, config=self.config, key=self._key, registry=self._registry, links=self.links
         )
         await self.inbound.start()
+        self.writer = GitHubWriter(
+            make_client(self.config),
+            per_minute=self.config.per_minute,
+            per_hour=self.config.per_hour,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+        if self.config.mirror:
+            self.mirror = Mirror(
+                js=js,
+                writer=self.writer,
+                links=self.links,
+                registry=self._registry,
+                config=self.config,
+            )
+            await self.mirror.start()
         self.receiver = WebhookReceiver(
             nc=nc, secret=self.config.webhook_secret, max_body_bytes=self.config.max_body_bytes
         )
@@ -76,5 +102,7 @@ class Bridge:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.mirror is not None:
+            await self.mirror.stop()
         if self.inbound is not None:
             await self.inbound.stop()

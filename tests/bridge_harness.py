@@ -103,3 +103,17 @@ async def github_loop(
                 await loop.bridge.stop()
     finally:
         await github.stop()
+
+
+async def mirrored(loop: Loop, *, timeout_s: float = 20.0) -> None:
+    """Wait until the mirror has taken every act and refreshed the status comment."""
+    import asyncio
+
+    await loop.delivered()
+    mirror = loop.bridge.mirror
+    assert mirror is not None
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not mirror.idle():
+        assert asyncio.get_running_loop().time() < deadline, "the mirror did not catch up"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(loop.bridge.config.status_every_s * 2 + 0.1)

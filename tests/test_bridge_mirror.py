@@ -1,0 +1,68 @@
+"""Decisions and summaries out to the linked issue; one status comment edited in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agora.bridge.mirror import fact_marker, status_marker
+from agora.cli.workspace import AgentPlan
+from tests.bridge_harness import BOT, HUMAN, REPO, github_loop, mirrored
+
+VOTERS = {
+    "alice-voter": {"approve": "tests pass", "default": "reject"},
+    "bob-voter": {"approve": "reviewed", "default": "accept"},
+    "carol-voter": {"veto": "friday", "default": "accept"},
+}
+AGREEMENT = {
+    "coordinator": AgentPlan(
+        "coordinator",
+        ("build-coord",),
+        {"voters": ",".join(VOTERS), "quorum": "2", "deadline-ms": "30000"},
+    ),
+    **{n: AgentPlan("voter", ("build-coord",), rule) for n, rule in VOTERS.items()},
+    "summarizer": AgentPlan("summarizer", ("build-coord",)),
+}
+FAST = {"pacing": {"status_every_s": 0.2}}
+
+
+async def test_a_human_request_becomes_a_vote_whose_decision_lands_on_the_issue(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=AGREEMENT, bridge=FAST) as loop:
+        loop.github.comment(REPO, loop.issue, "/agora request ship v0.3: tests pass", by=HUMAN)
+        await mirrored(loop)
+        comments = loop.github.comments(REPO, loop.issue)
+        ours = [c for c in comments if c.user.login == BOT]
+        decision = loop.host.acts_by("coordinator")[-1]
+        summary = loop.host.acts_by("summarizer")[-1]
+        bodies = [c.body for c in ours]
+        assert sum(fact_marker(decision.id) in b for b in bodies) == 1
+        assert sum(fact_marker(summary.id) in b for b in bodies) == 1
+        [status] = [b for b in bodies if status_marker("build-coord") in b]
+        assert "Decision: accepted" in next(b for b in bodies if fact_marker(decision.id) in b)
+        assert "Last decision: **accepted**" in status
+        assert f"up to act `{summary.id}`" in status or summary.id in status
+        # The bridge's own comments came back as webhooks and were not injected.
+        assert {a.sender for a in loop.host.acts_by("bridge")} == {"bridge"}
+        assert len(loop.host.acts_by("bridge")) == 1
+
+
+async def test_the_status_comment_is_found_again_after_a_restart(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    chatty = {"synth-agent": AgentPlan("chatty", ("build-coord",))}
+    async with github_loop(tmp_path, components, agents=chatty, bridge=FAST) as loop:
+        loop.github.comment(REPO, loop.issue, "one", by=HUMAN)
+        await mirrored(loop)
+        bucket = await loop.host.js.key_value("agora-bridge")
+        await bucket.delete("status.build-coord")  # forget it: only the marker is left
+        await loop.restart_bridge()
+        loop.github.comment(REPO, loop.issue, "two", by=HUMAN)
+        await mirrored(loop)
+        statuses = [
+            c
+            for c in loop.github.comments(REPO, loop.issue)
+            if status_marker("build-coord") in c.body
+        ]
+        assert len(statuses) == 1
+        assert "4 acts" in statuses[0].body

@@ -7,6 +7,7 @@ recorder writes the facts.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -107,8 +108,6 @@ async def github_loop(
 
 async def mirrored(loop: Loop, *, timeout_s: float = 20.0) -> None:
     """Wait until the mirror has taken every act and refreshed the status comment."""
-    import asyncio
-
     await loop.delivered()
     mirror = loop.bridge.mirror
     assert mirror is not None

@@ -117,6 +117,14 @@ class GitHubWriter:
 
         await self._write(patch)
 
+    async def write(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Any other write, paced and retried (not for creations that must not repeat)."""
+        return await self._write(call)
+
+    async def read(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Any read, retried by GitHub's rules."""
+        return await self._read(call)
+
     # -- reads --------------------------------------------------------------------------
 
     async def find_comment(self, repo: str, number: int, marker: str) -> PostedComment | None:

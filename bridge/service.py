@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 from aiohttp import web
 from nats.aio.client import Client
 
+from agora.bridge.commit import FactsCommitter, FactsSource
 from agora.bridge.config import BridgeConfig
 from agora.bridge.github import Clock, GitHubWriter, Sleep, make_client
 from agora.bridge.inbound import InboundWorker
@@ -37,6 +39,7 @@ class Bridge:
         replicas: int = 1,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        facts: FactsSource | None = None,
     ) -> None:
         self.config = config
         self._channels = channels
@@ -46,6 +49,9 @@ class Bridge:
         self._clock = clock
         self._sleep = sleep
         self.mirror: Mirror | None = None
+        self.committer: FactsCommitter | None = None
+        self._facts = facts
+        self._commit_task: asyncio.Task[None] | None = None
         self.writer: GitHubWriter | None = None
         self.receiver: WebhookReceiver | None = None
         self.inbound: InboundWorker | None = None
@@ -69,6 +75,8 @@ class Bridge:
             clock=self._clock,
             sleep=self._sleep,
         )
+        if self.config.facts.mode != "off":
+            self._start_committer()
         if self.config.mirror:
             self.mirror = Mirror(
                 js=js,
@@ -89,6 +97,20 @@ class Bridge:
         self.url = f"http://{host}:{port}"
         log.info("bridge listening for webhooks at %s/webhook", self.url)
 
+    def _start_committer(self) -> None:
+        if self._facts is None:
+            log.warning(
+                "facts.commit is %s, but no facts are recorded in this process: the process "
+                "that records the facts (agora up without --no-record) commits them",
+                self.config.facts.mode,
+            )
+            return
+        client = make_client(self.config) if self.config.facts.mode == "api" else None
+        self.committer = FactsCommitter(
+            settings=self.config.facts, source=self._facts, client=client, writer=self.writer
+        )
+        self._commit_task = asyncio.create_task(self.committer.run(), name="bridge-commit")
+
     def _bound_address(self) -> tuple[str, int]:
         assert self._runner is not None  # noqa: S101 - called after setup
         for site in self._runner.sites:
@@ -100,6 +122,10 @@ class Bridge:
         return self.config.listen_host, self.config.listen_port
 
     async def stop(self) -> None:
+        if self._commit_task is not None:
+            self._commit_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._commit_task
         if self._runner is not None:
             await self._runner.cleanup()
         if self.mirror is not None:

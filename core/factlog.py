@@ -25,6 +25,7 @@ import fcntl
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
 
@@ -44,6 +45,17 @@ POSITION_FILE: Final = ".position"  # the recorder's place in the stream (machin
 CHECKPOINT_SUFFIX: Final = ".note"
 DEFAULT_ORIGIN: Final = "agora/facts"
 _INDEX_RE: Final = re.compile(rb'\{"index":(-?\d+),')
+
+
+_MACHINE_STATE: Final = frozenset({LOCK_FILE, POSITION_FILE})
+
+
+@dataclass(frozen=True, slots=True)
+class FactsSnapshot:
+    """A facts directory's files at one moment, and the checkpoint that covers them."""
+
+    files: dict[str, bytes]
+    checkpoint: Checkpoint
 
 
 def checkpoint_name(size: int) -> str:
@@ -168,6 +180,21 @@ class FactLog:
         _write_atomically(path, checkpoint.sign(self._signer))
         self._last_checkpoint_size = checkpoint.size
         return checkpoint
+
+    def snapshot(self) -> FactsSnapshot:
+        """Checkpoint, then every committed file of the directory, consistent at this moment.
+
+        Machine state (the lock, the recorder's position, temporary files) is left out.
+        """
+        checkpoint = self.checkpoint()
+        for file in (self._log, self._view):
+            file.flush()
+        files: dict[str, bytes] = {}
+        for path in sorted(self.directory.rglob("*")):
+            relative = path.relative_to(self.directory).as_posix()
+            if path.is_file() and relative not in _MACHINE_STATE and not relative.endswith(".tmp"):
+                files[relative] = path.read_bytes()
+        return FactsSnapshot(files=files, checkpoint=checkpoint)
 
     def close(self) -> None:
         try:

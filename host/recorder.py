@@ -31,7 +31,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from agora.core.envelope import Act, Event, EventKind, Fact
 from agora.core.errors import ConfigError, InputError
-from agora.core.factlog import POSITION_FILE, FactLog
+from agora.core.factlog import POSITION_FILE, FactLog, FactsSnapshot
 from agora.core.ids import now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
@@ -159,6 +159,16 @@ class Recorder:
                     observer(fact)
         if self._since_checkpoint >= self._checkpoint_every:
             self.checkpoint()
+
+    @property
+    def size(self) -> int:
+        """How many facts the log holds."""
+        return self._log.size
+
+    def snapshot(self) -> FactsSnapshot:
+        """The facts directory as of now, checkpointed (for committing it)."""
+        self._since_checkpoint = 0
+        return self._log.snapshot()
 
     def checkpoint(self) -> None:
         self._log.checkpoint()

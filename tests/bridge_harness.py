@@ -54,6 +54,7 @@ async def _start_bridge(host: Harness, config: BridgeConfig) -> Bridge:
         channels=set(host.session.config.channels),
         key=host.session.key(config.identity),
         registry=host.session.registry,
+        facts=host.running().recorder,
     )
     await bridge.start(host.client)
     return bridge
@@ -71,7 +72,7 @@ async def github_loop(
     base_url = await github.start()
     github.add_user(HUMAN, association="MEMBER")
     github.add_user("drive-by", association="NONE")
-    github.add_user(BOT, type="Bot", association="NONE")
+    github.add_user(BOT, type="Bot", association="COLLABORATOR")  # may push the facts
     github.create_repo(REPO)
     issue = github.create_issue(REPO, "Coordination", "agents talk here", by=HUMAN)
     token = github.issue_token(BOT)

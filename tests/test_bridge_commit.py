@@ -1,0 +1,75 @@
+"""The facts committed to the repository (Git Data API, or a local checkout) verify."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from agora.cli.workspace import AgentPlan
+from agora.core.verify import verify_directory
+from tests.bridge_harness import HUMAN, REPO, github_loop
+
+SYNTH = {"synth-agent": AgentPlan("chatty", ("build-coord",))}
+
+
+def _write(files: dict[str, bytes], into: Path) -> Path:
+    for relative, data in files.items():
+        path = into / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return into
+
+
+async def test_facts_are_committed_through_the_git_data_api_and_verify(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    settings = {"facts": {"commit": "api", "repo": REPO, "every_facts": 1, "every_s": 1}}
+    async with github_loop(tmp_path / "ws", components, agents=SYNTH, bridge=settings) as loop:
+        loop.github.comment(REPO, loop.issue, "first", by=HUMAN)
+        await loop.delivered()
+        committer = loop.bridge.committer
+        assert committer is not None
+        first = await committer.commit()
+        loop.github.comment(REPO, loop.issue, "second", by=HUMAN)
+        await loop.delivered()
+        second = await committer.commit()
+        assert await committer.commit() is None  # nothing new: no empty commit
+        files = loop.github.files_at(REPO, "main")
+        registry = loop.host.session.registry
+        head = loop.github.head(REPO)
+    assert first and second and head == second
+    facts = {k.removeprefix("facts/"): v for k, v in files.items() if k.startswith("facts/")}
+    assert "log.jsonl" in facts and "coordination.yaml" in facts
+    assert not any(name in (".lock", ".position") for name in facts)
+    assert "README.md" in files  # committed on top of the branch, not instead of it
+    report = verify_directory(_write(facts, tmp_path / "checked"), registry)
+    assert report.ok, report.problem
+    assert report.entries == facts["log.jsonl"].count(b"\n")
+
+
+async def test_facts_can_be_committed_into_a_local_checkout(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    checkout = tmp_path / "repo"
+    checkout.mkdir()
+    for command in (
+        ["init", "--quiet", "-b", "main"],
+        ["config", "user.email", "agora@example.invalid"],
+        ["config", "user.name", "agora"],
+    ):
+        subprocess.run(["git", "-C", str(checkout), *command], check=True)
+    settings = {"facts": {"commit": "local", "checkout": str(checkout)}}
+    async with github_loop(tmp_path / "ws", components, agents=SYNTH, bridge=settings) as loop:
+        loop.github.comment(REPO, loop.issue, "hello", by=HUMAN)
+        await loop.delivered()
+        assert loop.bridge.committer is not None
+        sha = await loop.bridge.committer.commit()
+        registry = loop.host.session.registry
+    log = subprocess.run(
+        ["git", "-C", str(checkout), "log", "--format=%H %s"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert log.startswith(f"{sha} agora: facts up to ")
+    assert verify_directory(checkout / "facts", registry).ok

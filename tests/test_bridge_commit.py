@@ -50,14 +50,7 @@ async def test_facts_are_committed_through_the_git_data_api_and_verify(
 async def test_facts_can_be_committed_into_a_local_checkout(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
-    checkout = tmp_path / "repo"
-    checkout.mkdir()
-    for command in (
-        ["init", "--quiet", "-b", "main"],
-        ["config", "user.email", "agora@example.invalid"],
-        ["config", "user.name", "agora"],
-    ):
-        subprocess.run(["git", "-C", str(checkout), *command], check=True)
+    checkout = _git_checkout(tmp_path / "repo")
     settings = {"facts": {"commit": "local", "checkout": str(checkout)}}
     async with github_loop(tmp_path / "ws", components, agents=SYNTH, bridge=settings) as loop:
         loop.github.comment(REPO, loop.issue, "hello", by=HUMAN)
@@ -73,3 +66,17 @@ async def test_facts_can_be_committed_into_a_local_checkout(
     ).stdout
     assert log.startswith(f"{sha} agora: facts up to ")
     assert verify_directory(checkout / "facts", registry).ok
+
+
+def _git(checkout: Path, *arguments: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(checkout), *arguments], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _git_checkout(path: Path) -> Path:
+    path.mkdir()
+    _git(path, "init", "--quiet", "-b", "main")
+    _git(path, "config", "user.email", "agora@example.invalid")
+    _git(path, "config", "user.name", "agora")
+    return path

@@ -58,12 +58,7 @@ async def test_facts_can_be_committed_into_a_local_checkout(
         assert loop.bridge.committer is not None
         sha = await loop.bridge.committer.commit()
         registry = loop.host.session.registry
-    log = subprocess.run(
-        ["git", "-C", str(checkout), "log", "--format=%H %s"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    log = _git(checkout, "log", "--format=%H %s")
     assert log.startswith(f"{sha} agora: facts up to ")
     assert verify_directory(checkout / "facts", registry).ok
 

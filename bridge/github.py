@@ -149,6 +149,11 @@ class GitHubWriter:
 
         return await self._read(search)
 
+    async def issue(self, repo: str, number: int) -> Any:
+        owner, name = repo.split("/", 1)
+        response = await self._read(lambda: self._gh.rest.issues.async_get(owner, name, number))
+        return response.parsed_data
+
     async def comments_since(self, repo: str, number: int, since: str | None) -> list[Any]:
         """Every comment on an issue updated at or after ``since`` (ISO 8601), oldest first."""
         owner, name = repo.split("/", 1)

@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from agora.bridge.config import BridgeConfig
 from agora.bridge.links import Links
-from agora.bridge.speech import Author, Speech, screen_comment
+from agora.bridge.speech import Author, Refusal, Speech, screen_comment
 from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM
 from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER
 from agora.core.acts import check_channel
@@ -70,9 +70,22 @@ def act_id_for_comment(comment_id: int) -> str:
     return f"act-gh-comment-{comment_id}"
 
 
-def _present(value: object) -> bool:
+def present(value: object) -> bool:
     """Whether an optional githubkit field holds a value (not None, not UNSET)."""
     return value is not None and type(value).__name__ != "Unset" and bool(value)
+
+
+@dataclass(frozen=True, slots=True)
+class SeenComment:
+    """A comment on an issue, as a webhook or the REST API reports it."""
+
+    repo: str
+    number: int
+    comment_id: int
+    body: str
+    url: str
+    author: Author
+    on_pull_request: bool
 
 
 @dataclass(slots=True)
@@ -172,61 +185,76 @@ class InboundWorker:
             self.counters.ignored += 1
 
     async def _comment_created(self, payload: WebhookIssueCommentCreated, delivery: str) -> None:
-        repo = payload.repository.full_name
-        number = payload.issue.number
-        channel = await self._links.channel_for(repo, number)
+        comment = payload.comment
+        user = comment.user
+        await self.comment_seen(
+            SeenComment(
+                repo=payload.repository.full_name,
+                number=payload.issue.number,
+                comment_id=comment.id,
+                body=comment.body,
+                url=comment.html_url,
+                author=Author(
+                    login=user.login if user is not None else "ghost",
+                    kind=str(user.type) if user is not None else "User",
+                    association=str(comment.author_association),
+                    via_app=present(comment.performed_via_github_app),
+                ),
+                on_pull_request=present(getattr(payload.issue, "pull_request", None)),
+            ),
+            delivery=delivery,
+        )
+
+    async def comment_seen(self, seen: SeenComment, *, delivery: str) -> None:
+        """Inject a new comment on a linked issue, or record why not; once per comment.
+
+        Called for a webhook, and by the catch-up for comments made while the bridge was
+        down. The ids come from the comment, so the two paths can never both count.
+        """
+        channel = await self._links.channel_for(seen.repo, seen.number)
         if channel is None:
             self.counters.ignored += 1
             return
-        comment = payload.comment
-        user = comment.user
-        author = Author(
-            login=user.login if user is not None else "ghost",
-            kind=str(user.type) if user is not None else "User",
-            association=str(comment.author_association),
-            via_app=_present(comment.performed_via_github_app),
-        )
+        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        with contextlib.suppress(KeyNotFoundError):
+            await bucket.get(f"seen.{seen.comment_id}")
+            return
         provenance = {
             "source": "github-comment",
-            "login": author.login,
-            "comment_id": str(comment.id),
-            "url": comment.html_url,
+            "login": seen.author.login,
+            "comment_id": str(seen.comment_id),
+            "url": seen.url,
             "delivery": delivery,
-            "issue": f"{repo}#{number}",
+            "issue": f"{seen.repo}#{seen.number}",
         }
         verdict = screen_comment(
-            body=comment.body,
-            author=author,
+            body=seen.body,
+            author=seen.author,
             bridge_login=self._config.login,
-            on_pull_request=_present(getattr(payload.issue, "pull_request", None)),
+            on_pull_request=seen.on_pull_request,
             pull_requests_allowed=self._config.pull_requests,
             associations=self._config.associations,
             allowed_logins=self._config.logins,
         )
-        if not isinstance(verdict, Speech):
+        if isinstance(verdict, Speech) and not self._registry.get(self._key.name).may_use(channel):
+            verdict = (
+                Refusal.BRIDGE_NOT_GRANTED,
+                f"the bridge identity {self._key.name!r} is not granted {channel!r}",
+            )
+        if isinstance(verdict, Speech):
+            await self._inject(verdict, channel, seen.comment_id, provenance)
+        else:
             refusal, why = verdict
             await self._record(
                 EventKind.REFUSED,
-                delivery,
+                f"comment-{seen.comment_id}",
                 reason=refusal.value,
                 detail=why,
                 channel=channel,
                 data=provenance,
             )
             self.counters.refused += 1
-            return
-        if not self._registry.get(self._key.name).may_use(channel):
-            await self._record(
-                EventKind.REFUSED,
-                delivery,
-                reason="bridge-not-granted",
-                detail=f"the bridge identity {self._key.name!r} is not granted {channel!r}",
-                channel=channel,
-                data=provenance,
-            )
-            self.counters.refused += 1
-            return
-        await self._inject(verdict, channel, comment.id, provenance)
+        await bucket.put(f"seen.{seen.comment_id}", b"1")
 
     async def _inject(
         self, speech: Speech, channel: str, comment_id: int, provenance: dict[str, str]
@@ -283,7 +311,7 @@ class InboundWorker:
     async def _label(
         self, payload: WebhookIssuesLabeled | WebhookIssuesUnlabeled, delivery: str
     ) -> None:
-        label = payload.label.name if _present(payload.label) and payload.label else ""
+        label = payload.label.name if present(payload.label) and payload.label else ""
         repo = payload.repository.full_name
         number = payload.issue.number
         added = isinstance(payload, WebhookIssuesLabeled)
@@ -350,7 +378,7 @@ class InboundWorker:
     async def _record(
         self,
         kind: EventKind,
-        delivery: str,
+        cause: str,
         *,
         reason: str,
         detail: str,
@@ -359,7 +387,7 @@ class InboundWorker:
         data: Mapping[str, str] | None = None,
     ) -> None:
         event = Event(
-            id=f"ev-gh-{delivery}",
+            id=f"ev-gh-{cause}",
             kind=kind,
             actor=self._key.name,
             time_ms=now_ms(),

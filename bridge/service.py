@@ -13,7 +13,9 @@ import time
 
 from aiohttp import web
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
+from agora.bridge.catchup import catch_up_comments, redeliver_failed
 from agora.bridge.commit import FactsCommitter, FactsSource
 from agora.bridge.config import BridgeConfig
 from agora.bridge.github import Clock, GitHubWriter, Sleep, make_client
@@ -52,6 +54,8 @@ class Bridge:
         self.committer: FactsCommitter | None = None
         self._facts = facts
         self._commit_task: asyncio.Task[None] | None = None
+        self._catch_up_task: asyncio.Task[None] | None = None
+        self.caught_up = asyncio.Event()
         self.writer: GitHubWriter | None = None
         self.receiver: WebhookReceiver | None = None
         self.inbound: InboundWorker | None = None
@@ -75,6 +79,8 @@ class Bridge:
             clock=self._clock,
             sleep=self._sleep,
         )
+        self.caught_up = asyncio.Event()
+        self._catch_up_task = asyncio.create_task(self._catch_up(js), name="bridge-catch-up")
         if self.config.facts.mode != "off":
             self._start_committer()
         if self.config.mirror:
@@ -96,6 +102,21 @@ class Bridge:
         host, port = self._bound_address()
         self.url = f"http://{host}:{port}"
         log.info("bridge listening for webhooks at %s/webhook", self.url)
+
+    async def _catch_up(self, js: JetStreamContext) -> None:
+        assert self.writer is not None and self.links is not None and self.inbound is not None  # noqa: S101
+        try:
+            comments = await catch_up_comments(
+                js=js, writer=self.writer, links=self.links, worker=self.inbound
+            )
+            redelivered = await redeliver_failed(js=js, config=self.config)
+            log.info(
+                "caught up: %d comments looked at, %d deliveries asked again", comments, redelivered
+            )
+        except Exception:
+            log.exception("could not catch up with GitHub")
+        finally:
+            self.caught_up.set()
 
     def _start_committer(self) -> None:
         if self._facts is None:
@@ -122,6 +143,10 @@ class Bridge:
         return self.config.listen_host, self.config.listen_port
 
     async def stop(self) -> None:
+        if self._catch_up_task is not None:
+            self._catch_up_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._catch_up_task
         if self._commit_task is not None:
             self._commit_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -37,6 +37,7 @@ class Refusal(StrEnum):
     PULL_REQUEST = "pull-request"
     BAD_COMMAND = "bad-command"
     EMPTY = "empty"
+    BRIDGE_NOT_GRANTED = "bridge-not-granted"
 
 
 @dataclass(frozen=True, slots=True)

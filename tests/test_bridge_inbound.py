@@ -173,3 +173,34 @@ async def test_a_replayed_delivery_has_no_second_effect_even_after_a_restart(
         assert isinstance(loop.host.acts_by("bridge")[0], Act)
         assert loop.bridge.receiver is not None
         assert loop.bridge.receiver.duplicates == 1
+
+
+async def test_comments_made_while_the_bridge_was_down_are_caught_up_once(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=SYNTH) as loop:
+        before = loop.github.comment(REPO, loop.issue, "heard live", by=HUMAN)
+        await loop.delivered()
+        port = int(loop.bridge.url.rsplit(":", 1)[1])
+        await loop.bridge.stop()
+        missed = [
+            loop.github.comment(REPO, loop.issue, f"said while down {n}", by=HUMAN)
+            for n in range(3)
+        ]
+        loop.github.comment(REPO, loop.issue, "who are you?", by="drive-by")
+        await loop.github.drain()
+        failed = [d for d in loop.github.deliveries if d.status_code == 0]
+        assert len(failed) == 4  # GitHub could not reach the bridge
+        loop.bridge.url = f"http://127.0.0.1:{port}"
+        await loop.restart_bridge()
+        await loop.bridge.caught_up.wait()
+        await loop.delivered()
+        # GitHub's failed deliveries arrive again later: they must change nothing.
+        for delivery in failed:
+            loop.github.redeliver(delivery.id)
+        await loop.delivered()
+        injected = [a.provenance["comment_id"] for a in loop.host.acts_by("bridge")]
+        assert injected == [str(c) for c in (before, *missed)]
+        assert len(loop.host.delivered_to("synth-agent")) == 4
+        refused = [e for e in loop.host.events(EventKind.REFUSED) if e.actor == "bridge"]
+        assert [e.reason for e in refused] == ["not-allowed"]

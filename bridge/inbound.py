@@ -117,6 +117,7 @@ class InboundWorker:
         self.counters = InboundCounters()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._one_at_a_time = asyncio.Lock()
 
     async def start(self) -> None:
         config = ConsumerConfig(
@@ -211,6 +212,10 @@ class InboundWorker:
         Called for a webhook, and by the catch-up for comments made while the bridge was
         down. The ids come from the comment, so the two paths can never both count.
         """
+        async with self._one_at_a_time:  # the webhook and the catch-up may meet here
+            await self._comment_seen(seen, delivery)
+
+    async def _comment_seen(self, seen: SeenComment, delivery: str) -> None:
         channel = await self._links.channel_for(seen.repo, seen.number)
         if channel is None:
             self.counters.ignored += 1

@@ -30,6 +30,7 @@ from typing import Any, Final
 
 from nats.js import JetStreamContext
 
+from agora.cli.demo_github import StandInGitHub, github_part, start_standin
 from agora.cli.session import Session, connected, open_session
 from agora.cli.up_cmd import prepare_host
 from agora.cli.workspace import AgentPlan, create_workspace
@@ -39,7 +40,7 @@ from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import ConfigError
 from agora.core.factlog import LOG_FILE, read_facts
 from agora.core.ids import new_id, now_ms
-from agora.core.keys import KeyRegistry
+from agora.core.keys import KeyRegistry, Role
 from agora.core.signing import sign_fact
 from agora.core.spine import event_subject, publish_envelope, publish_fact
 from agora.core.verify import verify_directory
@@ -88,6 +89,7 @@ def register(commands: Any) -> None:
 class Report:
     live: dict[str, object] = field(default_factory=dict)
     kill: dict[str, object] = field(default_factory=dict)
+    github: dict[str, int] = field(default_factory=dict)
     decision: dict[str, object] = field(default_factory=dict)
     summary: str = ""
     facts: dict[str, object] = field(default_factory=dict)
@@ -98,15 +100,7 @@ def run(arguments: argparse.Namespace) -> int:
     facts_dir: Path = arguments.facts_dir
     say: Callable[[str], None] = (lambda _: None) if arguments.json else print
     workspace = _fresh_workspace(facts_dir)
-    config_path = create_workspace(
-        workspace,
-        channels=CHANNELS,
-        agents=AGENTS,
-        extra={"facts": str(facts_dir.resolve())},
-    )
-    say(f"Made keys, a key registry and {config_path} in {workspace}.")
-    session = open_session(config_path)
-    report = asyncio.run(run_demo(session, say=say))
+    report = asyncio.run(_main(workspace, facts_dir.resolve(), say))
     reference = run_reference()
     result = {
         "reference": {
@@ -119,6 +113,7 @@ def run(arguments: argparse.Namespace) -> int:
         "decision": report.decision,
         "summary": report.summary,
         "kill": report.kill,
+        "github": report.github,
         "facts": report.facts,
         "tamper_detected": report.tamper_detected,
         "facts_dir": str(facts_dir),
@@ -130,11 +125,37 @@ def run(arguments: argparse.Namespace) -> int:
     )
     if arguments.json:
         print(json.dumps(result, sort_keys=True))
-    ok = bool(report.facts.get("verified")) and report.tamper_detected
+    ok = (
+        bool(report.facts.get("verified"))
+        and report.tamper_detected
+        and bool(report.github.get("committed_facts_verified"))
+    )
     return 0 if ok and report.live.get("converged") else 1
 
 
-async def run_demo(session: Session, *, say: Callable[[str], None]) -> Report:
+async def _main(workspace: Path, facts_dir: Path, say: Callable[[str], None]) -> Report:
+    standin = await start_standin()
+    try:
+        config_path = create_workspace(
+            workspace,
+            channels=CHANNELS,
+            agents=AGENTS,
+            extra={
+                "facts": str(facts_dir),
+                "bridge": standin.bridge_section("release"),
+            },
+            others={"bridge": (Role.BRIDGE, ["release"])},
+        )
+        say(f"Made keys, a key registry and {config_path} in {workspace}.")
+        session = open_session(config_path)
+        return await run_demo(session, standin=standin, say=say)
+    finally:
+        await standin.github.stop()
+
+
+async def run_demo(
+    session: Session, *, standin: StandInGitHub, say: Callable[[str], None]
+) -> Report:
     report = Report()
     config = session.config
     say("Building the agents into WebAssembly components (only what changed)...")
@@ -153,8 +174,15 @@ async def run_demo(session: Session, *, say: Callable[[str], None]) -> Report:
         await _spike(run)
         await _agreement(run)
         await _stop_and_kill(run)
+        report.github = await github_part(
+            session=session,
+            host=host,
+            standin=standin,
+            deliveries=deliveries,
+            channel="release",
+            say=say,
+        )
         await host.stop()
-    _read_outcome(config.facts_dir, report, say)
     _verify(config.facts_dir, session.registry, report, say)
     return report
 
@@ -213,6 +241,7 @@ async def _agreement(run: DemoRun) -> None:
     say("   The coordinator proposes it; three voters each apply their own rule.")
     await _inject(session, js, "release", Performative.REQUEST, TOPIC, hops=session.config.hops)
     await host.settle(quiet_s=0.5)
+    _read_outcome(session.config.facts_dir, run.report, say)
 
 
 async def _stop_and_kill(run: DemoRun) -> None:
@@ -285,7 +314,7 @@ def _read_outcome(facts_dir: Path, report: Report, say: Callable[[str], None]) -
         if not isinstance(fact, Act) or not fact.payload.startswith("{"):
             continue
         body = json.loads(fact.payload)
-        if body.get("kind") == "decision" and fact.sender == "coordinator":
+        if body.get("kind") == "decision" and fact.sender == "coordinator" and not report.decision:
             report.decision = {
                 "topic": body["topic"],
                 "outcome": body["outcome"],
@@ -294,7 +323,7 @@ def _read_outcome(facts_dir: Path, report: Report, say: Callable[[str], None]) -
                 "fact": fact.id,
             }
             body_votes = {str(k): str(v) for k, v in body["votes"].items()}
-        elif body.get("kind") == "summary" and fact.sender == "summarizer":
+        elif body.get("kind") == "summary" and fact.sender == "summarizer" and not report.summary:
             report.summary = str(body.get("text", ""))
     if report.decision:
         cast: dict[str, str] = body_votes
@@ -311,7 +340,7 @@ def _verify(
     verdict = verify_directory(facts_dir, registry)
     report.facts = {"entries": verdict.entries, "verified": verdict.ok}
     say(
-        f"4. Every act delivered, emitted and refused is a signed fact: {verdict.entries} "
+        f"5. Every act delivered, emitted and refused is a signed fact: {verdict.entries} "
         f"in {facts_dir}, and `agora verify` says: {'verified' if verdict.ok else verdict}."
     )
     copy = facts_dir.parent / "facts-tampered"

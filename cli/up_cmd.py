@@ -1,4 +1,5 @@
-"""``agora up``: run the host (its agents, the kill switch and the recorder) until stopped.
+"""``agora up``: run the host (its agents, the kill switch and the recorder) and, when
+``agora.yaml`` has a ``bridge:`` section, the GitHub bridge, until stopped.
 
 Everything is checked before anything starts: the configuration, the key registry, the
 private keys and the agents' components (built if a source changed). Without
@@ -17,6 +18,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from agora.bridge.config import BridgeConfig, bridge_config
+from agora.bridge.service import Bridge
 from agora.cli.session import Session, add_config_option, connected, open_session
 from agora.host.builder import build_agents
 from agora.host.config import Config
@@ -42,7 +45,10 @@ def register(commands: Any) -> None:
 def run_up(arguments: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     session = open_session(arguments.config)
-    asyncio.run(_serve(session, record=not arguments.no_record))
+    bridge = bridge_config(session.config)  # its secrets are read now, before anything starts
+    if bridge is not None:
+        session.registry.get(bridge.identity)
+    asyncio.run(_serve(session, bridge, record=not arguments.no_record))
     return 0
 
 
@@ -88,7 +94,7 @@ async def nats_for(config: Config) -> AsyncIterator[str]:
         yield server.url
 
 
-async def _serve(session: Session, *, record: bool) -> None:
+async def _serve(session: Session, bridge_settings: BridgeConfig | None, *, record: bool) -> None:
     host = prepare_host(session, record=record)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,6 +102,17 @@ async def _serve(session: Session, *, record: bool) -> None:
         loop.add_signal_handler(signum, stop.set)
     async with nats_for(session.config) as url, connected(url) as client:
         await host.start(client)
+        bridge = None
+        if bridge_settings is not None:
+            bridge = Bridge(
+                config=bridge_settings,
+                channels=set(session.config.channels),
+                key=session.key(bridge_settings.identity),
+                registry=session.registry,
+                replicas=session.config.nats.replicas,
+                facts=host.recorder,
+            )
+            await bridge.start(client)
         log.info(
             "agora is up: %d agents on %d channels; NATS at %s; facts in %s",
             len(host.runners),
@@ -107,4 +124,6 @@ async def _serve(session: Session, *, record: bool) -> None:
             await stop.wait()
         finally:
             log.info("stopping")
+            if bridge is not None:
+                await bridge.stop()
             await host.stop()

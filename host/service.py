@@ -93,6 +93,7 @@ class Host:
         self._loaded: dict[str, wc.Component] = {}
         self._status_task: asyncio.Task[None] | None = None
         self._js: JetStreamContext | None = None
+        self.client: Client | None = None
 
     @property
     def name(self) -> str:
@@ -102,6 +103,7 @@ class Host:
         """Prepare the spine, load every agent, and start them all."""
         js = nc.jetstream()
         self._js = js
+        self.client = nc
         await ensure_spine(js, replicas=self.config.nats.replicas)
         self._ticker.start()
         self._linker = make_linker(self._engine)

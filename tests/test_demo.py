@@ -41,6 +41,14 @@ def test_demo_json_summary(tmp_path: Path) -> None:
     }
     assert "accepted, 2 accept to 1 reject" in summary["summary"]
     assert summary["kill"] == {"stop_message_delivered": 2, "deliveries_after_kill": 0}
+    github = summary["github"]
+    assert github["injected"] == 2  # the request, and the one after the kill
+    assert github["deliveries_after_kill"] == 0
+    assert github["killed"] == 1
+    assert github["comments_posted"] == 4  # two decisions and two summaries on #release
+    assert github["refused"] >= 1  # the drive-by comment (and the bridge's own, coming back)
+    assert github["commits"] == 1
+    assert github["committed_facts_verified"] == 1
     assert summary["facts"]["verified"] is True
     assert summary["facts"]["entries"] > 40
     assert summary["tamper_detected"] is True

@@ -27,6 +27,20 @@ HUMAN = "mona"
 BOT = "agora-bridge[bot]"
 
 
+class FakeClock:
+    """Time that passes only when someone waits: a minute of pacing costs nothing."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
 @dataclass
 class Loop:
     host: Harness
@@ -48,8 +62,12 @@ class Loop:
         self.bridge = await _start_bridge(self.host, config)
 
 
-async def _start_bridge(host: Harness, config: BridgeConfig) -> Bridge:
+async def _start_bridge(
+    host: Harness, config: BridgeConfig, clock: FakeClock | None = None
+) -> Bridge:
+    timing: dict[str, Any] = {} if clock is None else {"clock": clock, "sleep": clock.sleep}
     bridge = Bridge(
+        **timing,
         config=config,
         channels=set(host.session.config.channels),
         key=host.session.key(config.identity),
@@ -67,8 +85,9 @@ async def github_loop(
     *,
     agents: Mapping[str, AgentPlan],
     bridge: Mapping[str, Any] | None = None,
+    clock: FakeClock | None = None,
 ) -> AsyncIterator[Loop]:
-    github = GitHubStandIn()
+    github = GitHubStandIn() if clock is None else GitHubStandIn(clock=clock)
     base_url = await github.start()
     github.add_user(HUMAN, association="MEMBER")
     github.add_user("drive-by", association="NONE")
@@ -96,7 +115,7 @@ async def github_loop(
                 host.session.config, environ={"HOOK_SECRET": SECRET, "GH_TOKEN": token}
             )
             assert config is not None
-            running = await _start_bridge(host, config)
+            running = await _start_bridge(host, config, clock)
             github.set_webhook(running.url + "/webhook", SECRET)
             loop = Loop(host=host, github=github, bridge=running, issue=issue, token=token)
             try:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from agora.bridge.mirror import fact_marker, status_marker
 from agora.cli.workspace import AgentPlan
-from tests.bridge_harness import BOT, HUMAN, REPO, github_loop, mirrored
+from tests.bridge_harness import BOT, HUMAN, REPO, FakeClock, github_loop, mirrored
 
 VOTERS = {
     "alice-voter": {"approve": "tests pass", "default": "reject"},
@@ -66,3 +67,34 @@ async def test_the_status_comment_is_found_again_after_a_restart(
         ]
         assert len(statuses) == 1
         assert "4 acts" in statuses[0].body
+
+
+async def test_a_burst_of_500_acts_is_mirrored_paced_and_complete(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    clock = FakeClock()
+    async with github_loop(tmp_path, components, agents={}, bridge=FAST, clock=clock) as loop:
+        decisions = []
+        for n in range(500):
+            if n % 5 == 4:
+                body = {
+                    "kind": "decision",
+                    "topic": f"t{n}",
+                    "outcome": "accepted",
+                    "votes": {},
+                    "quorum": 1,
+                }
+                decisions.append(await loop.host.inject("build-coord", json.dumps(body), hops=1))
+            else:
+                await loop.host.inject("build-coord", f"chatter {n}", hops=1)
+        await mirrored(loop, timeout_s=120)
+        comments = loop.github.comments(REPO, loop.issue)
+        writer = loop.bridge.writer
+        assert writer is not None
+    bodies = [c.body for c in comments]
+    assert all(sum(fact_marker(d.id) in b for b in bodies) == 1 for d in decisions)
+    [status] = [b for b in bodies if status_marker("build-coord") in b]
+    assert "500 acts" in status
+    assert loop.github.peak_creations_per_minute() <= 80
+    assert clock.now - 1_800_000_000.0 >= 60  # 101 comments cannot go out in one minute
+    assert writer.retries == 0  # GitHub never had to refuse a write

@@ -46,7 +46,7 @@ from pydantic import ValidationError
 from agora.bridge.config import BridgeConfig
 from agora.bridge.links import Links
 from agora.bridge.speech import Author, Refusal, Speech, screen_comment
-from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM
+from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM, Buckets
 from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER
 from agora.core.acts import check_channel
 from agora.core.control import set_switch
@@ -110,6 +110,7 @@ class InboundWorker:
         links: Links,
     ) -> None:
         self._js = js
+        self._buckets = Buckets(js)
         self._config = config
         self._key = key
         self._registry = registry
@@ -161,7 +162,7 @@ class InboundWorker:
         headers = message.headers or {}
         event = headers.get(EVENT_HEADER, "")
         delivery = headers.get(DELIVERY_HEADER, "")
-        deliveries = await self._js.key_value(DELIVERIES_BUCKET)
+        deliveries = await self._buckets.get(DELIVERIES_BUCKET)
         with contextlib.suppress(KeyNotFoundError):
             await deliveries.get(delivery)
             return  # handled before (a redelivery, or a replay after a restart)
@@ -220,7 +221,7 @@ class InboundWorker:
         if channel is None:
             self.counters.ignored += 1
             return
-        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
         with contextlib.suppress(KeyNotFoundError):
             await bucket.get(f"seen.{seen.comment_id}")
             return
@@ -279,7 +280,7 @@ class InboundWorker:
         await publish_envelope(
             self._js, channel=channel, msg_id=ident, envelope=sign_fact(act, self._key)
         )
-        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
         await bucket.put(f"comment.{comment_id}", ident.encode())
         self.counters.injected += 1
 
@@ -292,7 +293,7 @@ class InboundWorker:
             self.counters.ignored += 1
             return
         comment = payload.comment
-        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
         subject: str | None = None
         with contextlib.suppress(KeyNotFoundError):
             entry = await bucket.get(f"comment.{comment.id}")

@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from agora.bridge.config import IssueRef
-from agora.bridge.streams import BRIDGE_BUCKET
+from agora.bridge.streams import BRIDGE_BUCKET, Buckets
 from agora.core.errors import InputError
 
 LINK_PREFIX = "link/"
@@ -30,6 +30,7 @@ class Links:
         self, js: JetStreamContext, configured: Mapping[str, IssueRef], channels: set[str]
     ) -> None:
         self._js = js
+        self._buckets = Buckets(js)
         self._by_issue = {(ref.repo, ref.number): channel for channel, ref in configured.items()}
         self._channels = channels
 
@@ -37,7 +38,7 @@ class Links:
         configured = self._by_issue.get((repo, number))
         if configured is not None:
             return configured
-        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
         with contextlib.suppress(KeyNotFoundError):
             entry = await bucket.get(_key(repo, number))
             return (entry.value or b"").decode() or None
@@ -46,11 +47,11 @@ class Links:
     async def link(self, repo: str, number: int, channel: str) -> None:
         if channel not in self._channels:
             raise InputError(f"channel {channel!r} is not declared in the configuration")
-        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
         await bucket.put(_key(repo, number), channel.encode())
 
     async def unlink(self, repo: str, number: int, channel: str) -> None:
-        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
         with contextlib.suppress(KeyNotFoundError):
             entry = await bucket.get(_key(repo, number))
             if (entry.value or b"").decode() == channel:
@@ -61,7 +62,7 @@ class Links:
         found = {
             channel: IssueRef(repo, number) for (repo, number), channel in self._by_issue.items()
         }
-        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
         try:
             keys = await bucket.keys()
         except NoKeysError:

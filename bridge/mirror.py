@@ -35,7 +35,7 @@ from nats.js.errors import KeyNotFoundError
 from agora.bridge.config import BridgeConfig, IssueRef
 from agora.bridge.github import GitHubWriter
 from agora.bridge.links import Links
-from agora.bridge.streams import BRIDGE_BUCKET
+from agora.bridge.streams import BRIDGE_BUCKET, Buckets
 from agora.core.admission import admit
 from agora.core.envelope import Act
 from agora.core.errors import InputError
@@ -153,6 +153,7 @@ class Mirror:
         config: BridgeConfig,
     ) -> None:
         self._js = js
+        self._buckets = Buckets(js)
         self._writer = writer
         self._links = links
         self._registry = registry
@@ -227,7 +228,7 @@ class Mirror:
         return (await self._links.issues()).get(channel)
 
     async def _post_once(self, issue: IssueRef, act: Act, body: str) -> None:
-        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
         posted_key, intent_key = f"posted.{act.id}", f"posting.{act.id}"
         with contextlib.suppress(KeyNotFoundError):
             await bucket.get(posted_key)
@@ -260,7 +261,7 @@ class Mirror:
         if issue is None:
             return
         body = render_status(self.views[channel])
-        bucket = await self._js.key_value(BRIDGE_BUCKET)
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
         key = f"status.{channel}"
         comment_id: int | None = None
         with contextlib.suppress(KeyNotFoundError):

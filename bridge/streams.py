@@ -15,6 +15,7 @@ from typing import Final
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 WEBHOOK_STREAM: Final = "AGORA_WEBHOOKS"
 WEBHOOK_SUBJECT_PREFIX: Final = "agora.gh."
@@ -46,3 +47,18 @@ async def ensure_bridge_streams(js: JetStreamContext, *, replicas: int = 1) -> N
             await js.create_key_value(
                 KeyValueConfig(bucket=bucket, history=1, ttl=ttl or None, replicas=replicas)
             )
+
+
+class Buckets:
+    """The bridge's key-value buckets, looked up once (each lookup is a round trip)."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._found: dict[str, KeyValue] = {}
+
+    async def get(self, name: str) -> KeyValue:
+        bucket = self._found.get(name)
+        if bucket is None:
+            bucket = await self._js.key_value(name)
+            self._found[name] = bucket
+        return bucket

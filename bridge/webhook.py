@@ -32,11 +32,10 @@ from typing import Final
 
 from aiohttp import web
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from agora.bridge.config import Secret
-from agora.bridge.streams import DELIVERIES_BUCKET, WEBHOOK_STREAM, WEBHOOK_SUBJECT_PREFIX
+from agora.bridge.streams import DELIVERIES_BUCKET, WEBHOOK_STREAM, WEBHOOK_SUBJECT_PREFIX, Buckets
 from agora.core.spine import MSG_ID_HEADER
 
 log = logging.getLogger(__name__)
@@ -69,6 +68,7 @@ class WebhookReceiver:
 
     def __init__(self, *, nc: Client, secret: Secret, max_body_bytes: int) -> None:
         self._nc = nc
+        self._buckets = Buckets(nc.jetstream())
         self._secret = secret
         self._max_body = max_body_bytes
         self.accepted = 0
@@ -136,10 +136,18 @@ class WebhookReceiver:
             raise _Refused(400, "the body must be a JSON object")
         return event, delivery, body
 
+    async def _seen(self, delivery: str) -> bool:
+        kv = await self._buckets.get(DELIVERIES_BUCKET)
+        try:
+            await kv.get(delivery)
+        except KeyNotFoundError:
+            return False
+        return True
+
     async def _publish(self, event: str, delivery: str, body: bytes) -> web.Response:
         js = self._nc.jetstream()
         try:
-            if await _seen(js, delivery):
+            if await self._seen(delivery):
                 self.duplicates += 1
                 return web.json_response({"duplicate": delivery}, status=200)
             ack = await js.publish(
@@ -155,12 +163,3 @@ class WebhookReceiver:
             return web.json_response({"duplicate": delivery}, status=200)
         self.accepted += 1
         return web.json_response({"accepted": delivery}, status=202)
-
-
-async def _seen(js: JetStreamContext, delivery: str) -> bool:
-    kv = await js.key_value(DELIVERIES_BUCKET)
-    try:
-        await kv.get(delivery)
-    except KeyNotFoundError:
-        return False
-    return True

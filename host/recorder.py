@@ -4,7 +4,8 @@ It reads the whole stream (every channel and every event subject) strictly in st
 order, through an ordered consumer starting after the last message it recorded (kept
 in ``FACTS/.position``, beside the log it describes). It checks each envelope with the
 same rules ``agora verify`` applies (:func:`agora.core.admission.admit`, and a reply or
-event must point at an earlier fact), appends it, fsyncs the batch, and only then moves
+event must point at an earlier fact), appends it, fsyncs (one fsync covers every batch
+that arrived meanwhile: a group commit), and only then moves
 the position. A crash in between reads the batch again; facts already in the log are
 recognised by id and skipped, so each fact is recorded exactly once and in order. An
 envelope that fails a rule is not recorded; a signed ``refused`` event naming it is
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 
 FETCH_BATCH: Final = 512
 FETCH_WAIT_S: Final = 0.25
+SYNC_EVERY_S: Final = 0.05
+QUEUE_LIMIT: Final = 8192
 
 
 @dataclass(slots=True)
@@ -79,6 +82,9 @@ class Recorder:
         self._ids = factlog.fact_ids()
         self._position_file = factlog.directory / POSITION_FILE
         self.position = read_position(self._position_file)
+        self._unsynced_position = self.position
+        self._unsynced: list[Fact] = []
+        self._last_sync = 0.0
         self._since_checkpoint = 0
         self.counters = RecorderCounters()
         self.observers: list[Callable[[Fact], None]] = []
@@ -91,6 +97,8 @@ class Recorder:
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in hand (graceful), or at once, as a crash would."""
         await finish(self._task, self._stopping, graceful=graceful)
+        if graceful:
+            self.make_durable()
         self._log.close()  # checkpoints what was recorded
 
     async def _run(self) -> None:
@@ -105,7 +113,7 @@ class Recorder:
 
     async def _follow(self) -> None:
         """Record from ``position + 1`` on, through an ordered consumer (no gaps, in order)."""
-        arrived: asyncio.Queue[Msg] = asyncio.Queue()
+        arrived: asyncio.Queue[Msg] = asyncio.Queue(maxsize=QUEUE_LIMIT)
 
         async def take(message: Msg) -> None:
             await arrived.put(message)
@@ -121,6 +129,11 @@ class Recorder:
                 while len(batch) < FETCH_BATCH and not arrived.empty():
                     batch.append(arrived.get_nowait())
                 await self.record(batch)
+                # Group commit: sync when the stream is drained, or at least every
+                # SYNC_EVERY_S under load, so one fsync covers many batches.
+                now = asyncio.get_running_loop().time()
+                if arrived.empty() or now - self._last_sync >= SYNC_EVERY_S:
+                    self.make_durable()
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
@@ -139,24 +152,35 @@ class Recorder:
         )
 
     async def record(self, messages: list[Msg]) -> None:
-        """Append a batch in stream order, fsync it, then move the position past it."""
+        """Append a batch in stream order (made durable later, by :meth:`make_durable`)."""
         refusals: list[Event] = []
-        appended: list[Fact] = []
+        appended = self._unsynced
         for message in messages:
             self._append(message, appended=appended, refusals=refusals)
-        self._log.sync()
+        self._unsynced_position = max(self._unsynced_position, *(_seq(m) for m in messages))
         for event in refusals:
             envelope = sign_fact(event, self._key)
             self._vouched.add(envelope, event, self._key.name)
             await publish_fact(
                 self._js, subject=event_subject(self._key.name), msg_id=event.id, envelope=envelope
             )
-        self.position = max(self.position, *(_seq(m) for m in messages))
+
+    def make_durable(self) -> None:
+        """fsync what was appended, then move the saved position past it.
+
+        The position never runs ahead of the synced log: after a crash the recorder
+        reads again from the last saved position and skips what the log already holds.
+        """
+        self._last_sync = asyncio.get_running_loop().time()
+        if self._unsynced_position <= self.position:
+            return
+        self._log.sync()
+        self.position = self._unsynced_position
         write_position(self._position_file, self.position)
-        if self.observers:
-            for fact in appended:
-                for observer in self.observers:
-                    observer(fact)
+        appended, self._unsynced = self._unsynced, []
+        for fact in appended:
+            for observer in self.observers:
+                observer(fact)
         if self._since_checkpoint >= self._checkpoint_every:
             self.checkpoint()
 
@@ -167,6 +191,7 @@ class Recorder:
 
     def snapshot(self) -> FactsSnapshot:
         """The facts directory as of now, checkpointed (for committing it)."""
+        self.make_durable()
         self._since_checkpoint = 0
         return self._log.snapshot()
 

@@ -72,7 +72,10 @@ class AgentSpec:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One act handed to the agent (for observers such as the demo and the benchmarks)."""
+    """One act handed to the agent (for observers such as the demo and the benchmarks).
+
+    ``at_ns`` (``time.perf_counter_ns``) is when the call that handed it over began.
+    """
 
     agent: str
     act: Act
@@ -138,16 +141,23 @@ class AgentRunner:
                 messages = await subscription.fetch(self.spec.batch, timeout=self._wait_s())
             except (FetchTimeoutError, TimeoutError):
                 messages = []
-            try:
-                await self._step_with_retry(messages)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Not acknowledged: the batch comes back after ack wait, at most
-                # max_deliver times, and then lands in the dead-letter stream.
-                self.counters["host-error"] += 1
-                log.exception("agent %s: batch failed; it will be redelivered", self.spec.name)
-                await asyncio.sleep(IDLE_WAIT_S)
+            # A fetch can return more than asked (what earlier pull requests left behind):
+            # the agent is never handed more than its batch limit in one call.
+            size = self.spec.batch
+            for start in range(0, max(len(messages), 1), size):
+                await self._guarded_step(messages[start : start + size])
+
+    async def _guarded_step(self, messages: list[Msg]) -> None:
+        try:
+            await self._step_with_retry(messages)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not acknowledged: the batch comes back after ack wait, at most
+            # max_deliver times, and then lands in the dead-letter stream.
+            self.counters["host-error"] += 1
+            log.exception("agent %s: batch failed; it will be redelivered", self.spec.name)
+            await asyncio.sleep(IDLE_WAIT_S)
 
     def _wait_s(self) -> float:
         wake = self._record.wake_at_ms
@@ -263,6 +273,7 @@ class AgentRunner:
             settings=self.spec.settings,
         )
         inbox = tuple(batch.inbox)
+        batch.handed_at_ns = time.perf_counter_ns()
         self.busy = True
         try:
             if self._sandbox is None or self._sandbox.dead:
@@ -288,7 +299,7 @@ class AgentRunner:
         return outcome
 
     def _delivered(self, batch: Batch) -> None:
-        at_ns = time.perf_counter_ns()
+        at_ns = batch.handed_at_ns
         for act in batch.delivered:
             self.counters["delivered"] += 1
             batch.outgoing.append(
@@ -431,6 +442,7 @@ class Batch:
     def __init__(self, agent: str) -> None:
         self.agent = agent
         self.last_seq = 0
+        self.handed_at_ns = 0
         self.ids: list[str] = []
         self.inbox: list[GuestMessage] = []
         self.delivered: list[Act] = []

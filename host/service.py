@@ -50,6 +50,7 @@ from agora.host.sandbox import (
     make_engine,
     make_linker,
 )
+from agora.host.tasks import finish
 from agora.host.vouched import Vouched
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Host:
         self._linker: wc.Linker | None = None
         self._loaded: dict[str, wc.Component] = {}
         self._status_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._js: JetStreamContext | None = None
         self.client: Client | None = None
 
@@ -186,10 +188,7 @@ class Host:
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop every agent and the recorder: between batches, or at once (a crash)."""
-        if self._status_task is not None:
-            self._status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._status_task
+        await finish(self._status_task, self._stopping, graceful=True)
         await asyncio.gather(*(r.stop(graceful=graceful) for r in self.runners.values()))
         if self.recorder is not None:
             await self.recorder.stop(graceful=graceful)
@@ -240,12 +239,13 @@ class Host:
 
     async def _report_status(self, js: JetStreamContext) -> None:
         kv = await js.key_value(STATUS_BUCKET)
-        while True:
+        while not self._stopping.is_set():
             try:
                 await kv.put(self.name, json.dumps(self.status()).encode())
             except Exception:
                 log.warning("could not publish host status", exc_info=True)
-            await asyncio.sleep(STATUS_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), STATUS_EVERY_S)
 
     async def settle(self, *, quiet_s: float = 0.3, timeout_s: float = 20.0) -> None:
         """Wait until every agent and the recorder have caught up and stayed idle."""

@@ -33,8 +33,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 	MYPYPATH=.lint $(BIN)/mypy -p agora
 
-bench: setup
+bench: agents
 	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_host.py
+	$(BIN)/python bench/bench_bridge.py
 
 clean:
 	rm -rf $(VENV) .lint build *.egg-info .pytest_cache .mypy_cache .ruff_cache

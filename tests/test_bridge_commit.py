@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from agora.bridge.commit import FactsCommitter
+from agora.bridge.config import FactsCommit
 from agora.cli.workspace import AgentPlan
+from agora.core.factlog import FactsSnapshot
 from agora.core.verify import verify_directory
 from tests.bridge_harness import HUMAN, REPO, github_loop
 
@@ -75,3 +78,31 @@ def _git_checkout(path: Path) -> Path:
     _git(path, "config", "user.email", "agora@example.invalid")
     _git(path, "config", "user.name", "agora")
     return path
+
+
+def test_a_commit_is_due_after_n_facts_or_after_the_interval() -> None:
+    class Source:
+        size = 0
+
+        def snapshot(self) -> FactsSnapshot:
+            raise AssertionError("not taken")
+
+    now = [0.0]
+    source = Source()
+    committer = FactsCommitter(
+        settings=FactsCommit("api", REPO, "main", "facts", 60.0, 500, None),
+        source=source,
+        client=None,
+        writer=None,
+        clock=lambda: now[0],
+    )
+    assert not committer.due()  # nothing recorded
+    source.size = 499
+    assert not committer.due()  # fewer than every_facts, and the interval has not passed
+    source.size = 500
+    assert committer.due()
+    source.size = 1
+    now[0] = 59.0
+    assert not committer.due()
+    now[0] = 60.0
+    assert committer.due()

@@ -154,6 +154,8 @@ async def test_bad_webhooks_are_refused_with_no_effect(
                     assert response.status == 200
         info = await loop.host.js.stream_info(WEBHOOK_STREAM)
         assert info.state.messages == 0
+        [ping] = [d for d in loop.github.deliveries if d.event == "ping"]
+        assert ping.status_code == 200  # GitHub's ping is answered
 
 
 async def test_a_replayed_delivery_has_no_second_effect_even_after_a_restart(

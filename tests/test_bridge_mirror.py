@@ -98,3 +98,29 @@ async def test_a_burst_of_500_acts_is_mirrored_paced_and_complete(
     assert loop.github.peak_creations_per_minute() <= 80
     assert clock.now - 1_800_000_000.0 >= 60  # 101 comments cannot go out in one minute
     assert writer.retries == 0  # GitHub never had to refuse a write
+
+
+async def test_a_crash_between_posting_and_recording_leaves_no_duplicate(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}, bridge=FAST) as loop:
+        await loop.bridge.stop()  # the bridge is down while the decision is said
+        body = {"kind": "decision", "topic": "t", "outcome": "accepted", "votes": {}, "quorum": 1}
+        decision = await loop.host.inject("build-coord", json.dumps(body), hops=1)
+        await loop.host.settle()
+        # What a crash right after GitHub accepted the comment leaves behind: the intent
+        # is saved, the comment exists, its id was never recorded.
+        bucket = await loop.host.js.key_value("agora-bridge")
+        await bucket.put(f"posting.{decision.id}", b"1")
+        loop.github.comment(
+            REPO, loop.issue, f"{fact_marker(decision.id)}\nDecision: accepted", by=BOT
+        )
+        await loop.restart_bridge()
+        await mirrored(loop)
+        marked = [
+            c for c in loop.github.comments(REPO, loop.issue) if fact_marker(decision.id) in c.body
+        ]
+        assert len(marked) == 1
+        assert loop.bridge.mirror is not None and loop.bridge.mirror.posted == 0
+        posted = await bucket.get(f"posted.{decision.id}")
+        assert posted.value == str(marked[0].id).encode()

@@ -7,8 +7,11 @@ the configuration alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,9 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from agora.bridge.standin import GitHubStandIn
 from agora.cli.workspace import AgentPlan, create_workspace
+from agora.core.keys import Role
 
 AGORA = Path(sys.executable).parent / "agora"
 PAIR = {
@@ -169,3 +175,90 @@ def test_commands_say_when_no_host_is_running(workspace: Path) -> None:
     refused = agora("inject", "build-coord", "shout", "hi", "-c", workspace, check=False)
     assert refused.returncode == 1
     assert "shout" in refused.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_agora_up_runs_the_bridge_when_configured(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    assert "chatty" in components
+    github = GitHubStandIn()
+    url = await github.start()
+    try:
+        github.add_user("mona", association="MEMBER")
+        github.add_user("agora-bridge[bot]", type="Bot", association="COLLABORATOR")
+        github.create_repo("octo/repo")
+        issue = github.create_issue("octo/repo", "Coordination", "", by="mona")
+        port = _free_port()
+        config = create_workspace(
+            tmp_path,
+            channels=("build-coord",),
+            agents={"synth-agent": PAIR["synth-agent"]},
+            extra={
+                "bridge": {
+                    "webhook_secret": {"env": "HOOK_SECRET"},
+                    "listen": {"port": port},
+                    "github": {"api_url": url, "token": {"env": "GH_TOKEN"}},
+                    "links": {"build-coord": f"octo/repo#{issue}"},
+                }
+            },
+            others={"bridge": (Role.BRIDGE, ["build-coord"])},
+        )
+        environment = {
+            **os.environ,
+            "HOOK_SECRET": "cli-secret",
+            "GH_TOKEN": github.issue_token("agora-bridge[bot]"),
+        }
+        log = (tmp_path / "up.log").open("w")
+        process = await asyncio.create_subprocess_exec(
+            AGORA, "up", "-c", str(config), stdout=log, stderr=subprocess.STDOUT, env=environment
+        )
+        try:
+            await _until_ready(f"http://127.0.0.1:{port}/readyz")
+            github.set_webhook(f"http://127.0.0.1:{port}/webhook", "cli-secret")
+            github.comment("octo/repo", issue, "/agora query-if is main green?", by="mona")
+            await github.drain()
+            acts = await _eventually_async(
+                lambda: [a for a in _acts(config, "build-coord") if a["sender"] == "synth-agent"]
+            )
+            assert (
+                acts[0]["in_reply_to"]
+                == f"act-gh-comment-{github.comments('octo/repo', issue)[0].id}"
+            )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), timeout=30)
+            log.close()
+        assert "cli-secret" not in (tmp_path / "up.log").read_text()
+        assert environment["GH_TOKEN"] not in (tmp_path / "up.log").read_text()
+    finally:
+        await github.stop()
+
+
+async def _until_ready(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, "agora up did not become ready"
+            await asyncio.sleep(0.1)
+
+
+async def _eventually_async(probe: Any, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await asyncio.to_thread(probe)
+        if value:
+            return value
+        assert time.monotonic() < deadline, "gave up waiting"
+        await asyncio.sleep(0.2)

@@ -26,11 +26,10 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from nats.js import JetStreamContext
 
-from agora.cli.demo_github import StandInGitHub, github_part, start_standin
 from agora.cli.session import Session, connected, open_session
 from agora.cli.up_cmd import prepare_host
 from agora.cli.workspace import AgentPlan, create_workspace
@@ -48,6 +47,9 @@ from agora.host.nats_server import EmbeddedNats
 from agora.host.reference import run_reference
 from agora.host.runner import Delivery
 from agora.host.service import Host
+
+if TYPE_CHECKING:
+    from agora.cli.demo_github import StandInGitHub
 
 DEFAULT_FACTS_DIR: Final = Path("agora-demo/facts")
 DEMO_MARKER: Final = ".agora-demo"
@@ -134,6 +136,9 @@ def run(arguments: argparse.Namespace) -> int:
 
 
 async def _main(workspace: Path, facts_dir: Path, say: Callable[[str], None]) -> Report:
+    # the bridge's dependencies load only when they are used (see cli/up_cmd.py)
+    from agora.cli.demo_github import start_standin  # noqa: PLC0415
+
     standin = await start_standin()
     try:
         config_path = create_workspace(
@@ -174,6 +179,8 @@ async def run_demo(
         await _spike(run)
         await _agreement(run)
         await _stop_and_kill(run)
+        from agora.cli.demo_github import github_part  # noqa: PLC0415
+
         report.github = await github_part(
             session=session,
             host=host,

@@ -16,15 +16,17 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agora.bridge.config import BridgeConfig, bridge_config
-from agora.bridge.service import Bridge
 from agora.cli.session import Session, add_config_option, connected, open_session
 from agora.host.builder import build_agents
 from agora.host.config import Config
 from agora.host.nats_server import EmbeddedNats
 from agora.host.service import Host, HostKeys
+
+if TYPE_CHECKING:
+    from agora.bridge.service import Bridge
 
 log = logging.getLogger("agora.up")
 
@@ -102,8 +104,11 @@ async def _serve(session: Session, bridge_settings: BridgeConfig | None, *, reco
         loop.add_signal_handler(signum, stop.set)
     async with nats_for(session.config) as url, connected(url) as client:
         await host.start(client)
-        bridge = None
+        bridge: Bridge | None = None
         if bridge_settings is not None:
+            # githubkit and pydantic load only when a bridge is configured (about 28 MB)
+            from agora.bridge.service import Bridge  # noqa: PLC0415
+
             bridge = Bridge(
                 config=bridge_settings,
                 channels=set(session.config.channels),

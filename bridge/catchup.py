@@ -14,6 +14,7 @@ caught up.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -26,9 +27,10 @@ from nats.js.errors import KeyNotFoundError
 from agora.bridge.config import BridgeConfig
 from agora.bridge.github import GitHubWriter
 from agora.bridge.inbound import InboundWorker, SeenComment, present
-from agora.bridge.links import Links
+from agora.bridge.links import Links, watermark_key
 from agora.bridge.speech import Author
 from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET
+from agora.bridge.webhook import HANDLED_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,15 @@ async def catch_up_comments(
     """Hand every comment made since each issue's watermark to the worker; how many."""
     bucket = await js.key_value(BRIDGE_BUCKET)
     handed = 0
-    for channel, issue in (await links.issues()).items():
-        key = f"watermark.{channel}"
+    for issue in (await links.issues()).values():
+        key = watermark_key(issue.repo, issue.number)
         since: str | None = None
         with contextlib.suppress(KeyNotFoundError):
             since = ((await bucket.get(key)).value or b"").decode() or None
+        if since is None:
+            # A link seen for the first time: catch up from now on, never on its history.
+            await links.start_watermark(issue.repo, issue.number)
+            continue
         on_pull_request = await _is_pull_request(writer, issue.repo, issue.number)
         latest = since
         for comment in await writer.comments_since(issue.repo, issue.number, since):
@@ -88,7 +94,9 @@ def _iso(value: Any) -> str:
     return str(value)
 
 
-async def redeliver_failed(*, js: JetStreamContext, config: BridgeConfig) -> int:
+async def redeliver_failed(
+    *, js: JetStreamContext, config: BridgeConfig, writer: GitHubWriter
+) -> int:
     """Ask GitHub to redeliver the App's failed deliveries not yet handled; how many."""
     if config.app is None:
         return 0
@@ -113,13 +121,19 @@ async def redeliver_failed(*, js: JetStreamContext, config: BridgeConfig) -> int
         for delivery in deliveries:
             if delivery.delivered_at < horizon:
                 return asked
-            if delivery.status_code in OK_STATUS or delivery.guid in seen:
+            if (
+                delivery.status_code in OK_STATUS
+                or delivery.guid in seen
+                or delivery.event not in HANDLED_EVENTS
+            ):
                 continue
             seen.add(delivery.guid)
             try:
                 await handled.get(delivery.guid)
             except KeyNotFoundError:
-                await app.rest.apps.async_redeliver_webhook_delivery(delivery.id)
+                await writer.write(
+                    functools.partial(app.rest.apps.async_redeliver_webhook_delivery, delivery.id)
+                )
                 asked += 1
         cursor = _next_cursor(response.headers.get("link", ""))
         if not deliveries or cursor is None:

@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from githubkit import GitHub
-from githubkit.exception import RequestFailed
 
 from agora.bridge.config import FactsCommit
-from agora.bridge.github import GitHubWriter
+from agora.bridge.github import GitHubUnavailable, GitHubWriter
 from agora.core.errors import AgoraError
 from agora.core.factlog import FactsSnapshot
 
@@ -127,8 +126,8 @@ class FactsCommitter:
         for _ in range(MAX_RACES):
             try:
                 return await self._one_commit(snapshot)
-            except RequestFailed as exc:
-                if exc.response.status_code != UNPROCESSABLE:
+            except GitHubUnavailable as exc:
+                if exc.status != UNPROCESSABLE:
                     raise
                 log.warning("the branch moved while committing facts; committing again on top")
         raise AgoraError(f"the branch {self._settings.branch!r} kept moving; facts not committed")

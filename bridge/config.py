@@ -43,6 +43,7 @@ ASSOCIATIONS: Final = (
 COMMIT_MODES: Final = ("api", "local", "off")
 _ISSUE: Final = re.compile(r"^([A-Za-z0-9_.-]{1,100})/([A-Za-z0-9_.-]{1,100})#([1-9][0-9]{0,9})$")
 _REPO: Final = re.compile(r"^([A-Za-z0-9_.-]{1,100})/([A-Za-z0-9_.-]{1,100})$")
+_ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _LOGIN: Final = re.compile(r"^[A-Za-z0-9-]{1,39}(\[bot\])?$")
 
 
@@ -222,18 +223,26 @@ def _facts(fields: Fields, config: Config) -> FactsCommit:
 
 
 def _secret(node: Node, root: Path, env: Mapping[str, str]) -> Secret:
+    """Read a secret from where the file says. No error ever shows the value it read or
+    what was written in its place (which may be the secret itself)."""
+    if node.value is None:
+        raise node.error("one of {env: NAME} or {file: PATH}", "nothing")
+    if not isinstance(node.value, Mapping):
+        raise node.error(
+            "{env: NAME} or {file: PATH}, never the secret itself", "something else (not shown)"
+        )
     fields = node.fields(("env", "file"))
     name, path = fields.get("env"), fields.get("file")
     if (name is None) == (path is None):
         raise node.error("one of {env: NAME} or {file: PATH}", "both" if name else "neither")
     if name is not None:
         variable = name.value
-        if not isinstance(variable, str) or not variable:
-            raise name.error("an environment variable name")
+        if not isinstance(variable, str) or _ENV_NAME.match(variable) is None:
+            raise name.error("an environment variable name", "something else (not shown)")
         value = env.get(variable)
         if not value:
-            raise name.error(f"the environment variable {variable} to be set", "it is not set")
-        return Secret(value, f"${variable}")
+            raise name.error("a variable that is set", "it is not set (its name is not shown)")
+        return Secret(value, "an environment variable")
     assert path is not None  # noqa: S101 - exactly one of the two is set
     file = fields.path("file", root=root, default=".")
     try:

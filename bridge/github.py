@@ -40,7 +40,11 @@ SEARCH_PAGES: Final = 3
 
 
 class GitHubUnavailable(AgoraError):
-    """GitHub kept refusing a request after every retry."""
+    """GitHub refused a request for good (``status``), or kept refusing it."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +228,7 @@ class GitHubWriter:
     async def _back_off(self, status: int, headers: dict[str, str], attempt: int) -> None:
         delay = retry_delay(status, headers, failures=attempt, now_epoch_s=self._clock())
         if delay is None:
-            raise GitHubUnavailable(f"GitHub answered {status}; not a request to retry")
+            raise GitHubUnavailable(f"GitHub answered {status}; not a request to retry", status)
         self.retries += 1
         log.warning("GitHub answered %d; retrying in %.0f s", status, delay)
         await self._sleep(delay)

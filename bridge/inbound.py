@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -63,6 +63,7 @@ INBOUND_CONSUMER: Final = "bridge-inbound"
 FETCH_BATCH: Final = 32
 FETCH_WAIT_S: Final = 0.25
 MAX_DELIVER: Final = 5
+RETRY_S: Final = 1.0
 TEXT_CHARS: Final = 1000
 
 
@@ -108,6 +109,7 @@ class InboundWorker:
         key: SigningKey,
         registry: KeyRegistry,
         links: Links,
+        current_labels: Callable[[str, int], Awaitable[set[str]]] | None = None,
     ) -> None:
         self._js = js
         self._buckets = Buckets(js)
@@ -115,10 +117,14 @@ class InboundWorker:
         self._key = key
         self._registry = registry
         self._links = links
+        self._current_labels = current_labels
         self.counters = InboundCounters()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._one_at_a_time = asyncio.Lock()
+        self.healthy = True
+        self._repos = {repo.lower() for repo in config.repos}
+        self._consumer = ConsumerConfig(durable_name=INBOUND_CONSUMER)
 
     async def start(self) -> None:
         config = ConsumerConfig(
@@ -129,9 +135,17 @@ class InboundWorker:
             max_deliver=MAX_DELIVER,
             max_ack_pending=FETCH_BATCH * 2,
         )
-        await self._js.add_consumer(WEBHOOK_STREAM, config)
-        subscription = await self._js.pull_subscribe_bind(INBOUND_CONSUMER, stream=WEBHOOK_STREAM)
+        self._consumer = config
+        subscription = await self._bind()
         self._task = asyncio.create_task(self._run(subscription), name="bridge-inbound")
+
+    async def _bind(self) -> JetStreamContext.PullSubscription:
+        await self._js.add_consumer(WEBHOOK_STREAM, self._consumer)
+        return await self._js.pull_subscribe_bind(INBOUND_CONSUMER, stream=WEBHOOK_STREAM)
+
+    def alive(self) -> bool:
+        """Whether the worker is running and its last fetch worked (for ``/readyz``)."""
+        return self._task is not None and not self._task.done() and self.healthy
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -148,13 +162,20 @@ class InboundWorker:
                 messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
             except (FetchTimeoutError, TimeoutError):
                 continue
+            except Exception:
+                log.exception("could not fetch deliveries; binding the consumer again")
+                self.healthy = False
+                await asyncio.sleep(RETRY_S)
+                with contextlib.suppress(Exception):
+                    subscription = await self._bind()
+                continue
+            self.healthy = True
             for message in messages:
                 try:
                     await self.handle(message)
+                    await message.ack()
                 except Exception:
                     log.exception("delivery not handled; it will be tried again")
-                    continue
-                await message.ack()
 
     # -- one delivery -------------------------------------------------------------------
 
@@ -177,6 +198,18 @@ class InboundWorker:
         self.counters.handled += 1
 
     async def _dispatch(self, payload: object, delivery: str) -> None:
+        repository = getattr(payload, "repository", None)
+        name = str(getattr(repository, "full_name", "")).lower()
+        if name not in self._repos:
+            await self._record(
+                EventKind.REFUSED,
+                delivery,
+                reason="unknown-repository",
+                detail="the delivery is about a repository the bridge is not configured for",
+                data={"repository": name[:200], "delivery": delivery},
+            )
+            self.counters.refused += 1
+            return
         if isinstance(payload, WebhookIssueCommentCreated):
             await self._comment_created(payload, delivery)
         elif isinstance(payload, WebhookIssueCommentEdited | WebhookIssueCommentDeleted):
@@ -333,6 +366,9 @@ class InboundWorker:
         if channel is None:
             self.counters.ignored += 1
             return
+        # Deliveries can arrive out of order (redeliveries, retries, replays): the switch
+        # follows whether the label is on the issue now, not what this event says.
+        added = await self._label_is_on(repo, number, label, default=added)
         kind = EventKind.KILLED if added else EventKind.RESUMED
         event = Event(
             id=f"ev-gh-{delivery}",
@@ -354,6 +390,15 @@ class InboundWorker:
         else:
             self.counters.resumed += 1
 
+    async def _label_is_on(self, repo: str, number: int, label: str, *, default: bool) -> bool:
+        if self._current_labels is None:
+            return default
+        try:
+            return label in await self._current_labels(repo, number)
+        except Exception:
+            log.warning("could not read the labels of %s#%d; trusting the event", repo, number)
+            return default
+
     async def _link_label(
         self, name: str, repo: str, number: int, added: bool, delivery: str
     ) -> None:
@@ -369,7 +414,18 @@ class InboundWorker:
             )
             return
         if added:
-            await self._links.link(repo, number, channel)
+            try:
+                await self._links.link(repo, number, channel)
+            except InputError as exc:
+                await self._record(
+                    EventKind.REFUSED,
+                    delivery,
+                    reason="bad-link",
+                    detail=str(exc),
+                    data={"issue": f"{repo}#{number}"},
+                )
+                return
+            await self._links.start_watermark(repo, number)
         else:
             await self._links.unlink(repo, number, channel)
         await self._record(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
 from agora.bridge.config import IssueRef
 from agora.bridge.streams import BRIDGE_BUCKET, Buckets
@@ -23,6 +24,15 @@ LINK_PREFIX = "link/"
 
 def _key(repo: str, number: int) -> str:
     return f"{LINK_PREFIX}{repo}/{number}"
+
+
+def watermark_key(repo: str, number: int) -> str:
+    """Where the catch-up keeps the time of the last comment it saw on an issue."""
+    return f"watermark/{repo}/{number}"
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Links:
@@ -49,6 +59,12 @@ class Links:
             raise InputError(f"channel {channel!r} is not declared in the configuration")
         bucket = await self._buckets.get(BRIDGE_BUCKET)
         await bucket.put(_key(repo, number), channel.encode())
+
+    async def start_watermark(self, repo: str, number: int) -> None:
+        """Catch up on this issue from now on, not from its first comment."""
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await bucket.create(watermark_key(repo, number), utc_now_iso().encode())
 
     async def unlink(self, repo: str, number: int, channel: str) -> None:
         bucket = await self._buckets.get(BRIDGE_BUCKET)

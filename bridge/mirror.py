@@ -33,18 +33,19 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
 from agora.bridge.config import BridgeConfig, IssueRef
-from agora.bridge.github import GitHubWriter
+from agora.bridge.github import GitHubUnavailable, GitHubWriter
 from agora.bridge.links import Links
 from agora.bridge.streams import BRIDGE_BUCKET, Buckets
 from agora.core.admission import admit
 from agora.core.envelope import Act
 from agora.core.errors import InputError
-from agora.core.keys import KeyRegistry
+from agora.core.keys import KeyRegistry, Role
 from agora.core.spine import STREAM, channel_of, channel_subject
 
 log = logging.getLogger(__name__)
 
 RECENT_SHOWN: Final = 5
+NOT_FOUND: Final = 404
 PAYLOAD_SHOWN: Final = 160
 
 
@@ -97,12 +98,11 @@ def render_status(view: ChannelView) -> str:
     ]
     if view.decisions:
         topic, outcome, ident = view.decisions[-1]
-        lines.append(f"Last decision: **{outcome}** on {_quoted(topic)} (act `{ident}`).")
+        lines.append(f"Last decision: {quoted(outcome)} on {quoted(topic)} (act `{ident}`).")
     if view.recent:
         lines += ["", "Latest:", ""]
         lines += [
-            f"- `{a.sender}` {a.act.value}: {_quoted(a.payload)} (act `{a.id}`)"
-            for a in view.recent
+            f"- `{a.sender}` {a.act.value}: {quoted(a.payload)} (act `{a.id}`)" for a in view.recent
         ]
     last = view.recent[-1].id if view.recent else "none"
     lines += ["", f"<sub>Edited in place by the agora bridge; up to act `{last}`.</sub>"]
@@ -118,27 +118,47 @@ def render_announcement(act: Act, body: dict[str, object]) -> str:
     if body.get("kind") == "decision":
         votes = body.get("votes")
         cast = (
-            ", ".join(f"{name}: {vote}" for name, vote in sorted(votes.items()))
-            if isinstance(votes, dict)
+            ", ".join(
+                f"{quoted(str(name))}: {quoted(str(vote))}" for name, vote in sorted(votes.items())
+            )
+            if isinstance(votes, dict) and votes
             else "none"
         )
         text = (
-            f"### Decision: {body.get('outcome')}\n\n"
-            f"Topic: {_quoted(str(body.get('topic', '')))}\n\n"
-            f"Votes: {cast} (quorum {body.get('quorum')})."
+            f"### Decision: {quoted(str(body.get('outcome', '')))}\n\n"
+            f"Topic: {quoted(str(body.get('topic', '')))}\n\n"
+            f"Votes: {cast} (quorum {quoted(str(body.get('quorum', '')))})."
         )
     else:
-        text = f"### Summary\n\n{_quoted(str(body.get('text', '')), limit=2000)}"
+        text = f"### Summary\n\n{quoted(str(body.get('text', '')), limit=2000)}"
     return f"{marker}\n{text}\n\n{source}"
 
 
-def _quoted(text: str, *, limit: int = PAYLOAD_SHOWN) -> str:
-    """Agent text shown on GitHub: cut, on one line, with markup and mentions defused."""
+_DEFUSED: Final = str.maketrans(
+    {
+        "<": "&lt;",
+        ">": "&gt;",
+        "&": "&amp;",
+        "`": "'",
+        "[": "&#91;",
+        "]": "&#93;",
+        "!": "&#33;",
+        "*": "&#42;",
+        "_": "&#95;",
+        "#": "&#35;",
+        "|": "&#124;",
+        "\\": "&#92;",
+    }
+)
+
+
+def quoted(text: str, *, limit: int = PAYLOAD_SHOWN) -> str:
+    """Agent text shown on GitHub: cut, on one line, with markup, links and mentions
+    defused (no ping, no image, no hidden marker can be planted)."""
     flat = " ".join(text.split())
     if len(flat) > limit:
         flat = flat[:limit] + "..."
-    for raw, safe in (("@", "@\u200b"), ("<", "&lt;"), (">", "&gt;"), ("`", "'")):
-        flat = flat.replace(raw, safe)
+    flat = flat.translate(_DEFUSED).replace("@", "@\u200b")
     return f"“{flat}”"
 
 
@@ -206,14 +226,17 @@ class Mirror:
     async def _take(self, message: Msg) -> None:
         try:
             channel = channel_of(message.subject)
-            fact = admit(message.data, self._registry, channel=channel).fact
+            verified = admit(message.data, self._registry, channel=channel)
         except InputError:
             return  # not a fact: the recorder records the refusal
+        fact = verified.fact
         if not isinstance(fact, Act) or channel not in self.views:
             return
         self.views[channel].add(fact)
         self._dirty.add(channel)
-        body = announcement(fact)
+        # Only an agent announces decisions and summaries: JSON typed by a person (and
+        # injected by the bridge) is just text.
+        body = announcement(fact) if verified.signer.role is Role.AGENT else None
         if body is None:
             return
         if body.get("kind") == "decision":
@@ -280,5 +303,12 @@ class Mirror:
                 return
             comment_id = found.id
             await bucket.put(key, str(comment_id).encode())
-        await self._writer.update_comment(issue.repo, comment_id, body)
+        try:
+            await self._writer.update_comment(issue.repo, comment_id, body)
+        except GitHubUnavailable as exc:
+            if exc.status != NOT_FOUND:
+                raise
+            await bucket.delete(key)  # someone deleted it: post a new one next time
+            self._dirty.add(channel)
+            return
         self.status_edits += 1

@@ -68,10 +68,6 @@ class Bridge:
         await ensure_spine(js, replicas=self._replicas)
         await ensure_bridge_streams(js, replicas=self._replicas)
         self.links = Links(js, self.config.links, self._channels)
-        self.inbound = InboundWorker(
-            js=js, config=self.config, key=self._key, registry=self._registry, links=self.links
-        )
-        await self.inbound.start()
         self.writer = GitHubWriter(
             make_client(self.config),
             per_minute=self.config.per_minute,
@@ -79,6 +75,15 @@ class Bridge:
             clock=self._clock,
             sleep=self._sleep,
         )
+        self.inbound = InboundWorker(
+            js=js,
+            config=self.config,
+            key=self._key,
+            registry=self._registry,
+            links=self.links,
+            current_labels=self._labels_of,
+        )
+        await self.inbound.start()
         self.caught_up = asyncio.Event()
         self._catch_up_task = asyncio.create_task(self._catch_up(js), name="bridge-catch-up")
         if self.config.facts.mode != "off":
@@ -93,7 +98,10 @@ class Bridge:
             )
             await self.mirror.start()
         self.receiver = WebhookReceiver(
-            nc=nc, secret=self.config.webhook_secret, max_body_bytes=self.config.max_body_bytes
+            nc=nc,
+            secret=self.config.webhook_secret,
+            max_body_bytes=self.config.max_body_bytes,
+            working=self.inbound.alive,
         )
         self._runner = web.AppRunner(self.receiver.application(), access_log=None)
         await self._runner.setup()
@@ -103,13 +111,18 @@ class Bridge:
         self.url = f"http://{host}:{port}"
         log.info("bridge listening for webhooks at %s/webhook", self.url)
 
+    async def _labels_of(self, repo: str, number: int) -> set[str]:
+        assert self.writer is not None  # noqa: S101 - made in start()
+        issue = await self.writer.issue(repo, number)
+        return {label if isinstance(label, str) else str(label.name) for label in issue.labels}
+
     async def _catch_up(self, js: JetStreamContext) -> None:
         assert self.writer is not None and self.links is not None and self.inbound is not None  # noqa: S101
         try:
             comments = await catch_up_comments(
                 js=js, writer=self.writer, links=self.links, worker=self.inbound
             )
-            redelivered = await redeliver_failed(js=js, config=self.config)
+            redelivered = await redeliver_failed(js=js, config=self.config, writer=self.writer)
             log.info(
                 "caught up: %d comments looked at, %d deliveries asked again", comments, redelivered
             )

@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
@@ -66,11 +67,19 @@ def _refuse(status: int, message: str) -> web.Response:
 class WebhookReceiver:
     """The aiohttp application around one NATS connection and one secret."""
 
-    def __init__(self, *, nc: Client, secret: Secret, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        nc: Client,
+        secret: Secret,
+        max_body_bytes: int,
+        working: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._nc = nc
         self._buckets = Buckets(nc.jetstream())
         self._secret = secret
         self._max_body = max_body_bytes
+        self._working = working
         self.accepted = 0
         self.refused = 0
         self.duplicates = 0
@@ -88,6 +97,8 @@ class WebhookReceiver:
     async def ready(self, _: web.Request) -> web.Response:
         if not self._nc.is_connected:
             return _refuse(503, "not connected to NATS")
+        if not self._working():
+            return _refuse(503, "the worker behind the receiver is not running")
         try:
             await self._nc.jetstream().stream_info(WEBHOOK_STREAM)
         except Exception as exc:

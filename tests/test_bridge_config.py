@@ -71,7 +71,7 @@ def _with(path: str, value: object) -> dict[str, Any]:
         (
             "webhook_secret",
             {"env": "NOPE"},
-            "bridge.webhook_secret.env: expected the environment variable NOPE to be set",
+            "bridge.webhook_secret.env: expected a variable that is set",
         ),
         (
             "webhook_secret",
@@ -108,6 +108,8 @@ def _with(path: str, value: object) -> dict[str, Any]:
         ),
         ("max_body_bytes", 10**9, "bridge.max_body_bytes: expected an integer"),
         ("tokens", 1, "bridge.tokens: expected one of the keys"),
+        ("github.token", "ghp_inline_secret", "never the secret itself, got something else"),
+        ("webhook_secret", {"env": "ghp_secret-with-dash"}, "an environment variable name"),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, path: str, value: object, message: str) -> None:
@@ -116,3 +118,5 @@ def test_mistakes_are_named(tmp_path: Path, path: str, value: object, message: s
     assert message in str(raised.value)
     assert "agora.yaml" in str(raised.value)
     assert "ghp_token_value" not in str(raised.value)
+    assert "ghp_inline_secret" not in str(raised.value)
+    assert "ghp_secret" not in str(raised.value)

@@ -206,3 +206,51 @@ async def test_comments_made_while_the_bridge_was_down_are_caught_up_once(
         assert len(loop.host.delivered_to("synth-agent")) == 4
         refused = [e for e in loop.host.events(EventKind.REFUSED) if e.actor == "bridge"]
         assert [e.reason for e in refused] == ["not-allowed"]
+
+
+async def test_an_out_of_order_or_replayed_unlabel_cannot_resume_a_killed_channel(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=SYNTH) as loop:
+        loop.github.add_label(REPO, loop.issue, "agora:kill", by=HUMAN)
+        loop.github.remove_label(REPO, loop.issue, "agora:kill", by=HUMAN)
+        loop.github.add_label(REPO, loop.issue, "agora:kill", by=HUMAN)
+        await loop.delivered()
+        host = loop.host.running()
+        await host.killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
+        # The old "unlabeled" delivery, replayed under a fresh delivery id: its signature
+        # is genuine, but the label is on the issue, so the channel stays killed.
+        [unlabeled] = [d for d in loop.github.deliveries if d.action == "unlabeled"]
+        headers = {
+            "X-GitHub-Event": "issues",
+            "X-GitHub-Delivery": "replayed-0001",
+            "X-Hub-Signature-256": signature_of(SECRET, unlabeled.body),
+        }
+        async with aiohttp.ClientSession() as session:
+            url = loop.bridge.url + "/webhook"
+            async with session.post(url, data=unlabeled.body, headers=headers) as response:
+                assert response.status == 202
+        await loop.delivered()
+        assert host.killswitch.state.blocks("synth-agent", "build-coord")
+
+
+async def test_another_repository_cannot_link_or_speak(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=SYNTH) as loop:
+        loop.github.add_user("stranger", association="OWNER")
+        loop.github.create_repo("stranger/playground")
+        issue = loop.github.create_issue("stranger/playground", "mine", "", by="stranger")
+        loop.github.add_label(
+            "stranger/playground", issue, "agora:channel:build-coord", by="stranger"
+        )
+        loop.github.comment(
+            "stranger/playground", issue, "/agora request deploy now", by="stranger"
+        )
+        loop.github.add_label("stranger/playground", issue, "agora:kill", by="stranger")
+        await loop.delivered()
+        assert loop.host.acts_by("bridge") == []
+        assert not loop.host.running().killswitch.state.stopped
+        refused = [e for e in loop.host.events(EventKind.REFUSED) if e.actor == "bridge"]
+    assert {e.reason for e in refused} == {"unknown-repository"}
+    assert len(refused) >= 3

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agora.bridge.mirror import fact_marker, status_marker
+from agora.bridge.mirror import fact_marker, quoted, status_marker
 from agora.cli.workspace import AgentPlan
+from agora.core.acts import Performative
 from tests.bridge_harness import BOT, HUMAN, REPO, FakeClock, github_loop, mirrored
 
 VOTERS = {
@@ -24,6 +25,7 @@ AGREEMENT = {
     "summarizer": AgentPlan("summarizer", ("build-coord",)),
 }
 FAST = {"pacing": {"status_every_s": 0.2}}
+INFORM = Performative.INFORM
 
 
 async def test_a_human_request_becomes_a_vote_whose_decision_lands_on_the_issue(
@@ -40,8 +42,8 @@ async def test_a_human_request_becomes_a_vote_whose_decision_lands_on_the_issue(
         assert sum(fact_marker(decision.id) in b for b in bodies) == 1
         assert sum(fact_marker(summary.id) in b for b in bodies) == 1
         [status] = [b for b in bodies if status_marker("build-coord") in b]
-        assert "Decision: accepted" in next(b for b in bodies if fact_marker(decision.id) in b)
-        assert "Last decision: **accepted**" in status
+        assert "Decision: “accepted”" in next(b for b in bodies if fact_marker(decision.id) in b)
+        assert "Last decision: “accepted”" in status
         assert f"up to act `{summary.id}`" in status or summary.id in status
         # The bridge's own comments came back as webhooks and were not injected.
         assert {a.sender for a in loop.host.acts_by("bridge")} == {"bridge"}
@@ -73,7 +75,10 @@ async def test_a_burst_of_500_acts_is_mirrored_paced_and_complete(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
     clock = FakeClock()
-    async with github_loop(tmp_path, components, agents={}, bridge=FAST, clock=clock) as loop:
+    announcer = {"coordinator": AGREEMENT["coordinator"]}  # an agent's key signs announcements
+    async with github_loop(
+        tmp_path, components, agents=announcer, bridge=FAST, clock=clock
+    ) as loop:
         decisions = []
         for n in range(500):
             if n % 5 == 4:
@@ -84,9 +89,13 @@ async def test_a_burst_of_500_acts_is_mirrored_paced_and_complete(
                     "votes": {},
                     "quorum": 1,
                 }
-                decisions.append(await loop.host.inject("build-coord", json.dumps(body), hops=1))
+                decisions.append(
+                    await loop.host.inject(
+                        "build-coord", json.dumps(body), act=INFORM, hops=1, sender="coordinator"
+                    )
+                )
             else:
-                await loop.host.inject("build-coord", f"chatter {n}", hops=1)
+                await loop.host.inject("build-coord", f"chatter {n}", act=INFORM, hops=1)
         await mirrored(loop, timeout_s=120)
         comments = loop.github.comments(REPO, loop.issue)
         writer = loop.bridge.writer
@@ -103,10 +112,13 @@ async def test_a_burst_of_500_acts_is_mirrored_paced_and_complete(
 async def test_a_crash_between_posting_and_recording_leaves_no_duplicate(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
-    async with github_loop(tmp_path, components, agents={}, bridge=FAST) as loop:
+    announcer = {"coordinator": AGREEMENT["coordinator"]}
+    async with github_loop(tmp_path, components, agents=announcer, bridge=FAST) as loop:
         await loop.bridge.stop()  # the bridge is down while the decision is said
         body = {"kind": "decision", "topic": "t", "outcome": "accepted", "votes": {}, "quorum": 1}
-        decision = await loop.host.inject("build-coord", json.dumps(body), hops=1)
+        decision = await loop.host.inject(
+            "build-coord", json.dumps(body), act=INFORM, hops=1, sender="coordinator"
+        )
         await loop.host.settle()
         # What a crash right after GitHub accepted the comment leaves behind: the intent
         # is saved, the comment exists, its id was never recorded.
@@ -124,3 +136,12 @@ async def test_a_crash_between_posting_and_recording_leaves_no_duplicate(
         assert loop.bridge.mirror is not None and loop.bridge.mirror.posted == 0
         posted = await bucket.get(f"posted.{decision.id}")
         assert posted.value == str(marked[0].id).encode()
+
+
+def test_agent_text_cannot_ping_embed_or_plant_a_marker() -> None:
+    hostile = "ship @octo/security-team ![x](https://evil.example/p.png) <!-- agora:status -->"
+    shown = quoted(hostile, limit=500)
+    assert "@octo" not in shown and "@\u200bocto" in shown
+    assert "![" not in shown and "](" not in shown
+    assert "<!--" not in shown and "agora:status" in shown
+    assert "\n" not in quoted("two\nlines\n\n# heading")

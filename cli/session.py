@@ -81,11 +81,24 @@ def without_credentials(url: str) -> str:
 
 
 @asynccontextmanager
-async def connected(url: str) -> AsyncIterator[Client]:
+async def connected(url: str, *, reconnect: bool = False) -> AsyncIterator[Client]:
+    """A NATS connection. A command fails fast if the server is not there; a
+    long-running process (``reconnect=True``) rides out a server restart."""
+
+    async def quiet(_: Exception) -> None:
+        return None
+
     try:
-        client = await nats.connect(url, connect_timeout=3, allow_reconnect=False)
+        client = await nats.connect(
+            url,
+            connect_timeout=3,
+            allow_reconnect=reconnect,
+            max_reconnect_attempts=-1 if reconnect else 0,
+            reconnect_time_wait=0.5,
+            error_cb=None if reconnect else quiet,
+        )
     except Exception as exc:
-        raise ConfigError(f"cannot reach NATS at {url}: {exc}") from exc
+        raise ConfigError(f"cannot reach NATS at {without_credentials(url)}: {exc}") from exc
     try:
         yield client
     finally:

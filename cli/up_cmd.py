@@ -102,7 +102,7 @@ async def _serve(session: Session, bridge_settings: BridgeConfig | None, *, reco
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with nats_for(session.config) as url, connected(url) as client:
+    async with nats_for(session.config) as url, connected(url, reconnect=True) as client:
         await host.start(client)
         bridge: Bridge | None = None
         if bridge_settings is not None:

@@ -228,6 +228,8 @@ def parse_json(data: bytes, *, what: str) -> object:
         raise MalformedEnvelope(f"{what} is not valid UTF-8 JSON: {exc}") from exc
     except _DuplicateKeyError as exc:
         raise MalformedEnvelope(f"{what} has the key {shown(exc.args[0])} twice") from exc
+    except RecursionError as exc:
+        raise MalformedEnvelope(f"{what} is JSON nested too deeply") from exc
 
 
 def check_payload(payload: object) -> str:

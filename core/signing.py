@@ -78,6 +78,8 @@ def verify_envelope(data: bytes, registry: KeyRegistry) -> Verified:
         envelope = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedEnvelope(f"envelope is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:  # "[[[[..." nested deeper than the parser goes
+        raise MalformedEnvelope("envelope is JSON nested too deeply to be an envelope") from exc
     return verify_parsed(envelope, registry)
 
 

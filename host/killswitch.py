@@ -85,11 +85,17 @@ class KillSwitch:
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         try:
-            async for entry in watcher:
-                if entry is None:  # the initial values have all been seen
+            async for update in watcher:
+                if update is None:  # the initial values have all been seen
                     self._ready.set()
                     continue
+                entry = update
                 try:
+                    if not self._ready.is_set() and entry.operation not in ("DEL", "PURGE"):
+                        # At start, a value that does not verify must not lift a kill
+                        # written before it: use the newest one in the key's history
+                        # that does.
+                        entry = await self._newest_verified(update)
                     self._apply(entry.key, entry.value or b"", entry.operation)
                 except Exception:
                     log.exception("ignored control value under %r", entry.key)
@@ -107,11 +113,21 @@ class KillSwitch:
         async with asyncio.timeout(timeout_s), self._changed:
             await self._changed.wait_for(lambda: predicate(self.state))
 
+    async def _newest_verified(self, entry: KeyValue.Entry) -> KeyValue.Entry:
+        if self._verified_event(entry.key, entry.value or b"", quiet=True) is not None:
+            return entry
+        assert self._kv is not None  # noqa: S101 - set in start()
+        with contextlib.suppress(Exception):
+            for older in reversed(await self._kv.history(entry.key)):
+                if self._verified_event(older.key, older.value or b"", quiet=True) is not None:
+                    return older
+        return entry
+
     def _apply(self, key: str, value: bytes, operation: str | None) -> None:
         stopped = dict(self.state.stopped)
         if operation in ("DEL", "PURGE"):
-            stopped.pop(key, None)
-            self.state = KillState(stopped)
+            # A deletion carries no signature: only a signed resume lifts a kill.
+            log.warning("ignored the deletion of control key %r: resume with a signed event", key)
             return
         event = self._verified_event(key, value)
         if event is None:
@@ -124,11 +140,12 @@ class KillSwitch:
         for listener in self.listeners:
             listener(key, event)
 
-    def _verified_event(self, key: str, value: bytes) -> Event | None:
+    def _verified_event(self, key: str, value: bytes, *, quiet: bool = False) -> Event | None:
         try:
             fact = admit(value, self._registry).fact
         except InputError as exc:
-            log.warning("ignored control value under %r: %s", key, exc)
+            if not quiet:
+                log.warning("ignored control value under %r: %s", key, exc)
             return None
         if not isinstance(fact, Event) or fact.kind not in SWITCH_KINDS:
             log.warning("ignored control value under %r: not a kill, quarantine or resume", key)

@@ -207,6 +207,11 @@ class Recorder:
             self.counters.refused += 1
             refusals.append(_unverified(message, exc, self._key.name))
             return
+        except Exception as exc:
+            self.counters.refused += 1
+            problem = InputError(f"the message could not be read: {type(exc).__name__}")
+            refusals.append(_unverified(message, problem, self._key.name))
+            return
         if fact.id in self._ids:
             self.counters.repeated += 1
             return

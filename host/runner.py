@@ -40,7 +40,7 @@ from nats.js.errors import FetchTimeoutError
 from agora.core.acts import parse_act
 from agora.core.control import set_switch
 from agora.core.envelope import Act, Event, EventKind
-from agora.core.errors import AgoraError, InputError
+from agora.core.errors import AgoraError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT_S: Final = 0.5
 CONFLICT_RETRIES: Final = 20
+MAX_STATE_BYTES: Final = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,17 @@ class AgentRunner:
                 messages = await subscription.fetch(self.spec.batch, timeout=self._wait_s())
             except (FetchTimeoutError, TimeoutError):
                 messages = []
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.counters["fetch-error"] += 1
+                log.exception("agent %s: fetch failed; binding its consumer again", self.spec.name)
+                await asyncio.sleep(IDLE_WAIT_S)
+                with contextlib.suppress(Exception):
+                    subscription = await self._js.pull_subscribe_bind(
+                        agent_consumer_name(self.spec.name), stream=STREAM
+                    )
+                continue
             # A fetch can return more than asked (what earlier pull requests left behind):
             # the agent is never handed more than its batch limit in one call.
             size = self.spec.batch
@@ -186,6 +198,9 @@ class AgentRunner:
         raise RecordConflict(f"agent {self.spec.name!r}: its record keeps changing under it")
 
     async def _step(self, messages: list[Msg]) -> None:
+        if self._record.outbox:  # a publish failed after the save: finish it first
+            await self._publish(self._record.outbox)
+            await self._save(self._record.sent())
         batch = Batch(self.spec.name)
         for message in messages:
             self._screen(message, batch)
@@ -232,7 +247,7 @@ class AgentRunner:
         try:
             channel = channel_of(message.subject)
             fact, signer = self._vouched.admit(message.data, channel=channel)
-        except InputError:
+        except Exception:
             self.counters["unverified"] += 1  # the recorder records the refusal once
             return
         if not isinstance(fact, Act):  # pragma: no cover - admit refuses events on channels
@@ -288,6 +303,13 @@ class AgentRunner:
             self.busy = False
         self.counters["calls"] += 1
         self._delivered(batch)
+        if len(outcome.state) > MAX_STATE_BYTES:
+            await self._quarantine(
+                "state",
+                f"its state is {len(outcome.state)} bytes; the limit is {MAX_STATE_BYTES}",
+                batch,
+            )
+            return None
         if len(outcome.outbox) > self.spec.outbox_limit:
             await self._quarantine(
                 "flood",

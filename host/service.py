@@ -189,9 +189,17 @@ class Host:
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop every agent and the recorder: between batches, or at once (a crash)."""
         await finish(self._status_task, self._stopping, graceful=True)
-        await asyncio.gather(*(r.stop(graceful=graceful) for r in self.runners.values()))
-        if self.recorder is not None:
-            await self.recorder.stop(graceful=graceful)
+        try:
+            outcomes = await asyncio.gather(
+                *(r.stop(graceful=graceful) for r in self.runners.values()),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    log.warning("an agent stopped with an error: %s", outcome)
+        finally:
+            if self.recorder is not None:
+                await self.recorder.stop(graceful=graceful)
         await self.killswitch.stop()
         self._ticker.stop()
 

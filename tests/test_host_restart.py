@@ -158,3 +158,33 @@ def _each_delivered_once(h: Harness) -> None:
     delivered = Counter((e.agent, e.subject) for e in h.events(EventKind.DELIVERED))
     assert delivered
     assert max(delivered.values()) == 1
+
+
+async def test_deleting_or_spoiling_a_kill_does_not_lift_it(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        await h.switch(EventKind.KILLED, channel="build-coord")
+        host = h.running()
+        await host.killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
+        control = await h.js.key_value("agora-control")
+        await control.delete("channel.build-coord")  # no key needed to delete ...
+        await control.put("channel.build-coord", b"junk")  # ... or to spoil
+        await h.stop_host()
+        host = await h.start_host()
+        assert host.killswitch.state.blocks("synth-agent", "build-coord")
+        await h.inject("build-coord", "still killed?", hops=1)
+        await h.settle()
+        assert h.deliveries == []
+
+
+async def test_a_message_nested_too_deeply_is_refused_and_the_record_goes_on(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        await h.js.publish("agora.ch.build-coord", b"[" * 100_000)
+        after = await h.inject("build-coord", "after the bomb", hops=1)
+        await h.settle()
+        assert {d.act.id for d in h.deliveries} == {after.id}
+    assert after.id in {f.id for f in h.facts()}
+    assert any(e.reason == "unverified" for e in h.events(EventKind.REFUSED))

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Any, Final
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -20,6 +21,7 @@ from agora.core.acts import check_channel, parse_act
 from agora.core.admission import admit
 from agora.core.envelope import Act
 from agora.core.errors import InputError
+from agora.core.factlog import LOG_FILE, read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry
 from agora.core.signing import sign_fact
@@ -138,6 +140,16 @@ def run_log(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _check_recorded(fact_id: str, facts_dir: Path) -> None:
+    """A reply must answer a recorded fact (the recorder refuses any other)."""
+    if not (facts_dir / LOG_FILE).exists():
+        return  # recorded elsewhere (another host): the recorder there will judge
+    if fact_id not in {fact.id for fact in read_facts(facts_dir)}:
+        raise InputError(
+            f"--reply-to {fact_id!r} is no fact in {facts_dir}: a reply must answer a recorded act"
+        )
+
+
 def run_inject(arguments: argparse.Namespace) -> int:
     session = open_session(arguments.config)
     config = session.config
@@ -158,6 +170,8 @@ def run_inject(arguments: argparse.Namespace) -> int:
     identity = session.registry.get(speaker)
     if not identity.may_use(act.channel):
         raise InputError(f"{speaker!r} is not granted channel {act.channel!r} in the key registry")
+    if act.in_reply_to is not None:
+        _check_recorded(act.in_reply_to, config.facts_dir)
     envelope = sign_fact(act, session.key(speaker))
 
     async def send() -> None:

@@ -262,3 +262,21 @@ async def _eventually_async(probe: Any, timeout_s: float = 30.0) -> Any:
             return value
         assert time.monotonic() < deadline, "gave up waiting"
         await asyncio.sleep(0.2)
+
+
+def test_inject_refuses_a_reply_to_no_recorded_fact(workspace: Path) -> None:
+    (workspace.parent / "facts").mkdir()
+    (workspace.parent / "facts" / "log.jsonl").write_text("")
+    result = agora(
+        "inject",
+        "build-coord",
+        "inform",
+        "re",
+        "--reply-to",
+        "act-nothing",
+        "-c",
+        workspace,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "--reply-to 'act-nothing' is no fact" in result.stderr

@@ -49,7 +49,7 @@ from agora.bridge.speech import Author, Refusal, Speech, screen_comment
 from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM, Buckets
 from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER
 from agora.core.acts import check_channel
-from agora.core.control import set_switch
+from agora.core.control import record_and_switch
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import InputError
 from agora.core.ids import now_ms
@@ -381,10 +381,7 @@ class InboundWorker:
             data={"login": who, "issue": f"{repo}#{number}", "delivery": delivery},
         )
         envelope = sign_fact(event, self._key)
-        await set_switch(self._js, event, envelope)
-        await publish_fact(
-            self._js, subject=event_subject(self._key.name), msg_id=event.id, envelope=envelope
-        )
+        await record_and_switch(self._js, event, envelope)
         if added:
             self.counters.killed += 1
         else:

@@ -16,7 +16,7 @@ from typing import Any
 from nats.js.errors import NoKeysError, NotFoundError
 
 from agora.cli.session import Session, add_config_option, connected, open_session, running_url
-from agora.core.control import control_key, set_switch
+from agora.core.control import control_key, record_and_switch
 from agora.core.envelope import Event, EventKind
 from agora.core.ids import new_id, now_ms
 from agora.core.signing import sign_fact
@@ -25,8 +25,6 @@ from agora.core.spine import (
     DEAD_STREAM,
     STATUS_BUCKET,
     STREAM,
-    event_subject,
-    publish_fact,
 )
 
 
@@ -77,10 +75,7 @@ def run_switch(arguments: argparse.Namespace) -> int:
     async def send() -> None:
         async with connected(running_url(session.config)) as client:
             js = client.jetstream()
-            await set_switch(js, event, envelope)
-            await publish_fact(
-                js, subject=event_subject(event.actor), msg_id=event.id, envelope=envelope
-            )
+            await record_and_switch(js, event, envelope)
 
     asyncio.run(send())
     print(

@@ -34,14 +34,14 @@ from agora.cli.session import Session, connected, open_session
 from agora.cli.up_cmd import prepare_host
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
-from agora.core.control import set_switch
+from agora.core.control import record_and_switch
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import ConfigError
 from agora.core.factlog import LOG_FILE, read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry, Role
 from agora.core.signing import sign_fact
-from agora.core.spine import event_subject, publish_envelope, publish_fact
+from agora.core.spine import publish_envelope
 from agora.core.verify import verify_directory
 from agora.host.nats_server import EmbeddedNats
 from agora.host.reference import run_reference
@@ -271,8 +271,7 @@ async def _stop_and_kill(run: DemoRun) -> None:
         channel="build-coord",
     )
     envelope = sign_fact(event, session.key(session.config.operator))
-    await set_switch(js, event, envelope)
-    await publish_fact(js, subject=event_subject(event.actor), msg_id=event.id, envelope=envelope)
+    await record_and_switch(js, event, envelope)
     await host.killswitch.wait_for(lambda state: state.blocks("synth-agent", "build-coord"))
     before = len(deliveries)
     await _inject(session, js, "build-coord", Performative.REQUEST, "are you there?", hops=3)

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from agora.core.acts import check_channel, check_name
 from agora.core.envelope import Event
 from agora.core.errors import InputError
-from agora.core.spine import CONTROL_BUCKET
+from agora.core.spine import CONTROL_BUCKET, event_subject, publish_fact
 
 ALL_KEY: Final = "all"
 
@@ -41,3 +41,10 @@ async def set_switch(js: JetStreamContext, event: Event, envelope: bytes) -> Non
     """Write a signed kill, quarantine or resume to the bucket under its own key."""
     kv = await js.key_value(CONTROL_BUCKET)
     await kv.put(key_of_event(event), envelope)
+
+
+async def record_and_switch(js: JetStreamContext, event: Event, envelope: bytes) -> None:
+    """Publish a signed kill, quarantine or resume as a fact, then write it to the bucket,
+    so no switch is ever in force without its record."""
+    await publish_fact(js, subject=event_subject(event.actor), msg_id=event.id, envelope=envelope)
+    await set_switch(js, event, envelope)

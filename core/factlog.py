@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -56,6 +57,11 @@ class FactsSnapshot:
 
     files: dict[str, bytes]
     checkpoint: Checkpoint
+
+
+def envelope_digest(envelope: bytes) -> bytes:
+    """A short digest of an envelope's exact bytes, to tell a repeat from a reuse of an id."""
+    return hashlib.sha256(envelope).digest()[:16]
 
 
 def checkpoint_name(size: int) -> str:
@@ -159,10 +165,15 @@ class FactLog:
         self._frontier.append(leaf)
         return index
 
-    def fact_ids(self) -> set[str]:
-        """The id of every fact in the log (read from the file; for a writer's start-up)."""
+    def fact_ids(self) -> dict[str, bytes]:
+        """Every fact's id in the log, with the digest of its envelope (read from the
+        file; for a writer's start-up)."""
         data = (self.directory / LOG_FILE).read_bytes()
-        return {_fact_in(line, index).id for index, line in enumerate(log_lines(data))}
+        found: dict[str, bytes] = {}
+        for index, line in enumerate(log_lines(data)):
+            envelope = line[len(b'{"index":%d,"envelope":' % index) : -1]
+            found[_fact_in(line, index).id] = envelope_digest(envelope)
+        return found
 
     def sync(self) -> None:
         """Make every append so far durable."""

@@ -32,7 +32,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from agora.core.envelope import Act, Event, EventKind, Fact
 from agora.core.errors import ConfigError, InputError
-from agora.core.factlog import POSITION_FILE, FactLog, FactsSnapshot
+from agora.core.factlog import POSITION_FILE, FactLog, FactsSnapshot, envelope_digest
 from agora.core.ids import now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
@@ -212,8 +212,15 @@ class Recorder:
             problem = InputError(f"the message could not be read: {type(exc).__name__}")
             refusals.append(_unverified(message, problem, self._key.name))
             return
-        if fact.id in self._ids:
+        digest = envelope_digest(message.data)
+        known = self._ids.get(fact.id)
+        if known == digest:
             self.counters.repeated += 1
+            return
+        if known is not None:
+            self.counters.refused += 1
+            problem = InputError(f"{fact.id!r} is already the id of another fact in the log")
+            refusals.append(_unverified(message, problem, self._key.name))
             return
         reference = fact.in_reply_to if isinstance(fact, Act) else fact.subject
         if reference is not None and reference not in self._ids:
@@ -222,7 +229,7 @@ class Recorder:
             refusals.append(_unverified(message, problem, self._key.name))
             return
         self._log.append(message.data, fact)
-        self._ids.add(fact.id)
+        self._ids[fact.id] = digest
         self.counters.recorded += 1
         self._since_checkpoint += 1
         appended.append(fact)

@@ -297,7 +297,7 @@ class AgentRunner:
             outcome = await asyncio.to_thread(call, context, self._record.state, inbox)
         except AgentFault as fault:
             self._delivered(batch)
-            await self._quarantine(fault.kind, fault.detail, batch)
+            await self._quarantine(fault.kind, fault.detail)
             return None
         finally:
             self.busy = False
@@ -305,9 +305,7 @@ class AgentRunner:
         self._delivered(batch)
         if len(outcome.state) > MAX_STATE_BYTES:
             await self._quarantine(
-                "state",
-                f"its state is {len(outcome.state)} bytes; the limit is {MAX_STATE_BYTES}",
-                batch,
+                "state", f"its state is {len(outcome.state)} bytes; the limit is {MAX_STATE_BYTES}"
             )
             return None
         if len(outcome.outbox) > self.spec.outbox_limit:
@@ -315,7 +313,6 @@ class AgentRunner:
                 "flood",
                 f"{len(outcome.outbox)} messages in one call; the limit is "
                 f"{self.spec.outbox_limit}",
-                batch,
             )
             return None
         return outcome
@@ -385,12 +382,12 @@ class AgentRunner:
         self.counters["emitted"] += 1
         batch.outgoing.append(Outgoing(channel_subject(act.channel), act.id, envelope))
 
-    async def _quarantine(self, kind: str, detail: str, batch: Batch) -> None:
-        """Stop a faulting agent: record the fault, then switch it off (until resumed)."""
+    async def _quarantine(self, kind: str, detail: str) -> None:
+        """Stop a faulting agent: publish the fault and the quarantine as facts first,
+        then switch it off (until resumed), so a switch is never in force unrecorded."""
         self.counters["faults"] += 1
         log.warning("agent %s quarantined after a fault (%s): %s", self.spec.name, kind, detail)
         fault = self._event(EventKind.FAULT, reason=kind, detail=detail)
-        batch.outgoing.append(fault)
         quarantine = Event(
             id=new_id("ev"),
             kind=EventKind.QUARANTINED,
@@ -402,7 +399,9 @@ class AgentRunner:
         )
         envelope = sign_fact(quarantine, self._host_key)
         self._vouched.add(envelope, quarantine, self._host_key.name)
-        batch.outgoing.append(Outgoing(events_of(self._host_key.name), quarantine.id, envelope))
+        await self._publish(
+            (fault, Outgoing(events_of(self._host_key.name), quarantine.id, envelope))
+        )
         await set_switch(self._js, quarantine, envelope)
 
     def _event(

@@ -20,13 +20,13 @@ from nats.js import JetStreamContext
 from agora.cli.session import Session, connected, open_session
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
-from agora.core.control import set_switch
+from agora.core.control import record_and_switch
 from agora.core.envelope import Act, Event, EventKind, Fact
 from agora.core.factlog import read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import Role
 from agora.core.signing import sign_fact
-from agora.core.spine import event_subject, publish_envelope, publish_fact
+from agora.core.spine import publish_envelope
 from agora.core.verify import verify_directory
 from agora.host.config import Config
 from agora.host.nats_server import EmbeddedNats
@@ -127,8 +127,7 @@ class Harness:
             channel=channel,
         )
         envelope = sign_fact(event, self.session.key(by))
-        await set_switch(self.js, event, envelope)
-        await publish_fact(self.js, subject=event_subject(by), msg_id=event.id, envelope=envelope)
+        await record_and_switch(self.js, event, envelope)
         return event
 
     async def settle(self) -> None:

@@ -169,3 +169,32 @@ async def test_a_reply_to_no_earlier_fact_is_refused_by_the_recorder(
     assert orphan.id not in {f.id for f in h.facts()}
     [refusal] = h.events(EventKind.REFUSED)
     assert "act-never-said" in refusal.detail
+
+
+async def test_a_second_envelope_under_a_recorded_id_is_refused(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents={}) as h:
+        first = await h.inject("build-coord", "the original", act=Performative.INFORM, hops=1)
+        await h.settle()
+        reused = Act(
+            id=first.id,
+            conversation=first.conversation,
+            sender="maintainer",
+            channel="build-coord",
+            act=Performative.INFORM,
+            payload="a different text under the same id",
+            hops=1,
+            time_ms=now_ms(),
+        )
+        envelope = sign_fact(reused, h.session.key("maintainer"))
+        await h.js.publish(channel_subject("build-coord"), envelope)  # new msg id: not deduped
+        await h.js.publish(
+            channel_subject("build-coord"), sign_fact(first, h.session.key("maintainer"))
+        )
+        await h.settle()
+    recorded = [f for f in h.facts() if f.id == first.id]
+    assert len(recorded) == 1 and isinstance(recorded[0], Act)
+    assert recorded[0].payload == "the original"
+    refusals = [e for e in h.events(EventKind.REFUSED) if "already the id" in e.detail]
+    assert len(refusals) == 1  # the exact repeat is skipped quietly; the reuse is refused

@@ -193,6 +193,7 @@ class Mirror:
                     channel_subject(channel),
                     stream=STREAM,
                     ordered_consumer=True,
+                    idle_heartbeat=1.0,  # a lost server is noticed in three heartbeats
                     deliver_policy=DeliverPolicy.ALL,
                     config=ConsumerConfig(),
                     cb=self._queue.put,

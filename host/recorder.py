@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 FETCH_BATCH: Final = 512
 FETCH_WAIT_S: Final = 0.25
 SYNC_EVERY_S: Final = 0.05
+HEARTBEAT_S: Final = 1.0
 QUEUE_LIMIT: Final = 8192
 
 
@@ -143,6 +144,7 @@ class Recorder:
             CHANNEL_SUBJECT_PREFIX + "*",
             stream=STREAM,
             ordered_consumer=True,
+            idle_heartbeat=HEARTBEAT_S,  # a lost server is noticed in three heartbeats
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             config=ConsumerConfig(
                 opt_start_seq=self.position + 1,

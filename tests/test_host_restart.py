@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections import Counter
 from pathlib import Path
 
-from agora.cli.workspace import AgentPlan
+from agora.cli.session import connected, open_session
+from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.envelope import EventKind
 from agora.core.spine import agent_consumer_config, ensure_consumer, ensure_spine
+from agora.host.nats_server import EmbeddedNats
 from tests.harness import Harness, running_host
 
 VOTERS = {
@@ -188,3 +191,43 @@ async def test_a_message_nested_too_deeply_is_refused_and_the_record_goes_on(
         assert {d.act.id for d in h.deliveries} == {after.id}
     assert after.id in {f.id for f in h.facts()}
     assert any(e.reason == "unverified" for e in h.events(EventKind.REFUSED))
+
+
+async def test_the_host_rides_out_a_nats_server_restart(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = create_workspace(tmp_path, channels=("build-coord",), agents=PAIR)
+    session = open_session(config)
+    server = EmbeddedNats(data_dir=tmp_path / "nats", port=port)
+    await server.start()
+    try:
+        async with connected(server.url, reconnect=True) as client:
+            h = Harness(session=session, client=client, components=components)
+            await h.start_host()
+            await h.inject("build-coord", "before", hops=1)
+            await h.settle()
+            await server.stop()  # the server goes away under the running host ...
+            await asyncio.sleep(1.0)
+            await server.start()  # ... and comes back on the same port and store
+            for _ in range(300):
+                if client.is_connected:
+                    break
+                await asyncio.sleep(0.1)
+            after = await h.inject("build-coord", "after", hops=1)
+            for _ in range(100):
+                if after.id in {d.act.id for d in h.deliveries}:
+                    break
+                await asyncio.sleep(0.1)
+            assert {d.act.payload for d in h.deliveries} == {"before", "after"}
+            assert all(
+                r._task is not None and not r._task.done() for r in h.running().runners.values()
+            )
+            await h.settle()
+            await h.stop_host()
+    finally:
+        await server.stop()
+    h.verify()
+    assert after.id in {f.id for f in h.facts()}  # the recorder rode it out too

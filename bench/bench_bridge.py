@@ -33,7 +33,6 @@ import cProfile
 import io
 import json
 import logging
-import math
 import os
 import pstats
 import socket
@@ -49,6 +48,7 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
+from bench_stats import NS_PER_S, finite, spread_ms
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -106,37 +106,8 @@ GOAL_P99_MS: Final = 25.0
 ACCEPTED: Final = 202
 CLIENT_ERROR: Final = 0  # the status recorded when the request failed in the client
 
-NS_PER_MS: Final = 1_000_000
-NS_PER_S: Final = 1_000_000_000
-
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def spread_ms(values_ns: Sequence[int]) -> dict[str, float]:
-    values = [v / NS_PER_MS for v in values_ns]
-    return {
-        "p50_ms": percentile(values, 0.50),
-        "p99_ms": percentile(values, 0.99),
-        "max_ms": max(values, default=math.nan),
-    }
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every NaN (a percentile of nothing) as None, for strict JSON."""
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 @asynccontextmanager

@@ -29,7 +29,6 @@ import cProfile
 import io
 import json
 import logging
-import math
 import pstats
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bench_stats import finite, spread_ms
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import FetchTimeoutError
@@ -93,40 +93,12 @@ GOAL_RAW_RATIO: Final = 1 / 6
 GOAL_P99_MS: Final = 10.0
 GOAL_KILL_P99_MS: Final = 50.0
 
-NS_PER_MS: Final = 1_000_000
 KB_PER_MB: Final = 1024
 
 Signed = tuple[Act, bytes]
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def spread_ms(values_ns: Sequence[int]) -> dict[str, float]:
-    values = [v / NS_PER_MS for v in values_ns]
-    return {
-        "p50_ms": percentile(values, 0.50),
-        "p95_ms": percentile(values, 0.95),
-        "p99_ms": percentile(values, 0.99),
-        "max_ms": max(values, default=math.nan),
-    }
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every NaN (a percentile of nothing) as None, for strict JSON."""
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def rss_kb() -> int:

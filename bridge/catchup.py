@@ -26,9 +26,8 @@ from nats.js.errors import KeyNotFoundError
 
 from agora.bridge.config import BridgeConfig
 from agora.bridge.github import GitHubWriter
-from agora.bridge.inbound import InboundWorker, SeenComment, present
+from agora.bridge.inbound import InboundWorker, SeenComment, author_of, present
 from agora.bridge.links import Links, watermark_key
-from agora.bridge.speech import Author
 from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET
 from agora.bridge.webhook import HANDLED_EVENTS
 
@@ -57,7 +56,6 @@ async def catch_up_comments(
         on_pull_request = await _is_pull_request(writer, issue.repo, issue.number)
         latest = since
         for comment in await writer.comments_since(issue.repo, issue.number, since):
-            user = comment.user
             await worker.comment_seen(
                 SeenComment(
                     repo=issue.repo,
@@ -65,12 +63,7 @@ async def catch_up_comments(
                     comment_id=comment.id,
                     body=comment.body or "",
                     url=comment.html_url,
-                    author=Author(
-                        login=user.login if user is not None else "ghost",
-                        kind=str(user.type) if user is not None else "User",
-                        association=str(comment.author_association),
-                        via_app=present(comment.performed_via_github_app),
-                    ),
+                    author=author_of(comment),
                     on_pull_request=on_pull_request,
                 ),
                 delivery="catch-up",

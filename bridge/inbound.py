@@ -76,6 +76,17 @@ def present(value: object) -> bool:
     return value is not None and type(value).__name__ != "Unset" and bool(value)
 
 
+def author_of(comment: Any) -> Author:
+    """Who wrote a comment, from a webhook's or the REST API's comment model."""
+    user = comment.user
+    return Author(
+        login=user.login if user is not None else "ghost",
+        kind=str(user.type) if user is not None else "User",
+        association=str(comment.author_association),
+        via_app=present(comment.performed_via_github_app),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SeenComment:
     """A comment on an issue, as a webhook or the REST API reports it."""
@@ -221,7 +232,6 @@ class InboundWorker:
 
     async def _comment_created(self, payload: WebhookIssueCommentCreated, delivery: str) -> None:
         comment = payload.comment
-        user = comment.user
         await self.comment_seen(
             SeenComment(
                 repo=payload.repository.full_name,
@@ -229,12 +239,7 @@ class InboundWorker:
                 comment_id=comment.id,
                 body=comment.body,
                 url=comment.html_url,
-                author=Author(
-                    login=user.login if user is not None else "ghost",
-                    kind=str(user.type) if user is not None else "User",
-                    association=str(comment.author_association),
-                    via_app=present(comment.performed_via_github_app),
-                ),
+                author=author_of(comment),
                 on_pull_request=present(getattr(payload.issue, "pull_request", None)),
             ),
             delivery=delivery,
@@ -401,7 +406,9 @@ class InboundWorker:
     ) -> None:
         try:
             channel = check_channel(name)
-        except InputError as exc:
+            if added:
+                await self._links.link(repo, number, channel)
+        except InputError as exc:  # a malformed or undeclared channel
             await self._record(
                 EventKind.REFUSED,
                 delivery,
@@ -411,17 +418,6 @@ class InboundWorker:
             )
             return
         if added:
-            try:
-                await self._links.link(repo, number, channel)
-            except InputError as exc:
-                await self._record(
-                    EventKind.REFUSED,
-                    delivery,
-                    reason="bad-link",
-                    detail=str(exc),
-                    data={"issue": f"{repo}#{number}"},
-                )
-                return
             await self._links.start_watermark(repo, number)
         else:
             await self._links.unlink(repo, number, channel)

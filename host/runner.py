@@ -29,7 +29,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -201,7 +201,7 @@ class AgentRunner:
         if self._record.outbox:  # a publish failed after the save: finish it first
             await self._publish(self._record.outbox)
             await self._save(self._record.sent())
-        batch = Batch(self.spec.name)
+        batch = Batch(self.spec.name, processed=self._record.recent)
         for message in messages:
             self._screen(message, batch)
         wake_due = self._record.wake_at_ms is not None and self._record.wake_at_ms <= now_ms()
@@ -260,7 +260,7 @@ class AgentRunner:
             signed_sender=signer,
             message_id=fact.id,
             hops=fact.hops,
-            processed=batch.processed(self._record),
+            processed=batch.processed,
         )
         if verdict == Verdict.DELIVER:
             stopped = self._killswitch.state.stopped_by(self.spec.name, channel)
@@ -460,7 +460,7 @@ _REFUSAL_DETAIL: Final = {
 class Batch:
     """What one batch gathers as it is screened: the inbox, and what to publish."""
 
-    def __init__(self, agent: str) -> None:
+    def __init__(self, agent: str, *, processed: Iterable[str]) -> None:
         self.agent = agent
         self.last_seq = 0
         self.handed_at_ns = 0
@@ -471,13 +471,12 @@ class Batch:
         self.parents: dict[str, int] = {}
         self.conversations: dict[str, int] = {}
         self.outgoing: list[Outgoing] = []
-        self._seen: set[str] = set()
-
-    def processed(self, record: AgentRecord) -> _Processed:
-        return _Processed(record.recent, self._seen)
+        # ids the agent finished with, plus those delivered in this batch: one set
+        # lookup per message instead of a scan of the record's recent ids
+        self.processed: set[str] = set(processed)
 
     def deliver(self, act: Act) -> None:
-        self._seen.add(act.id)
+        self.processed.add(act.id)
         self.delivered.append(act)
         self.inbox.append(
             GuestMessage(
@@ -494,12 +493,3 @@ class Batch:
         self.handed.append((act.id, act.conversation, act.hops))
         self.parents[act.id] = act.hops
         self.conversations[act.conversation] = act.hops
-
-
-@dataclass(frozen=True, slots=True)
-class _Processed:
-    recent: tuple[str, ...]
-    seen: set[str]
-
-    def __contains__(self, item: object) -> bool:
-        return item in self.seen or item in self.recent

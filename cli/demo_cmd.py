@@ -76,7 +76,9 @@ CHATTY: Final = ("synth-agent", "relay-agent")
 
 
 def register(commands: Any) -> None:
-    demo = commands.add_parser("demo", help="run the host loop end to end on a local JetStream")
+    demo = commands.add_parser(
+        "demo", help="run the host, an agreement and the GitHub loop end to end, offline"
+    )
     demo.add_argument(
         "--facts-dir",
         type=Path,

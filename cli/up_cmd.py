@@ -36,7 +36,7 @@ SOURCE_WIT = Path(__file__).resolve().parent.parent / "wit"
 def register(commands: Any) -> None:
     up = commands.add_parser(
         "up",
-        help="run the host with its agents (and the GitHub bridge, if configured) until interrupted",
+        help="run the host with its agents (and the bridge, if configured) until interrupted",
     )
     add_config_option(up)
     up.add_argument(

@@ -332,10 +332,11 @@ class InboundWorker:
             return
         comment = payload.comment
         bucket = await self._buckets.get(BRIDGE_BUCKET)
-        subject: str | None = None
+        subjects: tuple[str, ...] = ()
         with contextlib.suppress(KeyNotFoundError):
             entry = await bucket.get(f"comment.{comment.id}")
-            subject = (entry.value or b"").decode() or None
+            act_id = (entry.value or b"").decode()
+            subjects = (act_id,) if act_id else ()
         edited = isinstance(payload, WebhookIssueCommentEdited)
         await self._record(
             EventKind.EDITED if edited else EventKind.DELETED,
@@ -343,7 +344,7 @@ class InboundWorker:
             reason="comment-edited" if edited else "comment-deleted",
             detail=(comment.body or "")[:TEXT_CHARS] if edited else "",
             channel=channel,
-            subject=subject,
+            subjects=subjects,
             data={
                 "login": payload.sender.login,
                 "comment_id": str(comment.id),
@@ -438,7 +439,7 @@ class InboundWorker:
         reason: str,
         detail: str,
         channel: str | None = None,
-        subject: str | None = None,
+        subjects: tuple[str, ...] = (),
         data: Mapping[str, str] | None = None,
     ) -> None:
         event = Event(
@@ -448,7 +449,7 @@ class InboundWorker:
             time_ms=now_ms(),
             reason=reason,
             detail=detail[:TEXT_CHARS],
-            subject=subject,
+            subjects=subjects,
             channel=channel,
             data={k: v[:TEXT_CHARS] for k, v in (data or {}).items()},
         )

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agora.core.admission import check_signer_may_say
-from agora.core.envelope import Act
+from agora.core.envelope import Act, references_of
 from agora.core.errors import AgoraError, InternalError
 from agora.core.factlog import envelope_of
 from agora.core.keys import KeyRegistry
@@ -26,7 +26,7 @@ class CheckedEntry:
     """What the ordered checks need to know of one entry that verified on its own."""
 
     fact_id: str
-    reference: str | None
+    references: tuple[str, ...]
     is_act: bool
     signer: str
     leaf: bytes
@@ -44,11 +44,10 @@ def check_entry(line: bytes, index: int, registry: KeyRegistry) -> CheckedEntry:
     verified = verify_parsed(envelope_of(line, index), registry)
     fact, signer = verified.fact, verified.signer
     check_signer_may_say(signer, fact)
-    reference = fact.in_reply_to if isinstance(fact, Act) else fact.subject
     leaf = leaf_hash(line)
     return CheckedEntry(
         fact_id=fact.id,
-        reference=reference,
+        references=references_of(fact),
         is_act=isinstance(fact, Act),
         signer=signer.name,
         leaf=leaf,

@@ -21,6 +21,7 @@ MAX_PAYLOAD_BYTES: Final = 64 * 1024
 MAX_HOPS: Final = 32
 MAX_TEXT_FIELD_CHARS: Final = 1024
 MAX_PROVENANCE_ENTRIES: Final = 16
+MAX_SUBJECTS: Final = 1024  # an agent's largest batch: one event covers a whole batch
 
 ACT_PAYLOAD_TYPE: Final = "application/vnd.agora.act+json"
 EVENT_PAYLOAD_TYPE: Final = "application/vnd.agora.event+json"
@@ -122,8 +123,10 @@ _EVENTS_BY_NAME: Final = {k.value: k for k in EventKind}
 class Event:
     """Something the host or the bridge did or refused, recorded beside the acts.
 
-    ``actor`` is the identity that signs the event; ``subject`` is the act it concerns,
-    if any; ``reason`` is a short machine-readable code and ``detail`` a sentence.
+    ``actor`` is the identity that signs the event; ``subjects`` are the facts it
+    concerns, if any (one ``delivered`` or ``refused`` event covers every act of a batch
+    handed over or refused for the same reason on the same channel); ``reason`` is a
+    short machine-readable code and ``detail`` a sentence.
     """
 
     id: str
@@ -132,7 +135,7 @@ class Event:
     time_ms: int
     reason: str
     detail: str = ""
-    subject: str | None = None
+    subjects: tuple[str, ...] = ()
     channel: str | None = None
     agent: str | None = None
     data: dict[str, str] = field(default_factory=dict)
@@ -143,8 +146,7 @@ class Event:
         check_name(self.reason, field="reason")
         _check_text(self.detail, "detail")
         _check_int(self.time_ms, "time_ms", 0, 2**53)
-        if self.subject is not None:
-            check_name(self.subject, field="subject")
+        _check_subjects(self.subjects)
         if self.channel is not None:
             check_channel(self.channel)
         if self.agent is not None:
@@ -160,7 +162,7 @@ class Event:
             "time_ms": self.time_ms,
             "reason": self.reason,
             "detail": self.detail,
-            "subject": self.subject,
+            "subjects": list(self.subjects),
             "channel": self.channel,
             "agent": self.agent,
             "data": self.data,
@@ -185,7 +187,7 @@ class Event:
             time_ms=fields["time_ms"],
             reason=fields["reason"],
             detail=fields["detail"],
-            subject=fields["subject"],
+            subjects=_subjects(fields["subjects"]),
             channel=fields["channel"],
             agent=fields["agent"],
             data=fields["data"],
@@ -209,6 +211,13 @@ def decode_fact(payload_type: str, body: bytes) -> Fact:
         f"payloadType {shown(payload_type)} is unknown: expected "
         f"{ACT_PAYLOAD_TYPE!r} or {EVENT_PAYLOAD_TYPE!r}"
     )
+
+
+def references_of(fact: Fact) -> tuple[str, ...]:
+    """The earlier facts a fact points at: the act a reply answers, or an event's subjects."""
+    if isinstance(fact, Act):
+        return () if fact.in_reply_to is None else (fact.in_reply_to,)
+    return fact.subjects
 
 
 def payload_type_of(fact: Fact) -> str:
@@ -285,6 +294,23 @@ def _fields(obj: object, what: str, keys: frozenset[str]) -> dict[str, Any]:
 def _check_int(value: object, name: str, low: int, high: int) -> None:
     if type(value) is not int or not low <= value <= high:
         raise MalformedEnvelope(f"{name} {shown(value)} must be an integer from {low} to {high}")
+
+
+def _subjects(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise MalformedEnvelope(f"subjects must be a list of fact ids, got {shown(value)}")
+    return tuple(value)
+
+
+def _check_subjects(subjects: object) -> None:
+    if not isinstance(subjects, tuple) or len(subjects) > MAX_SUBJECTS:
+        raise MalformedEnvelope(
+            f"subjects must be a list of at most {MAX_SUBJECTS} fact ids, got {shown(subjects)}"
+        )
+    for subject in subjects:
+        check_name(subject, field="subjects entry")
+    if len(set(subjects)) != len(subjects):
+        raise MalformedEnvelope("subjects names one fact twice: each must appear once")
 
 
 def _check_text(value: object, name: str) -> None:

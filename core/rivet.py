@@ -98,6 +98,8 @@ def _event_artifact(index: int, leaf_hex: str, event: Event) -> str:
     if event.agent is not None:
         lines.append(f'    agent: "{event.agent}"')
     lines.extend(f"    data-{key}: {quoted(value)}" for key, value in sorted(event.data.items()))
-    if event.subject is not None:
-        lines.extend(["  links:", f"  - type: {CONCERNS}", f'    target: "{event.subject}"'])
+    if event.subjects:
+        lines.append("  links:")
+        for subject in event.subjects:
+            lines.extend([f"  - type: {CONCERNS}", f'    target: "{subject}"'])
     return "\n".join(lines) + "\n"

@@ -162,14 +162,15 @@ def _check_entries(
     for index, entry in enumerate(_checked_entries(list(log_lines(log)), registry, jobs)):
         if entry.fact_id in seen:
             raise _Failed(Problem(f"entry {index}", f"id {entry.fact_id!r} appears twice", index))
-        if entry.reference is not None and entry.reference not in seen:
-            raise _Failed(
-                Problem(
-                    f"entry {index}",
-                    f"refers to {entry.reference!r}, which is not an earlier fact in this log",
-                    index,
+        for reference in entry.references:
+            if reference not in seen:
+                raise _Failed(
+                    Problem(
+                        f"entry {index}",
+                        f"refers to {reference!r}, which is not an earlier fact in this log",
+                        index,
+                    )
                 )
-            )
         seen.add(entry.fact_id)
         signers[entry.signer] = signers.get(entry.signer, 0) + 1
         if entry.is_act:

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from agora.core.envelope import Act, Event, EventKind, Fact
+from agora.core.envelope import Event, EventKind, Fact, references_of
 from agora.core.errors import ConfigError, InputError
 from agora.core.factlog import POSITION_FILE, FactLog, FactsSnapshot, envelope_digest
 from agora.core.ids import now_ms
@@ -224,12 +224,14 @@ class Recorder:
             problem = InputError(f"{fact.id!r} is already the id of another fact in the log")
             refusals.append(_unverified(message, problem, self._key.name))
             return
-        reference = fact.in_reply_to if isinstance(fact, Act) else fact.subject
-        if reference is not None and reference not in self._ids:
-            self.counters.refused += 1
-            problem = InputError(f"{fact.id!r} refers to {reference!r}, which is no earlier fact")
-            refusals.append(_unverified(message, problem, self._key.name))
-            return
+        for reference in references_of(fact):
+            if reference not in self._ids:
+                self.counters.refused += 1
+                problem = InputError(
+                    f"{fact.id!r} refers to {reference!r}, which is no earlier fact"
+                )
+                refusals.append(_unverified(message, problem, self._key.name))
+                return
         self._log.append(message.data, fact)
         self._ids[fact.id] = digest
         self.counters.recorded += 1

@@ -204,6 +204,16 @@ class AgentRunner:
         batch = Batch(self.spec.name, processed=self._record.recent)
         for message in messages:
             self._screen(message, batch)
+        for (verdict, channel), ids in batch.refused.items():
+            batch.outgoing.append(
+                self._event(
+                    EventKind.REFUSED,
+                    reason=verdict,
+                    subjects=tuple(ids),
+                    channel=channel,
+                    detail=_REFUSAL_DETAIL.get(verdict, verdict),
+                )
+            )
         wake_due = self._record.wake_at_ms is not None and self._record.wake_at_ms <= now_ms()
         stopped = self._killswitch.state.blocks_agent(self.spec.name)
         outcome: GuestOutcome | None = None
@@ -269,16 +279,8 @@ class AgentRunner:
         self.counters[verdict] += 1
         if verdict == Verdict.DELIVER:
             batch.deliver(fact)
-            return
-        batch.outgoing.append(
-            self._event(
-                EventKind.REFUSED,
-                reason=verdict,
-                subject=fact.id,
-                channel=channel,
-                detail=_REFUSAL_DETAIL.get(verdict, verdict),
-            )
-        )
+        else:
+            batch.refused.setdefault((verdict, channel), []).append(fact.id)
 
     async def _call(self, batch: Batch) -> GuestOutcome | None:
         context = GuestContext(
@@ -318,16 +320,20 @@ class AgentRunner:
         return outcome
 
     def _delivered(self, batch: Batch) -> None:
+        """One ``delivered`` event per channel for what this call was handed."""
         at_ns = batch.handed_at_ns
+        by_channel: dict[str, list[str]] = {}
         for act in batch.delivered:
             self.counters["delivered"] += 1
-            batch.outgoing.append(
-                self._event(
-                    EventKind.DELIVERED, reason="delivered", subject=act.id, channel=act.channel
-                )
-            )
+            by_channel.setdefault(act.channel, []).append(act.id)
             for observer in self.observers:
                 observer(Delivery(self.spec.name, act, at_ns))
+        for channel, ids in by_channel.items():
+            batch.outgoing.append(
+                self._event(
+                    EventKind.DELIVERED, reason="delivered", subjects=tuple(ids), channel=channel
+                )
+            )
 
     def _take(self, outcome: GuestOutcome, batch: Batch) -> None:
         """Screen, stamp and sign what the agent emitted."""
@@ -410,7 +416,7 @@ class AgentRunner:
         *,
         reason: str,
         detail: str = "",
-        subject: str | None = None,
+        subjects: tuple[str, ...] = (),
         channel: str | None = None,
     ) -> Outgoing:
         event = Event(
@@ -420,7 +426,7 @@ class AgentRunner:
             time_ms=now_ms(),
             reason=reason,
             detail=detail[:1000],
-            subject=subject,
+            subjects=subjects,
             channel=channel,
             agent=self.spec.name,
         )
@@ -471,6 +477,8 @@ class Batch:
         self.parents: dict[str, int] = {}
         self.conversations: dict[str, int] = {}
         self.outgoing: list[Outgoing] = []
+        # the ids refused, by the control that refused them and their channel
+        self.refused: dict[tuple[str, str], list[str]] = {}
         # ids the agent finished with, plus those delivered in this batch: one set
         # lookup per message instead of a scan of the record's recent ids
         self.processed: set[str] = set(processed)

@@ -54,7 +54,7 @@ def build_facts(tmp_path: Path, keys: dict[str, SigningKey]) -> Iterator[FactsBu
             previous: str | None = None
             for index in range(count):
                 if index % 4 == 3:
-                    fact: Act | Event = make_event(subject=previous)
+                    fact: Act | Event = make_event(subjects=(previous,) if previous else ())
                     signer = keys["host"]
                 else:
                     sender = AGENTS[index % 2]

@@ -33,7 +33,7 @@ def make_act(
     )
 
 
-def make_event(*, actor: str = "host", subject: str | None = None) -> Event:
+def make_event(*, actor: str = "host", subjects: tuple[str, ...] = ()) -> Event:
     return Event(
         id=f"event-{next(_ids)}",
         kind=EventKind.REFUSED,
@@ -41,7 +41,7 @@ def make_event(*, actor: str = "host", subject: str | None = None) -> Event:
         time_ms=1_700_000_000_000,
         reason="self-echo",
         detail="a message from an agent to itself is never delivered",
-        subject=subject,
+        subjects=subjects,
         channel="build-coord",
         agent="synth-agent",
     )

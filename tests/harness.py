@@ -149,6 +149,10 @@ class Harness:
             if isinstance(f, Event) and f.kind is kind and (agent is None or f.agent == agent)
         ]
 
+    def per_subject(self, kind: EventKind, agent: str | None = None) -> list[tuple[Event, str]]:
+        """Each act an event of ``kind`` concerns, with the event (one event covers a batch)."""
+        return [(e, subject) for e in self.events(kind, agent) for subject in e.subjects]
+
     def verify(self) -> None:
         report = verify_directory(self.facts_dir, self.session.registry)
         assert report.ok, str(report.problem)

@@ -83,7 +83,7 @@ async def test_edits_and_deletions_are_recorded(
         await loop.delivered()
         [edited] = loop.host.events(EventKind.EDITED)
         [deleted] = loop.host.events(EventKind.DELETED)
-    assert edited.subject == deleted.subject == act_id_for_comment(comment)
+    assert edited.subjects == deleted.subjects == (act_id_for_comment(comment),)
     assert edited.detail == "second thoughts"
 
 

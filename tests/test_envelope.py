@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agora.core.acts import Performative
-from agora.core.envelope import MAX_PAYLOAD_BYTES, Act, Event, decode_fact
+from agora.core.envelope import (
+    MAX_PAYLOAD_BYTES,
+    MAX_SUBJECTS,
+    Act,
+    Event,
+    decode_fact,
+    references_of,
+)
 from agora.core.errors import InputError, MalformedEnvelope, PayloadTooLarge
 from tests.factories import make_act, make_event
 
@@ -33,9 +40,35 @@ def test_encoding_is_canonical_sorted_compact_utf8() -> None:
 
 
 def test_events_round_trip() -> None:
-    event = make_event(subject="act-1")
+    event = make_event(subjects=("act-1", "act-2"))
     assert Event.decode(event.encode()) == event
     assert decode_fact("application/vnd.agora.event+json", event.encode()) == event
+    assert references_of(event) == ("act-1", "act-2")
+
+
+def _event_json(**changes: object) -> bytes:
+    document = make_event().to_json()
+    document.update(changes)
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_event_json(subjects="act-1"), "subjects must be a list of fact ids"),
+        (_event_json(subjects=["act-1", "act-1"]), "names one fact twice"),
+        (_event_json(subjects=["a b"]), "subjects entry 'a b' is not allowed"),
+        (_event_json(subjects=[7]), "subjects entry 7 is not allowed"),
+        (
+            _event_json(subjects=[f"act-{n}" for n in range(MAX_SUBJECTS + 1)]),
+            f"at most {MAX_SUBJECTS} fact ids",
+        ),
+        (_event_json(kind="exploded"), "event kind 'exploded' is unknown"),
+    ],
+)
+def test_bad_events_are_refused_with_a_clear_message(data: bytes, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        Event.decode(data)
 
 
 def _act_json(**changes: object) -> bytes:

@@ -42,10 +42,13 @@ async def test_the_spike_scenario_live(tmp_path: Path, components: dict[str, Pat
         assert sorted(a.hops for a in replies) == [0, 0, 1, 1, 2, 2]
         assert {a.in_reply_to for a in replies if a.hops == 2} == {seed.id}
     # Every delivery, emission and refusal is a fact.
-    delivered = h.events(EventKind.DELIVERED)
-    assert len(delivered) == len(h.deliveries) == 6
-    refused = h.events(EventKind.REFUSED)
-    assert sorted(e.reason for e in refused) == ["no-hops"] * 2 + ["self-echo"] * 6
+    delivered = h.per_subject(EventKind.DELIVERED)
+    assert sorted(s for _, s in delivered) == sorted(d.act.id for d in h.deliveries)
+    assert len(delivered) == 6
+    refused = h.per_subject(EventKind.REFUSED)
+    assert sorted(e.reason for e, _ in refused) == ["no-hops"] * 2 + ["self-echo"] * 6
+    own = {a.id: a.sender for n in PAIR for a in h.acts_by(n)}
+    assert all(own[s] == e.agent for e, s in refused if e.reason == "self-echo")
 
 
 async def test_the_host_stamps_what_an_agent_sends(
@@ -89,7 +92,7 @@ async def test_forged_and_unsigned_messages_never_reach_an_agent(
         assert counters["unverified"] == 2
     refusals = [e for e in h.events(EventKind.REFUSED) if e.reason == "unverified"]
     assert len(refusals) == 3  # both forgeries and the replay, recorded once each
-    assert all(e.subject is None for e in refusals)
+    assert all(not e.subjects for e in refusals)
     assert forged.id not in {f.id for f in h.facts()}
 
 

@@ -192,6 +192,18 @@ def test_a_reply_to_nothing_recorded_fails(
     assert "not an earlier fact" in _fails(tmp_path / "facts", registry)
 
 
+def test_an_event_over_a_batch_with_one_later_subject_fails(
+    tmp_path: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    with FactLog.open(tmp_path / "facts", signer=keys["host"]) as log:
+        first, later = make_act(act_id="first"), make_act(act_id="later")
+        log.append(sign_fact(first, keys["synth-agent"]), first)
+        event = make_event(subjects=("first", "later"))
+        log.append(sign_fact(event, keys["host"]), event)
+        log.append(sign_fact(later, keys["synth-agent"]), later)
+    assert "refers to 'later', which is not an earlier fact" in _fails(tmp_path / "facts", registry)
+
+
 def test_an_edited_view_fails(facts: Path, registry: KeyRegistry) -> None:
     view = facts / VIEW_FILE
     view.write_text(view.read_text().replace("message 5", "message five"))

@@ -177,8 +177,18 @@ class FactLog:
 
     def sync(self) -> None:
         """Make every append so far durable."""
+        self.flush()
+        self.fsync()
+
+    def flush(self) -> None:
+        """Hand every append so far to the operating system (not yet durable)."""
         for file in (self._log, self._view):
             file.flush()
+
+    def fsync(self) -> None:
+        """Make what was flushed durable. Safe to run in another thread than appends:
+        it touches only the file descriptors, never the buffers."""
+        for file in (self._log, self._view):
             os.fsync(file.fileno())
 
     def checkpoint(self) -> Checkpoint:

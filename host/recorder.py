@@ -4,12 +4,12 @@ It reads the whole stream (every channel and every event subject) strictly in st
 order, through an ordered consumer starting after the last message it recorded (kept
 in ``FACTS/.position``, beside the log it describes). It checks each envelope with the
 same rules ``agora verify`` applies (:func:`agora.core.admission.admit`, and a reply or
-event must point at an earlier fact), appends it, fsyncs (one fsync covers every batch
-that arrived meanwhile: a group commit), and only then moves
-the position. A crash in between reads the batch again; facts already in the log are
-recognised by id and skipped, so each fact is recorded exactly once and in order. An
-envelope that fails a rule is not recorded; a signed ``refused`` event naming it is
-published instead, so the refusal itself is a fact.
+event must point at an earlier fact), appends it, fsyncs (one fsync, in a worker thread,
+covers every batch that arrived meanwhile: a group commit), and only then moves the
+position, which it saves at most once a second. A crash in between reads those messages
+again; facts already in the log are recognised by id and skipped, so each fact is
+recorded exactly once and in order. An envelope that fails a rule is not recorded; a
+signed ``refused`` event naming it is published instead, so the refusal itself is a fact.
 
 Envelopes the host in the same process already signed or verified are not verified a
 second time (:class:`~agora.host.vouched.Vouched`).
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 FETCH_BATCH: Final = 512
 FETCH_WAIT_S: Final = 0.25
 SYNC_EVERY_S: Final = 0.05
+POSITION_EVERY_S: Final = 1.0
 HEARTBEAT_S: Final = 1.0
 QUEUE_LIMIT: Final = 8192
 
@@ -83,6 +84,8 @@ class Recorder:
         self._ids = factlog.fact_ids()
         self._position_file = factlog.directory / POSITION_FILE
         self.position = read_position(self._position_file)
+        self._saved_position = self.position
+        self._position_saved_at = 0.0
         self._unsynced_position = self.position
         self._unsynced: list[Fact] = []
         self._last_sync = 0.0
@@ -134,7 +137,7 @@ class Recorder:
                 # SYNC_EVERY_S under load, so one fsync covers many batches.
                 now = asyncio.get_running_loop().time()
                 if arrived.empty() or now - self._last_sync >= SYNC_EVERY_S:
-                    self.make_durable()
+                    await self._commit()
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
@@ -167,24 +170,57 @@ class Recorder:
                 self._js, subject=event_subject(self._key.name), msg_id=event.id, envelope=envelope
             )
 
-    def make_durable(self) -> None:
-        """fsync what was appended, then move the saved position past it.
+    async def _commit(self) -> None:
+        """:meth:`make_durable`, with the fsync in a worker thread: the host's agents go
+        on while the disk works."""
+        self._last_sync = asyncio.get_running_loop().time()
+        target = self._unsynced_position
+        if target <= self.position:
+            return
+        self._log.flush()
+        await asyncio.to_thread(self._log.fsync)
+        # Nothing is appended meanwhile (appends happen in this task), but a snapshot
+        # may have synced it all already.
+        if target <= self.position:
+            return
+        appended, self._unsynced = self._unsynced, []
+        self._synced(target, appended)
 
-        The position never runs ahead of the synced log: after a crash the recorder
-        reads again from the last saved position and skips what the log already holds.
+    def make_durable(self) -> None:
+        """fsync what was appended, then move the position past it (and save it).
+
+        The saved position never runs ahead of the synced log: after a crash the
+        recorder reads again from the last saved position and skips what the log
+        already holds.
         """
         self._last_sync = asyncio.get_running_loop().time()
-        if self._unsynced_position <= self.position:
-            return
-        self._log.sync()
-        self.position = self._unsynced_position
-        write_position(self._position_file, self.position)
-        appended, self._unsynced = self._unsynced, []
+        target = self._unsynced_position
+        if target > self.position:
+            appended, self._unsynced = self._unsynced, []
+            self._log.sync()
+            self._synced(target, appended)
+        self._save_position(force=True)
+
+    def _synced(self, target: int, appended: list[Fact]) -> None:
+        self.position = max(self.position, target)
+        self._save_position(force=False)
         for fact in appended:
             for observer in self.observers:
                 observer(fact)
         if self._since_checkpoint >= self._checkpoint_every:
             self.checkpoint()
+
+    def _save_position(self, *, force: bool) -> None:
+        """Write the synced position at most every POSITION_EVERY_S (always if forced).
+        A position left behind by a crash only makes the recorder read again messages
+        it then recognises as recorded."""
+        now = asyncio.get_running_loop().time()
+        if self.position == self._saved_position:
+            return
+        if force or now - self._position_saved_at >= POSITION_EVERY_S:
+            write_position(self._position_file, self.position)
+            self._saved_position = self.position
+            self._position_saved_at = now
 
     @property
     def size(self) -> int:

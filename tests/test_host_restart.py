@@ -14,6 +14,7 @@ from pathlib import Path
 from agora.cli.session import connected, open_session
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.envelope import EventKind
+from agora.core.factlog import POSITION_FILE
 from agora.core.spine import agent_consumer_config, ensure_consumer, ensure_spine
 from agora.host.nats_server import EmbeddedNats
 from tests.harness import Harness, running_host
@@ -99,6 +100,30 @@ async def test_a_crash_in_the_middle_of_a_conversation_loses_and_repeats_nothing
     answered = Counter((a.sender, a.in_reply_to) for a in replies)
     assert max(answered.values()) == 1  # no agent answered any message twice
     _each_delivered_once(h)
+
+
+async def test_a_recorder_position_left_behind_records_nothing_twice(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # The position is saved at most once a second, so a crash can leave it behind the
+    # log; here it is set back to the start of the stream, the worst case.
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        await h.inject("build-coord", "count down", hops=4)
+        await h.settle()
+        recorded = [f.id for f in h.facts()]
+        await h.stop_host(graceful=False)
+        (h.facts_dir / POSITION_FILE).write_text("0\n")
+
+        host = await h.start_host()
+        later = await h.inject("build-coord", "one more", hops=1)
+        await h.settle()
+        assert host.recorder is not None
+        assert host.recorder.counters.repeated >= len(recorded)
+    ids = [f.id for f in h.facts()]
+    assert ids[: len(recorded)] == recorded
+    assert later.id in ids
+    assert len(ids) == len(set(ids))
+    h.verify()
 
 
 async def test_kills_survive_a_restart_and_resume_undoes_them(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 
 
 def new_id(prefix: str) -> str:
     """A unique id such as ``act-3f2a...``: a short kind prefix and 128 random bits."""
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{os.urandom(16).hex()}"
 
 
 def now_ms() -> int:

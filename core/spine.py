@@ -21,9 +21,11 @@ server as advisories, which the ``AGORA_DEAD`` stream keeps (the dead-letter pla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Iterable, Sequence
 from typing import Final
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -44,6 +46,7 @@ CHANNEL_SUBJECT_PREFIX: Final = "agora.ch."
 EVENT_SUBJECT_PREFIX: Final = "agora.ev."
 DUPLICATE_WINDOW_S: Final = 120.0
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
+PUBLISH_TIMEOUT_S: Final = 5.0  # nats-py's own default for one JetStream publish
 CONTROL_BUCKET: Final = "agora-control"
 AGENTS_BUCKET: Final = "agora-agents"
 STATUS_BUCKET: Final = "agora-status"
@@ -58,6 +61,12 @@ def channel_subject(channel: str) -> str:
 def channel_of(subject: str) -> str:
     """The channel a subject on the channel stream belongs to (checked again)."""
     return check_channel(subject.removeprefix(CHANNEL_SUBJECT_PREFIX))
+
+
+def stream_sequence(message: Msg) -> int:
+    """A JetStream message's sequence in its stream (0 if it carries none)."""
+    sequence = message.metadata.sequence  # parsed from the reply subject at each access
+    return sequence.stream if sequence else 0
 
 
 def event_subject(identity: str) -> str:
@@ -147,6 +156,26 @@ async def publish_fact(js: JetStreamContext, *, subject: str, msg_id: str, envel
     """Publish a signed envelope; False if JetStream saw its id already."""
     ack = await js.publish(subject, envelope, headers={MSG_ID_HEADER: msg_id})
     return not ack.duplicate
+
+
+async def publish_all(
+    js: JetStreamContext,
+    items: Iterable[tuple[str, str, bytes]],
+    *,
+    timeout_s: float = PUBLISH_TIMEOUT_S,
+) -> None:
+    """Publish signed envelopes, each ``(subject, msg_id, envelope)``, pipelined in order
+    on one connection, and wait until JetStream acknowledged every one (a repeat of an
+    id counts as acknowledged). Raises what a refused publish raised, or TimeoutError."""
+    futures = [
+        await js.publish_async(subject, envelope, headers={MSG_ID_HEADER: msg_id})
+        for subject, msg_id, envelope in items
+    ]
+    try:
+        await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+    finally:
+        for future in futures:  # what never came back frees its place in the window
+            future.cancel()
 
 
 async def publish_envelope(

@@ -8,11 +8,11 @@
 - ``parents`` / ``conversations``: hop budgets of recent messages it was handed, by id
   and by conversation, from which the host computes the budget of what it emits;
 - ``wake_at_ms``: when the agent asked to be called again with an empty inbox;
-- ``outbox``: signed envelopes (with their subjects and ids) decided but not yet known
-  to be published. The record is
-  saved *before* they are published and cleared after, so a crash in between publishes
-  them again on restart (under the same ids, so nothing is duplicated) and never loses
-  or re-decides them.
+- ``outbox``: the signed envelopes (with their subjects and ids) of the last batch.
+  The record is saved *before* they are published, so a crash in between publishes them
+  again on restart (under the same ids, so nothing is duplicated) and never loses or
+  re-decides them; the next batch's save replaces them, and an idle agent's record
+  drops them.
 
 Saving is compare-and-set on the bucket's revision: a second host running the same
 agent cannot silently overwrite the first's progress; it gets :class:`RecordConflict`,

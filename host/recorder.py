@@ -43,6 +43,7 @@ from agora.core.spine import (
     channel_of,
     event_subject,
     publish_fact,
+    stream_sequence,
 )
 from agora.host.tasks import finish
 from agora.host.vouched import Vouched
@@ -162,7 +163,8 @@ class Recorder:
         appended = self._unsynced
         for message in messages:
             self._append(message, appended=appended, refusals=refusals)
-        self._unsynced_position = max(self._unsynced_position, *(_seq(m) for m in messages))
+        # the ordered consumer hands messages over in stream order: the last is the highest
+        self._unsynced_position = max(self._unsynced_position, stream_sequence(messages[-1]))
         for event in refusals:
             envelope = sign_fact(event, self._key)
             self._vouched.add(envelope, event, self._key.name)
@@ -285,7 +287,7 @@ def _unverified(message: Msg, problem: InputError, host: str) -> Event:
         time_ms=now_ms(),
         reason="unverified",
         detail=str(problem)[:1000],
-        data={"subject": message.subject[:200], "stream_seq": str(_seq(message))},
+        data={"subject": message.subject[:200], "stream_seq": str(stream_sequence(message))},
     )
 
 
@@ -308,7 +310,3 @@ def write_position(path: Path, position: int) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(f"{position}\n", encoding="utf-8")
     temporary.replace(path)
-
-
-def _seq(message: Msg) -> int:
-    return message.metadata.sequence.stream if message.metadata.sequence else 0

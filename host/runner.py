@@ -11,7 +11,8 @@ never sees.
 
 Then, in this order: the agent's record is saved with everything to publish (its new
 state, progress, and the outbox of signed acts and events); the outbox is published
-with ``Nats-Msg-Id``; the batch is acknowledged; the outbox is cleared. A crash at any
+with ``Nats-Msg-Id``; the batch is acknowledged. The next batch's save replaces the
+outbox (one save per batch); an agent that goes idle has it cleared. A crash at any
 point either redoes nothing (the batch was saved: its messages are recognised as
 processed and the saved outbox is published again under the same ids) or redoes the
 whole batch from the saved state, so each message is processed once and no output is
@@ -40,11 +41,17 @@ from nats.js.errors import FetchTimeoutError
 from agora.core.acts import parse_act
 from agora.core.control import set_switch
 from agora.core.envelope import Act, Event, EventKind
-from agora.core.errors import AgoraError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
-from agora.core.spine import STREAM, agent_consumer_name, channel_of, channel_subject
+from agora.core.spine import (
+    STREAM,
+    agent_consumer_name,
+    channel_of,
+    channel_subject,
+    publish_all,
+    stream_sequence,
+)
 from agora.core.spine import event_subject as events_of
 from agora.host.agent_record import AgentRecord, Outgoing, RecordConflict, RecordStore
 from agora.host.controls import EmitVerdict, Verdict, screen_delivery, screen_emit
@@ -110,6 +117,7 @@ class AgentRunner:
         self.observers: list[Callable[[Delivery], None]] = []
         self.busy = False
         self._record = AgentRecord()
+        self._outbox_published = False  # whether the saved record's outbox went out
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._subscription: JetStreamContext.PullSubscription | None = None
@@ -118,9 +126,8 @@ class AgentRunner:
 
     async def start(self) -> None:
         self._record = await self._records.load()
-        if self._record.outbox:
-            await self._publish(self._record.outbox)
-            await self._save(self._record.sent())
+        self._outbox_published = False
+        await self._publish_saved_outbox()
         with contextlib.suppress(AgentFault):  # a guest that cannot start faults on its call
             self._sandbox = await asyncio.to_thread(self._new_sandbox)
         subscription = await self._js.pull_subscribe_bind(
@@ -192,15 +199,14 @@ class AgentRunner:
             except RecordConflict:
                 self.counters["record-conflict"] += 1
                 self._record = await self._records.load()
+                self._outbox_published = False
                 await asyncio.sleep(random.uniform(0.005, 0.05))  # noqa: S311 - jitter, not secrecy
             else:
                 return
         raise RecordConflict(f"agent {self.spec.name!r}: its record keeps changing under it")
 
     async def _step(self, messages: list[Msg]) -> None:
-        if self._record.outbox:  # a publish failed after the save: finish it first
-            await self._publish(self._record.outbox)
-            await self._save(self._record.sent())
+        await self._publish_saved_outbox()  # if a publish failed after the save
         batch = Batch(self.spec.name, processed=self._record.recent)
         for message in messages:
             self._screen(message, batch)
@@ -240,20 +246,16 @@ class AgentRunner:
                 outbox=tuple(batch.outgoing),
             )
         else:
+            await self._clear_sent_outbox()
             return
         await self._save(record)
         await self._publish(record.outbox)
+        self._outbox_published = True
         for message in messages:
             await message.ack()
-        if record.outbox:
-            try:
-                await self._save(record.sent())
-            except RecordConflict:  # published and acknowledged; another host moved on
-                self._record = await self._records.load()
 
     def _screen(self, message: Msg, batch: Batch) -> None:
-        seq = message.metadata.sequence.stream if message.metadata.sequence else 0
-        batch.last_seq = max(batch.last_seq, seq)
+        batch.last_seq = max(batch.last_seq, stream_sequence(message))
         try:
             channel = channel_of(message.subject)
             fact, signer = self._vouched.admit(message.data, channel=channel)
@@ -439,18 +441,30 @@ class AgentRunner:
     async def _save(self, record: AgentRecord) -> None:
         await self._records.save(record)
         self._record = record
+        self._outbox_published = False
+
+    async def _publish_saved_outbox(self) -> None:
+        """Publish the saved outbox unless this runner already did (again is harmless:
+        the same ids, which JetStream and the recorder recognise)."""
+        if self._record.outbox and not self._outbox_published:
+            await self._publish(self._record.outbox)
+            self._outbox_published = True
+
+    async def _clear_sent_outbox(self) -> None:
+        """When the agent goes idle, drop its published outbox from the saved record.
+
+        While it is busy, the next batch's save replaces the outbox anyway, so a batch
+        costs one save; idle, this keeps a restart much later from publishing it again.
+        """
+        if not (self._record.outbox and self._outbox_published):
+            return
+        try:
+            await self._save(self._record.sent())
+        except RecordConflict:  # another host saved this agent since: it moved on
+            self._record = await self._records.load()
 
     async def _publish(self, outgoing: tuple[Outgoing, ...]) -> None:
-        if not outgoing:
-            return
-        acks = await asyncio.gather(
-            *(
-                self._js.publish(o.subject, o.envelope, headers={"Nats-Msg-Id": o.msg_id})
-                for o in outgoing
-            )
-        )
-        if len(acks) != len(outgoing):  # pragma: no cover - gather returns one per call
-            raise AgoraError("publish lost an acknowledgement")
+        await publish_all(self._js, ((o.subject, o.msg_id, o.envelope) for o in outgoing))
 
 
 _REFUSAL_DETAIL: Final = {

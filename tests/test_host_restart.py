@@ -15,7 +15,8 @@ from agora.cli.session import connected, open_session
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.envelope import EventKind
 from agora.core.factlog import POSITION_FILE
-from agora.core.spine import agent_consumer_config, ensure_consumer, ensure_spine
+from agora.core.spine import AGENTS_BUCKET, agent_consumer_config, ensure_consumer, ensure_spine
+from agora.host.agent_record import AgentRecord
 from agora.host.nats_server import EmbeddedNats
 from tests.harness import Harness, running_host
 
@@ -124,6 +125,26 @@ async def test_a_recorder_position_left_behind_records_nothing_twice(
     assert later.id in ids
     assert len(ids) == len(set(ids))
     h.verify()
+
+
+async def test_an_idle_agent_keeps_no_outbox_to_publish_again(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # While busy, each batch's save replaces the last outbox; idle, it is dropped, so a
+    # restart long after (past JetStream's duplicate window) has nothing to send again.
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        await h.inject("build-coord", "hello", hops=2)
+        await h.settle()
+        agents = await h.js.key_value(AGENTS_BUCKET)
+
+        async def records() -> list[AgentRecord]:
+            return [AgentRecord.decode((await agents.get(n)).value or b"") for n in PAIR]
+
+        for _ in range(50):
+            if not any(r.outbox for r in await records()):
+                break
+            await asyncio.sleep(0.1)
+        assert all(r.calls >= 1 and not r.outbox for r in await records())
 
 
 async def test_kills_survive_a_restart_and_resume_undoes_them(

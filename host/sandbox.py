@@ -33,6 +33,7 @@ import wasmtime
 from wasmtime import component as wc
 
 from agora.core.errors import AgoraError, shown
+from agora.host.guest_types import resolve_types
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,7 @@ class Sandbox:
         handle = instance.get_func(self._store, "handle")
         if handle is None:
             raise AgoraError(f"agent {agent!r}: its component exports no `handle` function")
+        resolve_types(handle, self._store)
         self._handle = handle
 
     def call(

@@ -1,0 +1,158 @@
+"""An agent export's types, read from wasmtime once instead of at every value.
+
+wasmtime-py converts component values generically: every record value asks the C API
+for the record's field types again, every list value for its element type, every
+option for its payload type; and a ``list<u8>`` is copied one byte at a time through
+Python calls. For a call with 64 messages that is about 150 µs per message, and a
+64 KiB agent state adds about 85 ms to every call.
+
+:func:`resolve_types` walks an export's signature once and pins each record's fields,
+each list's element, each tuple's elements and each option's payload on the type
+objects themselves, so wasmtime-py's own conversion code runs without the lookups; a
+``list<u8>`` gets a bulk copy instead. This leans on wasmtime-py's type classes and its
+value layout (``wasmtime._ffi``), which is why the dependency is held to one major
+version; ``tests/test_guest_types.py`` checks every value of the contract against
+wasmtime-py's generic path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Final
+
+from wasmtime import _ffi as ffi
+from wasmtime._store import Storelike
+from wasmtime.component import (
+    U8,
+    Func,
+    FuncType,
+    ListType,
+    OptionType,
+    RecordType,
+    TupleType,
+    ValType,
+)
+
+from agora.core.errors import AgoraError
+
+_CELL: Final = ctypes.sizeof(ffi.wasmtime_component_val_t)
+_KIND_AT: Final[int] = ffi.wasmtime_component_val_t.kind.offset
+_U8_AT: Final[int] = (
+    ffi.wasmtime_component_val_t.of.offset + ffi.wasmtime_component_valunion.u8.offset  # type: ignore[attr-defined]
+)
+_U8_KIND: Final = bytes([ffi.WASMTIME_COMPONENT_U8.value])
+
+
+def resolve_types(func: Func, store: Storelike) -> None:
+    """Make ``func`` convert its parameters and result with types read once, now."""
+    signature = func.type(store)
+    params = [(name, _resolved(ty)) for name, ty in signature.params]
+    result = signature.result
+    signature.__class__ = _ResolvedFuncType
+    signature.resolved = (params, None if result is None else _resolved(result))  # type: ignore[attr-defined]
+    func.__class__ = _ResolvedFunc
+    func.signature = signature  # type: ignore[attr-defined]
+
+
+def _resolved(ty: ValType) -> ValType:
+    if isinstance(ty, ListType):
+        element = _resolved(ty.element)
+        ty.__class__ = _Bytes if isinstance(element, U8) else _List
+        ty.resolved = element  # type: ignore[attr-defined]
+    elif isinstance(ty, RecordType):
+        fields = [(name, _resolved(field)) for name, field in ty.fields]
+        ty.__class__ = _Record
+        ty.resolved = fields  # type: ignore[attr-defined]
+    elif isinstance(ty, TupleType):
+        elements = [_resolved(element) for element in ty.elements]
+        ty.__class__ = _Tuple
+        ty.resolved = elements  # type: ignore[attr-defined]
+    elif isinstance(ty, OptionType):
+        payload = _resolved(ty.payload)
+        ty.__class__ = _Option
+        ty.resolved = payload  # type: ignore[attr-defined]
+    return ty  # anything else converts as wasmtime-py does it (slower, still right)
+
+
+class _ResolvedFunc(Func):
+    signature: FuncType
+
+    def type(self, store: Storelike) -> FuncType:  # the same for every store
+        return self.signature
+
+
+class _ResolvedFuncType(FuncType):
+    resolved: tuple[list[tuple[str, ValType]], ValType | None]
+
+    @property
+    def params(self) -> list[tuple[str, ValType]]:
+        return self.resolved[0]
+
+    @property
+    def result(self) -> ValType | None:
+        return self.resolved[1]
+
+
+class _Record(RecordType):
+    resolved: list[tuple[str, ValType]]
+
+    @property
+    def fields(self) -> list[tuple[str, ValType]]:
+        return self.resolved
+
+
+class _List(ListType):
+    resolved: ValType
+
+    @property
+    def element(self) -> ValType:
+        return self.resolved
+
+
+class _Tuple(TupleType):
+    resolved: list[ValType]
+
+    @property
+    def elements(self) -> list[ValType]:
+        return self.resolved
+
+
+class _Option(OptionType):
+    resolved: ValType
+
+    @property
+    def payload(self) -> ValType:
+        return self.resolved
+
+
+class _Bytes(_List):
+    """``list<u8>`` as ``bytes``, copied in bulk: the cells are built in one buffer."""
+
+    def convert_to_c(
+        self, store: Storelike, val: Any, ptr: ctypes._Pointer[ffi.wasmtime_component_val_t]
+    ) -> None:
+        if not isinstance(val, bytes):
+            raise TypeError("expected bytes value")
+        raw = ffi.wasmtime_component_vallist_t()
+        ffi.wasmtime_component_vallist_new_uninit(raw, len(val))
+        if val:
+            cells = bytearray(len(val) * _CELL)
+            cells[_KIND_AT::_CELL] = _U8_KIND * len(val)
+            cells[_U8_AT::_CELL] = val
+            ctypes.memmove(raw.data, bytes(cells), len(cells))
+        ptr.contents.kind = ffi.WASMTIME_COMPONENT_LIST
+        ptr.contents.of.list = raw
+
+    def convert_from_c(self, c: ffi.wasmtime_component_val_t) -> Any:
+        if c.kind != ffi.WASMTIME_COMPONENT_LIST.value:
+            raise AgoraError(f"expected a list<u8> value, got value kind {c.kind}")
+        try:
+            count = c.of.list.size
+            if not count:
+                return b""
+            cells = ctypes.string_at(c.of.list.data, count * _CELL)
+            if cells[_KIND_AT::_CELL] != _U8_KIND * count:
+                raise AgoraError("a list<u8> value holds something other than u8")
+            return cells[_U8_AT::_CELL]
+        finally:
+            ffi.wasmtime_component_vallist_delete(ctypes.byref(c.of.list))

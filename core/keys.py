@@ -14,7 +14,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Final
@@ -219,19 +219,19 @@ class SigningKey:
 
     name: str
     private_key: Ed25519PrivateKey
+    # derived once: every signature names the key it was made with
+    public_key: bytes = field(init=False, compare=False)
+    keyid: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        public = self.private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        object.__setattr__(self, "public_key", public)
+        object.__setattr__(self, "keyid", key_id(public))
 
     def __repr__(self) -> str:
         return f"SigningKey(name={self.name!r}, keyid={self.keyid[:16]}...)"
-
-    @property
-    def public_key(self) -> bytes:
-        return self.private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-
-    @property
-    def keyid(self) -> str:
-        return key_id(self.public_key)
 
     def sign(self, message: bytes) -> bytes:
         return self.private_key.sign(message)

@@ -15,13 +15,14 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agora.bridge.config import BridgeConfig, bridge_config
 from agora.cli.session import Session, add_config_option, connected, open_session
 from agora.host.builder import build_agents
-from agora.host.config import Config
+from agora.host.config import Config, with_agents
 from agora.host.nats_server import EmbeddedNats
 from agora.host.service import Host, HostKeys
 
@@ -44,12 +45,22 @@ def register(commands: Any) -> None:
         action="store_true",
         help="do not write the fact log (another host process records)",
     )
+    up.add_argument(
+        "--agent",
+        action="append",
+        metavar="NAME",
+        dest="agents",
+        help="run only this agent of the configuration (repeat for more); the others "
+        "run in other host processes on the same NATS",
+    )
     up.set_defaults(run=run_up)
 
 
 def run_up(arguments: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     session = open_session(arguments.config)
+    if arguments.agents:
+        session = replace(session, config=with_agents(session.config, arguments.agents))
     bridge = bridge_config(session.config)  # its secrets are read now, before anything starts
     if bridge is not None:
         session.registry.get(bridge.identity)

@@ -15,8 +15,8 @@ the GitHub bridge, which checks it with its own loader; it is kept as given.
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
@@ -151,6 +151,22 @@ class Config:
     channels: Mapping[str, ChannelConfig]  # in file order, read-only
     agents: Mapping[str, AgentConfig]  # in file order, read-only
     bridge: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def with_agents(config: Config, names: Sequence[str]) -> Config:
+    """``config`` with only the agents ``names``: what one of several host processes runs.
+
+    Agents can be split across host processes (on one machine or many) that share the
+    NATS spine; exactly one of them records (the others run ``agora up --no-record``).
+    """
+    for name in names:
+        if name not in config.agents:
+            raise ConfigError(
+                f"{config.path}: there is no agent {shown(name)} under agents: expected one "
+                f"of {', '.join(config.agents) or '(none configured)'}"
+            )
+    chosen = {n: a for n, a in config.agents.items() if n in names}
+    return replace(config, agents=MappingProxyType(chosen))
 
 
 # -- the parser -------------------------------------------------------------------------

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from nats.aio.client import Client
@@ -28,7 +27,7 @@ from agora.core.keys import Role
 from agora.core.signing import sign_fact
 from agora.core.spine import publish_envelope
 from agora.core.verify import verify_directory
-from agora.host.config import Config
+from agora.host.config import with_agents
 from agora.host.nats_server import EmbeddedNats
 from agora.host.runner import Delivery
 from agora.host.service import Host, HostKeys
@@ -63,7 +62,7 @@ class Harness:
             host=self.session.key(config.host_name),
             agents={name: self.session.key(name) for name in chosen},
         )
-        trimmed = _with_agents(config, chosen)
+        trimmed = with_agents(config, chosen)
         host = Host(
             config=trimmed,
             registry=self.session.registry,
@@ -156,12 +155,6 @@ class Harness:
     def verify(self) -> None:
         report = verify_directory(self.facts_dir, self.session.registry)
         assert report.ok, str(report.problem)
-
-
-def _with_agents(config: Config, chosen: list[str]) -> Config:
-    return replace(
-        config, agents=MappingProxyType({n: a for n, a in config.agents.items() if n in chosen})
-    )
 
 
 @asynccontextmanager

@@ -280,3 +280,26 @@ def test_inject_refuses_a_reply_to_no_recorded_fact(workspace: Path) -> None:
     )
     assert result.returncode == 1
     assert "--reply-to 'act-nothing' is no fact" in result.stderr
+
+
+def test_up_runs_only_the_agents_it_is_given(workspace: Path) -> None:
+    refused = agora("up", "-c", workspace, "--agent", "nobody", check=False)
+    assert refused.returncode != 0
+    assert "there is no agent 'nobody' under agents" in refused.stderr
+    assert "synth-agent, relay-agent" in refused.stderr
+
+    log = (workspace.parent / "up-one.log").open("w")
+    process = subprocess.Popen(
+        [AGORA, "up", "-c", workspace, "--agent", "relay-agent"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        status = eventually(lambda: _status(workspace))
+        [host] = status["hosts"].values()
+        assert list(host["agents"]) == ["relay-agent"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()

@@ -16,7 +16,7 @@ from typing import Any, Final
 from agora.core.acts import Performative, check_channel, check_name, parse_act
 from agora.core.errors import MalformedEnvelope, PayloadTooLarge, shown
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: an event names the facts it concerns in a list, `subjects`
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
 MAX_HOPS: Final = 32
 MAX_TEXT_FIELD_CHARS: Final = 1024
@@ -277,16 +277,16 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _fields(obj: object, what: str, keys: frozenset[str]) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise MalformedEnvelope(f"{what} must be a JSON object, not {type(obj).__name__}")
+    if "v" in obj and obj["v"] != SCHEMA_VERSION:  # before the fields: they differ by version
+        raise MalformedEnvelope(
+            f"{what} schema version {shown(obj['v'])} is not supported: expected {SCHEMA_VERSION}"
+        )
     if obj.keys() != keys:
         missing = sorted(keys - obj.keys())
         extra = sorted(obj.keys() - keys)
         raise MalformedEnvelope(
             f"{what} fields are wrong: missing {missing or 'none'}, unexpected "
             f"{[shown(k) for k in extra] or 'none'}"
-        )
-    if obj["v"] != SCHEMA_VERSION:
-        raise MalformedEnvelope(
-            f"{what} schema version {shown(obj['v'])} is not supported: expected {SCHEMA_VERSION}"
         )
     return obj
 

@@ -79,7 +79,7 @@ artifact-types:
         link-type: {CONCERNS}
         target-types: [{ACT_ARTIFACT_TYPE}, {EVENT_ARTIFACT_TYPE}]
         required: false
-        cardinality: zero-or-one
+        cardinality: zero-or-many
 link-types:
   - name: {REPLIES_TO}
     inverse: replied-by

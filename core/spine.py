@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -167,12 +167,19 @@ async def publish_all(
     """Publish signed envelopes, each ``(subject, msg_id, envelope)``, pipelined in order
     on one connection, and wait until JetStream acknowledged every one (a repeat of an
     id counts as acknowledged). Raises what a refused publish raised, or TimeoutError."""
-    futures = [
-        await js.publish_async(subject, envelope, headers={MSG_ID_HEADER: msg_id})
-        for subject, msg_id, envelope in items
-    ]
+    futures: list[asyncio.Future[Any]] = []
+
+    async def publish_and_wait() -> None:
+        for subject, msg_id, envelope in items:
+            futures.append(
+                await js.publish_async(
+                    subject, envelope, wait_stall=timeout_s, headers={MSG_ID_HEADER: msg_id}
+                )
+            )
+        await asyncio.gather(*futures)
+
     try:
-        await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+        await asyncio.wait_for(publish_and_wait(), timeout_s)
     finally:
         for future in futures:  # what never came back frees its place in the window
             future.cancel()

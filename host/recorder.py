@@ -33,7 +33,6 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from agora.core.envelope import Event, EventKind, Fact, references_of
 from agora.core.errors import ConfigError, InputError
 from agora.core.factlog import POSITION_FILE, FactLog, FactsSnapshot, envelope_digest
-from agora.core.ids import now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
 from agora.core.spine import (
@@ -129,6 +128,7 @@ class Recorder:
                 try:
                     first = await asyncio.wait_for(arrived.get(), timeout=FETCH_WAIT_S)
                 except TimeoutError:
+                    self._save_position(force=False)  # idle: let the saved position catch up
                     continue
                 batch = [first]
                 while len(batch) < FETCH_BATCH and not arrived.empty():
@@ -158,7 +158,7 @@ class Recorder:
         )
 
     async def record(self, messages: list[Msg]) -> None:
-        """Append a batch in stream order (made durable later, by :meth:`make_durable`)."""
+        """Append a batch in stream order (made durable later, by the group commit)."""
         refusals: list[Event] = []
         appended = self._unsynced
         for message in messages:
@@ -173,8 +173,8 @@ class Recorder:
             )
 
     async def _commit(self) -> None:
-        """:meth:`make_durable`, with the fsync in a worker thread: the host's agents go
-        on while the disk works."""
+        """The group commit: fsync in a worker thread (the host's agents go on while the
+        disk works), then move the position past what was appended."""
         self._last_sync = asyncio.get_running_loop().time()
         target = self._unsynced_position
         if target <= self.position:
@@ -198,8 +198,8 @@ class Recorder:
         self._last_sync = asyncio.get_running_loop().time()
         target = self._unsynced_position
         if target > self.position:
-            appended, self._unsynced = self._unsynced, []
             self._log.sync()
+            appended, self._unsynced = self._unsynced, []
             self._synced(target, appended)
         self._save_position(force=True)
 
@@ -278,17 +278,23 @@ class Recorder:
 
 
 def _unverified(message: Msg, problem: InputError, host: str) -> Event:
-    # The id follows from the refused bytes, so a redelivery refuses under the same id.
+    # The id and the time follow from the refused message (its bytes, and when the
+    # stream took it), so reading it again refuses it in the very same envelope.
     digest = hashlib.sha256(message.data).hexdigest()[:32]
     return Event(
         id=f"ev-unverified-{digest}",
         kind=EventKind.REFUSED,
         actor=host,
-        time_ms=now_ms(),
+        time_ms=_stream_time_ms(message),
         reason="unverified",
         detail=str(problem)[:1000],
         data={"subject": message.subject[:200], "stream_seq": str(stream_sequence(message))},
     )
+
+
+def _stream_time_ms(message: Msg) -> int:
+    """When JetStream stored the message, in ms since the epoch."""
+    return int(message.metadata.timestamp.timestamp() * 1000)
 
 
 def _channel_of(message: Msg) -> str | None:

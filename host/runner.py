@@ -125,8 +125,7 @@ class AgentRunner:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._record = await self._records.load()
-        self._outbox_published = False
+        await self._reload()
         await self._publish_saved_outbox()
         with contextlib.suppress(AgentFault):  # a guest that cannot start faults on its call
             self._sandbox = await asyncio.to_thread(self._new_sandbox)
@@ -198,8 +197,7 @@ class AgentRunner:
                 await self._step(messages)
             except RecordConflict:
                 self.counters["record-conflict"] += 1
-                self._record = await self._records.load()
-                self._outbox_published = False
+                await self._reload()
                 await asyncio.sleep(random.uniform(0.005, 0.05))  # noqa: S311 - jitter, not secrecy
             else:
                 return
@@ -210,7 +208,7 @@ class AgentRunner:
         batch = Batch(self.spec.name, processed=self._record.recent)
         for message in messages:
             self._screen(message, batch)
-        for (verdict, channel), ids in batch.refused.items():
+        for (verdict, channel, _), ids in batch.refused.items():
             batch.outgoing.append(
                 self._event(
                     EventKind.REFUSED,
@@ -282,7 +280,9 @@ class AgentRunner:
         if verdict == Verdict.DELIVER:
             batch.deliver(fact)
         else:
-            batch.refused.setdefault((verdict, channel), []).append(fact.id)
+            # an act the recorder may refuse gets a refusal event of its own
+            alone = "" if self._vouched.grounded(fact.id) else fact.id
+            batch.refused.setdefault((verdict, channel, alone), {})[fact.id] = None
 
     async def _call(self, batch: Batch) -> GuestOutcome | None:
         context = GuestContext(
@@ -324,13 +324,15 @@ class AgentRunner:
     def _delivered(self, batch: Batch) -> None:
         """One ``delivered`` event per channel for what this call was handed."""
         at_ns = batch.handed_at_ns
-        by_channel: dict[str, list[str]] = {}
+        by_channel: dict[tuple[str, str], list[str]] = {}
         for act in batch.delivered:
             self.counters["delivered"] += 1
-            by_channel.setdefault(act.channel, []).append(act.id)
+            # an act the recorder may refuse gets a delivery event of its own
+            alone = "" if self._vouched.grounded(act.id) else act.id
+            by_channel.setdefault((act.channel, alone), []).append(act.id)
             for observer in self.observers:
                 observer(Delivery(self.spec.name, act, at_ns))
-        for channel, ids in by_channel.items():
+        for (channel, _), ids in by_channel.items():
             batch.outgoing.append(
                 self._event(
                     EventKind.DELIVERED, reason="delivered", subjects=tuple(ids), channel=channel
@@ -443,6 +445,11 @@ class AgentRunner:
         self._record = record
         self._outbox_published = False
 
+    async def _reload(self) -> None:
+        """Read the record another host saved; its outbox is not known to be published."""
+        self._record = await self._records.load()
+        self._outbox_published = False
+
     async def _publish_saved_outbox(self) -> None:
         """Publish the saved outbox unless this runner already did (again is harmless:
         the same ids, which JetStream and the recorder recognise)."""
@@ -461,7 +468,7 @@ class AgentRunner:
         try:
             await self._save(self._record.sent())
         except RecordConflict:  # another host saved this agent since: it moved on
-            self._record = await self._records.load()
+            await self._reload()
 
     async def _publish(self, outgoing: tuple[Outgoing, ...]) -> None:
         await publish_all(self._js, ((o.subject, o.msg_id, o.envelope) for o in outgoing))
@@ -491,8 +498,9 @@ class Batch:
         self.parents: dict[str, int] = {}
         self.conversations: dict[str, int] = {}
         self.outgoing: list[Outgoing] = []
-        # the ids refused, by the control that refused them and their channel
-        self.refused: dict[tuple[str, str], list[str]] = {}
+        # the ids refused (each once, in order) by control and channel; an act that gets
+        # an event of its own (see Vouched.grounded) also has its id in the key
+        self.refused: dict[tuple[str, str, str], dict[str, None]] = {}
         # ids the agent finished with, plus those delivered in this batch: one set
         # lookup per message instead of a scan of the record's recent ids
         self.processed: set[str] = set(processed)

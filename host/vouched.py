@@ -13,10 +13,11 @@ from collections import OrderedDict
 from typing import Final
 
 from agora.core.admission import admit, check_arrival
-from agora.core.envelope import Fact
+from agora.core.envelope import Act, Fact
 from agora.core.keys import KeyRegistry
 
 VOUCHED_MAX: Final = 65536
+GROUNDED_MAX: Final = 65536
 
 
 class Vouched:
@@ -26,9 +27,22 @@ class Vouched:
         self._registry = registry
         self._facts: OrderedDict[bytes, tuple[Fact, str]] = OrderedDict()
         self._limit = limit
+        # act id -> envelope digest, for acts whose reply chain this process has seen
+        self._grounded: OrderedDict[str, bytes] = OrderedDict()
 
     def add(self, envelope: bytes, fact: Fact, signer: str) -> None:
         self._remember(hashlib.sha256(envelope).digest(), (fact, signer))
+
+    def grounded(self, act_id: str) -> bool:
+        """Whether the recorder will take this act, as far as this process can tell.
+
+        An act is grounded when this process verified or signed it, one envelope only
+        carries its id, and it answers nothing or a grounded act. One ``delivered`` or
+        ``refused`` event may cover many grounded acts; an act that is not (a reply to
+        something never seen here, an id with two envelopes) gets an event of its own,
+        so that if the recorder refuses it, no other act's event goes with it.
+        """
+        return act_id in self._grounded
 
     def admit(self, envelope: bytes, *, channel: str | None) -> tuple[Fact, str]:
         """The fact and its signer; verified with :func:`admit` unless already known."""
@@ -46,3 +60,15 @@ class Vouched:
         self._facts[digest] = known
         if len(self._facts) > self._limit:
             self._facts.popitem(last=False)
+        fact = known[0]
+        if not isinstance(fact, Act):
+            return
+        seen = self._grounded.get(fact.id)
+        if seen is not None:
+            if seen != digest:  # a second envelope under one id: the recorder keeps one
+                del self._grounded[fact.id]
+            return
+        if fact.in_reply_to is None or fact.in_reply_to in self._grounded:
+            self._grounded[fact.id] = digest
+            if len(self._grounded) > GROUNDED_MAX:
+                self._grounded.popitem(last=False)

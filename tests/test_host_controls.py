@@ -16,7 +16,12 @@ from agora.core.envelope import Act, EventKind
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
-from agora.core.spine import channel_subject
+from agora.core.spine import (
+    agent_consumer_config,
+    channel_subject,
+    ensure_consumer,
+    ensure_spine,
+)
 from tests.harness import running_host
 
 PAIR = {
@@ -201,3 +206,54 @@ async def test_a_second_envelope_under_a_recorded_id_is_refused(
     assert recorded[0].payload == "the original"
     refusals = [e for e in h.events(EventKind.REFUSED) if "already the id" in e.detail]
     assert len(refusals) == 1  # the exact repeat is skipped quietly; the reuse is refused
+
+
+async def test_one_bad_act_in_a_batch_costs_no_other_act_its_fact(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    agent = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=agent, start=False) as h:
+        await ensure_spine(h.js)
+        config = agent_consumer_config(
+            "synth-agent", ["build-coord"], ack_wait_s=30, max_deliver=5, batch=64
+        )
+        await ensure_consumer(h.js, config)
+        key = h.session.key("maintainer")
+
+        def act(text: str, *, hops: int, reply: str | None = None) -> Act:
+            return Act(
+                id=new_id("act"),
+                conversation=new_id("conv"),
+                sender="maintainer",
+                channel="build-coord",
+                act=Performative.REQUEST,
+                payload=text,
+                hops=hops,
+                time_ms=now_ms(),
+                in_reply_to=reply,
+            )
+
+        spent = act("no hops left", hops=0)
+        orphan = act("answers nothing recorded", hops=2, reply="act-never-recorded")
+        good = act("fine", hops=1)
+        # Waiting before the host starts, so they come in one batch; the spent act twice,
+        # under two message ids, as anyone able to publish could replay it.
+        for n, each in enumerate([spent, spent, orphan, good]):
+            await h.js.publish(
+                channel_subject("build-coord"),
+                sign_fact(each, key),
+                headers={"Nats-Msg-Id": f"{each.id}-{n}"},
+            )
+        await h.start_host()
+        await h.settle()
+        counters = h.running().runners["synth-agent"].counters
+        assert counters["host-error"] == 0
+        assert {d.act.id for d in h.deliveries} == {orphan.id, good.id}
+    # The orphan is refused by the recorder, and so is its own delivery event; the good
+    # act's delivery is a fact all the same, and the spent act is refused once.
+    delivered = [s for _, s in h.per_subject(EventKind.DELIVERED)]
+    assert delivered == [good.id]
+    refused = [(e.reason, s) for e, s in h.per_subject(EventKind.REFUSED)]
+    assert refused.count(("no-hops", spent.id)) == 1
+    assert orphan.id not in {f.id for f in h.facts()}
+    h.verify()

@@ -124,6 +124,23 @@ class _Option(OptionType):
     def payload(self) -> ValType:
         return self.resolved
 
+    def convert_to_c(
+        self, store: Storelike, val: Any, ptr: ctypes._Pointer[ffi.wasmtime_component_val_t]
+    ) -> None:
+        # wasmtime-py tells the cases apart through one module-wide set, which agents
+        # calling from several threads at once would share; None is simply `none` here
+        # (nested options, where that is ambiguous, keep wasmtime-py's way).
+        if isinstance(self.resolved, OptionType):
+            super().convert_to_c(store, val, ptr)
+            return
+        some = None
+        if val is not None:
+            cell = ffi.wasmtime_component_val_t()
+            self.resolved.convert_to_c(store, val, ctypes.pointer(cell))
+            some = ffi.wasmtime_component_val_new(ctypes.byref(cell))
+        ptr.contents.kind = ffi.WASMTIME_COMPONENT_OPTION
+        ptr.contents.of.option = some
+
 
 class _Bytes(_List):
     """``list<u8>`` as ``bytes``, copied in bulk: the cells are built in one buffer."""

@@ -280,9 +280,8 @@ class AgentRunner:
         if verdict == Verdict.DELIVER:
             batch.deliver(fact)
         else:
-            # an act the recorder may refuse gets a refusal event of its own
-            alone = "" if self._vouched.grounded(fact.id) else fact.id
-            batch.refused.setdefault((verdict, channel, alone), {})[fact.id] = None
+            key = (verdict, channel, self._own_event(fact.id))
+            batch.refused.setdefault(key, {})[fact.id] = None
 
     async def _call(self, batch: Batch) -> GuestOutcome | None:
         context = GuestContext(
@@ -327,9 +326,7 @@ class AgentRunner:
         by_channel: dict[tuple[str, str], list[str]] = {}
         for act in batch.delivered:
             self.counters["delivered"] += 1
-            # an act the recorder may refuse gets a delivery event of its own
-            alone = "" if self._vouched.grounded(act.id) else act.id
-            by_channel.setdefault((act.channel, alone), []).append(act.id)
+            by_channel.setdefault((act.channel, self._own_event(act.id)), []).append(act.id)
             for observer in self.observers:
                 observer(Delivery(self.spec.name, act, at_ns))
         for (channel, _), ids in by_channel.items():
@@ -338,6 +335,11 @@ class AgentRunner:
                     EventKind.DELIVERED, reason="delivered", subjects=tuple(ids), channel=channel
                 )
             )
+
+    def _own_event(self, act_id: str) -> str:
+        """``act_id`` if the act gets events of its own (one the recorder may refuse:
+        see :meth:`Vouched.grounded`), else "" (it shares its batch's events)."""
+        return "" if self._vouched.grounded(act_id) else act_id
 
     def _take(self, outcome: GuestOutcome, batch: Batch) -> None:
         """Screen, stamp and sign what the agent emitted."""

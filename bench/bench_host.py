@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import pstats
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bench_load import READY, Message, write_messages
 from bench_stats import finite, spread_ms
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
@@ -53,7 +55,7 @@ from agora.core.control import set_switch
 from agora.core.envelope import Act, Event, EventKind, Fact
 from agora.core.ids import new_id, now_ms
 from agora.core.signing import sign_fact
-from agora.core.spine import event_subject, publish_envelope, publish_fact
+from agora.core.spine import channel_subject, event_subject, publish_envelope, publish_fact
 from agora.host.builder import build_agents
 from agora.host.killswitch import KillState
 from agora.host.nats_server import EmbeddedNats
@@ -65,6 +67,7 @@ CHANNEL: Final = "bench"
 AGENT: Final = "echo-agent"
 SECOND_AGENT: Final = "echo-agent-2"
 COMPONENT: Final = "chatty"
+LOAD_SCRIPT: Final = Path(__file__).resolve().parent / "bench_load.py"
 PAYLOAD_CHARS: Final = 64  # an act's text; its signed envelope is about 650 bytes
 
 RAW_MESSAGES: Final = 20_000
@@ -84,6 +87,8 @@ LIGHT_SECONDS: Final = 3.0
 KILL_ROUNDS: Final = 20
 KILL_FLOW_S: Final = 0.2  # traffic flows this long before each kill
 KILL_HOLD_S: Final = 0.2  # a kill stays this long: any delivery in it is a late one
+KILL_ROUND_S: Final = 1.0  # a round's flow and hold, its switches, and then some
+KILL_SPARE_S: Final = 5.0
 MEMORY_AGENTS: Final = (1, 9)
 PROBE_TIMEOUT_S: Final = 120
 STOP_WAIT_S: Final = 30.0  # a host that takes longer to stop is stuck: fail, showing where
@@ -133,6 +138,7 @@ class Running:
     session: Session
     host: Host
     js: JetStreamContext
+    url: str
 
 
 @asynccontextmanager
@@ -145,7 +151,7 @@ async def running_host(session: Session) -> AsyncIterator[Running]:
     ):
         await host.start(host_client)
         try:
-            yield Running(session, host, outside.jetstream())
+            yield Running(session, host, outside.jetstream(), server.url)
         finally:
             await stop_host(host)
 
@@ -201,35 +207,62 @@ async def publish_all(js: JetStreamContext, acts: Sequence[Signed]) -> None:
         )
 
 
-async def publish_paced(
-    js: JetStreamContext,
-    acts: Iterable[Signed],
-    *,
-    rate: float,
-    sent_ns: dict[str, int],
-    stop: asyncio.Event | None = None,
-) -> float:
-    """Publish one act every ``1/rate`` s against an absolute schedule (a late start is
-    caught up, so drift does not accumulate). Each act's time is taken just before its
-    publish. Returns the rate actually offered."""
-    interval_ns = 1e9 / rate
-    start = time.perf_counter_ns()
-    count = 0
+class Load:
+    """The outside world in a process of its own (``bench_load.py``): publishes prepared
+    messages, paced or as fast as JetStream takes them, so that what publishing costs is
+    not counted against the process measured. Its times are ``perf_counter_ns``, which on
+    Linux is the system-wide ``CLOCK_MONOTONIC`` and so compares with this process's."""
 
-    async def send(act: Act, envelope: bytes) -> None:
-        sent_ns[act.id] = time.perf_counter_ns()
-        await publish_envelope(js, channel=act.channel, msg_id=act.id, envelope=envelope)
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
 
-    async with asyncio.TaskGroup() as group:
-        for act, envelope in acts:
-            if stop is not None and stop.is_set():
-                break
-            delay_ns = start + count * interval_ns - time.perf_counter_ns()
-            if delay_ns > 0:
-                await asyncio.sleep(delay_ns / 1e9)
-            group.create_task(send(act, envelope))
-            count += 1
-    return count / ((time.perf_counter_ns() - start) / 1e9)
+    @classmethod
+    @asynccontextmanager
+    async def started(
+        cls, url: str, messages: Sequence[Message], *, rate: float | None = None
+    ) -> AsyncIterator[Load]:
+        """Start publishing; the block runs once the publisher is connected."""
+        with tempfile.TemporaryDirectory(prefix="agora-bench-load-") as tmp:
+            path = Path(tmp) / "messages"
+            write_messages(path, messages)
+            pace = [] if rate is None else ["--rate", str(rate)]
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(LOAD_SCRIPT),
+                "--url",
+                url,
+                "--file",
+                str(path),
+                *pace,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            try:
+                assert process.stdout is not None
+                first = await process.stdout.readline()
+                if first.decode().strip() != READY:
+                    raise SystemExit(f"the load process did not start: {first!r}")
+                yield cls(process)
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+    async def result(self) -> dict[str, Any]:
+        """Wait until everything was published and acknowledged; the publisher's report."""
+        out, _ = await self._process.communicate()
+        if self._process.returncode != 0:
+            raise SystemExit(f"the load process failed with exit code {self._process.returncode}")
+        report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return report
+
+    async def stop(self) -> dict[str, Any]:
+        """Stop publishing now; the publisher's report of what it sent."""
+        self._process.send_signal(signal.SIGTERM)
+        return await self.result()
+
+
+def messages_of(acts: Iterable[Signed]) -> list[Message]:
+    return [(channel_subject(act.channel), act.id, envelope) for act, envelope in acts]
 
 
 class Replies:
@@ -306,8 +339,8 @@ def counters(host: Host) -> dict[str, dict[str, int]]:
 
 
 async def measure_raw(root: Path, count: int) -> dict[str, float]:
-    """JetStream alone: publish ``count`` messages while a pull consumer fetches and
-    acknowledges them, in one process and one event loop, as the host runs."""
+    """JetStream alone: ``count`` messages published from another process (as the host's
+    acts are) while a pull consumer in this one fetches and acknowledges them."""
     payload = bytes(RAW_PAYLOAD_BYTES)
     async with EmbeddedNats(data_dir=root / "nats") as server, connected(server.url) as nc:
         js = nc.jetstream()
@@ -321,34 +354,22 @@ async def measure_raw(root: Path, count: int) -> dict[str, float]:
             ),
         )
         subscription = await js.pull_subscribe_bind("raw", stream=RAW_STREAM)
-        published_at = 0.0
-
-        async def produce() -> None:
-            nonlocal published_at
-            for first in range(0, count, PUBLISH_WINDOW):
-                window = min(PUBLISH_WINDOW, count - first)
-                await asyncio.gather(*(js.publish(RAW_SUBJECT, payload) for _ in range(window)))
-            published_at = time.perf_counter()
-
-        async def consume() -> None:
-            received = 0
+        messages = [(RAW_SUBJECT, "", payload)] * count
+        received = 0
+        async with Load.started(server.url, messages) as load:
             while received < count:
                 try:
-                    messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+                    fetched = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
                 except (FetchTimeoutError, TimeoutError):
                     continue
-                for message in messages:
+                for message in fetched:
                     await message.ack()
-                received += len(messages)
-
-        start = time.perf_counter()
-        async with asyncio.TaskGroup() as group:
-            group.create_task(produce())
-            group.create_task(consume())
-        elapsed = time.perf_counter() - start
+                received += len(fetched)
+            acked_ns = time.perf_counter_ns()
+            report = await load.result()
     return {
-        "raw_msgs_per_s": count / elapsed,
-        "raw_publish_per_s": count / (published_at - start),
+        "raw_msgs_per_s": count / ((acked_ns - report["start_ns"]) / 1e9),
+        "raw_publish_per_s": count / ((report["end_ns"] - report["start_ns"]) / 1e9),
         "raw_messages": count,
     }
 
@@ -373,12 +394,12 @@ async def measure_throughput(
         replies.expect(act.id for act, _ in acts)
         if profile is not None:
             profile.enable()
-        start_ns = time.perf_counter_ns()
-        await publish_all(run.js, acts)
-        published_ns = time.perf_counter_ns()
         patience_s = REPLY_WAIT_S + count / SLOWEST_ACTS_PER_S
-        complete = await replies.wait(patience_s)
-        replied_ns = time.perf_counter_ns()
+        async with Load.started(run.url, messages_of(acts)) as load:
+            complete = await replies.wait(patience_s)
+            replied_ns = time.perf_counter_ns()
+            report = await load.result()
+        start_ns, published_ns = report["start_ns"], report["end_ns"]
         if profile is not None:
             profile.disable()
         await run.host.settle(timeout_s=patience_s)
@@ -418,8 +439,10 @@ async def paced_latency(
     observers.append(on_delivery)
     acts = take(supply, round(rate * seconds))
     replies.expect(act.id for act, _ in acts)
-    sent_ns: dict[str, int] = {}
-    offered = await publish_paced(run.js, acts, rate=rate, sent_ns=sent_ns)
+    async with Load.started(run.url, messages_of(acts), rate=rate) as load:
+        report = await load.result()
+    sent_ns: dict[str, int] = report["sent_ns"]
+    offered = report["offered_per_s"]
     await replies.wait(REPLY_WAIT_S)
     await run.host.settle()
     observers.remove(on_delivery)
@@ -516,35 +539,27 @@ async def measure_kill(root: Path, *, rate: float, rounds: int) -> dict[str, Any
         propagation_ns: list[int] = []
         after_kill: list[int] = []
         flowing: list[int] = []
-        stop = asyncio.Event()
-
-        async def kill_rounds() -> None:
-            try:
-                for _ in range(rounds):
-                    watched.deliveries_ns.clear()
-                    await asyncio.sleep(KILL_FLOW_S)
-                    flowing.append(len(watched.deliveries_ns))
-                    written_ns, kill_ns = await switch(run, EventKind.KILLED)
-                    await host.killswitch.wait_for(blocked)
-                    await asyncio.sleep(KILL_HOLD_S)
-                    delivered = list(watched.deliveries_ns)
-                    late_ns.append(max(0, max(delivered, default=0) - kill_ns))
-                    after_kill.append(sum(1 for at_ns in delivered if at_ns > kill_ns))
-                    propagation_ns.append(watched.flipped_ns[-1] - written_ns)
-                    await switch(run, EventKind.RESUMED)
-                    await host.killswitch.wait_for(lambda state: not blocked(state))
-            finally:
-                stop.set()
-
-        async with asyncio.TaskGroup() as group:
-            group.create_task(kill_rounds())
-            traffic = group.create_task(
-                publish_paced(run.js, supply, rate=rate, sent_ns={}, stop=stop)
-            )
+        # more acts than the rounds can take at ``rate``; the load is stopped after them
+        traffic = take(supply, round(rate * (rounds * KILL_ROUND_S + KILL_SPARE_S)))
+        async with Load.started(run.url, messages_of(traffic), rate=rate) as load:
+            for _ in range(rounds):
+                watched.deliveries_ns.clear()
+                await asyncio.sleep(KILL_FLOW_S)
+                flowing.append(len(watched.deliveries_ns))
+                written_ns, kill_ns = await switch(run, EventKind.KILLED)
+                await host.killswitch.wait_for(blocked)
+                await asyncio.sleep(KILL_HOLD_S)
+                delivered = list(watched.deliveries_ns)
+                late_ns.append(max(0, max(delivered, default=0) - kill_ns))
+                after_kill.append(sum(1 for at_ns in delivered if at_ns > kill_ns))
+                propagation_ns.append(watched.flipped_ns[-1] - written_ns)
+                await switch(run, EventKind.RESUMED)
+                await host.killswitch.wait_for(lambda state: not blocked(state))
+            report = await load.stop()
         seen = counters(host)
     return {
         "rounds": rounds,
-        "offered_per_s": traffic.result(),
+        "offered_per_s": report["offered_per_s"],
         "delivered_before_kill_min": min(flowing, default=0),
         "kill_to_last_delivery": spread_ms(late_ns),
         "switch_propagation": spread_ms(propagation_ns),

@@ -34,15 +34,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.errors import FetchTimeoutError
 
 from agora.core.acts import parse_act
 from agora.core.control import set_switch
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import SigningKey
+from agora.core.pull import PullFeed
 from agora.core.signing import sign_fact
 from agora.core.spine import (
     STREAM,
@@ -95,7 +95,7 @@ class AgentRunner:
         self,
         *,
         spec: AgentSpec,
-        js: JetStreamContext,
+        client: Client,
         records: RecordStore,
         sandbox_factory: Callable[[], Sandbox],
         agent_key: SigningKey,
@@ -104,7 +104,8 @@ class AgentRunner:
         vouched: Vouched,
     ) -> None:
         self.spec = spec
-        self._js = js
+        self._client = client
+        self._js = client.jetstream()
         self._records = records
         self._new_sandbox = sandbox_factory
         self._sandbox: Sandbox | None = None
@@ -120,7 +121,7 @@ class AgentRunner:
         self._outbox_published = False  # whether the saved record's outbox went out
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._feed: PullFeed | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -129,25 +130,30 @@ class AgentRunner:
         await self._publish_saved_outbox()
         with contextlib.suppress(AgentFault):  # a guest that cannot start faults on its call
             self._sandbox = await asyncio.to_thread(self._new_sandbox)
-        subscription = await self._js.pull_subscribe_bind(
-            agent_consumer_name(self.spec.name), stream=STREAM
-        )
-        self._subscription = subscription
-        self._task = asyncio.create_task(self._run(subscription), name=f"agent-{self.spec.name}")
+        self._feed = await self._open_feed()
+        self._task = asyncio.create_task(self._run(), name=f"agent-{self.spec.name}")
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in hand (graceful), or at once, as a crash would."""
         await finish(self._task, self._stopping, graceful=graceful)
-        if self._subscription is not None:
-            with contextlib.suppress(Exception):
-                await self._subscription.unsubscribe()
+        if self._feed is not None:
+            await self._feed.stop(give_back=graceful)
 
-    async def _run(self, subscription: JetStreamContext.PullSubscription) -> None:
+    async def _open_feed(self) -> PullFeed:
+        feed = PullFeed(
+            self._client,
+            stream=STREAM,
+            consumer=agent_consumer_name(self.spec.name),
+            batch=self.spec.batch,
+        )
+        await feed.start()
+        return feed
+
+    async def _run(self) -> None:
         while not self._stopping.is_set():
+            assert self._feed is not None  # noqa: S101 - opened in start()
             try:
-                messages = await subscription.fetch(self.spec.batch, timeout=self._wait_s())
-            except (FetchTimeoutError, TimeoutError):
-                messages = []
+                messages = await self._feed.take(self.spec.batch, self._wait_s())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -155,15 +161,10 @@ class AgentRunner:
                 log.exception("agent %s: fetch failed; binding its consumer again", self.spec.name)
                 await asyncio.sleep(IDLE_WAIT_S)
                 with contextlib.suppress(Exception):
-                    subscription = await self._js.pull_subscribe_bind(
-                        agent_consumer_name(self.spec.name), stream=STREAM
-                    )
+                    await self._feed.stop(give_back=False)
+                    self._feed = await self._open_feed()
                 continue
-            # A fetch can return more than asked (what earlier pull requests left behind):
-            # the agent is never handed more than its batch limit in one call.
-            size = self.spec.batch
-            for start in range(0, max(len(messages), 1), size):
-                await self._guarded_step(messages[start : start + size])
+            await self._guarded_step(messages)
 
     async def _guarded_step(self, messages: list[Msg]) -> None:
         try:

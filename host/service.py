@@ -122,14 +122,14 @@ class Host:
             await self.recorder.start()
         agents_kv = await js.key_value(AGENTS_BUCKET)
         for agent in self.config.agents.values():
-            runner = await self._prepare(js, agent, RecordStore(agents_kv, agent.name))
+            runner = await self._prepare(nc, agent, RecordStore(agents_kv, agent.name))
             self.runners[agent.name] = runner
         for runner in self.runners.values():
             await runner.start()
         self._status_task = asyncio.create_task(self._report_status(js), name="agora-status")
 
     async def _prepare(
-        self, js: JetStreamContext, agent: AgentConfig, records: RecordStore
+        self, client: Client, agent: AgentConfig, records: RecordStore
     ) -> AgentRunner:
         component = self._component(agent.component)
         limits = SandboxLimits(
@@ -153,7 +153,7 @@ class Host:
             )
 
         await ensure_consumer(
-            js,
+            client.jetstream(),
             agent_consumer_config(
                 agent.name,
                 agent.channels,
@@ -170,7 +170,7 @@ class Host:
                 batch=agent.limits.batch,
                 outbox_limit=agent.limits.outbox,
             ),
-            js=js,
+            client=client,
             records=records,
             sandbox_factory=new_sandbox,
             agent_key=self._keys.agents[agent.name],

@@ -1,0 +1,146 @@
+"""A durable pull consumer's messages, kept flowing into a local buffer.
+
+nats-py's ``fetch`` sends a pull request when it is called and then waits for each
+message with a task and a timer of its own: under load that is a large share of what a
+host spends per message, and the request's round trip is paid before every batch.
+:class:`PullFeed` keeps pull requests outstanding instead, so the next batch is
+already here when the last one is done:
+
+- one subscription on a private inbox takes what the server delivers, in a callback,
+  into a buffer;
+- pull requests ask for at most ``batch`` messages beyond what the buffer holds, each
+  expiring after ``expires_s``; a request that ends early (408 on expiry, 409 for
+  reasons such as a leadership change) says how many it did not deliver, which are
+  asked for again;
+- if nothing at all arrives (no message, no expiry) for ``expires_s`` plus a grace
+  period while messages are asked for, the requests are presumed lost, as after a
+  server restart, and made again.
+
+The server drops a waiting request when its inbox loses interest, so a stopped feed
+takes nothing more; what it buffered and never handed out is given back (``nak``) at
+a graceful stop, to be delivered again at once rather than after ``ack_wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from typing import Final
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from agora.core.errors import AgoraError
+
+API_PREFIX: Final = "$JS.API"
+STATUS_HEADER: Final = "Status"
+DESCRIPTION_HEADER: Final = "Description"
+PENDING_HEADER: Final = "Nats-Pending-Messages"
+HEARTBEAT: Final = "100"
+EXPIRED: Final = "408"
+REQUEST_ENDED: Final = frozenset({"404", "408", "409"})
+LOST_GRACE_S: Final = 1.0
+# a 409 that ends the consumer, not just one request: asking again cannot help
+FATAL_409: Final = ("consumer deleted", "consumer is push based")
+
+
+class PullFeedError(AgoraError):
+    """The server ended the consumer (deleted, or replaced by a push consumer)."""
+
+
+class PullFeed:
+    def __init__(
+        self, client: Client, *, stream: str, consumer: str, batch: int, expires_s: float = 1.0
+    ) -> None:
+        if batch < 1:
+            raise ValueError(f"batch is {batch}: expected at least 1")
+        self._client = client
+        self._next_subject = f"{API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._batch = batch
+        self._expires_s = expires_s
+        self._inbox = client.new_inbox()
+        self._subscription: Subscription | None = None
+        self._buffer: deque[Msg] = deque()
+        self._asked = 0  # asked for, and neither delivered nor given back by the server
+        self._last_heard = 0.0
+        self._arrived = asyncio.Event()
+        self._failure: str | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._client.subscribe(self._inbox, cb=self._on_message)
+        self._last_heard = _now()
+        await self._top_up()
+
+    async def stop(self, *, give_back: bool = True) -> None:
+        """Stop taking messages; give back (``nak``) what was buffered but not taken."""
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+            self._subscription = None
+        if give_back:
+            while self._buffer:
+                with contextlib.suppress(Exception):
+                    await self._buffer.popleft().nak()
+        self._buffer.clear()
+
+    async def take(self, limit: int, timeout_s: float) -> list[Msg]:
+        """Up to ``limit`` messages, waiting at most ``timeout_s`` for the first."""
+        if not self._buffer and self._failure is None:
+            await self._top_up()
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout_s)
+        if self._failure is not None:
+            raise PullFeedError(self._failure)
+        taken = [self._buffer.popleft() for _ in range(min(limit, len(self._buffer)))]
+        await self._top_up()
+        return taken
+
+    async def _on_message(self, message: Msg) -> None:
+        self._last_heard = _now()
+        headers = message.headers
+        status = headers.get(STATUS_HEADER) if headers else None
+        if status is None:
+            self._buffer.append(message)
+            self._asked = max(0, self._asked - 1)
+            self._arrived.set()
+            return
+        if status == HEARTBEAT:
+            return
+        assert headers is not None  # noqa: S101 - a status came in them
+        description = headers.get(DESCRIPTION_HEADER, "")
+        if status in REQUEST_ENDED:
+            unused = headers.get(PENDING_HEADER)
+            self._asked = max(0, self._asked - int(unused)) if unused else 0
+            if status == "409" and description.lower().startswith(FATAL_409):
+                self._failure = f"the consumer is gone: {description}"
+                self._arrived.set()
+            elif status == EXPIRED:  # ask again now, not when the runner next takes
+                await self._top_up()
+            return
+        self._failure = f"the server answered a pull request with {status} {description}"
+        self._arrived.set()
+
+    async def _top_up(self) -> None:
+        """Ask for more when at least half a batch is missing (or nothing is asked)."""
+        if self._subscription is None or self._failure is not None:
+            return
+        now = _now()
+        if self._asked and now - self._last_heard > self._expires_s + LOST_GRACE_S:
+            self._asked = 0  # nothing heard for longer than a request lives: lost
+            self._last_heard = now
+        wanted = self._batch - self._asked - len(self._buffer)
+        if wanted <= 0 or (self._asked and wanted < (self._batch + 1) // 2):
+            return
+        request = {"batch": wanted, "expires": int(self._expires_s * 1e9)}
+        await self._client.publish(
+            self._next_subject, json.dumps(request).encode(), reply=self._inbox
+        )
+        self._asked += wanted
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

@@ -27,9 +27,7 @@ async def client(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
     await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT]))
     await js.add_consumer(
         STREAM,
-        ConsumerConfig(
-            durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S
-        ),
+        ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S),
     )
     yield nc
     await nc.close()

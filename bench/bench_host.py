@@ -1,16 +1,23 @@
 """Host benchmarks: the whole path, on a real nats-server and real wasm agents.
 
-Five parts, each on a fresh workspace and a fresh embedded nats-server:
+Five parts, each on a fresh workspace and a fresh embedded nats-server. What the
+outside world publishes comes from a process of its own (``bench_load.py``), as a
+bridge's or another host's acts would, so its cost is not counted against the process
+measured.
 
-1. raw: nats-py JetStream alone on a plain stream (pipelined publish, pull fetch of 64,
-   ack), 500-byte messages; the baseline the host is compared with, measured in the
-   same run;
+1. raw: nats-py JetStream alone on a plain stream (pipelined publish from the load
+   process, pull fetch of 64 and ack here), 500-byte messages; the baseline the host is
+   compared with, measured in the same run;
 2. throughput: signed acts from ``maintainer`` through the whole host (verify, screen,
    the agent's call, stamp and sign its reply, publish, record and fsync), counted when
    the recorder has appended every reply, and again when the host has settled (the
    replies come back to the channel's agents, and each refusal of them is a fact too);
+   with one agent, two agents, and one agent in a host process of its own beside a
+   recording one ("split": ``agora up --agent NAME --no-record``, as a second machine
+   would run it);
 3. latency at a light load and at an offered load (one act every millisecond by
-   default): publish to the reply's append, and publish to the hand-over to the agent;
+   default), in one process and split: publish to the reply's append, and publish to
+   the hand-over to the agent;
 4. kill latency: with traffic flowing, how long after a kill of the channel anything
    is still delivered on it;
 5. memory: resident set size of a process running the host with 1 and with 9 agents.
@@ -29,6 +36,7 @@ import cProfile
 import io
 import json
 import logging
+import math
 import pstats
 import signal
 import subprocess
@@ -36,8 +44,8 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,7 +53,7 @@ from bench_load import READY, Message, write_messages
 from bench_stats import finite, spread_ms
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
-from nats.js.errors import FetchTimeoutError
+from nats.js.errors import FetchTimeoutError, NotFoundError
 
 from agora.cli.session import Session, connected, open_session
 from agora.cli.up_cmd import SOURCE_WIT, prepare_host
@@ -55,8 +63,16 @@ from agora.core.control import set_switch
 from agora.core.envelope import Act, Event, EventKind, Fact
 from agora.core.ids import new_id, now_ms
 from agora.core.signing import sign_fact
-from agora.core.spine import channel_subject, event_subject, publish_envelope, publish_fact
+from agora.core.spine import (
+    STREAM,
+    agent_consumer_name,
+    channel_subject,
+    event_subject,
+    publish_envelope,
+    publish_fact,
+)
 from agora.host.builder import build_agents
+from agora.host.config import with_agents
 from agora.host.killswitch import KillState
 from agora.host.nats_server import EmbeddedNats
 from agora.host.runner import Delivery
@@ -68,6 +84,7 @@ AGENT: Final = "echo-agent"
 SECOND_AGENT: Final = "echo-agent-2"
 COMPONENT: Final = "chatty"
 LOAD_SCRIPT: Final = Path(__file__).resolve().parent / "bench_load.py"
+AGORA: Final = Path(sys.executable).parent / "agora"  # the CLI, installed beside Python
 PAYLOAD_CHARS: Final = 64  # an act's text; its signed envelope is about 650 bytes
 
 RAW_MESSAGES: Final = 20_000
@@ -170,6 +187,68 @@ async def stop_host(host: Host) -> None:
             print(f"-- {task!r}", file=sys.stderr)
             task.print_stack(file=sys.stderr)
     raise RuntimeError(f"Host.stop() did not return within {STOP_WAIT_S:g} s")
+
+
+@asynccontextmanager
+async def split_hosts(root: Path, agents: Mapping[str, AgentPlan]) -> AsyncIterator[Running]:
+    """Two host processes on one nats-server, as two machines would run them: this one
+    records (a host with no agents), and ``agora up --agent NAME --no-record`` runs the
+    agents in another."""
+    async with EmbeddedNats(data_dir=root / "nats") as server:
+        path = create_workspace(
+            root / "workspace",
+            channels=[CHANNEL],
+            agents=agents,
+            extra={"nats": {"url": server.url}},
+        )
+        session = open_session(path)
+        recording = replace(session, config=with_agents(session.config, []))
+        host = prepare_host(recording, log_line=lambda _: None)
+        chosen = [argument for name in agents for argument in ("--agent", name)]
+        async with connected(server.url) as host_client, connected(server.url) as outside:
+            await host.start(host_client)
+            with (root / "agents-host.log").open("w") as output:
+                process = await asyncio.create_subprocess_exec(
+                    str(AGORA),
+                    "up",
+                    "-c",
+                    str(path),
+                    *chosen,
+                    "--no-record",
+                    stdout=output,
+                    stderr=output,
+                )
+                try:
+                    js = outside.jetstream()
+                    await wait_for_consumers(js, agents, process, root / "agents-host.log")
+                    yield Running(session, host, js, server.url)
+                finally:
+                    process.terminate()
+                    await process.wait()
+                    await stop_host(host)
+
+
+async def wait_for_consumers(
+    js: JetStreamContext,
+    agents: Iterable[str],
+    process: asyncio.subprocess.Process,
+    log_path: Path,
+) -> None:
+    """Wait until the other process has created every agent's consumer (an act
+    published before it exists would never reach the agent)."""
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    for agent in agents:
+        while True:
+            if process.returncode is not None:
+                output = await asyncio.to_thread(log_path.read_text)
+                raise SystemExit(f"the agents' host exited:\n{output}")
+            try:
+                await js.consumer_info(STREAM, agent_consumer_name(agent))
+                break
+            except NotFoundError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"no consumer for {agent} after {PROBE_TIMEOUT_S} s") from None
+                await asyncio.sleep(0.1)
 
 
 def signed_acts(session: Session, *, channel: str = CHANNEL, hops: int = 1) -> Iterator[Signed]:
@@ -374,18 +453,32 @@ async def measure_raw(root: Path, count: int) -> dict[str, float]:
     }
 
 
+def hosts(
+    root: Path, agents: Mapping[str, AgentPlan], *, split: bool
+) -> AbstractAsyncContextManager[Running]:
+    if split:
+        return split_hosts(root, agents)
+    return running_host(new_session(root, agents, [CHANNEL]))
+
+
 # -- 2. throughput ------------------------------------------------------------------------
 
 
 async def measure_throughput(
-    root: Path, count: int, *, agents: Sequence[str], profile: cProfile.Profile | None = None
+    root: Path,
+    count: int,
+    *,
+    agents: Sequence[str],
+    split: bool = False,
+    profile: cProfile.Profile | None = None,
 ) -> dict[str, Any]:
     """Publish ``count`` acts as fast as possible; measured until every agent's reply to
     each is in the fact log, and again until the host has settled (the replies come back
-    to the agents too, and each refusal of them is a fact)."""
+    to the agents too, and each refusal of them is a fact). ``split``: the agents run in
+    a host process of their own (see :func:`split_hosts`)."""
     plans = {name: AgentPlan(COMPONENT, (CHANNEL,)) for name in agents}
-    session = new_session(root, plans, [CHANNEL])
-    async with running_host(session) as run:
+    async with hosts(root, plans, split=split) as run:
+        session = run.session
         replies = watch(run.host, agents)
         supply = signed_acts(session)
         await warm_up(run, replies, supply)
@@ -435,7 +528,8 @@ async def paced_latency(
     def on_delivery(delivery: Delivery) -> None:
         delivered_ns[delivery.act.id] = delivery.at_ns
 
-    observers = run.host.runners[AGENT].observers
+    runner = run.host.runners.get(AGENT)  # in another process when the hosts are split
+    observers = runner.observers if runner is not None else []
     observers.append(on_delivery)
     acts = take(supply, round(rate * seconds))
     replies.expect(act.id for act, _ in acts)
@@ -459,10 +553,12 @@ async def paced_latency(
     }
 
 
-async def measure_latency(root: Path, *, rate: float, seconds: float) -> dict[str, Any]:
+async def measure_latency(
+    root: Path, *, rate: float, seconds: float, split: bool = False
+) -> dict[str, Any]:
     """Latency at a light load first (where the path itself shows), then at ``rate``."""
-    session = new_session(root, {AGENT: AgentPlan(COMPONENT, (CHANNEL,))}, [CHANNEL])
-    async with running_host(session) as run:
+    async with hosts(root, {AGENT: AgentPlan(COMPONENT, (CHANNEL,))}, split=split) as run:
+        session = run.session
         replies = watch(run.host, [AGENT])
         supply = signed_acts(session)
         await warm_up(run, replies, supply)
@@ -646,7 +742,11 @@ def show_throughput(results: dict[str, Any]) -> None:
         f"{raw:,.0f} /s",
         f"(the baseline; {RAW_PAYLOAD_BYTES}-byte messages)",
     )
-    for label, key in (("1 agent", "throughput"), ("2 agents", "throughput_2_agents")):
+    for label, key in (
+        ("1 agent", "throughput"),
+        ("2 agents", "throughput_2_agents"),
+        ("1 agent, split", "throughput_split"),
+    ):
         part = results.get(key)
         if part is None:
             continue
@@ -671,14 +771,22 @@ def show_throughput(results: dict[str, Any]) -> None:
 
 
 def show_latency(results: dict[str, Any]) -> None:
-    for point in ("light", "loaded"):
-        latency = results["latency"][point]
-        offered = f"at {latency['offered_per_s']:,.0f} acts/s"
+    for part, point in (
+        ("latency", "light"),
+        ("latency", "loaded"),
+        ("latency_split", "light"),
+        ("latency_split", "loaded"),
+    ):
+        latency = results[part][point]
+        split = ", split" if part == "latency_split" else ""
+        offered = f"at {latency['offered_per_s']:,.0f} acts/s{split}"
         for label, key, goal in (
             ("publish -> reply appended", "reply", f"; goal p99 < {GOAL_P99_MS:g} ms"),
             ("publish -> handed to agent", "delivery", "; taken when the call begins"),
         ):
             spread = latency[key]
+            if math.isnan(spread["p50_ms"]):
+                continue  # hand-overs happen in the other process when the hosts are split
             line(
                 f"{label} {offered}",
                 f"{spread['p50_ms']:.1f} / {spread['p99_ms']:.1f} ms",
@@ -739,8 +847,14 @@ async def run_all(arguments: argparse.Namespace, workdir: Path) -> dict[str, Any
         results["throughput_2_agents"] = await measure_throughput(
             workdir / "throughput-2", arguments.acts // 2, agents=[AGENT, SECOND_AGENT]
         )
+    results["throughput_split"] = await measure_throughput(
+        workdir / "throughput-split", arguments.acts, agents=[AGENT], split=True
+    )
     results["latency"] = await measure_latency(
         workdir / "latency", rate=arguments.rate, seconds=arguments.seconds
+    )
+    results["latency_split"] = await measure_latency(
+        workdir / "latency-split", rate=arguments.rate, seconds=arguments.seconds, split=True
     )
     results["kill"] = await measure_kill(workdir / "kill", rate=arguments.rate, rounds=KILL_ROUNDS)
     return results
@@ -766,7 +880,7 @@ def main() -> None:
         results.update(asyncio.run(run_all(arguments, Path(tmp))))
     results.update(measure_memory())
     raw = results["raw_msgs_per_s"]
-    for key in ("throughput", "throughput_2_agents"):
+    for key in ("throughput", "throughput_2_agents", "throughput_split"):
         if key in results:
             results[key]["vs_raw_ratio"] = results[key]["acts_per_s"] / raw
             results[key]["settled_vs_raw_ratio"] = results[key]["settled_acts_per_s"] / raw

@@ -42,6 +42,7 @@ DESCRIPTION_HEADER: Final = "Description"
 PENDING_HEADER: Final = "Nats-Pending-Messages"
 HEARTBEAT: Final = "100"
 EXPIRED: Final = "408"
+NO_RESPONDERS: Final = "503"  # the request's subject has no consumer behind it
 REQUEST_ENDED: Final = frozenset({"404", "408", "409"})
 LOST_GRACE_S: Final = 1.0
 # a 409 that ends the consumer, not just one request: asking again cannot help
@@ -59,6 +60,7 @@ class PullFeed:
         if batch < 1:
             raise ValueError(f"batch is {batch}: expected at least 1")
         self._client = client
+        self._consumer = consumer
         self._next_subject = f"{API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._batch = batch
         self._expires_s = expires_s
@@ -90,10 +92,11 @@ class PullFeed:
     async def take(self, limit: int, timeout_s: float) -> list[Msg]:
         """Up to ``limit`` messages, waiting at most ``timeout_s`` for the first."""
         if not self._buffer and self._failure is None:
+            self._arrived.clear()  # before asking: what arrives from now on sets it
             await self._top_up()
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout_s)
+            if not self._buffer:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), timeout_s)
         if self._failure is not None:
             raise PullFeedError(self._failure)
         taken = [self._buffer.popleft() for _ in range(min(limit, len(self._buffer)))]
@@ -112,17 +115,22 @@ class PullFeed:
         if status == HEARTBEAT:
             return
         assert headers is not None  # noqa: S101 - a status came in them
-        description = headers.get(DESCRIPTION_HEADER, "")
+        # nats-py keys the description by an Enum member equal to, but not hashed as,
+        # the string "Description"
+        description = next((v for k, v in headers.items() if k == DESCRIPTION_HEADER), "")
         if status in REQUEST_ENDED:
-            unused = headers.get(PENDING_HEADER)
-            self._asked = max(0, self._asked - int(unused)) if unused else 0
+            unused = headers.get(PENDING_HEADER, "")
+            self._asked = max(0, self._asked - int(unused)) if unused.isdigit() else 0
             if status == "409" and description.lower().startswith(FATAL_409):
                 self._failure = f"the consumer is gone: {description}"
                 self._arrived.set()
             elif status == EXPIRED:  # ask again now, not when the runner next takes
                 await self._top_up()
             return
-        self._failure = f"the server answered a pull request with {status} {description}"
+        if status == NO_RESPONDERS:
+            self._failure = f"the consumer {self._consumer!r} is gone: no one answered (503)"
+        else:
+            self._failure = f"the server answered a pull request with {status} {description}"
         self._arrived.set()
 
     async def _top_up(self) -> None:

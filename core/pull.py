@@ -91,6 +91,8 @@ class PullFeed:
 
     async def take(self, limit: int, timeout_s: float) -> list[Msg]:
         """Up to ``limit`` messages, waiting at most ``timeout_s`` for the first."""
+        if self._subscription is None:
+            raise PullFeedError("the feed is not started, or was stopped")
         if not self._buffer and self._failure is None:
             self._arrived.clear()  # before asking: what arrives from now on sets it
             await self._top_up()

@@ -120,6 +120,13 @@ async def test_a_missing_consumer_is_an_error_not_silence(client: Client) -> Non
     await pulled.stop()
 
 
+async def test_a_stopped_feed_says_so_rather_than_wait_forever(client: Client) -> None:
+    pulled = await feed(client, batch=4)
+    await pulled.stop()
+    with pytest.raises(PullFeedError, match="stopped"):
+        await pulled.take(4, 0.1)
+
+
 def test_a_batch_below_one_is_refused(client: Client) -> None:
     with pytest.raises(ValueError, match="batch is 0"):
         PullFeed(client, stream=STREAM, consumer=CONSUMER, batch=0)

@@ -30,7 +30,8 @@ from typing import Any, Final
 import nats
 from nats.js import JetStreamContext
 
-MSG_ID_HEADER: Final = "Nats-Msg-Id"
+from agora.core.spine import MSG_ID_HEADER
+
 WINDOW: Final = 1024  # publishes in flight at once in a burst
 READY: Final = "ready"  # the first line printed, once connected: publishing starts now
 

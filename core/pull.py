@@ -74,7 +74,7 @@ class PullFeed:
 
     async def start(self) -> None:
         self._subscription = await self._client.subscribe(self._inbox, cb=self._on_message)
-        self._last_heard = _now()
+        self._last_heard = time.monotonic()
         await self._top_up()
 
     async def stop(self, *, give_back: bool = True) -> None:
@@ -106,7 +106,7 @@ class PullFeed:
         return taken
 
     async def _on_message(self, message: Msg) -> None:
-        self._last_heard = _now()
+        self._last_heard = time.monotonic()
         headers = message.headers
         status = headers.get(STATUS_HEADER) if headers else None
         if status is None:
@@ -139,7 +139,7 @@ class PullFeed:
         """Ask for more when at least half a batch is missing (or nothing is asked)."""
         if self._subscription is None or self._failure is not None:
             return
-        now = _now()
+        now = time.monotonic()
         if self._asked and now - self._last_heard > self._expires_s + LOST_GRACE_S:
             self._asked = 0  # nothing heard for longer than a request lives: lost
             self._last_heard = now
@@ -151,7 +151,3 @@ class PullFeed:
             self._next_subject, json.dumps(request).encode(), reply=self._inbox
         )
         self._asked += wanted
-
-
-def _now() -> float:
-    return time.monotonic()

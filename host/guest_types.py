@@ -34,6 +34,7 @@ from wasmtime.component import (
 )
 
 from agora.core.errors import AgoraError
+from agora.host.guest_records import FlatRecord, FlatRecordList, flat_fields
 
 _CELL: Final = ctypes.sizeof(ffi.wasmtime_component_val_t)
 _KIND_AT: Final[int] = ffi.wasmtime_component_val_t.kind.offset
@@ -57,12 +58,22 @@ def resolve_types(func: Func, store: Storelike) -> None:
 def _resolved(ty: ValType) -> ValType:
     if isinstance(ty, ListType):
         element = _resolved(ty.element)
-        ty.__class__ = _Bytes if isinstance(element, U8) else _List
+        if isinstance(element, U8):
+            ty.__class__ = _Bytes
+        elif isinstance(element, FlatRecord):
+            ty.__class__ = FlatRecordList
+        else:
+            ty.__class__ = _List
         ty.resolved = element  # type: ignore[attr-defined]
     elif isinstance(ty, RecordType):
         fields = [(name, _resolved(field)) for name, field in ty.fields]
         ty.__class__ = _Record
         ty.resolved = fields  # type: ignore[attr-defined]
+        flat = flat_fields(ty)
+        if flat is not None:
+            ty.__class__ = FlatRecord
+            ty.flat = flat  # type: ignore[attr-defined]
+            ty.names = [name.encode() for name, _, _ in flat]  # type: ignore[attr-defined]
     elif isinstance(ty, TupleType):
         elements = [_resolved(element) for element in ty.elements]
         ty.__class__ = _Tuple

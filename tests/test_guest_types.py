@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import wasmtime
 from wasmtime import component as wc
 
+from agora.host.guest_records import FlatRecord, FlatRecordList
 from agora.host.guest_types import resolve_types
 from agora.host.sandbox import load_component, make_engine, make_linker
 
@@ -108,3 +110,70 @@ def test_the_sandbox_types_stay_right_across_calls(handles: tuple[Any, Any]) -> 
         [reply] = outcome.outbox
         assert reply.payload == f"a heard maintainer: round {round_}"
         assert getattr(reply, "in-reply-to") == f"act-{round_ + 1}"
+
+
+def test_messages_convert_in_bulk(handles: tuple[Any, Any]) -> None:
+    _, (_, func) = handles
+    inbox_type = dict(func.type(None).params)["inbox"]
+    assert isinstance(inbox_type, FlatRecordList)
+    assert isinstance(inbox_type.element, FlatRecord)
+
+
+def test_empty_strings_and_edge_numbers_convert_as_wasmtime_does(handles: tuple[Any, Any]) -> None:
+    ctx = _record(agent="a", channels=["c"], now_ms=0, settings=[])
+    inbox = [
+        _record(
+            id="act-1",
+            conversation_id="",
+            in_reply_to="",
+            sender="m",
+            channel="c",
+            act="inform",
+            payload="",
+            hops=255,
+        ),
+        _record(
+            id="act-2",
+            conversation_id="c",
+            in_reply_to=None,
+            sender="m",
+            channel="c",
+            act="accept-proposal",
+            payload="\x00 \U0001f600",
+            hops=1,
+        ),
+    ]
+    results = []
+    for store, func in handles:
+        results.append(func(store, ctx, b"", inbox))
+        func.post_return(store)
+    generic, resolved = results
+    assert _plain(resolved.outbox) == _plain(generic.outbox)
+    assert [getattr(m, "in-reply-to") for m in resolved.outbox] == ["act-1", "act-2"]
+    assert resolved.outbox[1].payload == "a heard m: \x00 \U0001f600"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("hops", 256, "field 'hops': expected an integer of 1 bytes"),
+        ("hops", -1, "field 'hops': expected an integer of 1 bytes"),
+        ("payload", b"bytes", "field 'payload': expected a string"),
+        ("in_reply_to", 7, "field 'in-reply-to': expected a string or None"),
+        ("act", None, "field 'act': expected a string"),
+    ],
+)
+def test_a_bad_message_field_is_refused_by_name(
+    handles: tuple[Any, Any], field: str, value: Any, expected: str
+) -> None:
+    _, (store, func) = handles
+    ctx = _record(agent="a", channels=["c"], now_ms=0, settings=[])
+    good = _message(1, reply=None, payload="fine")
+    bad = _message(2, reply=None, payload="x")
+    setattr(bad, field.replace("_", "-"), value)
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        func(store, ctx, b"", [good, bad])
+    # the refused call wrote nothing half-way: the store still takes a good call
+    outcome = func(store, ctx, b"", [good])
+    func.post_return(store)
+    assert [m.payload for m in outcome.outbox] == ["a heard maintainer: fine"]

@@ -52,6 +52,12 @@ AGENTS_BUCKET: Final = "agora-agents"
 STATUS_BUCKET: Final = "agora-status"
 DEAD_STREAM: Final = "AGORA_DEAD"
 DEAD_SUBJECTS: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.>"
+# A JetStream reply subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...,
+# nine tokens; with a domain and an account hash after ACK, eleven or more.
+_ACK_TOKENS_SHORT: Final = 9
+_STREAM_SEQ_SHORT: Final = 5
+_ACK_TOKENS_LONG: Final = 11
+_STREAM_SEQ_LONG: Final = 7
 
 
 def channel_subject(channel: str) -> str:
@@ -64,9 +70,18 @@ def channel_of(subject: str) -> str:
 
 
 def stream_sequence(message: Msg) -> int:
-    """A JetStream message's sequence in its stream (0 if it carries none)."""
-    sequence = message.metadata.sequence  # parsed from the reply subject at each access
-    return sequence.stream if sequence else 0
+    """A JetStream message's sequence in its stream, read from its reply subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
+    <pending>``, or the longer form with a domain and an account hash); 0 if it carries
+    none. nats-py's ``metadata`` parses every field, and the time, at each access."""
+    tokens = (message.reply or "").split(".")
+    if tokens[:2] != ["$JS", "ACK"]:
+        return 0
+    if len(tokens) == _ACK_TOKENS_SHORT:
+        return int(tokens[_STREAM_SEQ_SHORT])
+    if len(tokens) >= _ACK_TOKENS_LONG:
+        return int(tokens[_STREAM_SEQ_LONG])
+    return 0
 
 
 def event_subject(identity: str) -> str:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from agora.core.errors import InternalError, InvalidChannel
 from agora.core.spine import (
@@ -13,6 +15,7 @@ from agora.core.spine import (
     channel_subject,
     ensure_spine,
     publish_envelope,
+    stream_sequence,
 )
 from agora.host.nats_server import EmbeddedNats
 
@@ -77,3 +80,23 @@ async def test_same_message_id_is_stored_once(nats_server: EmbeddedNats) -> None
 def test_channel_names_cannot_reach_other_subjects(channel: str) -> None:
     with pytest.raises(InvalidChannel):
         channel_subject(channel)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.AGORA.agent-echo.1.4217.12.1700000000000000000.3",
+        "$JS.ACK.hub.ACCHASH.AGORA.agent-echo.2.4217.12.1700000000000000000.0.r4nd",
+        "$JS.ACK.hub.ACCHASH.AGORA.agent-echo.2.4217.12.1700000000000000000.0",
+    ],
+)
+def test_a_stream_sequence_is_read_as_nats_py_reads_it(reply: str) -> None:
+    message = Msg(Client(), subject="agora.ch.c", reply=reply)
+    assert stream_sequence(message) == message.metadata.sequence.stream == 4217
+
+
+@pytest.mark.parametrize(
+    "reply", ["", "_INBOX.abc.1", "$JS.ACK.AGORA.c.1.2", "$JS.API.X.Y.1.2.3.4.5"]
+)
+def test_a_message_without_a_stream_sequence_reads_as_zero(reply: str) -> None:
+    assert stream_sequence(Msg(Client(), subject="agora.ch.c", reply=reply)) == 0

@@ -37,6 +37,7 @@ import io
 import json
 import logging
 import math
+import os
 import pstats
 import signal
 import subprocess
@@ -78,6 +79,7 @@ from agora.host.nats_server import EmbeddedNats
 from agora.host.runner import Delivery
 from agora.host.sandbox import load_component, make_engine
 from agora.host.service import Host
+from agora.host.signature_checks import HELPER_MODULE
 
 CHANNEL: Final = "bench"
 AGENT: Final = "echo-agent"
@@ -129,6 +131,21 @@ def rss_kb() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("/proc/self/status has no VmRSS line")
+
+
+def helper_rss_kb() -> int:
+    """The resident set size of this process's signature helper, if it has one, in KiB."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            cmdline = (status.parent / "cmdline").read_bytes()
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            continue  # a process that ended meanwhile
+        if int(fields["PPid"]) == os.getpid() and HELPER_MODULE.encode() in cmdline:
+            return int(fields.get("VmRSS", "0 kB").split()[0])
+    return 0
 
 
 def warm_components() -> float:
@@ -684,7 +701,8 @@ async def probe_memory(agents: int) -> dict[str, int]:
             if not await replies.wait(REPLY_WAIT_S):
                 raise SystemExit(f"memory probe: {replies.count} of {agents} agents answered")
             after = rss_kb()
-    return {"agents": agents, "rss_before_kb": before, "rss_after_kb": after}
+            helper = helper_rss_kb()
+    return {"agents": agents, "rss_before_kb": before, "rss_after_kb": after, "helper_kb": helper}
 
 
 def measure_memory() -> dict[str, float]:
@@ -709,6 +727,7 @@ def measure_memory() -> dict[str, float]:
         / KB_PER_MB,
         f"host_rss_{many}_agents_mb": probes[many]["rss_after_kb"] / KB_PER_MB,
         "rss_before_host_mb": probes[few]["rss_before_kb"] / KB_PER_MB,
+        "signature_helper_rss_mb": probes[few]["helper_kb"] / KB_PER_MB,
     }
 
 
@@ -823,6 +842,11 @@ def show_memory(results: dict[str, Any]) -> None:
         f"{results['host_rss_1_agent_mb']:,.1f} MB",
         f"{results['host_growth_1_agent_mb']:,.1f} MB of it from starting the host, "
         f"{results['rss_before_host_mb']:,.1f} MB before (Python and imports)",
+    )
+    line(
+        "signature helper process RSS",
+        f"{results['signature_helper_rss_mb']:,.1f} MB",
+        "beside the host process (none on one core)",
     )
 
 

@@ -45,7 +45,11 @@ def admit(data: bytes, registry: KeyRegistry, *, channel: str | None = None) -> 
     replayed onto another), and events never travel on channels.
     Raises an :class:`~agora.core.errors.InputError` naming what is wrong.
     """
-    verified = verify_envelope(data, registry)
+    return admit_verified(verify_envelope(data, registry), channel=channel)
+
+
+def admit_verified(verified: Verified, *, channel: str | None) -> Verified:
+    """:func:`admit` for an envelope whose signature already verified."""
     check_signer_may_say(verified.signer, verified.fact)
     check_arrival(verified.fact, channel)
     return verified

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agora.core.envelope import Act, Fact, decode_fact, payload_type_of
 from agora.core.errors import (
@@ -64,12 +65,41 @@ class Verified:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """An envelope read and its key found; its signature not yet checked."""
+
+    signer: Identity
+    public_key: Ed25519PublicKey
+    payload_type: str
+    body: bytes
+    signature: bytes
+
+    def covered(self) -> bytes:
+        """The bytes the signature must cover."""
+        return pae(self.payload_type, self.body)
+
+
 def verify_envelope(data: bytes, registry: KeyRegistry) -> Verified:
     """Check one envelope's signature against the registry and decode its fact.
 
     Raises :class:`MalformedEnvelope`, :class:`PayloadTooLarge`, :class:`UnknownKey` or
     :class:`SignatureError`. An act's ``sender`` must be the identity that signed it.
     """
+    signed = read_envelope(data, registry)
+    check_signature(signed)
+    return accept_signed(signed)
+
+
+def verify_parsed(envelope: object, registry: KeyRegistry) -> Verified:
+    """:func:`verify_envelope` for an envelope already parsed from JSON."""
+    signed = read_parsed(envelope, registry)
+    check_signature(signed)
+    return accept_signed(signed)
+
+
+def read_envelope(data: bytes, registry: KeyRegistry) -> Signed:
+    """The first step of :func:`verify_envelope`: parse the envelope and find its key."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise PayloadTooLarge(
             f"envelope is {len(data)} bytes: the limit is {MAX_ENVELOPE_BYTES} bytes"
@@ -80,29 +110,45 @@ def verify_envelope(data: bytes, registry: KeyRegistry) -> Verified:
         raise MalformedEnvelope(f"envelope is not valid UTF-8 JSON: {exc}") from exc
     except RecursionError as exc:  # "[[[[..." nested deeper than the parser goes
         raise MalformedEnvelope("envelope is JSON nested too deeply to be an envelope") from exc
-    return verify_parsed(envelope, registry)
+    return read_parsed(envelope, registry)
 
 
-def verify_parsed(envelope: object, registry: KeyRegistry) -> Verified:
-    """:func:`verify_envelope` for an envelope already parsed from JSON."""
+def read_parsed(envelope: object, registry: KeyRegistry) -> Signed:
+    """:func:`read_envelope` for an envelope already parsed from JSON."""
     payload_type, body, keyid, signature = _unpack(envelope)
     found = registry.by_keyid(keyid)
     if found is None:
         raise UnknownKey(f"envelope is signed with key id {shown(keyid)}, which no identity holds")
     signer, public_key = found
+    return Signed(signer, public_key, payload_type, body, signature)
+
+
+def check_signature(signed: Signed) -> None:
+    """The second step: the Ed25519 check (one call into ``cryptography``)."""
     try:
-        public_key.verify(signature, pae(payload_type, body))
+        signed.public_key.verify(signed.signature, signed.covered())
     except InvalidSignature as exc:
+        raise bad_signature(signed) from exc
+
+
+def bad_signature(signed: Signed) -> SignatureError:
+    return SignatureError(
+        f"signature by {signed.signer.name!r} does not verify over this envelope's payload"
+    )
+
+
+def accept_signed(signed: Signed) -> Verified:
+    """The last step, once the signature verified: decode the fact; an act's sender
+    must be its signer."""
+    fact = decode_fact(signed.payload_type, signed.body)
+    if isinstance(fact, Act) and fact.sender != signed.signer.name:
         raise SignatureError(
-            f"signature by {signer.name!r} does not verify over this envelope's payload"
-        ) from exc
-    fact = decode_fact(payload_type, body)
-    if isinstance(fact, Act) and fact.sender != signer.name:
-        raise SignatureError(
-            f"act sender {fact.sender!r} is not its signer {signer.name!r}: "
+            f"act sender {fact.sender!r} is not its signer {signed.signer.name!r}: "
             "a sender can only sign for itself"
         )
-    return Verified(fact=fact, signer=signer, payload_type=payload_type, body=body)
+    return Verified(
+        fact=fact, signer=signed.signer, payload_type=signed.payload_type, body=signed.body
+    )
 
 
 def _unpack(envelope: object) -> tuple[str, bytes, str, bytes]:

@@ -69,6 +69,12 @@ def channel_of(subject: str) -> str:
     return check_channel(subject.removeprefix(CHANNEL_SUBJECT_PREFIX))
 
 
+def arrival_channel(subject: str) -> str | None:
+    """The channel a message on the stream arrived on, or None for an event subject.
+    Raises :class:`~agora.core.errors.InvalidChannel` for a malformed channel subject."""
+    return channel_of(subject) if subject.startswith(CHANNEL_SUBJECT_PREFIX) else None
+
+
 def stream_sequence(message: Msg) -> int:
     """A JetStream message's sequence in its stream, read from its reply subject
     (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.

@@ -39,7 +39,6 @@ from agora.core.spine import (
     CHANNEL_SUBJECT_PREFIX,
     EVENT_SUBJECT_PREFIX,
     STREAM,
-    channel_of,
     event_subject,
     publish_fact,
     stream_sequence,
@@ -161,8 +160,11 @@ class Recorder:
         """Append a batch in stream order (made durable later, by the group commit)."""
         refusals: list[Event] = []
         appended = self._unsynced
-        for message in messages:
-            self._append(message, appended=appended, refusals=refusals)
+        admitted = await self._vouched.admit_all(
+            [(message.data, message.subject) for message in messages]
+        )
+        for message, found in zip(messages, admitted, strict=True):
+            self._append(message, found, appended=appended, refusals=refusals)
         # the ordered consumer hands messages over in stream order: the last is the highest
         self._unsynced_position = max(self._unsynced_position, stream_sequence(messages[-1]))
         for event in refusals:
@@ -239,19 +241,20 @@ class Recorder:
         self._log.checkpoint()
         self._since_checkpoint = 0
 
-    def _append(self, message: Msg, *, appended: list[Fact], refusals: list[Event]) -> None:
+    def _append(
+        self,
+        message: Msg,
+        found: tuple[Fact, str] | InputError,
+        *,
+        appended: list[Fact],
+        refusals: list[Event],
+    ) -> None:
         """Append one message's fact, or note why it cannot be recorded."""
-        try:
-            fact, _ = self._vouched.admit(message.data, channel=_channel_of(message))
-        except InputError as exc:
+        if isinstance(found, InputError):
             self.counters.refused += 1
-            refusals.append(_unverified(message, exc, self._key.name))
+            refusals.append(_unverified(message, found, self._key.name))
             return
-        except Exception as exc:
-            self.counters.refused += 1
-            problem = InputError(f"the message could not be read: {type(exc).__name__}")
-            refusals.append(_unverified(message, problem, self._key.name))
-            return
+        fact, _ = found
         digest = envelope_digest(message.data)
         known = self._ids.get(fact.id)
         if known == digest:
@@ -295,11 +298,6 @@ def _unverified(message: Msg, problem: InputError, host: str) -> Event:
 def _stream_time_ms(message: Msg) -> int:
     """When JetStream stored the message, in ms since the epoch."""
     return int(message.metadata.timestamp.timestamp() * 1000)
-
-
-def _channel_of(message: Msg) -> str | None:
-    subject = message.subject
-    return channel_of(subject) if subject.startswith(CHANNEL_SUBJECT_PREFIX) else None
 
 
 def read_position(path: Path) -> int:

@@ -39,7 +39,8 @@ from nats.aio.msg import Msg
 
 from agora.core.acts import parse_act
 from agora.core.control import set_switch
-from agora.core.envelope import Act, Event, EventKind
+from agora.core.envelope import Act, Event, EventKind, Fact
+from agora.core.errors import InputError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import SigningKey
 from agora.core.pull import PullFeed
@@ -47,7 +48,6 @@ from agora.core.signing import sign_fact
 from agora.core.spine import (
     STREAM,
     agent_consumer_name,
-    channel_of,
     channel_subject,
     publish_all,
     stream_sequence,
@@ -207,8 +207,9 @@ class AgentRunner:
     async def _step(self, messages: list[Msg]) -> None:
         await self._publish_saved_outbox()  # if a publish failed after the save
         batch = Batch(self.spec.name, processed=self._record.recent)
-        for message in messages:
-            self._screen(message, batch)
+        admitted = await self._vouched.admit_all([(m.data, m.subject) for m in messages])
+        for message, found in zip(messages, admitted, strict=True):
+            self._screen(message, found, batch)
         for (verdict, channel, _), ids in batch.refused.items():
             batch.outgoing.append(
                 self._event(
@@ -253,16 +254,15 @@ class AgentRunner:
         for message in messages:
             await message.ack()
 
-    def _screen(self, message: Msg, batch: Batch) -> None:
+    def _screen(self, message: Msg, found: tuple[Fact, str] | InputError, batch: Batch) -> None:
         batch.last_seq = max(batch.last_seq, stream_sequence(message))
-        try:
-            channel = channel_of(message.subject)
-            fact, signer = self._vouched.admit(message.data, channel=channel)
-        except Exception:
+        if isinstance(found, InputError):
             self.counters["unverified"] += 1  # the recorder records the refusal once
             return
-        if not isinstance(fact, Act):  # pragma: no cover - admit refuses events on channels
+        fact, signer = found
+        if not isinstance(fact, Act):  # pragma: no cover - admission refuses events on channels
             return
+        channel = fact.channel  # admitted: the channel it arrived on
         batch.ids.append(fact.id)
         verdict: str = screen_delivery(
             agent=self.spec.name,

@@ -50,6 +50,7 @@ from agora.host.sandbox import (
     make_engine,
     make_linker,
 )
+from agora.host.signature_checks import signature_checks
 from agora.host.tasks import finish
 from agora.host.vouched import Vouched
 
@@ -84,7 +85,8 @@ class Host:
         self._components = components
         self._record = record
         self._log_dir = log_dir or config.root / ".agora" / "logs"
-        self.vouched = Vouched(registry)
+        self._checks = signature_checks()
+        self.vouched = Vouched(registry, checks=self._checks)
         self.killswitch = KillSwitch(registry)
         self.runners: dict[str, AgentRunner] = {}
         self.recorder: Recorder | None = None
@@ -107,6 +109,7 @@ class Host:
         self._js = js
         self.client = nc
         await ensure_spine(js, replicas=self.config.nats.replicas)
+        self._checks.start()
         self._ticker.start()
         self._linker = make_linker(self._engine)
         await self.killswitch.start(js)
@@ -202,6 +205,7 @@ class Host:
                 await self.recorder.stop(graceful=graceful)
         await self.killswitch.stop()
         self._ticker.stop()
+        await self._checks.close()
 
     # -- observing ----------------------------------------------------------------------
 

@@ -3,18 +3,26 @@
 Several agents on one channel each receive the same envelope, and the recorder records
 it too; one Ed25519 verification is enough for all of them within a process. Entries are
 keyed by the SHA-256 of the exact bytes, so a changed byte is a different envelope; the
-subject an envelope arrived on is checked every time.
+subject an envelope arrived on is checked every time. A batch's new envelopes have their
+signatures checked together (:mod:`agora.host.signature_checks`), and an envelope whose
+check is under way for one reader is waited for, not checked again, by another.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Final
 
-from agora.core.admission import admit, check_arrival
+from agora.core.admission import check_arrival, check_signer_may_say
 from agora.core.envelope import Act, Fact
+from agora.core.errors import InputError
 from agora.core.keys import KeyRegistry
+from agora.core.signing import Signed, accept_signed, bad_signature, read_envelope
+from agora.core.spine import arrival_channel
+from agora.host.signature_checks import InlineChecks, SignatureChecks
 
 VOUCHED_MAX: Final = 65536
 GROUNDED_MAX: Final = 65536
@@ -23,8 +31,16 @@ GROUNDED_MAX: Final = 65536
 class Vouched:
     """A bounded map from envelope digest to the fact it carries and who signed it."""
 
-    def __init__(self, registry: KeyRegistry, limit: int = VOUCHED_MAX) -> None:
+    def __init__(
+        self,
+        registry: KeyRegistry,
+        limit: int = VOUCHED_MAX,
+        *,
+        checks: SignatureChecks | None = None,
+    ) -> None:
         self._registry = registry
+        self._checks = checks or InlineChecks()
+        self._checking: dict[bytes, asyncio.Future[tuple[Fact, str]]] = {}
         self._facts: OrderedDict[bytes, tuple[Fact, str]] = OrderedDict()
         self._limit = limit
         # act id -> envelope digest, for acts whose reply chain this process has seen
@@ -44,17 +60,74 @@ class Vouched:
         """
         return act_id in self._grounded
 
-    def admit(self, envelope: bytes, *, channel: str | None) -> tuple[Fact, str]:
-        """The fact and its signer; verified with :func:`admit` unless already known."""
-        digest = hashlib.sha256(envelope).digest()
-        known = self._facts.get(digest)
-        if known is None:
-            verified = admit(envelope, self._registry, channel=channel)
-            known = (verified.fact, verified.signer.name)
+    async def admit_all(
+        self, arrivals: Sequence[tuple[bytes, str]]
+    ) -> list[tuple[Fact, str] | InputError]:
+        """For each (envelope, subject it arrived on): its fact and signer, or why it is
+        refused. The rules are :func:`~agora.core.admission.admit`'s."""
+        results: list[tuple[Fact, str] | InputError | None] = [None] * len(arrivals)
+        waiting: list[tuple[int, asyncio.Future[tuple[Fact, str]]]] = []
+        reading: list[tuple[int, bytes, Signed]] = []
+        for index, (envelope, _) in enumerate(arrivals):
+            digest = hashlib.sha256(envelope).digest()
+            known = self._facts.get(digest)
+            checking = self._checking.get(digest)
+            if known is not None:
+                results[index] = known
+            elif checking is not None:
+                waiting.append((index, checking))
+            else:
+                try:
+                    reading.append((index, digest, read_envelope(envelope, self._registry)))
+                except Exception as exc:  # every reader gets a refusal
+                    results[index] = _refusal(exc)
+                    continue
+                self._checking[digest] = asyncio.get_running_loop().create_future()
+        if reading:
+            await self._check(reading, arrivals, results)
+        for index, future in waiting:
+            try:
+                results[index] = await asyncio.shield(future)
+            except InputError as exc:
+                results[index] = exc
+            except (asyncio.CancelledError, Exception):
+                if not future.done() or not (future.cancelled() or future.exception()):
+                    raise  # this reader itself was cancelled
+                # the reader checking it gave up: check it here
+                results[index] = (await self.admit_all([arrivals[index]]))[0]
+        return [_arrived(result, arrivals[i][1]) for i, result in enumerate(results)]
+
+    async def _check(
+        self,
+        reading: list[tuple[int, bytes, Signed]],
+        arrivals: Sequence[tuple[bytes, str]],
+        results: list[tuple[Fact, str] | InputError | None],
+    ) -> None:
+        futures = [self._checking[digest] for _, digest, _ in reading]
+        try:
+            verifies = await self._checks.check([signed for _, _, signed in reading])
+        except BaseException:
+            for future in futures:
+                future.cancel()  # anyone waiting on these checks them again
+            raise
+        finally:
+            for _, digest, _ in reading:
+                del self._checking[digest]
+        for (index, digest, signed), verified, future in zip(
+            reading, verifies, futures, strict=True
+        ):
+            try:
+                fact = _accepted(signed, verified=verified)
+            except Exception as exc:  # every reader gets a refusal
+                refusal = _refusal(exc)
+                results[index] = refusal
+                future.set_exception(refusal)
+                future.exception()  # retrieved: nobody need be waiting for it
+                continue
+            known = (fact, signed.signer.name)
             self._remember(digest, known)
-        else:
-            check_arrival(known[0], channel)
-        return known
+            results[index] = known
+            future.set_result(known)
 
     def _remember(self, digest: bytes, known: tuple[Fact, str]) -> None:
         self._facts[digest] = known
@@ -72,3 +145,34 @@ class Vouched:
             self._grounded[fact.id] = digest
             if len(self._grounded) > GROUNDED_MAX:
                 self._grounded.popitem(last=False)
+
+
+def _accepted(signed: Signed, *, verified: bool) -> Fact:
+    """The fact of an envelope whose signature was checked, if it may be taken."""
+    if not verified:
+        raise bad_signature(signed)
+    fact = accept_signed(signed).fact
+    check_signer_may_say(signed.signer, fact)
+    return fact
+
+
+def _refusal(exc: Exception) -> InputError:
+    if isinstance(exc, InputError):
+        return exc
+    return InputError(f"the message could not be read: {type(exc).__name__}")
+
+
+def _arrived(
+    result: tuple[Fact, str] | InputError | None, subject: str
+) -> tuple[Fact, str] | InputError:
+    """The arrival rule, checked for each reader: an act on its own channel, an event
+    on no channel."""
+    if result is None:  # pragma: no cover - every index is filled above
+        raise AssertionError("an arrival was left unread")
+    if isinstance(result, InputError):
+        return result
+    try:
+        check_arrival(result[0], arrival_channel(subject))
+    except InputError as exc:
+        return exc
+    return result

@@ -1,0 +1,84 @@
+"""The signature helper process: Ed25519 checks read from stdin, answers on stdout.
+
+Run as ``python -m agora.host.signature_helper`` by
+:class:`~agora.host.signature_checks.WorkerChecks`. A request is a batch: its count
+(4 bytes, big-endian), then per check a 32-byte public key, a 64-byte signature, the
+length of the bytes it covers (4 bytes) and those bytes. The answer is one byte per
+check, 1 when the signature verifies, in order. It exits when stdin closes, or on a
+request it cannot read (the host then checks in-process and starts another helper).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from typing import BinaryIO, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+KEY_BYTES: Final = 32
+SIGNATURE_BYTES: Final = 64
+MAX_BATCH: Final = 65536
+MAX_COVERED_BYTES: Final = 1 << 20
+LENGTH: Final = struct.Struct(">I")
+_KEYS_MAX: Final = 4096
+
+
+def encode_request(checks: list[tuple[bytes, bytes, bytes]]) -> bytes:
+    """A batch of (public key, signature, covered bytes) as the helper reads it."""
+    parts = [LENGTH.pack(len(checks))]
+    for key, signature, covered in checks:
+        parts += (key, signature, LENGTH.pack(len(covered)), covered)
+    return b"".join(parts)
+
+
+def serve(requests: BinaryIO, answers: BinaryIO) -> None:
+    keys: dict[bytes, Ed25519PublicKey | None] = {}
+    while True:
+        header = requests.read(LENGTH.size)
+        if len(header) < LENGTH.size:
+            return  # the host closed the pipe
+        (count,) = LENGTH.unpack(header)
+        if count > MAX_BATCH:
+            return
+        verdicts = bytearray()
+        for _ in range(count):
+            head = requests.read(KEY_BYTES + SIGNATURE_BYTES + LENGTH.size)
+            if len(head) < KEY_BYTES + SIGNATURE_BYTES + LENGTH.size:
+                return
+            (size,) = LENGTH.unpack_from(head, KEY_BYTES + SIGNATURE_BYTES)
+            if size > MAX_COVERED_BYTES:
+                return
+            covered = requests.read(size)
+            if len(covered) < size:
+                return
+            key = _key(keys, head[:KEY_BYTES])
+            verdicts.append(_verifies(key, head[KEY_BYTES : KEY_BYTES + SIGNATURE_BYTES], covered))
+        answers.write(bytes(verdicts))
+        answers.flush()
+
+
+def _key(keys: dict[bytes, Ed25519PublicKey | None], raw: bytes) -> Ed25519PublicKey | None:
+    if raw not in keys:
+        if len(keys) >= _KEYS_MAX:
+            keys.clear()
+        try:
+            keys[raw] = Ed25519PublicKey.from_public_bytes(raw)
+        except ValueError:
+            keys[raw] = None
+    return keys[raw]
+
+
+def _verifies(key: Ed25519PublicKey | None, signature: bytes, covered: bytes) -> bool:
+    if key is None:
+        return False
+    try:
+        key.verify(signature, covered)
+    except InvalidSignature:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.buffer, sys.stdout.buffer)

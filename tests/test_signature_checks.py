@@ -1,0 +1,210 @@
+"""Signatures checked a batch at a time: in a helper process, or here; and the batch
+admission that uses them (each envelope once, each reader its own verdict)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from agora.core.envelope import Act, Fact
+from agora.core.errors import InputError
+from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.signing import Signed, read_envelope, sign_fact
+from agora.core.spine import channel_subject, event_subject
+from agora.host.signature_checks import InlineChecks, WorkerChecks, check_here
+from agora.host.signature_helper import encode_request, serve
+from agora.host.vouched import Vouched
+from tests.factories import make_act, make_event
+
+Admitted = list[tuple[Fact, str] | InputError]
+
+
+def _forged(envelope: bytes) -> bytes:
+    """The same envelope with its signature's first byte changed."""
+    decoded = json.loads(envelope)
+    signature = decoded["signatures"][0]["sig"]
+    decoded["signatures"][0]["sig"] = ("B" if signature[0] == "A" else "A") + signature[1:]
+    return json.dumps(decoded).encode()
+
+
+def _batch(keys: dict[str, SigningKey], registry: KeyRegistry, size: int) -> list[Signed]:
+    batch = []
+    for n in range(size):
+        envelope = sign_fact(make_act(payload=f"n{n}"), keys["synth-agent"])
+        batch.append(read_envelope(_forged(envelope) if n % 3 == 1 else envelope, registry))
+    return batch
+
+
+@pytest.fixture
+async def worker() -> AsyncIterator[WorkerChecks]:
+    checks = WorkerChecks()
+    checks.start()
+    yield checks
+    await checks.close()
+
+
+async def test_the_helper_gives_the_verdicts_checking_here_gives(
+    worker: WorkerChecks, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    batch = _batch(keys, registry, 10)
+    verdicts = await worker.check(batch)
+    assert verdicts == check_here(batch) == [n % 3 != 1 for n in range(10)]
+    assert await InlineChecks().check(batch) == verdicts
+    assert await worker.check([]) == []
+
+
+async def test_concurrent_batches_each_get_their_own_answers(
+    worker: WorkerChecks, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    batches = [_batch(keys, registry, size) for size in (1, 7, 3, 12)]
+    answers = await asyncio.gather(*(worker.check(batch) for batch in batches))
+    assert answers == [check_here(batch) for batch in batches]
+
+
+async def test_a_lost_helper_is_replaced_and_nothing_goes_unchecked(
+    worker: WorkerChecks, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    batch = _batch(keys, registry, 6)
+    assert await worker.check(batch) == check_here(batch)
+    process = worker._process
+    assert process is not None
+    process.kill()
+    await process.wait()
+    # the batch in hand is checked here; the next goes to a new helper
+    assert await worker.check(batch) == check_here(batch)
+    assert worker.restarts == 1
+    assert await worker.check(batch) == check_here(batch)
+    assert worker._process is not None and worker._process.pid != process.pid
+
+
+async def test_a_helper_that_does_not_answer_in_time_is_replaced(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    checks = WorkerChecks(timeout_s=0.5)
+    try:
+        batch = _batch(keys, registry, 4)
+        assert await checks.check(batch) == check_here(batch)
+        process = checks._process
+        assert process is not None
+        process.send_signal(19)  # SIGSTOP: alive, silent
+        assert await checks.check(batch) == check_here(batch)
+        assert checks.restarts == 1
+        assert await checks.check(batch) == check_here(batch)
+    finally:
+        await checks.close()
+
+
+async def test_closing_ends_the_helper(worker: WorkerChecks) -> None:
+    await worker.check([])
+    process = await worker._helper()
+    await worker.close()
+    assert process.returncode == 0
+
+
+def test_the_helper_stops_at_a_request_it_cannot_read(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    [good] = _batch(keys, registry, 1)
+    request = encode_request([(good.public_key.public_bytes_raw(), good.signature, good.covered())])
+    answers = io.BytesIO()
+    serve(io.BytesIO(request + request[:-5]), answers)  # the second request is cut short
+    assert answers.getvalue() == b"\x01"
+    answers = io.BytesIO()
+    serve(io.BytesIO(b"\xff\xff\xff\xff"), answers)  # more checks than a batch may hold
+    assert answers.getvalue() == b""
+    wrong_key = encode_request([(b"\x00" * 32, good.signature, good.covered())])
+    answers = io.BytesIO()
+    serve(io.BytesIO(wrong_key), answers)
+    assert answers.getvalue() == b"\x00"
+
+
+class CountingChecks(InlineChecks):
+    """Checks here, counting each signature, and waits for a go before answering."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+        self.go = asyncio.Event()
+        self.go.set()
+
+    async def check(self, batch: Sequence[Signed]) -> list[bool]:
+        self.checked += len(batch)
+        await self.go.wait()
+        return await super().check(batch)
+
+
+async def test_admission_reads_each_envelope_once_and_judges_each_arrival(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    checks = CountingChecks()
+    vouched = Vouched(registry, checks=checks)
+    act = make_act(sender="synth-agent")
+    good = sign_fact(act, keys["synth-agent"])
+    event = sign_fact(make_event(), keys["host"])
+    outsider = sign_fact(make_act(sender="synth-agent", channel="secret-ops"), keys["synth-agent"])
+    results = await vouched.admit_all(
+        [
+            (good, channel_subject("build-coord")),
+            (_forged(good), channel_subject("build-coord")),
+            (b"not json", channel_subject("build-coord")),
+            (good, channel_subject("release")),  # replayed onto another channel
+            (event, event_subject("host")),
+            (event, channel_subject("build-coord")),  # an event on a channel
+            (outsider, channel_subject("secret-ops")),  # a channel its sender was not granted
+            (good, "agora.ch.NOT A CHANNEL"),
+        ]
+    )
+    assert results[0] == (act, "synth-agent")
+    messages = [str(r) for r in results]
+    assert "does not verify" in messages[1]
+    assert "not valid UTF-8 JSON" in messages[2]
+    assert "published on 'release'" in messages[3]
+    assert not isinstance(results[4], InputError)
+    assert "an event was published on channel" in messages[5]
+    assert "not granted channel 'secret-ops'" in messages[6]
+    assert all(isinstance(r, InputError) for i, r in enumerate(results) if i not in (0, 4))
+    checked = checks.checked
+    assert checked == 4  # good, forged, event, outsider: each repeat waits for its check
+    again = await vouched.admit_all([(good, channel_subject("build-coord"))])
+    assert again == [(act, "synth-agent")]
+    assert checks.checked == checked  # known now: not checked again
+
+
+async def _two_readers(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> tuple[CountingChecks, Act, asyncio.Task[Admitted], asyncio.Task[Admitted]]:
+    """Two readers of one envelope, the second arriving while the first's check waits."""
+    checks = CountingChecks()
+    checks.go.clear()
+    vouched = Vouched(registry, checks=checks)
+    act = make_act(sender="synth-agent")
+    arrival = [(sign_fact(act, keys["synth-agent"]), channel_subject("build-coord"))]
+    first = asyncio.create_task(vouched.admit_all(arrival))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(vouched.admit_all(arrival))
+    await asyncio.sleep(0)
+    return checks, act, first, second
+
+
+async def test_a_second_reader_waits_for_the_check_under_way(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    checks, act, first, second = await _two_readers(keys, registry)
+    checks.go.set()
+    assert await first == await second == [(act, "synth-agent")]
+    assert checks.checked == 1
+
+
+async def test_a_reader_left_waiting_checks_for_itself_when_the_first_gives_up(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    checks, act, first, second = await _two_readers(keys, registry)
+    first.cancel()
+    await asyncio.sleep(0)
+    checks.go.set()
+    assert await second == [(act, "synth-agent")]
+    with pytest.raises(asyncio.CancelledError):
+        await first

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from agora.core.signing import sign_fact
 from agora.core.verify import verify_directory
 from agora.host.agent_record import MAX_RECENT, AgentRecord, Outgoing
 from agora.host.killswitch import KillState
+from agora.host.recorder import Fsync
 from agora.host.sandbox import classify_fault
 
 
@@ -101,3 +104,20 @@ def test_nats_credentials_never_reach_a_message() -> None:
     assert without_credentials("nats://user:s3cret@10.0.0.1:4222") == "nats://***@10.0.0.1:4222"
     assert without_credentials("tls://token@nats.example:4443") == "tls://***@nats.example:4443"
     assert without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+async def test_a_fast_fsync_runs_inline_and_a_slow_one_moves_to_a_thread() -> None:
+    threads: list[str] = []
+    delays = iter([0.0, 0.01, 0.01, 0.0, 0.0])
+
+    def fsync() -> None:
+        threads.append(threading.current_thread().name)
+        time.sleep(next(delays))
+
+    run = Fsync(fsync)
+    for _ in range(5):
+        await run()
+    main = threading.main_thread().name
+    # fast (here), slow (here), slow (thread), fast (thread), fast (here again)
+    assert [name == main for name in threads] == [True, True, False, False, True]
+    assert run.inline

@@ -3,7 +3,7 @@
 Checking a signature is the largest single cost of taking an act in (about 85 µs with
 ``cryptography`` on a small machine), and the host's event loop runs on one core. With
 more than one core, :class:`WorkerChecks` sends each batch's checks to a helper process
-and the loop goes on meanwhile: the loop spends about 7 µs per signature on the hand-off
+and the loop goes on meanwhile: it spends a few µs per signature on the hand-off
 instead of 85 on the check. The helper receives only public keys, signatures and the
 bytes they cover, and answers one boolean per signature; it holds no secret and its
 answer is all it can influence.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Sequence
+import sys
 from typing import Any, Final
 
 from wasmtime import _ffi as ffi
@@ -146,7 +146,7 @@ class FlatRecord(RecordType):
             else:
                 if not isinstance(value, int) or not 0 <= value < 1 << (8 * width):
                     raise TypeError(f"field {name!r}: expected an integer of {width} bytes")
-                values.append(value.to_bytes(width, "little"))
+                values.append(value.to_bytes(width, sys.byteorder))
         return values
 
     def lower(self, values: list[Any], cell: int, view: memoryview, at: int) -> None:
@@ -196,7 +196,7 @@ class FlatRecord(RecordType):
             elif kind in (_STRING, _ENUM):
                 values[name] = _text(*_VEC.unpack_from(raw, union))
             else:
-                values[name] = int.from_bytes(raw[union : union + width], "little")
+                values[name] = int.from_bytes(raw[union : union + width], sys.byteorder)
         return record
 
 
@@ -212,7 +212,7 @@ class FlatRecordList(ListType):
     def convert_to_c(
         self, store: Storelike, val: Any, ptr: ctypes._Pointer[ffi.wasmtime_component_val_t]
     ) -> None:
-        if not isinstance(val, Sequence):
+        if not isinstance(val, (list, tuple)):
             raise TypeError("expected a list value")
         element = self.resolved
         encoded = [element.encode(item) for item in val]

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ FETCH_BATCH: Final = 512
 FETCH_WAIT_S: Final = 0.25
 SYNC_EVERY_S: Final = 0.05
 INLINE_FSYNC_S: Final = 0.001
+FSYNC_HISTORY: Final = 8
 POSITION_EVERY_S: Final = 1.0
 HEARTBEAT_S: Final = 1.0
 QUEUE_LIMIT: Final = 8192
@@ -305,15 +307,18 @@ def _stream_time_ms(message: Msg) -> int:
 class Fsync:
     """An fsync run where it costs least.
 
-    A disk that answers within :data:`INLINE_FSYNC_S` is waited for right here: the hop
-    to a worker thread and back costs more than that (about 1.6 ms of latency on a
-    loaded 2-core machine, against 0.2 ms for the fsync itself). After a slower fsync,
-    the next ones run in a worker thread, so the host's agents go on while the disk
-    works, until one is fast again.
+    A disk whose last :data:`FSYNC_HISTORY` fsyncs each answered within
+    :data:`INLINE_FSYNC_S` is waited for right here: the hop to a worker thread and back
+    costs more than that (about 1.6 ms of latency on a loaded 2-core machine, against
+    0.2 ms for the fsync itself). Once one is slower, the next ones run in a worker
+    thread, so the host's agents go on while the disk works, until the disk has been
+    fast that many times in a row. The price: the first slow fsync after a fast run
+    holds the event loop for as long as it takes.
     """
 
     def __init__(self, fsync: Callable[[], None]) -> None:
         self._fsync = fsync
+        self._recent: deque[float] = deque(maxlen=FSYNC_HISTORY)
         self.inline = True
 
     async def __call__(self) -> None:
@@ -321,7 +326,8 @@ class Fsync:
             took_s = self._timed()
         else:
             took_s = await asyncio.to_thread(self._timed)
-        self.inline = took_s < INLINE_FSYNC_S
+        self._recent.append(took_s)
+        self.inline = max(self._recent) < INLINE_FSYNC_S
 
     def _timed(self) -> float:
         started = time.perf_counter()

@@ -16,6 +16,8 @@ lets an unchecked envelope through. :class:`InlineChecks` is the same interface,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -25,7 +27,7 @@ from typing import Final, Protocol
 from cryptography.exceptions import InvalidSignature
 
 from agora.core.signing import Signed
-from agora.host.signature_helper import encode_request
+from agora.host.signature_helper import LENGTH, encode_request
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,74 @@ class InlineChecks:
 
 
 class HelperLost(Exception):
-    """The helper process ended or stopped answering."""
+    """The helper process ended, stopped answering, or answered out of turn."""
+
+
+class _Helper:
+    """One helper process, the requests it has not answered yet (in the order sent),
+    and the task reading its answers. Nothing here outlives the process: when it
+    ends, every request still waiting is told so."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self._waiting: asyncio.Queue[tuple[int, int, asyncio.Future[bytes]]] = asyncio.Queue()
+        self._numbers = itertools.count()
+        self._reader = asyncio.create_task(self._read())
+
+    async def ask(self, checks: list[tuple[bytes, bytes, bytes]]) -> bytes:
+        stdin = self.process.stdin
+        if stdin is None or self._reader.done():
+            raise HelperLost("the helper is not running")
+        number = next(self._numbers) & 0xFFFFFFFF
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        request = encode_request(number, checks)
+        # queued and written with no await between: the pipe keeps the order
+        self._waiting.put_nowait((number, len(checks), answer))
+        stdin.write(request)
+        await stdin.drain()
+        return await asyncio.shield(answer)
+
+    async def stop(self, *, wait_s: float) -> None:
+        """End the helper: let it finish (``wait_s``), then kill it."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # the helper exits when its input ends
+        try:
+            await asyncio.wait_for(self.process.wait(), wait_s)
+        except TimeoutError:
+            self._kill()
+            await self.process.wait()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _read(self) -> None:
+        current: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                number, count, current = await self._waiting.get()
+                verdicts = await self._answer(number, count)
+                if not current.done():
+                    current.set_result(verdicts)
+                current = None
+        except (asyncio.IncompleteReadError, OSError, HelperLost):
+            self._kill()  # ended, or out of step with it: nothing more it says counts
+        finally:
+            lost = HelperLost("the helper ended before answering")
+            if current is not None:
+                _fail(current, lost)
+            while not self._waiting.empty():
+                _fail(self._waiting.get_nowait()[2], lost)
+
+    def _kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it ended already
+            self.process.kill()
+
+    async def _answer(self, number: int, count: int) -> bytes:
+        stdout = self.process.stdout
+        assert stdout is not None  # noqa: S101 - opened with a pipe
+        echoed = LENGTH.unpack(await stdout.readexactly(LENGTH.size))[0]
+        if echoed != number:
+            raise HelperLost(f"the answer to request {echoed} came where {number} was due")
+        return await stdout.readexactly(count)
 
 
 class WorkerChecks:
@@ -68,113 +137,84 @@ class WorkerChecks:
 
     def __init__(self, *, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         self._timeout_s = timeout_s
-        self._process: asyncio.subprocess.Process | None = None
-        self._answers: asyncio.Queue[tuple[int, asyncio.Future[bytes]]] = asyncio.Queue()
-        self._reader: asyncio.Task[None] | None = None
-        self._starting: asyncio.Future[asyncio.subprocess.Process] | None = None
-        self._spawning = asyncio.Lock()
+        self._helper: _Helper | None = None
+        self._lock = asyncio.Lock()
+        self._starting: asyncio.Future[_Helper] | None = None
         self.restarts = 0
 
     def start(self) -> None:
-        self._starting = asyncio.ensure_future(self._helper())
+        self._starting = asyncio.ensure_future(self._current())
+
+    @property
+    def helper_pid(self) -> int | None:
+        """The running helper's process id (None before the first batch or after close)."""
+        return None if self._helper is None else self._helper.process.pid
 
     async def check(self, batch: Sequence[Signed]) -> list[bool]:
         if not batch:
             return []
-        request = encode_request(
-            [
-                (signed.public_key.public_bytes_raw(), signed.signature, signed.covered())
-                for signed in batch
-            ]
-        )
+        checks = [
+            (signed.public_key.public_bytes_raw(), signed.signature, signed.covered())
+            for signed in batch
+        ]
+        helper: _Helper | None = None
         try:
-            process = await self._helper()
-            answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            assert process.stdin is not None  # noqa: S101 - opened with a pipe
-            self._answers.put_nowait((len(batch), answer))
-            process.stdin.write(request)  # in the order the answers are read back
-            await process.stdin.drain()
-            verdicts = await asyncio.wait_for(asyncio.shield(answer), self._timeout_s)
-        except (HelperLost, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(self._timeout_s):
+                helper = await self._current()
+                verdicts = await helper.ask(checks)
+        except (HelperLost, OSError, TimeoutError, ValueError) as exc:
             log.warning("signature helper lost (%s); checking here and starting another", exc)
-            await self._discard()
+            if helper is not None:
+                await self._retire(helper)
             return check_here(batch)
         return [verdict == 1 for verdict in verdicts]
 
     async def close(self) -> None:
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.stdin is not None:
-            process.stdin.close()  # the helper exits when its input ends
-        try:
-            await asyncio.wait_for(process.wait(), CLOSE_WAIT_S)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-        await self._stop_reading()
+        async with self._lock:
+            helper, self._helper = self._helper, None
+        if helper is not None:
+            await helper.stop(wait_s=CLOSE_WAIT_S)
 
-    async def _helper(self) -> asyncio.subprocess.Process:
-        async with self._spawning:
-            if self._process is not None and self._process.returncode is not None:
-                await self._discard()  # it ended between batches
-            if self._process is None:
-                await self._spawn()
-            assert self._process is not None  # noqa: S101 - just spawned
-            return self._process
+    async def _current(self) -> _Helper:
+        """The helper to ask: the running one, or a new one."""
+        async with self._lock:
+            helper = self._helper
+            if helper is not None and helper.process.returncode is None:
+                return helper
+            if helper is not None:  # it ended between batches
+                self.restarts += 1
+                await helper.stop(wait_s=0)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                HELPER_MODULE,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            self._helper = _Helper(process)
+            return self._helper
 
-    async def _spawn(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            HELPER_MODULE,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read_answers(self._process))
-
-    async def _read_answers(self, process: asyncio.subprocess.Process) -> None:
-        """Hand each answer to the batch that asked, in order."""
-        assert process.stdout is not None  # noqa: S101 - opened with a pipe
-        while True:
-            count, answer = await self._answers.get()
-            try:
-                verdicts = await process.stdout.readexactly(count)
-            except (asyncio.IncompleteReadError, OSError) as exc:
-                answer.set_exception(HelperLost(f"the helper ended: {exc}"))
-                answer.exception()  # retrieved: the batch may have given up already
+    async def _retire(self, helper: _Helper) -> None:
+        """Stop a helper that failed a batch, unless another batch already did."""
+        async with self._lock:
+            if self._helper is not helper:
                 return
-            if not answer.done():
-                answer.set_result(verdicts)
+            self._helper = None
+            self.restarts += 1
+        await helper.stop(wait_s=0)
 
-    async def _discard(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        self.restarts += 1
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-        await self._stop_reading()
 
-    async def _stop_reading(self) -> None:
-        """Stop the reader; every batch still waiting is told the helper is gone."""
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._reader = None
-        while not self._answers.empty():
-            _, answer = self._answers.get_nowait()
-            if not answer.done():
-                answer.set_exception(HelperLost("the helper was stopped"))
-                answer.exception()
+def _fail(answer: asyncio.Future[bytes], problem: HelperLost) -> None:
+    if not answer.done():
+        answer.set_exception(problem)
+        answer.exception()  # retrieved: the batch may have given up already
 
 
 def signature_checks() -> SignatureChecks:
     """A helper process when this process may use more than one core, else inline."""
-    if len(os.sched_getaffinity(0)) > 1:
+    if _usable_cores() > 1:
         return WorkerChecks()
     return InlineChecks()
 
@@ -190,3 +230,9 @@ def check_here(batch: Sequence[Signed]) -> list[bool]:
         else:
             verdicts.append(True)
     return verdicts
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -1,10 +1,12 @@
 """The signature helper process: Ed25519 checks read from stdin, answers on stdout.
 
 Run as ``python -m agora.host.signature_helper`` by
-:class:`~agora.host.signature_checks.WorkerChecks`. A request is a batch: its count
-(4 bytes, big-endian), then per check a 32-byte public key, a 64-byte signature, the
-length of the bytes it covers (4 bytes) and those bytes. The answer is one byte per
-check, 1 when the signature verifies, in order. It exits when stdin closes, or on a
+:class:`~agora.host.signature_checks.WorkerChecks`. A request is a batch: its number
+and its count (4 bytes each, big-endian), then per check a 32-byte public key, a
+64-byte signature, the length of the bytes it covers (4 bytes) and those bytes. The
+answer is the request's number, then one byte per check, 1 when the signature
+verifies, in order; the number lets the host tell that an answer is the one it waits
+for. It exits when stdin closes, or on a
 request it cannot read (the host then checks in-process and starts another helper).
 """
 
@@ -22,13 +24,17 @@ SIGNATURE_BYTES: Final = 64
 MAX_BATCH: Final = 65536
 MAX_COVERED_BYTES: Final = 1 << 20
 LENGTH: Final = struct.Struct(">I")
+HEADER: Final = struct.Struct(">II")  # the request's number, how many checks
 _KEYS_MAX: Final = 4096
 
 
-def encode_request(checks: list[tuple[bytes, bytes, bytes]]) -> bytes:
-    """A batch of (public key, signature, covered bytes) as the helper reads it."""
-    parts = [LENGTH.pack(len(checks))]
+def encode_request(number: int, checks: list[tuple[bytes, bytes, bytes]]) -> bytes:
+    """Request ``number``: a batch of (public key, signature, covered bytes) as the
+    helper reads it. Raises ValueError for a key or a signature of the wrong size."""
+    parts = [HEADER.pack(number, len(checks))]
     for key, signature, covered in checks:
+        if len(key) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+            raise ValueError("an Ed25519 key is 32 bytes and a signature 64")
         parts += (key, signature, LENGTH.pack(len(covered)), covered)
     return b"".join(parts)
 
@@ -36,13 +42,13 @@ def encode_request(checks: list[tuple[bytes, bytes, bytes]]) -> bytes:
 def serve(requests: BinaryIO, answers: BinaryIO) -> None:
     keys: dict[bytes, Ed25519PublicKey | None] = {}
     while True:
-        header = requests.read(LENGTH.size)
-        if len(header) < LENGTH.size:
+        header = requests.read(HEADER.size)
+        if len(header) < HEADER.size:
             return  # the host closed the pipe
-        (count,) = LENGTH.unpack(header)
+        number, count = HEADER.unpack(header)
         if count > MAX_BATCH:
             return
-        verdicts = bytearray()
+        verdicts = bytearray(LENGTH.pack(number))
         for _ in range(count):
             head = requests.read(KEY_BYTES + SIGNATURE_BYTES + LENGTH.size)
             if len(head) < KEY_BYTES + SIGNATURE_BYTES + LENGTH.size:

@@ -47,7 +47,10 @@ class Vouched:
         self._grounded: OrderedDict[str, bytes] = OrderedDict()
 
     def add(self, envelope: bytes, fact: Fact, signer: str) -> None:
-        self._remember(hashlib.sha256(envelope).digest(), (fact, signer))
+        """An envelope this process signed: known, and grounded if it is an act."""
+        digest = hashlib.sha256(envelope).digest()
+        self._cache(digest, (fact, signer))
+        self._ground(fact, digest)
 
     def grounded(self, act_id: str) -> bool:
         """Whether the recorder will take this act, as far as this process can tell.
@@ -66,10 +69,10 @@ class Vouched:
         """For each (envelope, subject it arrived on): its fact and signer, or why it is
         refused. The rules are :func:`~agora.core.admission.admit`'s."""
         results: list[tuple[Fact, str] | InputError | None] = [None] * len(arrivals)
+        digests = [hashlib.sha256(envelope).digest() for envelope, _ in arrivals]
         waiting: list[tuple[int, asyncio.Future[tuple[Fact, str]]]] = []
         reading: list[tuple[int, bytes, Signed]] = []
-        for index, (envelope, _) in enumerate(arrivals):
-            digest = hashlib.sha256(envelope).digest()
+        for index, ((envelope, _), digest) in enumerate(zip(arrivals, digests, strict=True)):
             known = self._facts.get(digest)
             checking = self._checking.get(digest)
             if known is not None:
@@ -84,56 +87,66 @@ class Vouched:
                     continue
                 self._checking[digest] = asyncio.get_running_loop().create_future()
         if reading:
-            await self._check(reading, arrivals, results)
+            await self._check(reading, results)
         for index, future in waiting:
-            try:
-                results[index] = await asyncio.shield(future)
-            except InputError as exc:
-                results[index] = exc
-            except (asyncio.CancelledError, Exception):
-                if not future.done() or not (future.cancelled() or future.exception()):
-                    raise  # this reader itself was cancelled
-                # the reader checking it gave up: check it here
-                results[index] = (await self.admit_all([arrivals[index]]))[0]
-        return [_arrived(result, arrivals[i][1]) for i, result in enumerate(results)]
+            results[index] = await self._wait_for_check(future, arrivals[index])
+        admitted = [_arrived(result, arrivals[i][1]) for i, result in enumerate(results)]
+        for found, digest in zip(admitted, digests, strict=True):
+            if not isinstance(found, InputError):
+                self._ground(found[0], digest)
+        return admitted
+
+    async def _wait_for_check(
+        self, future: asyncio.Future[tuple[Fact, str]], arrival: tuple[bytes, str]
+    ) -> tuple[Fact, str] | InputError:
+        """The outcome of another reader's check of the same envelope."""
+        try:
+            return await asyncio.shield(future)
+        except InputError as exc:
+            return exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if (task is not None and task.cancelling()) or not future.cancelled():
+                raise  # this reader itself was cancelled
+        # the reader checking it gave up: check it here
+        return (await self.admit_all([arrival]))[0]
 
     async def _check(
         self,
         reading: list[tuple[int, bytes, Signed]],
-        arrivals: Sequence[tuple[bytes, str]],
         results: list[tuple[Fact, str] | InputError | None],
     ) -> None:
         futures = [self._checking[digest] for _, digest, _ in reading]
         try:
             verifies = await self._checks.check([signed for _, _, signed in reading])
-        except BaseException:
-            for future in futures:
-                future.cancel()  # anyone waiting on these checks them again
-            raise
+            for (index, digest, signed), verified, future in zip(
+                reading, verifies, futures, strict=True
+            ):
+                try:
+                    fact = _accepted(signed, verified=verified)
+                except Exception as exc:  # every reader gets a refusal
+                    refusal = _refusal(exc)
+                    results[index] = refusal
+                    future.set_exception(refusal)
+                    future.exception()  # retrieved: nobody need be waiting for it
+                    continue
+                known = (fact, signed.signer.name)
+                self._cache(digest, known)
+                results[index] = known
+                future.set_result(known)
         finally:
-            for _, digest, _ in reading:
+            for (_, digest, _), future in zip(reading, futures, strict=True):
                 del self._checking[digest]
-        for (index, digest, signed), verified, future in zip(
-            reading, verifies, futures, strict=True
-        ):
-            try:
-                fact = _accepted(signed, verified=verified)
-            except Exception as exc:  # every reader gets a refusal
-                refusal = _refusal(exc)
-                results[index] = refusal
-                future.set_exception(refusal)
-                future.exception()  # retrieved: nobody need be waiting for it
-                continue
-            known = (fact, signed.signer.name)
-            self._remember(digest, known)
-            results[index] = known
-            future.set_result(known)
+                if not future.done():
+                    future.cancel()  # anyone waiting on it checks it again
 
-    def _remember(self, digest: bytes, known: tuple[Fact, str]) -> None:
+    def _cache(self, digest: bytes, known: tuple[Fact, str]) -> None:
         self._facts[digest] = known
         if len(self._facts) > self._limit:
             self._facts.popitem(last=False)
-        fact = known[0]
+
+    def _ground(self, fact: Fact, digest: bytes) -> None:
+        """Note an act admitted (or signed) here, for :meth:`grounded`."""
         if not isinstance(fact, Act):
             return
         seen = self._grounded.get(fact.id)

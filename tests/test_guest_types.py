@@ -177,3 +177,10 @@ def test_a_bad_message_field_is_refused_by_name(
     outcome = func(store, ctx, b"", [good])
     func.post_return(store)
     assert [m.payload for m in outcome.outbox] == ["a heard maintainer: fine"]
+
+
+def test_an_inbox_that_is_not_a_list_is_refused(handles: tuple[Any, Any]) -> None:
+    _, (store, func) = handles
+    ctx = _record(agent="a", channels=[], now_ms=0, settings=[])
+    with pytest.raises(TypeError, match="expected a list"):
+        func(store, ctx, b"", "not a list")

@@ -18,7 +18,7 @@ from agora.core.signing import sign_fact
 from agora.core.verify import verify_directory
 from agora.host.agent_record import MAX_RECENT, AgentRecord, Outgoing
 from agora.host.killswitch import KillState
-from agora.host.recorder import Fsync
+from agora.host.recorder import FSYNC_HISTORY, Fsync
 from agora.host.sandbox import classify_fault
 
 
@@ -108,16 +108,16 @@ def test_nats_credentials_never_reach_a_message() -> None:
 
 async def test_a_fast_fsync_runs_inline_and_a_slow_one_moves_to_a_thread() -> None:
     threads: list[str] = []
-    delays = iter([0.0, 0.01, 0.01, 0.0, 0.0])
+    delays = iter([0.0, 0.01] + [0.0] * (FSYNC_HISTORY + 1))
 
     def fsync() -> None:
         threads.append(threading.current_thread().name)
         time.sleep(next(delays))
 
     run = Fsync(fsync)
-    for _ in range(5):
+    for _ in range(FSYNC_HISTORY + 3):
         await run()
-    main = threading.main_thread().name
-    # fast (here), slow (here), slow (thread), fast (thread), fast (here again)
-    assert [name == main for name in threads] == [True, True, False, False, True]
+    here = [name == threading.main_thread().name for name in threads]
+    # fast (here), slow (here), then in a thread until FSYNC_HISTORY fast ones in a row
+    assert here == [True, True] + [False] * FSYNC_HISTORY + [True]
     assert run.inline

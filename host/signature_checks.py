@@ -27,7 +27,7 @@ from typing import Final, Protocol
 from cryptography.exceptions import InvalidSignature
 
 from agora.core.signing import Signed
-from agora.host.signature_helper import LENGTH, encode_request
+from agora.host.signature_helper import LENGTH, SIGNATURE_BYTES, encode_request
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +90,19 @@ class _Helper:
         return await asyncio.shield(answer)
 
     async def stop(self, *, wait_s: float) -> None:
-        """End the helper: let it finish (``wait_s``), then kill it."""
+        """End the helper: let it finish (``wait_s``), then kill it. The kill happens
+        even if this stop is cancelled while it waits."""
         if self.process.stdin is not None:
             self.process.stdin.close()  # the helper exits when its input ends
         try:
-            await asyncio.wait_for(self.process.wait(), wait_s)
-        except TimeoutError:
-            self._kill()
-            await self.process.wait()
-        self._reader.cancel()
+            if wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self.process.wait()
+        finally:
+            self._kill()  # nothing if it ended
+            self._reader.cancel()
+        await self.process.wait()
         await asyncio.gather(self._reader, return_exceptions=True)
 
     async def _read(self) -> None:
@@ -120,8 +124,9 @@ class _Helper:
                 _fail(self._waiting.get_nowait()[2], lost)
 
     def _kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):  # it ended already
-            self.process.kill()
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                self.process.kill()
 
     async def _answer(self, number: int, count: int) -> bytes:
         stdout = self.process.stdout
@@ -138,8 +143,10 @@ class WorkerChecks:
     def __init__(self, *, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         self._timeout_s = timeout_s
         self._helper: _Helper | None = None
+        self._stopping: set[asyncio.Task[None]] = set()  # helpers being retired
         self._lock = asyncio.Lock()
         self._starting: asyncio.Future[_Helper] | None = None
+        self._closed = False
         self.restarts = 0
 
     def start(self) -> None:
@@ -157,35 +164,44 @@ class WorkerChecks:
             (signed.public_key.public_bytes_raw(), signed.signature, signed.covered())
             for signed in batch
         ]
+        if any(len(signature) != SIGNATURE_BYTES for _, signature, _ in checks):
+            return check_here(batch)  # no Ed25519 signature: nothing for the helper
         helper: _Helper | None = None
         try:
             async with asyncio.timeout(self._timeout_s):
                 helper = await self._current()
                 verdicts = await helper.ask(checks)
-        except (HelperLost, OSError, TimeoutError, ValueError) as exc:
-            log.warning("signature helper lost (%s); checking here and starting another", exc)
+        except (HelperLost, OSError, TimeoutError) as exc:
+            if not self._closed:
+                log.warning("signature helper lost (%s); checking here, starting another", exc)
             if helper is not None:
-                await self._retire(helper)
+                self._retire(helper)
             return check_here(batch)
         return [verdict == 1 for verdict in verdicts]
 
     async def close(self) -> None:
+        """Stop the helper, and every helper still being retired; a check after this
+        is done in-process."""
+        async with self._lock:
+            self._closed = True
+            helper, self._helper = self._helper, None
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
-        async with self._lock:
-            helper, self._helper = self._helper, None
         if helper is not None:
             await helper.stop(wait_s=CLOSE_WAIT_S)
+        await asyncio.gather(*self._stopping, return_exceptions=True)
 
     async def _current(self) -> _Helper:
         """The helper to ask: the running one, or a new one."""
         async with self._lock:
+            if self._closed:
+                raise HelperLost("the signature checks are closed")
             helper = self._helper
             if helper is not None and helper.process.returncode is None:
                 return helper
             if helper is not None:  # it ended between batches
-                self.restarts += 1
-                await helper.stop(wait_s=0)
+                self._helper = None
+                self._retire_now(helper)
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -196,14 +212,18 @@ class WorkerChecks:
             self._helper = _Helper(process)
             return self._helper
 
-    async def _retire(self, helper: _Helper) -> None:
+    def _retire(self, helper: _Helper) -> None:
         """Stop a helper that failed a batch, unless another batch already did."""
-        async with self._lock:
-            if self._helper is not helper:
-                return
+        if self._helper is helper:
             self._helper = None
-            self.restarts += 1
-        await helper.stop(wait_s=0)
+            self._retire_now(helper)
+
+    def _retire_now(self, helper: _Helper) -> None:
+        # a task of its own: a batch that gives up meanwhile cannot leave it running
+        self.restarts += 1
+        stopping = asyncio.create_task(helper.stop(wait_s=0))
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
 
 
 def _fail(answer: asyncio.Future[bytes], problem: HelperLost) -> None:

@@ -124,10 +124,47 @@ async def test_a_helper_that_stops_answering_is_replaced_even_mid_write(
         await checks.close()
 
 
-async def test_closing_ends_the_helper(worker: WorkerChecks) -> None:
-    await worker.check([])
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_closing_ends_the_helper_and_later_checks_run_here(
+    worker: WorkerChecks, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    batch = _batch(keys, registry, 3)
+    await worker.check(batch)
+    pid = worker.helper_pid
+    assert pid is not None
     await worker.close()
-    assert worker.helper_pid is None
+    assert _gone(pid)
+    assert await worker.check(batch) == check_here(batch)
+    assert worker.helper_pid is None  # no new helper after close
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+async def test_a_hung_helper_is_killed_at_close_even_if_the_close_is_interrupted(
+    keys: dict[str, SigningKey], registry: KeyRegistry, interrupted: bool
+) -> None:
+    checks = WorkerChecks()
+    batch = _batch(keys, registry, 2)
+    await checks.check(batch)
+    pid = checks.helper_pid
+    assert pid is not None
+    _kill(pid, signal.SIGSTOP)
+    closing = asyncio.create_task(checks.close())
+    if interrupted:
+        await asyncio.sleep(0.2)
+        closing.cancel()
+    await asyncio.gather(closing, return_exceptions=True)
+    for _ in range(50):
+        if _gone(pid):
+            break
+        await asyncio.sleep(0.05)
+    assert _gone(pid)
 
 
 def test_the_helper_answers_with_the_request_number_and_stops_at_what_it_cannot_read(

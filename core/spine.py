@@ -47,6 +47,7 @@ EVENT_SUBJECT_PREFIX: Final = "agora.ev."
 DUPLICATE_WINDOW_S: Final = 120.0
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 PUBLISH_TIMEOUT_S: Final = 5.0  # nats-py's own default for one JetStream publish
+SCAN_QUIET_S: Final = 1.0
 CONTROL_BUCKET: Final = "agora-control"
 AGENTS_BUCKET: Final = "agora-agents"
 STATUS_BUCKET: Final = "agora-status"
@@ -204,6 +205,49 @@ async def publish_all(
     finally:
         for future in futures:  # what never came back frees its place in the window
             future.cancel()
+
+
+async def ids_in_stream(
+    js: JetStreamContext,
+    *,
+    subjects: Iterable[str],
+    after_seq: int,
+    until_ms: int,
+    wanted: Iterable[str],
+    quiet_s: float = SCAN_QUIET_S,
+) -> set[str]:
+    """Which of the ``wanted`` message ids are in the stream on ``subjects``, looking
+    from ``after_seq + 1`` on, up to the first message stored after ``until_ms`` (ms
+    since the epoch), or the end of the stream.
+
+    For what JetStream's duplicate window no longer covers: whether an outbox saved
+    long ago was published before a crash."""
+    wanted = set(wanted)
+    found: set[str] = set()
+    subscription = await js.subscribe(
+        CHANNEL_SUBJECT_PREFIX + "*",
+        stream=STREAM,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        config=ConsumerConfig(opt_start_seq=after_seq + 1, filter_subjects=sorted(set(subjects))),
+    )
+    try:
+        while found != wanted:
+            try:
+                message = await subscription.next_msg(timeout=quiet_s)
+            except TimeoutError:
+                break  # nothing more on these subjects
+            metadata = message.metadata
+            if metadata.timestamp.timestamp() * 1000 > until_ms:
+                break
+            ident = (message.headers or {}).get(MSG_ID_HEADER)
+            if ident in wanted:
+                found.add(ident)
+            if not metadata.num_pending:
+                break
+    finally:
+        await subscription.unsubscribe()
+    return found
 
 
 async def publish_envelope(

@@ -60,6 +60,7 @@ class AgentRecord:
     wake_at_ms: int | None = None
     outbox: tuple[Outgoing, ...] = ()
     calls: int = 0
+    saved_at_ms: int | None = None  # when the outbox was made (ms since the epoch)
 
     def finished(
         self,
@@ -70,6 +71,7 @@ class AgentRecord:
         handed: Iterable[tuple[str, str, int]],
         wake_at_ms: int | None,
         outbox: tuple[Outgoing, ...],
+        at_ms: int,
     ) -> AgentRecord:
         """The record after a batch: ``handed`` is (id, conversation, hops) per delivery."""
         parents = dict(self.parents)
@@ -87,6 +89,7 @@ class AgentRecord:
             wake_at_ms=wake_at_ms,
             outbox=outbox,
             calls=self.calls + 1,
+            saved_at_ms=at_ms,
         )
 
     def sent(self) -> AgentRecord:
@@ -106,6 +109,7 @@ class AgentRecord:
                     for o in self.outbox
                 ],
                 "calls": self.calls,
+                "saved_at_ms": self.saved_at_ms,
             },
             separators=(",", ":"),
         ).encode()
@@ -120,15 +124,20 @@ class AgentRecord:
                 recent=tuple(str(i) for i in obj["recent"]),
                 parents={str(k): int(v) for k, v in obj["parents"].items()},
                 conversations={str(k): int(v) for k, v in obj["conversations"].items()},
-                wake_at_ms=None if obj["wake_at_ms"] is None else int(obj["wake_at_ms"]),
+                wake_at_ms=_optional_int(obj["wake_at_ms"]),
                 outbox=tuple(
                     Outgoing(str(s), str(i), base64.b64decode(e, validate=True))
                     for s, i, e in obj["outbox"]
                 ),
                 calls=int(obj["calls"]),
+                saved_at_ms=_optional_int(obj.get("saved_at_ms")),  # absent from older records
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise MalformedEnvelope(f"agent record is unreadable: {exc}") from exc
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
 
 
 def _newest(mapping: dict[str, int], limit: int) -> dict[str, int]:

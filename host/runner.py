@@ -46,9 +46,11 @@ from agora.core.keys import SigningKey
 from agora.core.pull import PullFeed
 from agora.core.signing import sign_fact
 from agora.core.spine import (
+    DUPLICATE_WINDOW_S,
     STREAM,
     agent_consumer_name,
     channel_subject,
+    ids_in_stream,
     publish_all,
     stream_sequence,
 )
@@ -65,6 +67,10 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S: Final = 0.5
 CONFLICT_RETRIES: Final = 20
 MAX_STATE_BYTES: Final = 256 * 1024
+# Republishing a saved outbox is safe without a look in the stream while JetStream's
+# duplicate window still covers its first publish (with a margin for clock skew).
+SAFE_REPUBLISH_MS: Final = int(DUPLICATE_WINDOW_S * 1000) // 2
+PUBLISHED_WITHIN_MS: Final = 60_000  # a saved outbox is published right after its save
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +241,7 @@ class AgentRunner:
                 handed=batch.handed,
                 wake_at_ms=outcome.wake_at_ms,
                 outbox=tuple(batch.outgoing),
+                at_ms=now_ms(),
             )
         elif messages or batch.outgoing:
             record = record.finished(
@@ -244,6 +251,7 @@ class AgentRunner:
                 handed=batch.handed,
                 wake_at_ms=record.wake_at_ms,
                 outbox=tuple(batch.outgoing),
+                at_ms=now_ms(),
             )
         else:
             await self._clear_sent_outbox()
@@ -454,11 +462,28 @@ class AgentRunner:
         self._outbox_published = False
 
     async def _publish_saved_outbox(self) -> None:
-        """Publish the saved outbox unless this runner already did (again is harmless:
-        the same ids, which JetStream and the recorder recognise)."""
-        if self._record.outbox and not self._outbox_published:
-            await self._publish(self._record.outbox)
-            self._outbox_published = True
+        """Publish the saved outbox unless this runner already did.
+
+        Again is harmless within JetStream's duplicate window: the same ids, which the
+        server drops. An outbox saved longer ago than that (a host that crashed and came
+        back late) is looked for in the stream first, and only what is not there yet
+        is published, so no agent is handed one of its acts a second time."""
+        record = self._record
+        if not record.outbox or self._outbox_published:
+            return
+        outbox = record.outbox
+        if record.saved_at_ms is None or now_ms() - record.saved_at_ms > SAFE_REPUBLISH_MS:
+            there = await ids_in_stream(
+                self._js,
+                subjects=(o.subject for o in outbox),
+                after_seq=record.last_seq,
+                until_ms=(record.saved_at_ms or now_ms()) + PUBLISHED_WITHIN_MS,
+                wanted=(o.msg_id for o in outbox),
+            )
+            outbox = tuple(o for o in outbox if o.msg_id not in there)
+            self.counters["republish-skipped"] += len(record.outbox) - len(outbox)
+        await self._publish(outbox)
+        self._outbox_published = True
 
     async def _clear_sent_outbox(self) -> None:
         """When the agent goes idle, drop its published outbox from the saved record.

@@ -9,14 +9,29 @@ import asyncio
 import json
 import socket
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
+from nats.js import JetStreamContext
 
 from agora.cli.session import connected, open_session
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.envelope import EventKind
 from agora.core.factlog import POSITION_FILE
-from agora.core.spine import AGENTS_BUCKET, agent_consumer_config, ensure_consumer, ensure_spine
-from agora.host.agent_record import AgentRecord
+from agora.core.ids import new_id, now_ms
+from agora.core.signing import sign_fact
+from agora.core.spine import (
+    AGENTS_BUCKET,
+    MSG_ID_HEADER,
+    STREAM,
+    agent_consumer_config,
+    channel_subject,
+    ensure_consumer,
+    ensure_spine,
+)
+from agora.host import runner as runner_module
+from agora.host.agent_record import AgentRecord, Outgoing
 from agora.host.nats_server import EmbeddedNats
 from tests.harness import Harness, running_host
 
@@ -145,6 +160,68 @@ async def test_an_idle_agent_keeps_no_outbox_to_publish_again(
                 break
             await asyncio.sleep(0.1)
         assert all(r.calls >= 1 and not r.outbox for r in await records())
+
+
+async def _copies(js: JetStreamContext, subject: str, msg_id: str) -> list[tuple[int, bytes]]:
+    """Every message on ``subject`` that carries ``msg_id``: its stream sequence and data."""
+    subscription = await js.subscribe(subject, stream=STREAM, ordered_consumer=True)
+    copies: list[tuple[int, bytes]] = []
+    try:
+        while True:
+            try:
+                message = await subscription.next_msg(timeout=1.0)
+            except TimeoutError:
+                return copies
+            if (message.headers or {}).get(MSG_ID_HEADER) == msg_id:
+                copies.append((message.metadata.sequence.stream, message.data))
+            if not message.metadata.num_pending:
+                return copies
+    finally:
+        await subscription.unsubscribe()
+
+
+async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Long before": past JetStream's duplicate window, here shortened to 0.2 s, and
+    # past the host's own margin for it, here none.
+    monkeypatch.setattr(runner_module, "SAFE_REPUBLISH_MS", 0)
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        request = await h.inject("build-coord", "hello", hops=1)
+        await h.settle()
+        [reply] = h.acts_by("synth-agent")
+        await h.stop_host()
+        # The host "crashed" right after saving this outbox: the reply (which it did
+        # publish) and one more act (which it did not).
+        subject = channel_subject("build-coord")
+        [(request_seq, _)] = await _copies(h.js, subject, request.id)
+        [(_, published)] = await _copies(h.js, subject, reply.id)
+        late = replace(reply, id=new_id("act"), payload="one more", time_ms=now_ms())
+        agents = await h.js.key_value(AGENTS_BUCKET)
+        saved = AgentRecord.decode((await agents.get("synth-agent")).value or b"")
+        crashed = replace(
+            saved,
+            outbox=(
+                Outgoing(subject, reply.id, published),
+                Outgoing(subject, late.id, sign_fact(late, h.session.key("synth-agent"))),
+            ),
+            last_seq=request_seq,  # the batch that made this outbox
+        )
+        await agents.put("synth-agent", crashed.encode())
+        # and JetStream's duplicate window is past
+        info = await h.js.stream_info(STREAM)
+        await h.js.update_stream(replace(info.config, duplicate_window=0.2))
+        await asyncio.sleep(0.5)
+
+        host = await h.start_host()
+        await h.settle()
+        assert len(await _copies(h.js, subject, reply.id)) == 1
+        assert len(await _copies(h.js, subject, late.id)) == 1
+        assert host.runners["synth-agent"].counters["republish-skipped"] == 1
+    recorded = [f.id for f in h.facts()]
+    assert recorded.count(reply.id) == recorded.count(late.id) == 1
+    assert request.id in recorded
 
 
 async def test_kills_survive_a_restart_and_resume_undoes_them(

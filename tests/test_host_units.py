@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -32,12 +33,17 @@ def test_an_agent_record_round_trips_and_stays_bounded() -> None:
             handed=[(f"m{batch}", f"c{batch}", 3)],
             wake_at_ms=batch,
             outbox=(Outgoing("agora.ch.x", f"a{batch}", b'{"e":1}'),),
+            at_ms=1_700_000_000_000 + batch,
         )
     assert len(record.recent) == MAX_RECENT
     assert record.recent[-1] == "m599"
     assert len(record.parents) <= 256 and "m599" in record.parents
     assert AgentRecord.decode(record.encode()) == record
+    assert record.saved_at_ms == 1_700_000_000_599
     assert record.sent().outbox == ()
+    older = json.loads(record.encode())
+    del older["saved_at_ms"]  # a record saved before the field existed still reads
+    assert AgentRecord.decode(json.dumps(older).encode()).saved_at_ms is None
 
 
 @pytest.mark.parametrize("data", [b"", b"{}", b"[1]", b'{"state": 3}'])

@@ -207,6 +207,26 @@ async def publish_all(
             future.cancel()
 
 
+async def read_in_order(
+    js: JetStreamContext,
+    *,
+    subjects: Iterable[str],
+    after_seq: int,
+    **options: Any,
+) -> Any:
+    """An ordered consumer (no gaps, in stream order) over ``subjects`` from stream
+    sequence ``after_seq + 1`` on; ``options`` go to nats-py's ``subscribe`` (a
+    callback, heartbeats)."""
+    return await js.subscribe(
+        CHANNEL_SUBJECT_PREFIX + "*",
+        stream=STREAM,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        config=ConsumerConfig(opt_start_seq=after_seq + 1, filter_subjects=sorted(set(subjects))),
+        **options,
+    )
+
+
 async def ids_in_stream(
     js: JetStreamContext,
     *,
@@ -224,13 +244,7 @@ async def ids_in_stream(
     long ago was published before a crash."""
     wanted = set(wanted)
     found: set[str] = set()
-    subscription = await js.subscribe(
-        CHANNEL_SUBJECT_PREFIX + "*",
-        stream=STREAM,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        config=ConsumerConfig(opt_start_seq=after_seq + 1, filter_subjects=sorted(set(subjects))),
-    )
+    subscription = await read_in_order(js, subjects=subjects, after_seq=after_seq)
     try:
         while found != wanted:
             try:

@@ -40,8 +40,8 @@ from wasmtime.component import (
 
 from agora.core.errors import AgoraError
 
-_CELL: Final = ctypes.sizeof(ffi.wasmtime_component_val_t)
-_KIND_AT: Final[int] = ffi.wasmtime_component_val_t.kind.offset
+CELL: Final = ctypes.sizeof(ffi.wasmtime_component_val_t)
+KIND_AT: Final[int] = ffi.wasmtime_component_val_t.kind.offset
 _UNION_AT: Final[int] = ffi.wasmtime_component_val_t.of.offset
 _ENTRY: Final = ctypes.sizeof(ffi.wasmtime_component_valrecord_entry)
 _NAME_AT: Final[int] = ffi.wasmtime_component_valrecord_entry.name.offset
@@ -119,7 +119,7 @@ class FlatRecord(RecordType):
     ) -> None:
         values = self.encode(val)
         cell = ctypes.addressof(ptr.contents)
-        self.lower(values, cell, _view(cell, _CELL), 0)
+        self.lower(values, cell, _view(cell, CELL), 0)
 
     def convert_from_c(self, c: ffi.wasmtime_component_val_t) -> Any:
         if c.kind != _RECORD:
@@ -160,7 +160,7 @@ class FlatRecord(RecordType):
         ):
             entry = entries + index * _ENTRY
             _new_bytes(entry + _NAME_AT, len(name), name)
-            kind_at = index * _ENTRY + _VALUE_AT + _KIND_AT
+            kind_at = index * _ENTRY + _VALUE_AT + KIND_AT
             union = entry + _VALUE_AT + _UNION_AT
             if kind == _OPTIONAL_STRING:
                 fields[kind_at] = _OPTION
@@ -173,7 +173,7 @@ class FlatRecord(RecordType):
                 fields[kind_at] = kind
                 start = index * _ENTRY + _VALUE_AT + _UNION_AT
                 fields[start : start + len(value)] = value
-        view[at + _KIND_AT] = _RECORD
+        view[at + KIND_AT] = _RECORD
 
     def lift(self, size: int, entries: int) -> Record:
         """The record whose ``size`` entries start at address ``entries`` (not freed)."""
@@ -184,7 +184,7 @@ class FlatRecord(RecordType):
         values = record.__dict__
         for index, (name, kind, width) in enumerate(self.flat):
             at = index * _ENTRY + _VALUE_AT
-            found = raw[at + _KIND_AT]
+            found = raw[at + KIND_AT]
             union = at + _UNION_AT
             if kind == _OPTIONAL_STRING:
                 if found != _OPTION:
@@ -220,9 +220,9 @@ class FlatRecordList(ListType):
         _new_list(cell + _UNION_AT, len(encoded))
         if encoded:
             cells = _VEC.unpack(ctypes.string_at(cell + _UNION_AT, _VEC.size))[1]
-            view = _view(cells, len(encoded) * _CELL)
+            view = _view(cells, len(encoded) * CELL)
             for index, values in enumerate(encoded):
-                element.lower(values, cells + index * _CELL, view, index * _CELL)
+                element.lower(values, cells + index * CELL, view, index * CELL)
         ptr.contents.kind = _LIST
 
     def convert_from_c(self, c: ffi.wasmtime_component_val_t) -> Any:
@@ -231,12 +231,12 @@ class FlatRecordList(ListType):
         address = ctypes.addressof(c) + _UNION_AT
         try:
             count, cells = _VEC.unpack(ctypes.string_at(address, _VEC.size))
-            raw = ctypes.string_at(cells, count * _CELL) if count else b""
+            raw = ctypes.string_at(cells, count * CELL) if count else b""
             lifted: list[Record] = []
             for index in range(count):
-                at = index * _CELL
-                if raw[at + _KIND_AT] != _RECORD:
-                    raise AgoraError(f"expected a record value, got kind {raw[at + _KIND_AT]}")
+                at = index * CELL
+                if raw[at + KIND_AT] != _RECORD:
+                    raise AgoraError(f"expected a record value, got kind {raw[at + KIND_AT]}")
                 lifted.append(self.resolved.lift(*_VEC.unpack_from(raw, at + _UNION_AT)))
             return lifted
         finally:
@@ -248,17 +248,17 @@ def _view(address: int, size: int) -> memoryview:
 
 
 def _boxed_string(value: bytes) -> int:
-    cell = (ctypes.c_char * _CELL)()
-    cell[_KIND_AT] = bytes([_STRING])
+    cell = (ctypes.c_char * CELL)()
+    cell[KIND_AT] = bytes([_STRING])
     _new_bytes(ctypes.addressof(cell) + _UNION_AT, len(value), value)
     boxed: int = _new_boxed(ctypes.addressof(cell))  # takes the string over
     return boxed
 
 
 def _lift_boxed_string(name: str, boxed: int) -> str:
-    raw = ctypes.string_at(boxed, _CELL)
-    if raw[_KIND_AT] != _STRING:
-        raise AgoraError(f"field {name!r}: expected an option of a string, got {raw[_KIND_AT]}")
+    raw = ctypes.string_at(boxed, CELL)
+    if raw[KIND_AT] != _STRING:
+        raise AgoraError(f"field {name!r}: expected an option of a string, got {raw[KIND_AT]}")
     return _text(*_VEC.unpack_from(raw, _UNION_AT))
 
 

@@ -34,10 +34,8 @@ from wasmtime.component import (
 )
 
 from agora.core.errors import AgoraError
-from agora.host.guest_records import FlatRecord, FlatRecordList, flat_fields
+from agora.host.guest_records import CELL, KIND_AT, FlatRecord, FlatRecordList, flat_fields
 
-_CELL: Final = ctypes.sizeof(ffi.wasmtime_component_val_t)
-_KIND_AT: Final[int] = ffi.wasmtime_component_val_t.kind.offset
 _U8_AT: Final[int] = (
     ffi.wasmtime_component_val_t.of.offset + ffi.wasmtime_component_valunion.u8.offset  # type: ignore[attr-defined]
 )
@@ -164,9 +162,9 @@ class _Bytes(_List):
         raw = ffi.wasmtime_component_vallist_t()
         ffi.wasmtime_component_vallist_new_uninit(raw, len(val))
         if val:
-            cells = bytearray(len(val) * _CELL)
-            cells[_KIND_AT::_CELL] = _U8_KIND * len(val)
-            cells[_U8_AT::_CELL] = val
+            cells = bytearray(len(val) * CELL)
+            cells[KIND_AT::CELL] = _U8_KIND * len(val)
+            cells[_U8_AT::CELL] = val
             ctypes.memmove(raw.data, bytes(cells), len(cells))
         ptr.contents.kind = ffi.WASMTIME_COMPONENT_LIST
         ptr.contents.of.list = raw
@@ -178,9 +176,9 @@ class _Bytes(_List):
             count = c.of.list.size
             if not count:
                 return b""
-            cells = ctypes.string_at(c.of.list.data, count * _CELL)
-            if cells[_KIND_AT::_CELL] != _U8_KIND * count:
+            cells = ctypes.string_at(c.of.list.data, count * CELL)
+            if cells[KIND_AT::CELL] != _U8_KIND * count:
                 raise AgoraError("a list<u8> value holds something other than u8")
-            return cells[_U8_AT::_CELL]
+            return cells[_U8_AT::CELL]
         finally:
             ffi.wasmtime_component_vallist_delete(ctypes.byref(c.of.list))

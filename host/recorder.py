@@ -30,7 +30,6 @@ from typing import Any, Final
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from agora.core.envelope import Event, EventKind, Fact, references_of
 from agora.core.errors import ConfigError, InputError
@@ -40,9 +39,9 @@ from agora.core.signing import sign_fact
 from agora.core.spine import (
     CHANNEL_SUBJECT_PREFIX,
     EVENT_SUBJECT_PREFIX,
-    STREAM,
     event_subject,
     publish_fact,
+    read_in_order,
     stream_sequence,
 )
 from agora.host.tasks import finish
@@ -148,16 +147,11 @@ class Recorder:
                 await subscription.unsubscribe()
 
     async def _subscribe(self, take: Callable[[Msg], Awaitable[None]]) -> Any:
-        return await self._js.subscribe(
-            CHANNEL_SUBJECT_PREFIX + "*",
-            stream=STREAM,
-            ordered_consumer=True,
+        return await read_in_order(
+            self._js,
+            subjects=(CHANNEL_SUBJECT_PREFIX + "*", EVENT_SUBJECT_PREFIX + "*"),
+            after_seq=self.position,
             idle_heartbeat=HEARTBEAT_S,  # a lost server is noticed in three heartbeats
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            config=ConsumerConfig(
-                opt_start_seq=self.position + 1,
-                filter_subjects=[CHANNEL_SUBJECT_PREFIX + "*", EVENT_SUBJECT_PREFIX + "*"],
-            ),
             cb=take,
         )
 

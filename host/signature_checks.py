@@ -24,10 +24,8 @@ import sys
 from collections.abc import Sequence
 from typing import Final, Protocol
 
-from cryptography.exceptions import InvalidSignature
-
 from agora.core.signing import Signed
-from agora.host.signature_helper import LENGTH, SIGNATURE_BYTES, encode_request
+from agora.host.signature_helper import LENGTH, SIGNATURE_BYTES, encode_request, verifies
 
 log = logging.getLogger(__name__)
 
@@ -241,15 +239,7 @@ def signature_checks() -> SignatureChecks:
 
 def check_here(batch: Sequence[Signed]) -> list[bool]:
     """Check each signature in this process."""
-    verdicts: list[bool] = []
-    for signed in batch:
-        try:
-            signed.public_key.verify(signed.signature, signed.covered())
-        except InvalidSignature:
-            verdicts.append(False)
-        else:
-            verdicts.append(True)
-    return verdicts
+    return [verifies(signed.public_key, signed.signature, signed.covered()) for signed in batch]
 
 
 def _usable_cores() -> int:

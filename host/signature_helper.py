@@ -60,7 +60,7 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
             if len(covered) < size:
                 return
             key = _key(keys, head[:KEY_BYTES])
-            verdicts.append(_verifies(key, head[KEY_BYTES : KEY_BYTES + SIGNATURE_BYTES], covered))
+            verdicts.append(verifies(key, head[KEY_BYTES : KEY_BYTES + SIGNATURE_BYTES], covered))
         answers.write(bytes(verdicts))
         answers.flush()
 
@@ -76,7 +76,8 @@ def _key(keys: dict[bytes, Ed25519PublicKey | None], raw: bytes) -> Ed25519Publi
     return keys[raw]
 
 
-def _verifies(key: Ed25519PublicKey | None, signature: bytes, covered: bytes) -> bool:
+def verifies(key: Ed25519PublicKey | None, signature: bytes, covered: bytes) -> bool:
+    """Whether ``signature`` by ``key`` covers ``covered`` (never, without a key)."""
     if key is None:
         return False
     try:

@@ -29,6 +29,7 @@ from agora.core.spine import (
     channel_subject,
     ensure_consumer,
     ensure_spine,
+    read_in_order,
 )
 from agora.host import runner as runner_module
 from agora.host.agent_record import AgentRecord, Outgoing
@@ -164,7 +165,7 @@ async def test_an_idle_agent_keeps_no_outbox_to_publish_again(
 
 async def _copies(js: JetStreamContext, subject: str, msg_id: str) -> list[tuple[int, bytes]]:
     """Every message on ``subject`` that carries ``msg_id``: its stream sequence and data."""
-    subscription = await js.subscribe(subject, stream=STREAM, ordered_consumer=True)
+    subscription = await read_in_order(js, subjects=[subject], after_seq=0)
     copies: list[tuple[int, bytes]] = []
     try:
         while True:

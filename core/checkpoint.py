@@ -23,9 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+from agora.core import ed25519
 from agora.core.errors import MalformedEnvelope, SignatureError, UnknownKey, shown
 from agora.core.keys import KeyRegistry, Role, SigningKey
 from agora.core.merkle import HASH_BYTES
@@ -120,8 +118,6 @@ def _verified_signer(line: str, signed_text: bytes, registry: KeyRegistry) -> st
         raise MalformedEnvelope(f"checkpoint signature by {name!r} is not base64") from exc
     if raw[:4] != note_key_hash(name, identity.public_key):
         return None
-    try:
-        Ed25519PublicKey.from_public_bytes(identity.public_key).verify(raw[4:], signed_text)
-    except InvalidSignature as exc:
-        raise SignatureError(f"checkpoint signature by {name!r} does not verify") from exc
+    if not ed25519.verifies(identity.public_key, raw[4:], signed_text):
+        raise SignatureError(f"checkpoint signature by {name!r} does not verify")
     return name

@@ -21,14 +21,15 @@ from typing import Final
 
 import yaml
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agora.core import ed25519
 from agora.core.acts import check_channel, check_name
 from agora.core.errors import ConfigError, InvalidChannel, InvalidName, UnknownKey, shown
 
 ALL_CHANNELS: Final = "*"
 PRIVATE_KEY_MODE: Final = 0o600
-PUBLIC_KEY_BYTES: Final = 32
+PUBLIC_KEY_BYTES: Final = ed25519.PUBLIC_KEY_BYTES
 
 
 class Role(StrEnum):
@@ -77,7 +78,6 @@ class KeyRegistry:
     def __init__(self, identities: Iterable[Identity]) -> None:
         self._by_name: dict[str, Identity] = {}
         self._by_keyid: dict[str, Identity] = {}
-        self._verifiers: dict[str, Ed25519PublicKey] = {}
         for identity in identities:
             if identity.name in self._by_name:
                 raise ConfigError(f"identity {identity.name!r} is registered twice")
@@ -88,9 +88,6 @@ class KeyRegistry:
                 )
             self._by_name[identity.name] = identity
             self._by_keyid[identity.keyid] = identity
-            self._verifiers[identity.keyid] = Ed25519PublicKey.from_public_bytes(
-                identity.public_key
-            )
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
@@ -114,11 +111,8 @@ class KeyRegistry:
             )
         return identity
 
-    def by_keyid(self, keyid: str) -> tuple[Identity, Ed25519PublicKey] | None:
-        identity = self._by_keyid.get(keyid)
-        if identity is None:
-            return None
-        return identity, self._verifiers[keyid]
+    def by_keyid(self, keyid: str) -> Identity | None:
+        return self._by_keyid.get(keyid)
 
     def with_identity(self, identity: Identity) -> KeyRegistry:
         """A new registry with ``identity`` added, or replaced if the name exists."""
@@ -222,19 +216,24 @@ class SigningKey:
     # derived once: every signature names the key it was made with
     public_key: bytes = field(init=False, compare=False)
     keyid: str = field(init=False, compare=False)
+    _secret: bytes = field(init=False, compare=False, repr=False)  # libsodium's form
 
     def __post_init__(self) -> None:
-        public = self.private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        seed = self.private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
         )
+        public, secret = ed25519.secret_from_seed(seed)
         object.__setattr__(self, "public_key", public)
         object.__setattr__(self, "keyid", key_id(public))
+        object.__setattr__(self, "_secret", secret)
 
     def __repr__(self) -> str:
         return f"SigningKey(name={self.name!r}, keyid={self.keyid[:16]}...)"
 
     def sign(self, message: bytes) -> bytes:
-        return self.private_key.sign(message)
+        return ed25519.sign(self._secret, message)
 
     def identity(self, role: Role, channels: Iterable[str] = ()) -> Identity:
         return Identity(self.name, role, self.public_key, frozenset(channels))

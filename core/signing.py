@@ -15,9 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+from agora.core import ed25519
 from agora.core.envelope import Act, Fact, decode_fact, payload_type_of
 from agora.core.errors import (
     MalformedEnvelope,
@@ -29,7 +27,7 @@ from agora.core.errors import (
 from agora.core.keys import Identity, KeyRegistry, SigningKey
 
 MAX_ENVELOPE_BYTES: Final = 128 * 1024
-ED25519_SIGNATURE_BYTES: Final = 64
+ED25519_SIGNATURE_BYTES: Final = ed25519.SIGNATURE_BYTES
 _ENVELOPE_KEYS: Final = frozenset({"payload", "payloadType", "signatures"})
 _SIGNATURE_KEYS: Final = frozenset({"keyid", "sig"})
 
@@ -70,7 +68,6 @@ class Signed:
     """An envelope read and its key found; its signature not yet checked."""
 
     signer: Identity
-    public_key: Ed25519PublicKey
     payload_type: str
     body: bytes
     signature: bytes
@@ -116,19 +113,16 @@ def read_envelope(data: bytes, registry: KeyRegistry) -> Signed:
 def read_parsed(envelope: object, registry: KeyRegistry) -> Signed:
     """:func:`read_envelope` for an envelope already parsed from JSON."""
     payload_type, body, keyid, signature = _unpack(envelope)
-    found = registry.by_keyid(keyid)
-    if found is None:
+    signer = registry.by_keyid(keyid)
+    if signer is None:
         raise UnknownKey(f"envelope is signed with key id {shown(keyid)}, which no identity holds")
-    signer, public_key = found
-    return Signed(signer, public_key, payload_type, body, signature)
+    return Signed(signer, payload_type, body, signature)
 
 
 def check_signature(signed: Signed) -> None:
-    """The second step: the Ed25519 check (one call into ``cryptography``)."""
-    try:
-        signed.public_key.verify(signed.signature, signed.covered())
-    except InvalidSignature as exc:
-        raise bad_signature(signed) from exc
+    """The second step: the Ed25519 check (one call into libsodium)."""
+    if not ed25519.verifies(signed.signer.public_key, signed.signature, signed.covered()):
+        raise bad_signature(signed)
 
 
 def bad_signature(signed: Signed) -> SignatureError:

@@ -24,8 +24,9 @@ import sys
 from collections.abc import Sequence
 from typing import Final, Protocol
 
+from agora.core.ed25519 import SIGNATURE_BYTES, verifies
 from agora.core.signing import Signed
-from agora.host.signature_helper import LENGTH, SIGNATURE_BYTES, encode_request, verifies
+from agora.host.signature_helper import LENGTH, encode_request
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,7 @@ class WorkerChecks:
         if not batch:
             return []
         checks = [
-            (signed.public_key.public_bytes_raw(), signed.signature, signed.covered())
-            for signed in batch
+            (signed.signer.public_key, signed.signature, signed.covered()) for signed in batch
         ]
         if any(len(signature) != SIGNATURE_BYTES for _, signature, _ in checks):
             return check_here(batch)  # no Ed25519 signature: nothing for the helper
@@ -239,7 +239,9 @@ def signature_checks() -> SignatureChecks:
 
 def check_here(batch: Sequence[Signed]) -> list[bool]:
     """Check each signature in this process."""
-    return [verifies(signed.public_key, signed.signature, signed.covered()) for signed in batch]
+    return [
+        verifies(signed.signer.public_key, signed.signature, signed.covered()) for signed in batch
+    ]
 
 
 def _usable_cores() -> int:

@@ -16,16 +16,13 @@ import struct
 import sys
 from typing import BinaryIO, Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from agora.core.ed25519 import PUBLIC_KEY_BYTES as KEY_BYTES
+from agora.core.ed25519 import SIGNATURE_BYTES, verifies
 
-KEY_BYTES: Final = 32
-SIGNATURE_BYTES: Final = 64
 MAX_BATCH: Final = 65536
 MAX_COVERED_BYTES: Final = 1 << 20
 LENGTH: Final = struct.Struct(">I")
 HEADER: Final = struct.Struct(">II")  # the request's number, how many checks
-_KEYS_MAX: Final = 4096
 
 
 def encode_request(number: int, checks: list[tuple[bytes, bytes, bytes]]) -> bytes:
@@ -40,7 +37,6 @@ def encode_request(number: int, checks: list[tuple[bytes, bytes, bytes]]) -> byt
 
 
 def serve(requests: BinaryIO, answers: BinaryIO) -> None:
-    keys: dict[bytes, Ed25519PublicKey | None] = {}
     while True:
         header = requests.read(HEADER.size)
         if len(header) < HEADER.size:
@@ -59,32 +55,10 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
             covered = requests.read(size)
             if len(covered) < size:
                 return
-            key = _key(keys, head[:KEY_BYTES])
-            verdicts.append(verifies(key, head[KEY_BYTES : KEY_BYTES + SIGNATURE_BYTES], covered))
+            key, signature = head[:KEY_BYTES], head[KEY_BYTES : KEY_BYTES + SIGNATURE_BYTES]
+            verdicts.append(verifies(key, signature, covered))
         answers.write(bytes(verdicts))
         answers.flush()
-
-
-def _key(keys: dict[bytes, Ed25519PublicKey | None], raw: bytes) -> Ed25519PublicKey | None:
-    if raw not in keys:
-        if len(keys) >= _KEYS_MAX:
-            keys.clear()
-        try:
-            keys[raw] = Ed25519PublicKey.from_public_bytes(raw)
-        except ValueError:
-            keys[raw] = None
-    return keys[raw]
-
-
-def verifies(key: Ed25519PublicKey | None, signature: bytes, covered: bytes) -> bool:
-    """Whether ``signature`` by ``key`` covers ``covered`` (never, without a key)."""
-    if key is None:
-        return False
-    try:
-        key.verify(signature, covered)
-    except InvalidSignature:
-        return False
-    return True
 
 
 if __name__ == "__main__":

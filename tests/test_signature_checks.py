@@ -171,7 +171,7 @@ def test_the_helper_answers_with_the_request_number_and_stops_at_what_it_cannot_
     keys: dict[str, SigningKey], registry: KeyRegistry
 ) -> None:
     [good] = _batch(keys, registry, 1)
-    check = (good.public_key.public_bytes_raw(), good.signature, good.covered())
+    check = (good.signer.public_key, good.signature, good.covered())
     request = encode_request(7, [check])
     answers = io.BytesIO()
     serve(io.BytesIO(request + request[:-5]), answers)  # the second request is cut short

@@ -13,9 +13,15 @@ newline). Appending writes one line to the log and one block to the view; nothin
 ever rewritten, and the tree's right edge is kept in memory so a checkpoint costs
 O(log n). One process at a time may write a facts directory (an exclusive lock).
 
-Durability: :meth:`FactLog.sync` fsyncs what was appended; :meth:`FactLog.checkpoint`
-syncs, then writes the signed note atomically. A crash can leave at most an unsynced,
-incomplete last line, which :meth:`FactLog.open` trims: it was never acknowledged.
+Durability: :meth:`FactLog.sync` fsyncs the log, which holds every fact;
+:meth:`FactLog.checkpoint` also fsyncs the view, then writes the signed note
+atomically. The view is derived from the log, so between checkpoints it is only handed
+to the operating system: a crashed process loses none of it, and after a crash of the
+machine, :meth:`FactLog.open` rebuilds a view that does not end with the log's last
+entry. Each fsync is a round trip to the disk: one per group commit instead of two
+took a recorder's commit from 0.9 to 0.3 ms on the development machine. A crash can
+leave at most an unsynced, incomplete last line of the log, which :meth:`FactLog.open`
+trims: it was never acknowledged.
 """
 
 from __future__ import annotations
@@ -176,7 +182,7 @@ class FactLog:
         return found
 
     def sync(self) -> None:
-        """Make every append so far durable."""
+        """Make every append so far durable (the view too is handed to the system)."""
         self.flush()
         self.fsync()
 
@@ -186,10 +192,10 @@ class FactLog:
             file.flush()
 
     def fsync(self) -> None:
-        """Make what was flushed durable. Safe to run in another thread than appends:
-        it touches only the file descriptors, never the buffers."""
-        for file in (self._log, self._view):
-            os.fsync(file.fileno())
+        """Make the log as flushed durable (the view waits for the next checkpoint).
+        Safe to run in another thread than appends: it touches only the file
+        descriptor, never the buffers."""
+        os.fsync(self._log.fileno())
 
     def checkpoint(self) -> Checkpoint:
         """Sync, then sign and write a checkpoint over the whole log (if it grew)."""
@@ -197,6 +203,7 @@ class FactLog:
         if checkpoint.size == self._last_checkpoint_size:
             return checkpoint
         self.sync()
+        os.fsync(self._view.fileno())
         path = self.directory / CHECKPOINT_DIR / checkpoint_name(checkpoint.size)
         _write_atomically(path, checkpoint.sign(self._signer))
         self._last_checkpoint_size = checkpoint.size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from agora.core.errors import ConfigError
 from agora.core.factlog import LOG_FILE, VIEW_FILE, FactLog
 from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.rivet import VIEW_HEADER
 from agora.core.signing import sign_fact
 from agora.core.verify import verify_directory
 from tests.conftest import FactsBuilder
@@ -74,6 +76,49 @@ def test_view_behind_the_log_is_rebuilt(
     FactLog.open(directory, signer=keys["host"]).close()
     assert verify_directory(directory, registry).ok
     assert view.read_bytes() == text
+
+
+@pytest.mark.parametrize("kept", ["nothing", "no file", "the header", "half a block"])
+def test_a_view_lost_in_a_machine_crash_is_rebuilt(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry, kept: str
+) -> None:
+    # between checkpoints the view is not fsynced: after a machine crash any prefix
+    # of it may be all that is left
+    directory = build_facts(5)
+    view = directory / VIEW_FILE
+    text = view.read_bytes()
+    if kept == "no file":
+        view.unlink()
+    else:
+        cut = {"nothing": 0, "the header": len(VIEW_HEADER), "half a block": len(text) - 40}
+        view.write_bytes(text[: cut[kept]])
+    FactLog.open(directory, signer=keys["host"]).close()
+    assert view.read_bytes() == text
+    assert verify_directory(directory, registry).ok
+
+
+def test_a_sync_makes_the_log_durable_and_a_checkpoint_the_view_too(
+    tmp_path: Path, keys: dict[str, SigningKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(Path(f"/proc/self/fd/{fd}").readlink().name)
+        real_fsync(fd)
+
+    log = FactLog.open(tmp_path / "facts", signer=keys["host"])
+    act = make_act()
+    log.append(sign_fact(act, keys["synth-agent"]), act)
+    monkeypatch.setattr(os, "fsync", fsync)
+    log.sync()
+    assert synced == [LOG_FILE]
+    assert (tmp_path / "facts" / VIEW_FILE).stat().st_size > len(VIEW_HEADER)  # handed over
+    synced.clear()
+    log.checkpoint()
+    assert {LOG_FILE, VIEW_FILE} <= set(synced)
+    monkeypatch.undo()
+    log.close()
 
 
 def test_only_one_writer_at_a_time(tmp_path: Path, keys: dict[str, SigningKey]) -> None:

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from agora.core.spine import (
     read_in_order,
     stream_sequence,
 )
+from agora.host.streak import QuickStreak
 from agora.host.tasks import finish
 from agora.host.vouched import Vouched
 
@@ -312,16 +312,20 @@ class Fsync:
 
     def __init__(self, fsync: Callable[[], None]) -> None:
         self._fsync = fsync
-        self._recent: deque[float] = deque(maxlen=FSYNC_HISTORY)
-        self.inline = True
+        self._streak = QuickStreak(
+            needed=FSYNC_HISTORY, limit_s=INLINE_FSYNC_S, quick_at_start=True
+        )
+
+    @property
+    def inline(self) -> bool:
+        return self._streak.quick
 
     async def __call__(self) -> None:
         if self.inline:
             took_s = self._timed()
         else:
             took_s = await asyncio.to_thread(self._timed)
-        self._recent.append(took_s)
-        self.inline = max(self._recent) < INLINE_FSYNC_S
+        self._streak.observe(took_s)
 
     def _timed(self) -> float:
         started = time.perf_counter()

@@ -21,6 +21,7 @@ from agora.host.agent_record import MAX_RECENT, AgentRecord, Outgoing
 from agora.host.killswitch import KillState
 from agora.host.recorder import FSYNC_HISTORY, Fsync
 from agora.host.sandbox import classify_fault
+from agora.host.streak import QuickStreak
 
 
 def test_an_agent_record_round_trips_and_stays_bounded() -> None:
@@ -127,3 +128,22 @@ async def test_a_fast_fsync_runs_inline_and_a_slow_one_moves_to_a_thread() -> No
     # fast (here), slow (here), then in a thread until FSYNC_HISTORY fast ones in a row
     assert here == [True, True] + [False] * FSYNC_HISTORY + [True]
     assert run.inline
+
+
+def test_a_streak_is_quick_only_after_enough_quick_runs_in_a_row() -> None:
+    streak = QuickStreak(needed=3, limit_s=0.005, quick_at_start=False)
+    seen = []
+    for took_s in (0.001, 0.002, 0.001, 0.009, 0.001, 0.001, 0.001):
+        seen.append(streak.quick)
+        streak.observe(took_s)
+    seen.append(streak.quick)
+    # not quick until three runs; one slow run takes three more quick ones
+    assert seen == [False, False, False, True, False, False, False, True]
+    streak.slow()
+    assert not streak.quick
+    trusting = QuickStreak(needed=3, limit_s=0.005, quick_at_start=True)
+    assert trusting.quick
+    trusting.observe(0.009)
+    assert not trusting.quick
+    with pytest.raises(ValueError, match="needed is 0: expected at least 1"):
+        QuickStreak(needed=0, limit_s=1.0, quick_at_start=True)

@@ -59,7 +59,6 @@ from agora.host.agent_record import AgentRecord, Outgoing, RecordConflict, Recor
 from agora.host.controls import EmitVerdict, Verdict, screen_delivery, screen_emit
 from agora.host.killswitch import KillSwitch
 from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome, Sandbox
-from agora.host.streak import QuickStreak
 from agora.host.tasks import finish
 from agora.host.vouched import Vouched
 
@@ -72,11 +71,6 @@ MAX_STATE_BYTES: Final = 256 * 1024
 # duplicate window still covers its first publish (with a margin for clock skew).
 SAFE_REPUBLISH_MS: Final = int(DUPLICATE_WINDOW_S * 1000) // 2
 PUBLISHED_WITHIN_MS: Final = 60_000  # a saved outbox is published right after its save
-# An agent whose last QUICK_CALLS_NEEDED calls each took at most QUICK_CALL_S (in a
-# thread, with the hop) is called on the event loop, under INLINE_CALL_MS.
-QUICK_CALLS_NEEDED: Final = 8
-QUICK_CALL_S: Final = 0.005
-INLINE_CALL_MS: Final = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +128,6 @@ class AgentRunner:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._feed: PullFeed | None = None
-        self._quick_calls = QuickStreak(
-            needed=QUICK_CALLS_NEEDED, limit_s=QUICK_CALL_S, quick_at_start=False
-        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -312,7 +303,10 @@ class AgentRunner:
         batch.handed_at_ns = time.perf_counter_ns()
         self.busy = True
         try:
-            outcome = await self._run_call(context, inbox)
+            if self._sandbox is None or self._sandbox.dead:
+                self._sandbox = await asyncio.to_thread(self._new_sandbox)
+            call = self._sandbox.call
+            outcome = await asyncio.to_thread(call, context, self._record.state, inbox)
         except AgentFault as fault:
             self._delivered(batch)
             await self._quarantine(fault.kind, fault.detail)
@@ -333,39 +327,6 @@ class AgentRunner:
                 f"{self.spec.outbox_limit}",
             )
             return None
-        return outcome
-
-    async def _run_call(
-        self, context: GuestContext, inbox: tuple[GuestMessage, ...]
-    ) -> GuestOutcome:
-        """The agent's call: right here on the event loop while its calls have been quick,
-        under a deadline of :data:`INLINE_CALL_MS`; otherwise, and again when that
-        deadline passes, in a worker thread with the agent's whole budget.
-
-        The hop to a thread and back costs 0.5-1 ms on a loaded machine, more than a
-        quick call. An agent holds the loop for at most the short deadline, and only
-        after a run of quick calls; a call cut short is run again from the same state in
-        a fresh sandbox (a call has no effect but what it returns, and its log lines).
-        """
-        state = self._record.state
-        if self._sandbox is None or self._sandbox.dead:
-            self._sandbox = await asyncio.to_thread(self._new_sandbox)
-        if self._quick_calls.quick:
-            started = time.perf_counter()
-            try:
-                outcome = self._sandbox.call(context, state, inbox, timeout_ms=INLINE_CALL_MS)
-            except AgentFault as fault:
-                if fault.kind != "timeout":
-                    raise
-                self._quick_calls.slow()
-                self.counters["calls-moved-to-thread"] += 1
-                self._sandbox = await asyncio.to_thread(self._new_sandbox)
-            else:
-                self._quick_calls.observe(time.perf_counter() - started)
-                return outcome
-        started = time.perf_counter()
-        outcome = await asyncio.to_thread(self._sandbox.call, context, state, inbox)
-        self._quick_calls.observe(time.perf_counter() - started)
         return outcome
 
     def _delivered(self, batch: Batch) -> None:

@@ -283,24 +283,13 @@ class Sandbox:
         self._handle = handle
 
     def call(
-        self,
-        context: GuestContext,
-        state: bytes,
-        inbox: tuple[GuestMessage, ...],
-        *,
-        timeout_ms: int | None = None,
+        self, context: GuestContext, state: bytes, inbox: tuple[GuestMessage, ...]
     ) -> GuestOutcome:
-        """Run one batch. Raises :class:`AgentFault` and marks the sandbox dead on a fault.
-
-        ``timeout_ms``: a deadline shorter than the agent's own budget, for a call tried
-        on the event loop (a fault of kind ``timeout`` then says only that it was not
-        quick enough for that).
-        """
+        """Run one batch. Raises :class:`AgentFault` and marks the sandbox dead on a fault."""
         if self.dead:
             raise AgoraError(f"agent {self.agent!r}: its sandbox faulted and cannot run")
-        budget_ms = self._limits.timeout_ms if timeout_ms is None else timeout_ms
         self._store.set_fuel(self._limits.fuel)
-        self._store.set_epoch_deadline(ticks_for(min(budget_ms, self._limits.timeout_ms)))
+        self._store.set_epoch_deadline(ticks_for(self._limits.timeout_ms))
         ctx = _record(
             {
                 "agent": context.agent,

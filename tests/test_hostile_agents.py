@@ -16,7 +16,6 @@ from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
 from agora.core.envelope import Act, EventKind
 from agora.core.spine import CONTROL_BUCKET
-from agora.host import runner as runner_module
 from tests.harness import Harness, running_host
 
 FAST = {"timeout_ms": 300, "memory_mb": 32}
@@ -163,25 +162,3 @@ async def test_stop_in_the_channel_is_just_a_message_and_a_kill_is_not(
         assert after.id not in {a.id for a in h.delivered_to("hostile-agent")}
         assert after.id in {a.id for a in h.delivered_to("synth-agent")}
         assert host.runners["hostile-agent"].counters["killed"] == 1
-
-
-async def test_a_call_too_slow_for_the_event_loop_is_run_again_in_a_thread(
-    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # every call counts as quick: from its second call on, the agent runs on the loop
-    monkeypatch.setattr(runner_module, "QUICK_CALLS_NEEDED", 1)
-    monkeypatch.setattr(runner_module, "QUICK_CALL_S", 60.0)
-    # about 100 ms of spinning: past the loop's deadline, well within the agent's budget
-    slow = {"mode": "slow", "spins": "1000000"}
-    plans = {"hostile-agent": AgentPlan("hostile", ("build-coord",), slow, FAST)}
-    async with running_host(tmp_path, components, agents=plans) as h:
-        first = await provoke(h)
-        second = await h.inject("build-coord", "slow", hops=2)
-        await h.settle()
-        counters = h.running().runners["hostile-agent"].counters
-        assert counters["calls-moved-to-thread"] == 1
-        assert counters["faults"] == 0
-        assert not h.events(EventKind.FAULT, agent="hostile-agent")
-        # one reply each: the call cut short left nothing behind
-        answered = [a.in_reply_to for a in h.acts_by("hostile-agent")]
-        assert sorted(answered) == sorted([first.id, second.id])

@@ -15,8 +15,6 @@ Modes (any other value, including none, is ``stop-ignorer``):
 ``raise-hops``     asks for 255 hops on its replies
 ``bad-reply``      replies "in reply to" ``no-such-id``
 ``print``          writes a line to stdout and one to stderr, then replies normally
-``slow``           replies normally, but first spins ``spins`` (a setting) times in a
-                   call handed a message that says "slow"
 ``stop-ignorer``   replies to everything, "stop" included, like chatty
 =================  ==========================================================
 """
@@ -37,11 +35,8 @@ MAX_PAYLOAD_CHARS = 200
 
 class WitWorld(wit_world.WitWorld):
     def handle(self, ctx: Context, state: bytes, inbox: list[Message]) -> Outcome:
-        settings = dict(ctx.settings)
-        mode = settings.get("mode", "stop-ignorer")
+        mode = dict(ctx.settings).get("mode", "stop-ignorer")
         misbehave(mode, ctx)
-        if mode == "slow" and any(message.payload == "slow" for message in inbox):
-            spin(int(settings.get("spins", "0")))
         outbox = [bent for message in inbox for bent in bend(mode, answer(ctx, message))]
         return Outcome(outbox=outbox, state=state, wake_at_ms=None)
 
@@ -61,13 +56,6 @@ def misbehave(mode: str, ctx: Context) -> None:
     if mode == "print":
         print(f"{ctx.agent} says hello on stdout")
         print(f"{ctx.agent} says hello on stderr", file=sys.stderr)
-
-
-def spin(times: int) -> int:
-    total = 0
-    for turn in range(times):
-        total += turn
-    return total
 
 
 def bend(mode: str, message: Message) -> list[Message]:  # noqa: PLR0911 - one mode each

@@ -3,6 +3,9 @@ signatures, each library accepting the other's, and nothing but False for bad in
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 
 import pytest
@@ -13,7 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agora.core import ed25519
-from agora.core.keys import SigningKey
+from agora.core.envelope import ACT_PAYLOAD_TYPE
+from agora.core.errors import SignatureError
+from agora.core.keys import Identity, KeyRegistry, Role, SigningKey
+from agora.core.signing import pae, verify_envelope
+from agora.host.signature_helper import encode_request, serve
+from tests.factories import make_act
 
 # the identity point: a public key of small order, which libsodium refuses
 SMALL_ORDER_KEY = b"\x01" + b"\x00" * 31
@@ -82,3 +90,25 @@ def test_a_small_order_key_cannot_vouch_for_any_message() -> None:
     forged = b"\x01" + b"\x00" * 63
     Ed25519PublicKey.from_public_bytes(SMALL_ORDER_KEY).verify(forged, b"anything at all")
     assert not ed25519.verifies(SMALL_ORDER_KEY, forged, b"anything at all")
+
+
+def test_envelopes_and_the_signature_helper_refuse_the_small_order_forgery() -> None:
+    # an identity registered with a small-order key: OpenSSL would accept the fixed
+    # signature on any envelope "by" it; every path through agora goes to libsodium
+    forger = Identity("forger", Role.AGENT, SMALL_ORDER_KEY, frozenset({"build-coord"}))
+    registry = KeyRegistry([forger])
+    forged = b"\x01" + b"\x00" * 63
+    act = make_act(sender="forger")
+    envelope = json.dumps(
+        {
+            "payload": base64.b64encode(act.encode()).decode(),
+            "payloadType": ACT_PAYLOAD_TYPE,
+            "signatures": [{"keyid": forger.keyid, "sig": base64.b64encode(forged).decode()}],
+        }
+    ).encode()
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_envelope(envelope, registry)
+    answers = io.BytesIO()
+    request = encode_request(1, [(SMALL_ORDER_KEY, forged, pae(ACT_PAYLOAD_TYPE, act.encode()))])
+    serve(io.BytesIO(request), answers)
+    assert answers.getvalue() == b"\x00\x00\x00\x01\x00"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from agora.core.errors import ConfigError
-from agora.core.factlog import LOG_FILE, VIEW_FILE, FactLog
+from agora.core.factlog import CHECKPOINT_DIR, LOG_FILE, VIEW_FILE, FactLog, checkpoint_name
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.rivet import VIEW_HEADER
 from agora.core.signing import sign_fact
@@ -92,6 +92,24 @@ def test_a_view_lost_in_a_machine_crash_is_rebuilt(
     else:
         cut = {"nothing": 0, "the header": len(VIEW_HEADER), "half a block": len(text) - 40}
         view.write_bytes(text[: cut[kept]])
+    FactLog.open(directory, signer=keys["host"]).close()
+    assert view.read_bytes() == text
+    assert verify_directory(directory, registry).ok
+
+
+def test_a_view_damaged_since_the_last_checkpoint_is_rebuilt(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    # a checkpoint at 5 entries; the crash came before the one at 8, and left zeros in
+    # the view where entry 6 was (its last block, entry 7's, is intact)
+    directory = build_facts(8, every=5)
+    (directory / CHECKPOINT_DIR / checkpoint_name(8)).unlink()
+    view = directory / VIEW_FILE
+    text = view.read_bytes()
+    *_, seventh, eighth = (i for i in range(len(text)) if text.startswith(b"\n- id: ", i))
+    hole = slice(seventh + 10, eighth - 10)  # inside entry 6's block
+    damaged = text[: hole.start] + bytes(hole.stop - hole.start) + text[hole.stop :]
+    view.write_bytes(damaged)
     FactLog.open(directory, signer=keys["host"]).close()
     assert view.read_bytes() == text
     assert verify_directory(directory, registry).ok

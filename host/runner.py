@@ -232,30 +232,22 @@ class AgentRunner:
         if (batch.inbox or wake_due) and not stopped:
             outcome = await self._call(batch)
         record = self._record
+        state, wake_at_ms = record.state, record.wake_at_ms
         if outcome is not None:
             self._take(outcome, batch)
-            record = record.finished(
-                state=outcome.state,
-                last_seq=batch.last_seq,
-                ids=batch.ids,
-                handed=batch.handed,
-                wake_at_ms=outcome.wake_at_ms,
-                outbox=tuple(batch.outgoing),
-                at_ms=now_ms(),
-            )
-        elif messages or batch.outgoing:
-            record = record.finished(
-                state=record.state,
-                last_seq=batch.last_seq,
-                ids=batch.ids,
-                handed=batch.handed,
-                wake_at_ms=record.wake_at_ms,
-                outbox=tuple(batch.outgoing),
-                at_ms=now_ms(),
-            )
-        else:
+            state, wake_at_ms = outcome.state, outcome.wake_at_ms
+        elif not (messages or batch.outgoing):
             await self._clear_sent_outbox()
             return
+        record = record.finished(
+            state=state,
+            last_seq=batch.last_seq,
+            ids=batch.ids,
+            handed=batch.handed,
+            wake_at_ms=wake_at_ms,
+            outbox=tuple(batch.outgoing),
+            at_ms=now_ms(),
+        )
         await self._save(record)
         await self._publish(record.outbox)
         self._outbox_published = True

@@ -58,9 +58,10 @@ from agora.core.spine import event_subject as events_of
 from agora.host.agent_record import AgentRecord, Outgoing, RecordConflict, RecordStore
 from agora.host.controls import EmitVerdict, Verdict, screen_delivery, screen_emit
 from agora.host.killswitch import KillSwitch
-from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome, Sandbox
+from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome
 from agora.host.tasks import finish
 from agora.host.vouched import Vouched
+from agora.host.watchdog import WatchedSandbox
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class AgentRunner:
         spec: AgentSpec,
         client: Client,
         records: RecordStore,
-        sandbox_factory: Callable[[], Sandbox],
+        guest: WatchedSandbox,
         agent_key: SigningKey,
         host_key: SigningKey,
         killswitch: KillSwitch,
@@ -113,8 +114,7 @@ class AgentRunner:
         self._client = client
         self._js = client.jetstream()
         self._records = records
-        self._new_sandbox = sandbox_factory
-        self._sandbox: Sandbox | None = None
+        self._guest = guest
         self._agent_key = agent_key
         self._host_key = host_key
         self._killswitch = killswitch
@@ -134,14 +134,13 @@ class AgentRunner:
     async def start(self) -> None:
         await self._reload()
         await self._publish_saved_outbox()
-        with contextlib.suppress(AgentFault):  # a guest that cannot start faults on its call
-            self._sandbox = await asyncio.to_thread(self._new_sandbox)
         self._feed = await self._open_feed()
         self._task = asyncio.create_task(self._run(), name=f"agent-{self.spec.name}")
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in hand (graceful), or at once, as a crash would."""
         await finish(self._task, self._stopping, graceful=graceful)
+        self._guest.close()
         if self._feed is not None:
             await self._feed.stop(give_back=graceful)
 
@@ -156,6 +155,8 @@ class AgentRunner:
         return feed
 
     async def _run(self) -> None:
+        with contextlib.suppress(AgentFault):  # a guest that cannot start faults on its call
+            await self._guest.start()
         while not self._stopping.is_set():
             assert self._feed is not None  # noqa: S101 - opened in start()
             try:
@@ -295,10 +296,7 @@ class AgentRunner:
         batch.handed_at_ns = time.perf_counter_ns()
         self.busy = True
         try:
-            if self._sandbox is None or self._sandbox.dead:
-                self._sandbox = await asyncio.to_thread(self._new_sandbox)
-            call = self._sandbox.call
-            outcome = await asyncio.to_thread(call, context, self._record.state, inbox)
+            outcome = await self._guest.call(context, self._record.state, inbox)
         except AgentFault as fault:
             self._delivered(batch)
             await self._quarantine(fault.kind, fault.detail)

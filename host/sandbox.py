@@ -2,13 +2,16 @@
 
 Each agent is a WebAssembly component built against ``wit/agent.wit``. The host gives
 it nothing but WASI's bare minimum: no preopened directory (no filesystem), no
-environment variables, no arguments, no sockets beyond what WASI 0.2 refuses without a
-grant, and stdout/stderr redirected to files that the host copies into its own log.
+environment variables, no arguments, no network (WASI 0.2 refuses every connect and
+name lookup without a grant, and none is given), and stdout/stderr redirected to files
+that the host copies into its own log.
 
 Every call runs under two budgets: fuel (a count of executed instructions) and an epoch
 deadline (wall-clock, ticked by one thread per engine). The store's linear memory is
 capped. A call that runs out of either budget, exceeds the memory cap or traps raises
 :class:`AgentFault`; the store is dead after that and the host quarantines the agent.
+Neither budget reaches a guest blocked in a WASI call (a sleep): :mod:`watchdog`
+contains that case.
 
 Compiling a component takes seconds; the compiled form is cached beside the build
 (``<name>-<digest>.cwasm``), keyed by the component's bytes, the wasmtime version and
@@ -41,6 +44,7 @@ EPOCH_TICK_S: Final = 0.005
 INSTANTIATE_TICKS: Final = 2_000  # 10 s: starting the guest interpreter is not a call
 INSTANTIATE_FUEL: Final = 10_000_000_000
 MAX_LOG_BYTES_PER_CALL: Final = 64 * 1024
+MAX_LOG_FILE_BYTES: Final = 1024 * 1024  # then emptied: the guest writes on past a hole
 MAX_LOG_LINE_CHARS: Final = 1000
 MESSAGE_FIELDS: Final = (
     "id",
@@ -179,7 +183,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 class GuestLog:
-    """An agent's stdout or stderr: a file the guest writes, copied into the host log."""
+    """An agent's stdout or stderr: a file the guest writes, copied into the host log.
+
+    The guest writes at its own file position. Once what was copied passes
+    :data:`MAX_LOG_FILE_BYTES`, the file is emptied: the guest's next write lands past
+    a hole, which takes no disk, so an agent that prints without end cannot fill it.
+    """
 
     def __init__(self, path: Path, logger: logging.Logger, level: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +211,8 @@ class GuestLog:
             handle.seek(self._offset)
             chunk = handle.read(min(size - self._offset, MAX_LOG_BYTES_PER_CALL))
         self._offset = size  # anything past the per-call cap is skipped, not replayed
+        if size >= MAX_LOG_FILE_BYTES:
+            os.truncate(self.path, 0)
         lines = chunk.decode("utf-8", errors="replace").splitlines()
         self.last_lines = lines
         for line in lines:

@@ -53,6 +53,7 @@ from agora.host.sandbox import (
 from agora.host.signature_checks import signature_checks
 from agora.host.tasks import finish
 from agora.host.vouched import Vouched
+from agora.host.watchdog import WatchedSandbox
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class Host:
             ),
             client=client,
             records=records,
-            sandbox_factory=new_sandbox,
+            guest=WatchedSandbox(agent.name, new_sandbox, limits),
             agent_key=self._keys.agents[agent.name],
             host_key=self._keys.host,
             killswitch=self.killswitch,

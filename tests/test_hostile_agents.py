@@ -8,6 +8,8 @@ Each test runs it next to a chatty ``synth-agent`` on the same channel.
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,62 @@ async def test_a_quarantined_agent_runs_again_after_resume(
         await provoke(h)
         # A fresh sandbox ran the call (and trapped again: it is still hostile).
         assert host.runners["hostile-agent"].counters["faults"] == 2
+
+
+async def test_an_agent_blocked_in_a_host_call_is_given_up_on_and_holds_one_thread_at_most(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # A sleep blocks inside WASI, where the epoch deadline cannot reach it: the watchdog
+    # gives up on the call and the agent is quarantined; its thread stays held.
+    async with running_host(tmp_path, components, agents=agents("sleep")) as h:
+        seed = await provoke(h)
+        host = h.running()
+        stopped = host.killswitch.state.stopped["agent.hostile-agent"]
+        assert (stopped.kind, stopped.reason) == (EventKind.QUARANTINED, "blocked")
+        witness_went_on(h, seed)
+        held = agent_threads("hostile-agent")
+        assert held >= 1
+        # Resumed while its thread is still held, it is not started a second time.
+        await h.switch(EventKind.RESUMED, agent="hostile-agent")
+        await host.killswitch.wait_for(lambda s: not s.blocks_agent("hostile-agent"))
+        later = await provoke(h)
+        witness_went_on(h, later)
+        assert host.killswitch.state.blocks_agent("hostile-agent")
+        assert agent_threads("hostile-agent") == held
+    first, second = h.events(EventKind.FAULT, agent="hostile-agent")
+    assert (first.reason, second.reason) == ("blocked", "blocked")
+    assert "blocked in a host call" in first.detail
+    assert "still holds its thread" in second.detail
+    assert not h.acts_by("hostile-agent")
+
+
+def agent_threads(agent: str) -> int:
+    return [t.name for t in threading.enumerate()].count(f"agora-agent-{agent}")
+
+
+async def test_the_sandbox_grants_no_filesystem_environment_or_network(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.2)
+        port = listener.getsockname()[1]
+        plan = AgentPlan("hostile", ("build-coord",), {"mode": "probe", "port": str(port)})
+        async with running_host(tmp_path, components, agents={"hostile-agent": plan}) as h:
+            seed = await provoke(h)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    [report] = [a.payload for a in h.acts_by("hostile-agent") if a.in_reply_to == seed.id]
+    found = dict(item.split("=") for item in report.split())
+    assert found == {
+        "env": "0",
+        "read": "FileNotFoundError",
+        "list": "FileNotFoundError",
+        "write": "FileNotFoundError",
+        "connect": "PermissionError",
+        "resolve": "gaierror",
+    }
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,22 @@ Modes (any other value, including none, is ``stop-ignorer``):
 ``raise-hops``     asks for 255 hops on its replies
 ``bad-reply``      replies "in reply to" ``no-such-id``
 ``print``          writes a line to stdout and one to stderr, then replies normally
+``chatter``        writes 256 KiB to stdout on every call, then replies normally
+``sleep``          sleeps for an hour in a blocking WASI call (no fuel burns meanwhile)
+``probe``          tries the filesystem, the environment and the network (``port``
+                   setting: a loopback TCP port), and replies with what it found
 ``stop-ignorer``   replies to everything, "stop" included, like chatty
 =================  ==========================================================
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import wit_world
 from wit_world.imports.types import Context, Message, Outcome, Performative
@@ -31,6 +39,8 @@ OVERSIZED_CHARS = 200_000
 FLOOD_COPIES = 10_000
 MEMBOMB_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_PAYLOAD_CHARS = 200
+SLEEP_S = 3600
+CHATTER_LINES = 256
 
 
 class WitWorld(wit_world.WitWorld):
@@ -38,6 +48,8 @@ class WitWorld(wit_world.WitWorld):
         mode = dict(ctx.settings).get("mode", "stop-ignorer")
         misbehave(mode, ctx)
         outbox = [bent for message in inbox for bent in bend(mode, answer(ctx, message))]
+        if mode == "probe":
+            outbox = [replace(message, payload=probe(ctx)) for message in outbox]
         return Outcome(outbox=outbox, state=state, wake_at_ms=None)
 
 
@@ -53,6 +65,11 @@ def misbehave(mode: str, ctx: Context) -> None:
             hoard.append(bytearray(MEMBOMB_CHUNK_BYTES))
     if mode == "trap":
         raise RuntimeError(f"{ctx.agent} trapped on purpose")
+    if mode == "chatter":
+        for n in range(CHATTER_LINES):
+            print(f"{n:04d}" + "x" * 1019)
+    if mode == "sleep":
+        time.sleep(SLEEP_S)
     if mode == "print":
         print(f"{ctx.agent} says hello on stdout")
         print(f"{ctx.agent} says hello on stderr", file=sys.stderr)
@@ -91,3 +108,23 @@ def answer(ctx: Context, message: Message) -> Message:
         payload=text[:MAX_PAYLOAD_CHARS],
         hops=0,
     )
+
+
+def probe(ctx: Context) -> str:
+    """What the sandbox lets the agent reach: one ``name=outcome`` per try."""
+    port = int(dict(ctx.settings).get("port", "9"))
+    found = [f"env={len(os.environ)}"]
+    for name, attempt in (
+        ("read", lambda: Path("/etc/hostname").read_text()),
+        ("list", lambda: list(Path("/").iterdir())),
+        ("write", lambda: Path("/probe").write_text("x")),
+        ("connect", lambda: socket.socket().connect(("127.0.0.1", port))),
+        ("resolve", lambda: socket.getaddrinfo(b"localhost", port)),
+    ):
+        try:
+            attempt()
+        except Exception as exc:
+            found.append(f"{name}={type(exc).__name__}")
+        else:
+            found.append(f"{name}=ok")
+    return " ".join(found)

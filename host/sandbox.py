@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 EPOCH_TICK_S: Final = 0.005
 INSTANTIATE_TICKS: Final = 2_000  # 10 s: starting the guest interpreter is not a call
 INSTANTIATE_FUEL: Final = 10_000_000_000
+# What a componentize-py agent needs is 14 instances, 2 tables of at most 5,670 elements
+# and one memory; one memory makes `memory_mb` the agent's whole linear memory.
+MAX_INSTANCES: Final = 64
+MAX_TABLES: Final = 8
+MAX_TABLE_ELEMENTS: Final = 100_000
+MAX_MEMORIES: Final = 1
 MAX_LOG_BYTES_PER_CALL: Final = 64 * 1024
 MAX_LOG_FILE_BYTES: Final = 1024 * 1024  # then emptied: the guest writes on past a hole
 MAX_LOG_LINE_CHARS: Final = 1000
@@ -279,7 +285,13 @@ class Sandbox:
         wasi.stderr_file = str(self._stderr.path)
         self._store = wasmtime.Store(engine)
         self._store.set_wasi(wasi)
-        self._store.set_limits(memory_size=limits.memory_bytes)
+        self._store.set_limits(
+            memory_size=limits.memory_bytes,
+            table_elements=MAX_TABLE_ELEMENTS,
+            instances=MAX_INSTANCES,
+            tables=MAX_TABLES,
+            memories=MAX_MEMORIES,
+        )
         self._store.set_fuel(INSTANTIATE_FUEL)
         self._store.set_epoch_deadline(INSTANTIATE_TICKS)
         self.dead = False
@@ -327,17 +339,20 @@ class Sandbox:
         said = self._stderr.last_lines
         kind = classify_fault(str(exc), "\n".join(said))
         guest_said = " | ".join(_python_error_lines(said)[-2:])
-        detail = self._explain(kind)
-        if guest_said:
-            detail = f"{detail}; the agent said: {guest_said}"
-        return AgentFault(self.agent, kind, shown(detail)[1:-1])
+        detail = self._explain(kind, str(exc))
+        if guest_said:  # the guest's words, cut: the host's own are kept whole
+            detail = f"{detail}; the agent said: {shown(guest_said)[1:-1]}"
+        return AgentFault(self.agent, kind, detail)
 
-    def _explain(self, kind: str) -> str:
+    def _explain(self, kind: str, message: str) -> str:
         limits = self._limits
         return {
             "fuel": f"used up its fuel ({limits.fuel} units) in one call",
             "timeout": f"ran past its {limits.timeout_ms} ms budget for one call",
             "memory": f"ran out of memory (limit {limits.memory_bytes // (1024 * 1024)} MiB)",
+            "limits": f"goes past the sandbox's limits ({message.splitlines()[0]}); "
+            f"at most {MAX_MEMORIES} memory, {MAX_TABLES} tables of "
+            f"{MAX_TABLE_ELEMENTS} elements and {MAX_INSTANCES} instances",
         }.get(kind, "trapped")
 
 
@@ -357,11 +372,13 @@ def _python_error_lines(lines: list[str]) -> list[str]:
 
 
 def classify_fault(message: str, guest_stderr: str) -> str:
-    """Name a fault: ``fuel``, ``timeout``, ``memory`` or ``trap``."""
+    """Name a fault: ``fuel``, ``timeout``, ``limits``, ``memory`` or ``trap``."""
     if "all fuel consumed" in message:
         return "fuel"
     if "interrupt" in message:
         return "timeout"
+    if "resource limit exceeded" in message or "exceeds table limits" in message:
+        return "limits"
     if "MemoryError" in guest_stderr or "memory" in message.lower():
         return "memory"
     return "trap"

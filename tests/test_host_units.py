@@ -85,6 +85,9 @@ def test_kill_state_blocks_by_agent_channel_or_all() -> None:
         ("wasm trap: interrupt", "", "timeout"),
         ("wasm `unreachable` instruction executed", "object type name: MemoryError", "memory"),
         ("wasm `unreachable` instruction executed", "ValueError: boom", "trap"),
+        ("resource limit exceeded: instance count too high at 65", "", "limits"),
+        ("table minimum size of 200000 elements exceeds table limits", "", "limits"),
+        ("memory minimum size of 197 pages exceeds memory limits", "", "memory"),
     ],
 )
 def test_faults_are_named(message: str, stderr: str, kind: str) -> None:

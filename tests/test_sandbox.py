@@ -1,4 +1,4 @@
-"""One agent's sandbox, without the rest of the host: what it lets a guest do to the disk."""
+"""One agent's sandbox, without the rest of the host: what it lets a guest take."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from wasmtime import component as wc
 
 from agora.host.sandbox import (
     MAX_LOG_FILE_BYTES,
+    MAX_TABLE_ELEMENTS,
+    AgentFault,
     EpochTicker,
     GuestContext,
     GuestMessage,
@@ -58,3 +61,30 @@ def test_an_agent_that_prints_without_end_cannot_fill_the_disk(
     # the emptying, and the per-call cap holds.
     assert sum(line.startswith("0000x") for line in copied) == calls
     assert len(copied) <= calls * 64
+
+
+@pytest.mark.parametrize(
+    ("core_module", "named"),
+    [
+        ("(memory 1) (memory 1)", "memory count too high"),
+        (f"(table {MAX_TABLE_ELEMENTS + 1} funcref)", "table minimum size"),
+    ],
+)
+def test_a_component_past_the_store_limits_is_refused_with_the_limit_named(
+    tmp_path: Path, core_module: str, named: str
+) -> None:
+    # A second memory would double what memory_mb allows; a huge table is memory too.
+    engine = make_engine()
+    wat = f"(component (core module $m {core_module}) (core instance (instantiate $m)))"
+    with pytest.raises(AgentFault) as refused:
+        Sandbox(
+            agent="greedy",
+            engine=engine,
+            linker=make_linker(engine),
+            component=wc.Component(engine, wat),
+            limits=SandboxLimits(fuel=10**9, timeout_ms=1000, memory_bytes=16 << 20),
+            log_dir=tmp_path,
+        )
+    assert refused.value.kind == "limits"
+    assert named in refused.value.detail
+    assert "at most 1 memory" in refused.value.detail

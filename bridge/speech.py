@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Final
 
 from agora.core.acts import Performative, parse_act
+from agora.core.envelope import check_payload
 from agora.core.errors import InputError
 
 COMMAND: Final = "/agora"
@@ -37,6 +38,7 @@ class Refusal(StrEnum):
     PULL_REQUEST = "pull-request"
     BAD_COMMAND = "bad-command"
     EMPTY = "empty"
+    TOO_LARGE = "payload-too-large"
     BRIDGE_NOT_GRANTED = "bridge-not-granted"
 
 
@@ -98,6 +100,11 @@ def screen_comment(  # noqa: PLR0911 - one return per rule, in order
     if not body.strip():
         return Refusal.EMPTY, "the comment is empty"
     try:
-        return parse_speech(body)
+        speech = parse_speech(body)
     except InputError as exc:
         return Refusal.BAD_COMMAND, str(exc)
+    try:
+        check_payload(speech.text)
+    except InputError as exc:
+        return Refusal.TOO_LARGE, str(exc)
+    return speech

@@ -39,14 +39,23 @@ def pae(payload_type: str, body: bytes) -> bytes:
 
 
 def sign_body(body: bytes, payload_type: str, key: SigningKey) -> bytes:
-    """A compact DSSE envelope (JSON bytes) over ``body``, signed by ``key``."""
+    """A compact DSSE envelope (JSON bytes) over ``body``, signed by ``key``.
+
+    Raises :class:`PayloadTooLarge` rather than sign an envelope that
+    :func:`read_envelope` would refuse."""
     signature = key.sign(pae(payload_type, body))
     envelope = {
         "payload": base64.b64encode(body).decode(),
         "payloadType": payload_type,
         "signatures": [{"keyid": key.keyid, "sig": base64.b64encode(signature).decode()}],
     }
-    return json.dumps(envelope, separators=(",", ":")).encode()
+    data = json.dumps(envelope, separators=(",", ":")).encode()
+    if len(data) > MAX_ENVELOPE_BYTES:
+        raise PayloadTooLarge(
+            f"the signed envelope would be {len(data)} bytes: the limit is "
+            f"{MAX_ENVELOPE_BYTES} bytes"
+        )
+    return data
 
 
 def sign_fact(fact: Fact, key: SigningKey) -> bytes:

@@ -65,6 +65,7 @@ def _screen(body: str = "hello", **changes: object) -> Speech | tuple[Refusal, s
         ({"author": Author("contrib", "User", "CONTRIBUTOR", False)}, Refusal.NOT_ALLOWED),
         ({"body": "   "}, Refusal.EMPTY),
         ({"body": "/agora dance now"}, Refusal.BAD_COMMAND),
+        ({"body": '"' * 40_000}, Refusal.TOO_LARGE),  # 80,000 bytes in JSON
     ],
 )
 def test_screen_comment_refusals(changes: dict[str, object], refusal: Refusal) -> None:

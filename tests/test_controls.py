@@ -90,6 +90,7 @@ def _emit(**changes: object) -> EmitDecision:
         ({"conversation": "a b"}, EmitVerdict.MALFORMED, 0),
         ({"channel": "secret-ops"}, EmitVerdict.UNGRANTED, 0),
         ({"payload": "x" * (64 * 1024 + 1)}, EmitVerdict.TOO_LARGE, 0),
+        ({"payload": "\x01" * 11_000}, EmitVerdict.TOO_LARGE, 0),  # 66,000 bytes in JSON
         ({"in_reply_to": "never-seen"}, EmitVerdict.UNKNOWN_REPLY, 0),
         ({"in_reply_to": None, "conversation": "other"}, EmitVerdict.NO_PARENT, 0),
     ],

@@ -118,6 +118,14 @@ def test_oversized_payload_names_size_and_limit() -> None:
         make_act(payload="é" * (MAX_PAYLOAD_BYTES // 2 + 1))
 
 
+@pytest.mark.parametrize(("char", "json_bytes"), [('"', 2), ("\\", 2), ("\x01", 6)])
+def test_the_payload_limit_counts_the_json_form(char: str, json_bytes: int) -> None:
+    fits = MAX_PAYLOAD_BYTES // json_bytes
+    assert make_act(payload=char * fits).payload == char * fits
+    with pytest.raises(PayloadTooLarge, match=f"{(fits + 1) * json_bytes} bytes written as JSON"):
+        make_act(payload=char * (fits + 1))
+
+
 def test_lone_surrogate_is_refused_not_crashed() -> None:
     with pytest.raises(MalformedEnvelope, match="lone surrogate"):
         Act.decode(_act_json().replace(b'"ready"', b'"\\ud800"'))

@@ -9,7 +9,7 @@ import pytest
 from securesystemslib.dsse import Envelope as ReferenceEnvelope
 from securesystemslib.signer import SSlibKey
 
-from agora.core.envelope import ACT_PAYLOAD_TYPE
+from agora.core.envelope import ACT_PAYLOAD_TYPE, MAX_PAYLOAD_BYTES
 from agora.core.errors import MalformedEnvelope, PayloadTooLarge, SignatureError, UnknownKey
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import MAX_ENVELOPE_BYTES, pae, sign_body, sign_fact, verify_envelope
@@ -30,6 +30,21 @@ def test_signed_act_verifies_and_names_its_signer(
     assert verified.fact == act
     assert verified.signer.name == "synth-agent"
     assert verified.payload_type == ACT_PAYLOAD_TYPE
+
+
+@pytest.mark.parametrize("char", ["x", '"', "\\", "\x01", "é", "\U0001f600"])
+def test_the_largest_act_allowed_signs_to_an_envelope_verify_accepts(
+    char: str, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    written = len(json.dumps(char, ensure_ascii=False).encode()) - 2
+    act = make_act(payload=char * (MAX_PAYLOAD_BYTES // written), in_reply_to="act-" + "p" * 60)
+    assert verify_envelope(sign_fact(act, keys["synth-agent"]), registry).fact == act
+
+
+def test_no_envelope_past_the_limit_is_signed(keys: dict[str, SigningKey]) -> None:
+    body = b"x" * (MAX_ENVELOPE_BYTES * 3 // 4)
+    with pytest.raises(PayloadTooLarge, match=f"the limit is {MAX_ENVELOPE_BYTES} bytes"):
+        sign_body(body, ACT_PAYLOAD_TYPE, keys["synth-agent"])
 
 
 def test_an_independent_dsse_implementation_accepts_our_envelopes(

@@ -5,8 +5,9 @@
   after a crash, or published again under a new sequence, is recognised as processed
   (idempotency across restarts, and across hosts sharing the agent);
 - ``last_seq``: the highest stream sequence it has finished with (for status);
-- ``parents`` / ``conversations``: hop budgets of recent messages it was handed, by id
-  and by conversation, from which the host computes the budget of what it emits;
+- ``parents`` / ``conversations``: the hop budgets left on recent messages it was
+  handed (with each one's conversation), and in its recent conversations, from which
+  the host computes, and spends, the budget of what it emits;
 - ``wake_at_ms``: when the agent asked to be called again with an empty inbox;
 - ``outbox``: the signed envelopes (with their subjects and ids) of the last batch.
   The record is saved *before* they are published, so a crash in between publishes them
@@ -23,16 +24,18 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from agora.core.errors import AgoraError, MalformedEnvelope
+from agora.host.controls import Handed
 
 MAX_RECENT: Final = 512
+V = TypeVar("V")
 MAX_PARENTS: Final = 256
 MAX_CONVERSATIONS: Final = 128
 
@@ -55,7 +58,7 @@ class AgentRecord:
     state: bytes = b""
     last_seq: int = 0
     recent: tuple[str, ...] = ()
-    parents: dict[str, int] = field(default_factory=dict)
+    parents: dict[str, Handed] = field(default_factory=dict)
     conversations: dict[str, int] = field(default_factory=dict)
     wake_at_ms: int | None = None
     outbox: tuple[Outgoing, ...] = ()
@@ -68,24 +71,20 @@ class AgentRecord:
         state: bytes,
         last_seq: int,
         ids: Iterable[str],
-        handed: Iterable[tuple[str, str, int]],
+        parents: Mapping[str, Handed],
+        conversations: Mapping[str, int],
         wake_at_ms: int | None,
         outbox: tuple[Outgoing, ...],
         at_ms: int,
     ) -> AgentRecord:
-        """The record after a batch: ``handed`` is (id, conversation, hops) per delivery."""
-        parents = dict(self.parents)
-        conversations = dict(self.conversations)
-        for ident, conversation, hops in handed:
-            parents[ident] = hops
-            conversations.pop(conversation, None)
-            conversations[conversation] = hops
+        """The record after a batch. ``parents`` and ``conversations`` are the budgets the
+        batch handed over or spent, in order: each becomes the newest of its kind."""
         return AgentRecord(
             state=state,
             last_seq=max(self.last_seq, last_seq),
             recent=(*self.recent, *ids)[-MAX_RECENT:],
-            parents=_newest(parents, MAX_PARENTS),
-            conversations=_newest(conversations, MAX_CONVERSATIONS),
+            parents=_updated(self.parents, parents, MAX_PARENTS),
+            conversations=_updated(self.conversations, conversations, MAX_CONVERSATIONS),
             wake_at_ms=wake_at_ms,
             outbox=outbox,
             calls=self.calls + 1,
@@ -101,7 +100,7 @@ class AgentRecord:
                 "state": base64.b64encode(self.state).decode(),
                 "last_seq": self.last_seq,
                 "recent": list(self.recent),
-                "parents": self.parents,
+                "parents": {k: [h.hops, h.conversation] for k, h in self.parents.items()},
                 "conversations": self.conversations,
                 "wake_at_ms": self.wake_at_ms,
                 "outbox": [
@@ -122,7 +121,7 @@ class AgentRecord:
                 state=base64.b64decode(obj["state"], validate=True),
                 last_seq=int(obj["last_seq"]),
                 recent=tuple(str(i) for i in obj["recent"]),
-                parents={str(k): int(v) for k, v in obj["parents"].items()},
+                parents={str(k): _handed(v) for k, v in obj["parents"].items()},
                 conversations={str(k): int(v) for k, v in obj["conversations"].items()},
                 wake_at_ms=_optional_int(obj["wake_at_ms"]),
                 outbox=tuple(
@@ -140,10 +139,25 @@ def _optional_int(value: object) -> int | None:
     return None if value is None else int(value)  # type: ignore[call-overload]
 
 
-def _newest(mapping: dict[str, int], limit: int) -> dict[str, int]:
-    if len(mapping) <= limit:
-        return mapping
-    return dict(list(mapping.items())[-limit:])
+def _handed(value: object) -> Handed:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise TypeError(f"a parent must be [hops, conversation], not {value!r}")
+    hops, conversation = value
+    if not (isinstance(hops, int) and isinstance(conversation, str)):
+        raise TypeError(f"a parent must be [hops, conversation], not {value!r}")
+    return Handed(hops, conversation)
+
+
+def _updated(old: dict[str, V], new: Mapping[str, V], limit: int) -> dict[str, V]:
+    """``old`` with ``new`` laid over it, each key of ``new`` moved to the end (newest),
+    keeping the newest ``limit``."""
+    merged = dict(old)
+    for key, value in new.items():
+        merged.pop(key, None)
+        merged[key] = value
+    if len(merged) <= limit:
+        return merged
+    return dict(list(merged.items())[-limit:])
 
 
 class RecordStore:

@@ -14,9 +14,13 @@ Delivery, in this order (the first that applies wins):
 
 Emission (:func:`screen_emit`), in this order: a sender other than the agent itself
 is a forgery; a malformed channel or conversation id is refused, then a channel the
-agent was not granted, then an oversized payload; the host, not the agent, sets the
-hop budget (one less than the message answered) and refuses a reply to a message the
-agent was never handed.
+agent was not granted, then an oversized payload, then a reply to a message the agent
+was never handed or in another conversation than that message's. The host, not the
+agent, sets the hop budget: one less than what the message draws on (the message it
+answers, or for a message that answers none, the conversation). Each message sent
+spends one hop of that budget, so one message handed to an agent can beget at most as
+many as its budget, and a spent budget begets none: no agent keeps a conversation
+going on its own.
 """
 
 from __future__ import annotations
@@ -74,13 +78,23 @@ class EmitVerdict(StrEnum):
     UNGRANTED = "emit-ungranted"
     TOO_LARGE = "payload-too-large"
     UNKNOWN_REPLY = "unknown-reply"
+    WRONG_CONVERSATION = "wrong-conversation"
     NO_PARENT = "no-parent"
+    SPENT = "hops-spent"
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """What an agent may still draw on from a message it was handed."""
+
+    hops: int  # the budget left to spend on replies to it
+    conversation: str
 
 
 @dataclass(frozen=True, slots=True)
 class EmitDecision:
     verdict: EmitVerdict
-    hops: int = 0
+    hops: int = 0  # the emitted message's budget, and what its source has left after it
     detail: str = ""
 
 
@@ -93,17 +107,19 @@ def screen_emit(  # noqa: PLR0911 - one return per control, in order
     conversation: str,
     in_reply_to: str | None,
     payload: str,
-    parents: Mapping[str, int],
+    parents: Mapping[str, Handed],
     conversations: Mapping[str, int],
 ) -> EmitDecision:
     """Whether the host publishes what ``agent`` emitted, and with which hop budget.
 
-    ``parents`` maps the ids of messages the agent was handed to their hop budgets;
-    ``conversations`` maps conversations it took part in to the budget of the last
-    message it was handed there. A reply gets one hop less than the message it answers;
-    a message that answers none (a timer's output) one less than the conversation's
-    last; a message in no conversation the agent was handed is refused, so an agent
-    can never start traffic out of nothing or raise a budget.
+    ``parents`` maps the ids of messages the agent was handed to what it may still draw
+    on them; ``conversations`` maps conversations it took part in to the budget left
+    there (that of the last message it was handed, less what it spent since). A reply
+    gets one hop less than its parent has left; a message that answers none (a timer's
+    output) one less than its conversation has left. The caller spends that hop: the
+    source is left with the emitted message's budget. A message in no conversation the
+    agent was handed is refused, so an agent can never start traffic out of nothing,
+    raise a budget, or spend one twice.
     """
     if sender not in ("", agent):
         return EmitDecision(EmitVerdict.FORGED_SENDER, detail=f"sender {shown(sender)}")
@@ -119,17 +135,28 @@ def screen_emit(  # noqa: PLR0911 - one return per control, in order
     except InputError as exc:
         return EmitDecision(EmitVerdict.TOO_LARGE, detail=str(exc))
     if in_reply_to is not None:
-        parent_hops = parents.get(in_reply_to)
-        if parent_hops is None:
+        parent = parents.get(in_reply_to)
+        if parent is None:
             return EmitDecision(
                 EmitVerdict.UNKNOWN_REPLY,
                 detail=f"in-reply-to {shown(in_reply_to)} is no message the agent was handed",
             )
-        return EmitDecision(EmitVerdict.EMIT, hops=reply_hops(parent_hops))
-    last_hops = conversations.get(conversation)
-    if last_hops is None:
-        return EmitDecision(
-            EmitVerdict.NO_PARENT,
-            detail=f"conversation {conversation!r} is not one the agent was handed a message in",
-        )
-    return EmitDecision(EmitVerdict.EMIT, hops=reply_hops(last_hops))
+        if parent.conversation != conversation:
+            return EmitDecision(
+                EmitVerdict.WRONG_CONVERSATION,
+                detail=f"a reply to {in_reply_to} belongs to conversation "
+                f"{parent.conversation!r}, not {conversation!r}",
+            )
+        budget, source = parent.hops, f"the message it answers ({in_reply_to})"
+    else:
+        left = conversations.get(conversation)
+        if left is None:
+            return EmitDecision(
+                EmitVerdict.NO_PARENT,
+                detail=f"conversation {conversation!r} is not one the agent was handed a "
+                "message in",
+            )
+        budget, source = left, f"conversation {conversation!r}"
+    if budget <= 0:
+        return EmitDecision(EmitVerdict.SPENT, detail=f"{source} has no hop budget left to spend")
+    return EmitDecision(EmitVerdict.EMIT, hops=reply_hops(budget))

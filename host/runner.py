@@ -56,7 +56,7 @@ from agora.core.spine import (
 )
 from agora.core.spine import event_subject as events_of
 from agora.host.agent_record import AgentRecord, Outgoing, RecordConflict, RecordStore
-from agora.host.controls import EmitVerdict, Verdict, screen_delivery, screen_emit
+from agora.host.controls import EmitVerdict, Handed, Verdict, screen_delivery, screen_emit
 from agora.host.killswitch import KillSwitch
 from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome
 from agora.host.tasks import finish
@@ -72,6 +72,7 @@ MAX_STATE_BYTES: Final = 256 * 1024
 # duplicate window still covers its first publish (with a margin for clock skew).
 SAFE_REPUBLISH_MS: Final = int(DUPLICATE_WINDOW_S * 1000) // 2
 PUBLISHED_WITHIN_MS: Final = 60_000  # a saved outbox is published right after its save
+MIN_WAKE_MS: Final = 250  # the soonest a timer call follows a call: no agent spins on timers
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,7 @@ class AgentRunner:
 
     def _wait_s(self) -> float:
         wake = self._record.wake_at_ms
-        if wake is None:
+        if wake is None or self._stopped():  # a stopped agent's wake waits for its resume
             return IDLE_WAIT_S
         return min(IDLE_WAIT_S, max(0.01, (wake - now_ms()) / 1000))
 
@@ -228,7 +229,7 @@ class AgentRunner:
                 )
             )
         wake_due = self._record.wake_at_ms is not None and self._record.wake_at_ms <= now_ms()
-        stopped = self._killswitch.state.blocks_agent(self.spec.name)
+        stopped = self._stopped()
         outcome: GuestOutcome | None = None
         if (batch.inbox or wake_due) and not stopped:
             outcome = await self._call(batch)
@@ -236,7 +237,7 @@ class AgentRunner:
         state, wake_at_ms = record.state, record.wake_at_ms
         if outcome is not None:
             self._take(outcome, batch)
-            state, wake_at_ms = outcome.state, outcome.wake_at_ms
+            state, wake_at_ms = outcome.state, _no_sooner(outcome.wake_at_ms)
         elif not (messages or batch.outgoing):
             await self._clear_sent_outbox()
             return
@@ -244,7 +245,8 @@ class AgentRunner:
             state=state,
             last_seq=batch.last_seq,
             ids=batch.ids,
-            handed=batch.handed,
+            parents=batch.parents,
+            conversations=batch.conversations,
             wake_at_ms=wake_at_ms,
             outbox=tuple(batch.outgoing),
             at_ms=now_ms(),
@@ -254,6 +256,14 @@ class AgentRunner:
         self._outbox_published = True
         for message in messages:
             await message.ack()
+
+    def _stopped(self) -> bool:
+        """Whether the agent may not run at all: killed, quarantined, or every channel it
+        was granted killed (a timer call could then only produce what a kill discards).
+        """
+        state = self._killswitch.state
+        name = self.spec.name
+        return state.blocks_agent(name) or all(state.blocks(name, c) for c in self._granted)
 
     def _screen(self, message: Msg, found: tuple[Fact, str] | InputError, batch: Batch) -> None:
         batch.last_seq = max(batch.last_seq, stream_sequence(message))
@@ -344,16 +354,10 @@ class AgentRunner:
         """Screen, stamp and sign what the agent emitted."""
         parents = {**self._record.parents, **batch.parents}
         conversations = {**self._record.conversations, **batch.conversations}
+        discarded = 0
         for message in outcome.outbox:
             if self._killswitch.state.blocks(self.spec.name, message.channel):
-                self.counters["discarded-by-kill"] += 1
-                batch.outgoing.append(
-                    self._event(
-                        EventKind.REFUSED,
-                        reason="discarded-by-kill",
-                        detail="a kill landed while the agent was running; its output is dropped",
-                    )
-                )
+                discarded += 1
                 continue
             decision = screen_emit(
                 agent=self.spec.name,
@@ -375,6 +379,24 @@ class AgentRunner:
             if message.hops > decision.hops:
                 self.counters["hops-lowered"] += 1
             self._emit(message, decision.hops, batch)
+            # the hop is spent: what the message drew on is left with its budget
+            if message.in_reply_to is not None:
+                spent = Handed(decision.hops, message.conversation_id)
+                parents[message.in_reply_to] = batch.parents[message.in_reply_to] = spent
+            else:
+                conversation = message.conversation_id
+                conversations[conversation] = decision.hops
+                batch.conversations[conversation] = decision.hops
+        if discarded:
+            self.counters["discarded-by-kill"] += discarded
+            batch.outgoing.append(
+                self._event(
+                    EventKind.REFUSED,
+                    reason="discarded-by-kill",
+                    detail=f"a kill landed while the agent was running; {discarded} of its "
+                    "messages are dropped",
+                )
+            )
 
     def _emit(self, message: GuestMessage, hops: int, batch: Batch) -> None:
         act = Act(
@@ -492,6 +514,13 @@ class AgentRunner:
         await publish_all(self._js, ((o.subject, o.msg_id, o.envelope) for o in outgoing))
 
 
+def _no_sooner(wake_at_ms: int | None) -> int | None:
+    """The agent's wake time, no sooner than :data:`MIN_WAKE_MS` from now."""
+    if wake_at_ms is None:
+        return None
+    return max(wake_at_ms, now_ms() + MIN_WAKE_MS)
+
+
 _REFUSAL_DETAIL: Final = {
     Verdict.SCOPE_BLOCKED: "the agent was not granted this channel",
     Verdict.SELF_ECHO: "the agent's own message is never delivered back to it",
@@ -512,8 +541,8 @@ class Batch:
         self.ids: list[str] = []
         self.inbox: list[GuestMessage] = []
         self.delivered: list[Act] = []
-        self.handed: list[tuple[str, str, int]] = []
-        self.parents: dict[str, int] = {}
+        # budgets handed over, then spent, in this batch (laid over the record's)
+        self.parents: dict[str, Handed] = {}
         self.conversations: dict[str, int] = {}
         self.outgoing: list[Outgoing] = []
         # the ids refused (each once, in order) by control and channel; an act that gets
@@ -538,6 +567,6 @@ class Batch:
                 hops=act.hops,
             )
         )
-        self.handed.append((act.id, act.conversation, act.hops))
-        self.parents[act.id] = act.hops
+        self.parents[act.id] = Handed(act.hops, act.conversation)
+        self.conversations.pop(act.conversation, None)  # the newest last
         self.conversations[act.conversation] = act.hops

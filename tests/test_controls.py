@@ -7,6 +7,7 @@ import pytest
 from agora.host.controls import (
     EmitDecision,
     EmitVerdict,
+    Handed,
     Verdict,
     reply_hops,
     screen_delivery,
@@ -70,7 +71,7 @@ def _emit(**changes: object) -> EmitDecision:
         "conversation": "conv-1",
         "in_reply_to": "m1",
         "payload": "ok",
-        "parents": {"m1": 3},
+        "parents": {"m1": Handed(3, "conv-1")},
         "conversations": {"conv-1": 5},
     }
     arguments.update(changes)
@@ -83,7 +84,12 @@ def _emit(**changes: object) -> EmitDecision:
         ({}, EmitVerdict.EMIT, 2),
         ({"sender": "synth-agent"}, EmitVerdict.EMIT, 2),
         ({"in_reply_to": None}, EmitVerdict.EMIT, 4),  # a timer's output: the conversation's
-        ({"parents": {"m1": 0}}, EmitVerdict.EMIT, 0),  # never below zero
+        ({"parents": {"m1": Handed(1, "conv-1")}}, EmitVerdict.EMIT, 0),
+        # a budget spent on earlier messages begets no more
+        ({"parents": {"m1": Handed(0, "conv-1")}}, EmitVerdict.SPENT, 0),
+        ({"in_reply_to": None, "conversations": {"conv-1": 0}}, EmitVerdict.SPENT, 0),
+        # a reply stays in its parent's conversation
+        ({"conversation": "elsewhere"}, EmitVerdict.WRONG_CONVERSATION, 0),
         ({"sender": "maintainer"}, EmitVerdict.FORGED_SENDER, 0),
         ({"channel": "build-coord.>"}, EmitVerdict.MALFORMED, 0),
         ({"channel": "$KV.agora-control.all"}, EmitVerdict.MALFORMED, 0),
@@ -105,3 +111,16 @@ def test_emit_screening(changes: dict[str, object], verdict: EmitVerdict, hops: 
 def test_the_forged_sender_is_checked_before_anything_else() -> None:
     decision = _emit(sender="maintainer", channel="secret-ops", payload="x" * 70_000)
     assert decision.verdict is EmitVerdict.FORGED_SENDER
+
+
+def test_each_message_sent_spends_a_hop_of_what_it_draws_on() -> None:
+    # What the runner does with each decision: the source is left with the message's
+    # budget. One message with 3 hops begets at most 3 replies, then none.
+    parents = {"m1": Handed(3, "conv-1")}
+    budgets = []
+    while (decision := _emit(parents=parents)).verdict is EmitVerdict.EMIT:
+        budgets.append(decision.hops)
+        parents["m1"] = Handed(decision.hops, "conv-1")
+    assert budgets == [2, 1, 0]
+    assert decision.verdict is EmitVerdict.SPENT
+    assert "(m1) has no hop budget left" in decision.detail

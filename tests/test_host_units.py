@@ -18,6 +18,7 @@ from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import sign_fact
 from agora.core.verify import verify_directory
 from agora.host.agent_record import MAX_RECENT, AgentRecord, Outgoing
+from agora.host.controls import Handed
 from agora.host.killswitch import KillState
 from agora.host.recorder import FSYNC_HISTORY, Fsync
 from agora.host.sandbox import classify_fault
@@ -31,20 +32,37 @@ def test_an_agent_record_round_trips_and_stays_bounded() -> None:
             state=b"\x00\xffstate",
             last_seq=batch,
             ids=[f"m{batch}"],
-            handed=[(f"m{batch}", f"c{batch}", 3)],
+            parents={f"m{batch}": Handed(3, f"c{batch}")},
+            conversations={f"c{batch}": 3},
             wake_at_ms=batch,
             outbox=(Outgoing("agora.ch.x", f"a{batch}", b'{"e":1}'),),
             at_ms=1_700_000_000_000 + batch,
         )
     assert len(record.recent) == MAX_RECENT
     assert record.recent[-1] == "m599"
-    assert len(record.parents) <= 256 and "m599" in record.parents
+    assert len(record.parents) <= 256 and record.parents["m599"] == Handed(3, "c599")
+    assert list(record.conversations)[-1] == "c599"
+    spent = record.finished(
+        state=b"",
+        last_seq=600,
+        ids=[],
+        parents={"m500": Handed(1, "c500")},
+        conversations={"c450": 2},
+        wake_at_ms=None,
+        outbox=(),
+        at_ms=1_700_000_000_600,
+    )
+    assert spent.parents["m500"] == Handed(1, "c500")  # a spent budget stays spent
+    assert list(spent.parents)[-1] == "m500" and list(spent.conversations)[-1] == "c450"
     assert AgentRecord.decode(record.encode()) == record
     assert record.saved_at_ms == 1_700_000_000_599
     assert record.sent().outbox == ()
     older = json.loads(record.encode())
     del older["saved_at_ms"]  # a record saved before the field existed still reads
     assert AgentRecord.decode(json.dumps(older).encode()).saved_at_ms is None
+    older["parents"] = {"m1": 3}  # a parent without its conversation
+    with pytest.raises(MalformedEnvelope, match=r"a parent must be \[hops, conversation\]"):
+        AgentRecord.decode(json.dumps(older).encode())
 
 
 @pytest.mark.parametrize("data", [b"", b"{}", b"[1]", b'{"state": 3}'])

@@ -7,6 +7,7 @@ Each test runs it next to a chatty ``synth-agent`` on the same channel.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -18,6 +19,7 @@ from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
 from agora.core.envelope import Act, EventKind
 from agora.core.spine import CONTROL_BUCKET
+from agora.host.runner import MIN_WAKE_MS
 from tests.harness import Harness, running_host
 
 FAST = {"timeout_ms": 300, "memory_mb": 32}
@@ -107,6 +109,39 @@ async def test_an_agent_blocked_in_a_host_call_is_given_up_on_and_holds_one_thre
     assert "blocked in a host call" in first.detail
     assert "still holds its thread" in second.detail
     assert not h.acts_by("hostile-agent")
+
+
+async def test_an_agent_cannot_keep_a_conversation_going_on_its_own(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # It asks to be woken at once and speaks on every call, in reply and not: each
+    # message spends a hop of what it draws on, and timer calls come no faster than
+    # MIN_WAKE_MS apart, so it soon has nothing left to spend.
+    plan = AgentPlan("hostile", ("build-coord",), {"mode": "spin"})
+    async with running_host(tmp_path, components, agents={"hostile-agent": plan}) as h:
+        seed = await h.inject("build-coord", "please answer", hops=3)
+        runner = h.running().runners["hostile-agent"]
+        for _ in range(400):  # the first call may wait for the component's compilation
+            if runner.counters["hops-spent"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        calls = runner.counters["calls"]
+        await asyncio.sleep(1.0)
+        assert 1 <= runner.counters["calls"] - calls <= 1000 / MIN_WAKE_MS + 1
+        # With every channel it was granted killed, it is not woken at all.
+        await h.switch(EventKind.KILLED, channel="build-coord")
+        await h.running().killswitch.wait_for(lambda s: s.blocks("hostile-agent", "build-coord"))
+        calls = runner.counters["calls"]
+        await asyncio.sleep(1.0)
+        assert runner.counters["calls"] == calls
+    spoken = h.acts_by("hostile-agent")
+    # 3 hops on the seed: 2 replies to it (2 and 1 hops left), 1 more with 0; the
+    # same again drawing on the conversation.
+    assert sorted(a.hops for a in spoken if a.in_reply_to == seed.id) == [0, 1, 2]
+    assert sorted(a.hops for a in spoken if a.in_reply_to is None) == [0, 1, 2]
+    assert len(spoken) == 6
+    refused = {e.reason for e in h.events(EventKind.REFUSED, agent="hostile-agent")}
+    assert refused == {"hops-spent", "self-echo"}  # its own messages are not handed back
 
 
 def agent_threads(agent: str) -> int:

@@ -16,6 +16,8 @@ Modes (any other value, including none, is ``stop-ignorer``):
 ``bad-reply``      replies "in reply to" ``no-such-id``
 ``print``          writes a line to stdout and one to stderr, then replies normally
 ``chatter``        writes 256 KiB to stdout on every call, then replies normally
+``spin``           asks to be woken at once, every time, and on every call speaks again in
+                   each conversation it was ever handed a message in, in reply and not
 ``sleep``          sleeps for an hour in a blocking WASI call (no fuel burns meanwhile)
 ``probe``          tries the filesystem, the environment and the network (``port``
                    setting: a loopback TCP port), and replies with what it found
@@ -25,6 +27,7 @@ Modes (any other value, including none, is ``stop-ignorer``):
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -46,6 +49,8 @@ CHATTER_LINES = 256
 class WitWorld(wit_world.WitWorld):
     def handle(self, ctx: Context, state: bytes, inbox: list[Message]) -> Outcome:
         mode = dict(ctx.settings).get("mode", "stop-ignorer")
+        if mode == "spin":
+            return spin(ctx, state, inbox)
         misbehave(mode, ctx)
         outbox = [bent for message in inbox for bent in bend(mode, answer(ctx, message))]
         if mode == "probe":
@@ -108,6 +113,27 @@ def answer(ctx: Context, message: Message) -> Message:
         payload=text[:MAX_PAYLOAD_CHARS],
         hops=0,
     )
+
+
+def spin(ctx: Context, state: bytes, inbox: list[Message]) -> Outcome:
+    known = json.loads(state or b"{}")  # conversation -> [channel, last message id]
+    for message in inbox:
+        known[message.conversation_id] = [message.channel, message.id]
+    outbox = [
+        Message(
+            id="",
+            conversation_id=conversation,
+            in_reply_to=parent,
+            sender=ctx.agent,
+            channel=channel,
+            act=Performative.INFORM,
+            payload="and again",
+            hops=0,
+        )
+        for conversation, (channel, last) in known.items()
+        for parent in (None, last)
+    ]
+    return Outcome(outbox=outbox, state=json.dumps(known).encode(), wake_at_ms=0)
 
 
 def probe(ctx: Context) -> str:

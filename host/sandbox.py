@@ -3,8 +3,8 @@
 Each agent is a WebAssembly component built against ``wit/agent.wit``. The host gives
 it nothing but WASI's bare minimum: no preopened directory (no filesystem), no
 environment variables, no arguments, no network (WASI 0.2 refuses every connect and
-name lookup without a grant, and none is given), and stdout/stderr redirected to files
-that the host copies into its own log.
+name lookup without a grant, and none is given), and stdout/stderr kept in memory (a
+bounded part of each call's) and copied into the host log.
 
 Every call runs under two budgets: fuel (a count of executed instructions) and an epoch
 deadline (wall-clock, ticked by one thread per engine). The store's linear memory is
@@ -49,8 +49,7 @@ MAX_INSTANCES: Final = 64
 MAX_TABLES: Final = 8
 MAX_TABLE_ELEMENTS: Final = 100_000
 MAX_MEMORIES: Final = 1
-MAX_LOG_BYTES_PER_CALL: Final = 64 * 1024
-MAX_LOG_FILE_BYTES: Final = 1024 * 1024  # then emptied: the guest writes on past a hole
+MAX_LOG_BYTES_PER_CALL: Final = 64 * 1024  # of stdout, and of stderr; the rest is dropped
 MAX_LOG_LINE_CHARS: Final = 1000
 MESSAGE_FIELDS: Final = (
     "id",
@@ -189,37 +188,32 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 class GuestLog:
-    """An agent's stdout or stderr: a file the guest writes, copied into the host log.
+    """An agent's stdout or stderr, copied into the host log after each call.
 
-    The guest writes at its own file position. Once what was copied passes
-    :data:`MAX_LOG_FILE_BYTES`, the file is emptied: the guest's next write lands past
-    a hole, which takes no disk, so an agent that prints without end cannot fill it.
+    The guest's writes land in memory, never on disk: the first
+    :data:`MAX_LOG_BYTES_PER_CALL` of a call are kept, the rest is dropped (the guest is
+    told it was written), so an agent that prints without end costs neither disk nor
+    memory.
     """
 
-    def __init__(self, path: Path, logger: logging.Logger, level: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-        self.path = path
+    def __init__(self, logger: logging.Logger, level: int) -> None:
         self._logger = logger
         self._level = level
-        self._offset = 0
+        self._kept = bytearray()
         self.last_lines: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        """WASI's callback for each write (on the thread running the call)."""
+        room = MAX_LOG_BYTES_PER_CALL - len(self._kept)
+        if room > 0:
+            self._kept += data[:room]
 
     def drain(self) -> None:
         """Copy what the guest wrote since the last drain into the host log."""
-        try:
-            size = self.path.stat().st_size
-        except OSError:
+        if not self._kept:
             return
-        if size <= self._offset:
-            return
-        with self.path.open("rb") as handle:
-            handle.seek(self._offset)
-            chunk = handle.read(min(size - self._offset, MAX_LOG_BYTES_PER_CALL))
-        self._offset = size  # anything past the per-call cap is skipped, not replayed
-        if size >= MAX_LOG_FILE_BYTES:
-            os.truncate(self.path, 0)
-        lines = chunk.decode("utf-8", errors="replace").splitlines()
+        lines = self._kept.decode("utf-8", errors="replace").splitlines()
+        self._kept.clear()
         self.last_lines = lines
         for line in lines:
             self._logger.log(self._level, "%s", line[:MAX_LOG_LINE_CHARS])
@@ -273,16 +267,15 @@ class Sandbox:
         linker: wc.Linker,
         component: wc.Component,
         limits: SandboxLimits,
-        log_dir: Path,
     ) -> None:
         self.agent = agent
         self._limits = limits
         logger = logging.getLogger(f"agora.agent.{agent}")
-        self._stdout = GuestLog(log_dir / f"{agent}.stdout.log", logger, logging.INFO)
-        self._stderr = GuestLog(log_dir / f"{agent}.stderr.log", logger, logging.WARNING)
+        self._stdout = GuestLog(logger, logging.INFO)
+        self._stderr = GuestLog(logger, logging.WARNING)
         wasi = wasmtime.WasiConfig()
-        wasi.stdout_file = str(self._stdout.path)
-        wasi.stderr_file = str(self._stderr.path)
+        wasi.stdout_custom = self._stdout.write
+        wasi.stderr_custom = self._stderr.write
         self._store = wasmtime.Store(engine)
         self._store.set_wasi(wasi)
         self._store.set_limits(

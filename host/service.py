@@ -78,14 +78,12 @@ class Host:
         keys: HostKeys,
         components: Mapping[str, Path],
         record: bool = True,
-        log_dir: Path | None = None,
     ) -> None:
         self.config = config
         self._registry = registry
         self._keys = keys
         self._components = components
         self._record = record
-        self._log_dir = log_dir or config.root / ".agora" / "logs"
         self._checks = signature_checks()
         self.vouched = Vouched(registry, checks=self._checks)
         self.killswitch = KillSwitch(registry)
@@ -143,7 +141,6 @@ class Host:
         )
         linker = self._linker
         engine = self._engine
-        log_dir = self._log_dir
 
         def new_sandbox() -> Sandbox:
             assert linker is not None  # noqa: S101 - set in start() before any runner exists
@@ -153,7 +150,6 @@ class Host:
                 linker=linker,
                 component=component,
                 limits=limits,
-                log_dir=log_dir,
             )
 
         await ensure_consumer(

@@ -68,7 +68,6 @@ class Harness:
             registry=self.session.registry,
             keys=keys,
             components=self.components,
-            log_dir=config.root / "logs",
         )
         await host.start(self.client)
         for runner in host.runners.values():

@@ -39,7 +39,6 @@ def second_host(h: Harness, agents: list[str]) -> Host:
         keys=HostKeys(host=h.session.key("host-b"), agents={n: h.session.key(n) for n in agents}),
         components=h.components,
         record=False,
-        log_dir=config.root / "logs-b",
     )
 
 

@@ -44,6 +44,15 @@ class RecordConflict(AgoraError):
     """Another host saved this agent's record since we read it."""
 
 
+class RecordTooLarge(AgoraError):
+    """The record would not fit in one message to the server. Nothing was saved."""
+
+    def __init__(self, agent: str, size: int, limit: int) -> None:
+        super().__init__(f"agent {agent!r}: its record is {size} bytes; the limit is {limit}")
+        self.size = size
+        self.limit = limit
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """A signed envelope to publish: where, under which message id, and the bytes."""
@@ -161,12 +170,13 @@ def _updated(old: dict[str, V], new: Mapping[str, V], limit: int) -> dict[str, V
 
 
 class RecordStore:
-    """Load and compare-and-set save one agent's record."""
+    """Load and compare-and-set save one agent's record, of at most ``max_bytes``."""
 
-    def __init__(self, kv: KeyValue, agent: str) -> None:
+    def __init__(self, kv: KeyValue, agent: str, *, max_bytes: int) -> None:
         self._kv = kv
         self._key = agent
         self._revision = 0
+        self.max_bytes = max_bytes
 
     async def load(self) -> AgentRecord:
         try:
@@ -178,13 +188,15 @@ class RecordStore:
         return AgentRecord.decode(entry.value or b"")
 
     async def save(self, record: AgentRecord) -> None:
+        """Raises :class:`RecordConflict`, or :class:`RecordTooLarge` before sending."""
+        data = record.encode()
+        if len(data) > self.max_bytes:
+            raise RecordTooLarge(self._key, len(data), self.max_bytes)
         try:
             if self._revision == 0:
-                self._revision = await self._kv.create(self._key, record.encode())
+                self._revision = await self._kv.create(self._key, data)
             else:
-                self._revision = await self._kv.update(
-                    self._key, record.encode(), last=self._revision
-                )
+                self._revision = await self._kv.update(self._key, data, last=self._revision)
         except KeyWrongLastSequenceError as exc:
             raise RecordConflict(
                 f"agent {self._key!r} was saved by another host since this one read it: "

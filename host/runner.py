@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -55,7 +56,13 @@ from agora.core.spine import (
     stream_sequence,
 )
 from agora.core.spine import event_subject as events_of
-from agora.host.agent_record import AgentRecord, Outgoing, RecordConflict, RecordStore
+from agora.host.agent_record import (
+    AgentRecord,
+    Outgoing,
+    RecordConflict,
+    RecordStore,
+    RecordTooLarge,
+)
 from agora.host.controls import EmitVerdict, Handed, Verdict, screen_delivery, screen_emit
 from agora.host.killswitch import KillSwitch
 from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome
@@ -235,23 +242,35 @@ class AgentRunner:
             outcome = await self._call(batch)
         record = self._record
         state, wake_at_ms = record.state, record.wake_at_ms
+        before_outputs = len(batch.outgoing)
         if outcome is not None:
             self._take(outcome, batch)
             state, wake_at_ms = outcome.state, _no_sooner(outcome.wake_at_ms)
         elif not (messages or batch.outgoing):
             await self._clear_sent_outbox()
             return
-        record = record.finished(
-            state=state,
+        finished = functools.partial(
+            record.finished,
             last_seq=batch.last_seq,
             ids=batch.ids,
             parents=batch.parents,
             conversations=batch.conversations,
-            wake_at_ms=wake_at_ms,
-            outbox=tuple(batch.outgoing),
             at_ms=now_ms(),
         )
-        await self._save(record)
+        record = finished(state=state, wake_at_ms=wake_at_ms, outbox=tuple(batch.outgoing))
+        try:
+            await self._save(record)
+        except RecordTooLarge as exc:
+            # What the call returned cannot be saved with the batch: it is dropped, as
+            # after any fault, and the batch is saved as processed without it.
+            self.counters["emitted"] -= batch.emitted
+            await self._quarantine(
+                "flood",
+                f"what one call returned takes {exc.size} bytes to save; the limit is {exc.limit}",
+            )
+            kept = tuple(batch.outgoing[:before_outputs])
+            record = finished(state=self._record.state, wake_at_ms=None, outbox=kept)
+            await self._save(record)
         await self._publish(record.outbox)
         self._outbox_published = True
         for message in messages:
@@ -413,6 +432,7 @@ class AgentRunner:
         envelope = sign_fact(act, self._agent_key)
         self._vouched.add(envelope, act, self.spec.name)
         self.counters["emitted"] += 1
+        batch.emitted += 1
         batch.outgoing.append(Outgoing(channel_subject(act.channel), act.id, envelope))
 
     async def _quarantine(self, kind: str, detail: str) -> None:
@@ -545,6 +565,7 @@ class Batch:
         self.parents: dict[str, Handed] = {}
         self.conversations: dict[str, int] = {}
         self.outgoing: list[Outgoing] = []
+        self.emitted = 0  # of the outgoing, the agent's acts
         # the ids refused (each once, in order) by control and channel; an act that gets
         # an event of its own (see Vouched.grounded) also has its id in the key
         self.refused: dict[tuple[str, str, str], dict[str, None]] = {}

@@ -58,6 +58,7 @@ from agora.host.watchdog import WatchedSandbox
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S: Final = 1.0
+HEADROOM: Final = 4096  # of the server's message size, for a key-value put's subject and headers
 SETTLE_POLL_S: Final = 0.05
 
 
@@ -124,7 +125,8 @@ class Host:
             await self.recorder.start()
         agents_kv = await js.key_value(AGENTS_BUCKET)
         for agent in self.config.agents.values():
-            runner = await self._prepare(nc, agent, RecordStore(agents_kv, agent.name))
+            records = RecordStore(agents_kv, agent.name, max_bytes=nc.max_payload - HEADROOM)
+            runner = await self._prepare(nc, agent, records)
             self.runners[agent.name] = runner
         for runner in self.runners.values():
             await runner.start()

@@ -228,6 +228,25 @@ async def test_a_flood_is_cut_off(tmp_path: Path, components: dict[str, Path]) -
     assert "10000 messages in one call" in fault.detail
 
 
+async def test_output_too_large_to_save_is_dropped_and_the_batch_still_processed(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # 20 replies of 60,000 characters fit every per-message limit, but not one record.
+    async with running_host(tmp_path, components, agents=agents("bulky")) as h:
+        seed = await provoke(h, hops=32)
+        host = h.running()
+        runner = host.runners["hostile-agent"]
+        assert host.killswitch.state.stopped["agent.hostile-agent"].reason == "flood"
+        assert runner.counters["host-error"] == 0  # saved once, not redelivered
+        assert runner.counters["emitted"] == 0
+        witness_went_on(h, seed)
+    assert not h.acts_by("hostile-agent")
+    [fault] = h.events(EventKind.FAULT, agent="hostile-agent")
+    assert "takes" in fault.detail and "bytes to save" in fault.detail
+    [(_, handed)] = h.per_subject(EventKind.DELIVERED, agent="hostile-agent")
+    assert handed == seed.id
+
+
 async def test_agent_output_goes_to_the_host_log(
     tmp_path: Path, components: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:

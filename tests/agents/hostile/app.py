@@ -12,6 +12,7 @@ Modes (any other value, including none, is ``stop-ignorer``):
 ``forge-sender``   replies as ``maintainer``
 ``oversized``      replies with a payload of 200,000 characters
 ``flood``          sends 10,000 replies for each message
+``bulky``          sends 20 replies of 60,000 characters for each message (too much to save)
 ``raise-hops``     asks for 255 hops on its replies
 ``bad-reply``      replies "in reply to" ``no-such-id``
 ``print``          writes a line to stdout and one to stderr, then replies normally
@@ -40,6 +41,8 @@ from wit_world.imports.types import Context, Message, Outcome, Performative
 
 OVERSIZED_CHARS = 200_000
 FLOOD_COPIES = 10_000
+BULKY_COPIES = 20
+BULKY_CHARS = 60_000
 MEMBOMB_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_PAYLOAD_CHARS = 200
 SLEEP_S = 3600
@@ -94,6 +97,8 @@ def bend(mode: str, message: Message) -> list[Message]:  # noqa: PLR0911 - one m
         return [replace(message, payload="x" * OVERSIZED_CHARS)]
     if mode == "flood":
         return [replace(message, payload=f"{message.payload} #{n}") for n in range(FLOOD_COPIES)]
+    if mode == "bulky":
+        return [replace(message, payload="y" * BULKY_CHARS) for _ in range(BULKY_COPIES)]
     if mode == "raise-hops":
         return [replace(message, hops=255)]
     if mode == "bad-reply":

@@ -103,7 +103,7 @@ class Report:
 def run(arguments: argparse.Namespace) -> int:
     facts_dir: Path = arguments.facts_dir
     say: Callable[[str], None] = (lambda _: None) if arguments.json else print
-    workspace = _fresh_workspace(facts_dir)
+    workspace = prepare_workspace(facts_dir)
     report = asyncio.run(_main(workspace, facts_dir.resolve(), say))
     reference = run_reference()
     result = {
@@ -364,17 +364,26 @@ def _verify(
     say(f"   A copy with one byte changed fails: {tampered.problem}.")
 
 
-def _fresh_workspace(facts_dir: Path) -> Path:
-    """The demo's folder (the facts directory's parent), emptied if a demo made it."""
+def prepare_workspace(facts_dir: Path) -> Path:
+    """The demo's folder (the facts directory's parent), with what an earlier demo made
+    there removed. Anything else in it stops the demo before it touches a thing."""
     workspace = facts_dir.parent
-    marker = workspace / DEMO_MARKER
-    if workspace.exists() and any(workspace.iterdir()):
-        if not marker.exists():
-            raise ConfigError(
-                f"{workspace} already holds files the demo did not make: "
-                "choose an empty or new --facts-dir parent"
-            )
-        shutil.rmtree(workspace)
+    made = {DEMO_MARKER, ".agora", "agora.yaml", "keys.yaml", facts_dir.name}
+    made |= {"facts-from-github", "facts-tampered"}
+    found = sorted(p.name for p in workspace.iterdir()) if workspace.exists() else []
+    others = [name for name in found if name not in made or DEMO_MARKER not in found]
+    if others:
+        raise ConfigError(
+            f"{workspace} already holds files the demo did not make ({', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}): choose an empty or new --facts-dir parent"
+        )
+    for name in found:
+        path = workspace / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     workspace.mkdir(parents=True, exist_ok=True)
+    marker = workspace / DEMO_MARKER
     marker.write_text("made by agora demo; removed by the next run\n", encoding="utf-8")
     return workspace

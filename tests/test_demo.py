@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from agora.cli.demo_cmd import DEMO_MARKER, prepare_workspace
+from agora.core.errors import ConfigError
+
 AGORA = Path(sys.executable).parent / "agora"
 
 
@@ -72,3 +77,18 @@ def test_demo_refuses_to_clear_a_folder_it_did_not_make(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "did not make" in result.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_a_demo_folder_the_user_added_to_is_left_alone(tmp_path: Path) -> None:
+    facts = tmp_path / "facts"
+    prepare_workspace(facts)  # the folder was empty: the demo takes it
+    facts.mkdir()
+    (tmp_path / "agora.yaml").write_text("made by the demo")
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match=r"did not make \(notes.txt\)"):
+        prepare_workspace(facts)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "agora.yaml").exists() and facts.is_dir()
+    (tmp_path / "notes.txt").unlink()
+    prepare_workspace(facts)  # only what the demo made: cleared for the next run
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DEMO_MARKER]

@@ -88,15 +88,22 @@ async def connected(url: str, *, reconnect: bool = False) -> AsyncIterator[Clien
     async def quiet(_: Exception) -> None:
         return None
 
-    try:
-        client = await nats.connect(
+    async def connect(*, reconnect: bool) -> Client:
+        # nats-py never gives up on a first connection with 0 attempts or with -1: one
+        # attempt more, then an error; -1 only once connected, to ride out restarts
+        return await nats.connect(
             url,
             connect_timeout=3,
             allow_reconnect=reconnect,
-            max_reconnect_attempts=-1 if reconnect else 0,
+            max_reconnect_attempts=-1 if reconnect else 1,
             reconnect_time_wait=0.5,
             error_cb=None if reconnect else quiet,
         )
+
+    try:
+        if reconnect:  # a server that is not there at all is an error, at once
+            await (await connect(reconnect=False)).close()
+        client = await connect(reconnect=reconnect)
     except Exception as exc:
         raise ConfigError(f"cannot reach NATS at {without_credentials(url)}: {exc}") from exc
     try:

@@ -23,7 +23,9 @@ import aiohttp
 import pytest
 
 from agora.bridge.standin import GitHubStandIn
+from agora.cli.session import connected
 from agora.cli.workspace import AgentPlan, create_workspace
+from agora.core.errors import ConfigError
 from agora.core.keys import Role
 
 AGORA = Path(sys.executable).parent / "agora"
@@ -303,3 +305,14 @@ def test_up_runs_only_the_agents_it_is_given(workspace: Path) -> None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
         log.close()
+
+
+@pytest.mark.parametrize("reconnect", [False, True])
+async def test_a_nats_server_that_is_not_there_is_an_error_not_a_wait(reconnect: bool) -> None:
+    with socket.socket() as taken:  # bound, never listening: every connect is refused
+        taken.bind(("127.0.0.1", 0))
+        url = f"nats://127.0.0.1:{taken.getsockname()[1]}"
+        async with asyncio.timeout(10):
+            with pytest.raises(ConfigError, match=f"cannot reach NATS at {url}"):
+                async with connected(url, reconnect=reconnect):
+                    pass

@@ -16,9 +16,12 @@ from typing import Any
 from nats.js.errors import NoKeysError, NotFoundError
 
 from agora.cli.session import Session, add_config_option, connected, open_session, running_url
+from agora.core.admission import admit
 from agora.core.control import control_key, record_and_switch
 from agora.core.envelope import Event, EventKind
+from agora.core.errors import InputError
 from agora.core.ids import new_id, now_ms
+from agora.core.keys import Role
 from agora.core.signing import sign_fact
 from agora.core.spine import (
     CONTROL_BUCKET,
@@ -52,9 +55,24 @@ def register(commands: Any) -> None:
 
 
 def switch_event(session: Session, arguments: argparse.Namespace) -> tuple[Event, bytes]:
+    """The signed event, refused here if every host would ignore it (an unknown agent
+    or channel, or a signer who may not switch anything)."""
     speaker = arguments.speaker or session.config.operator
     kind: EventKind = arguments.kind
     key = control_key(agent=arguments.agent, channel=arguments.channel)
+    registry = session.registry
+    agents = sorted(n for n in registry.names if registry.get(n).role is Role.AGENT)
+    if arguments.agent is not None and arguments.agent not in agents:
+        raise InputError(
+            f"no agent {arguments.agent!r} in the key registry: the agents are "
+            f"{', '.join(agents) or 'none'}"
+        )
+    channels = sorted(session.config.channels)
+    if arguments.channel is not None and arguments.channel not in channels:
+        raise InputError(
+            f"no channel {arguments.channel!r} in {session.config.path}: the channels are "
+            f"{', '.join(channels) or 'none'}"
+        )
     event = Event(
         id=new_id("ev"),
         kind=kind,
@@ -65,7 +83,12 @@ def switch_event(session: Session, arguments: argparse.Namespace) -> tuple[Event
         agent=arguments.agent,
         channel=arguments.channel,
     )
-    return event, sign_fact(event, session.key(speaker))
+    envelope = sign_fact(event, session.key(speaker))
+    try:
+        admit(envelope, registry)
+    except InputError as exc:
+        raise InputError(f"every host would ignore this {kind.value} event: {exc}") from exc
+    return event, envelope
 
 
 def run_switch(arguments: argparse.Namespace) -> int:

@@ -179,6 +179,24 @@ def test_commands_say_when_no_host_is_running(workspace: Path) -> None:
     assert "shout" in refused.stderr
 
 
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (("--agent", "synth_agent"), "no agent 'synth_agent' in the key registry: the agents are"),
+        (("--channel", "nope"), "no channel 'nope' in "),
+        (("--all", "--as", "synth-agent"), "every host would ignore this killed event"),
+    ],
+)
+def test_a_kill_that_would_stop_nothing_is_refused(
+    workspace: Path, target: tuple[str, ...], message: str
+) -> None:
+    # Refused before anything is sent: no host needs to be running.
+    result = agora("kill", *target, "-c", workspace, check=False)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "start one with `agora up`" not in result.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

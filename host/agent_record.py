@@ -149,6 +149,8 @@ def _optional_int(value: object) -> int | None:
 
 
 def _handed(value: object) -> Handed:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Handed(value, "")  # a record saved before parents kept their conversation
     if not (isinstance(value, list) and len(value) == 2):
         raise TypeError(f"a parent must be [hops, conversation], not {value!r}")
     hops, conversation = value
@@ -185,7 +187,10 @@ class RecordStore:
             self._revision = 0
             return AgentRecord()
         self._revision = entry.revision or 0
-        return AgentRecord.decode(entry.value or b"")
+        try:
+            return AgentRecord.decode(entry.value or b"")
+        except MalformedEnvelope as exc:
+            raise MalformedEnvelope(f"agent {self._key!r}: {exc}") from exc
 
     async def save(self, record: AgentRecord) -> None:
         """Raises :class:`RecordConflict`, or :class:`RecordTooLarge` before sending."""

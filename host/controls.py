@@ -141,7 +141,7 @@ def screen_emit(  # noqa: PLR0911 - one return per control, in order
                 EmitVerdict.UNKNOWN_REPLY,
                 detail=f"in-reply-to {shown(in_reply_to)} is no message the agent was handed",
             )
-        if parent.conversation != conversation:
+        if parent.conversation not in ("", conversation):  # "": not known (an old record)
             return EmitDecision(
                 EmitVerdict.WRONG_CONVERSATION,
                 detail=f"a reply to {in_reply_to} belongs to conversation "

@@ -60,7 +60,9 @@ def test_an_agent_record_round_trips_and_stays_bounded() -> None:
     older = json.loads(record.encode())
     del older["saved_at_ms"]  # a record saved before the field existed still reads
     assert AgentRecord.decode(json.dumps(older).encode()).saved_at_ms is None
-    older["parents"] = {"m1": 3}  # a parent without its conversation
+    older["parents"] = {"m1": 3}  # saved before a parent kept its conversation
+    assert AgentRecord.decode(json.dumps(older).encode()).parents == {"m1": Handed(3, "")}
+    older["parents"] = {"m1": [3]}
     with pytest.raises(MalformedEnvelope, match=r"a parent must be \[hops, conversation\]"):
         AgentRecord.decode(json.dumps(older).encode())
 

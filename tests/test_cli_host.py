@@ -136,6 +136,16 @@ def test_the_commands_drive_a_running_host(workspace: Path, up: subprocess.Popen
     assert json.loads(verified.stdout)["ok"] is True
 
 
+def test_a_second_up_on_the_same_folder_stops_at_once_and_leaves_the_first_alone(
+    workspace: Path, up: subprocess.Popen[str]
+) -> None:
+    second = agora("up", "-c", workspace, check=False)
+    assert second.returncode == 1
+    assert "another agora is already running" in second.stderr
+    assert up.poll() is None
+    assert _status(workspace) is not None  # the first one's server is still reachable
+
+
 def test_watch_streams_acts_as_they_happen(workspace: Path, up: subprocess.Popen[str]) -> None:
     assert up.poll() is None
     watcher = subprocess.Popen(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 import nats
@@ -9,7 +11,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from agora.core.errors import InternalError, InvalidChannel
+from agora.core.errors import ConfigError, InternalError, InvalidChannel
 from agora.core.spine import (
     STREAM,
     channel_subject,
@@ -36,6 +38,30 @@ async def test_two_servers_get_different_ports(tmp_path: Path) -> None:
         EmbeddedNats(data_dir=tmp_path / "b") as second,
     ):
         assert first.url != second.url
+
+
+async def test_one_server_per_store(tmp_path: Path) -> None:
+    async with EmbeddedNats(data_dir=tmp_path / "nats") as first:
+        with pytest.raises(ConfigError, match="another agora is already running on"):
+            await EmbeddedNats(data_dir=tmp_path / "nats").start()
+        client = await nats.connect(first.url)  # the first one is untouched
+        await client.jetstream().account_info()
+        await client.close()
+
+
+async def test_a_server_left_behind_by_a_killed_host_is_stopped_first(tmp_path: Path) -> None:
+    left = EmbeddedNats(data_dir=tmp_path / "nats")
+    await left.start()
+    orphan = left._process
+    assert orphan is not None
+    assert left._lock is not None
+    os.close(left._lock)
+    async with EmbeddedNats(data_dir=tmp_path / "nats") as second:
+        async with asyncio.timeout(10):
+            assert await orphan.wait() == 0  # stopped (SIGTERM) before the new one started
+        client = await nats.connect(second.url)
+        await client.jetstream().account_info()
+        await client.close()
 
 
 async def test_streams_survive_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ import functools
 import logging
 import random
 import time
-from collections import Counter
+from collections import ChainMap, Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -371,8 +371,9 @@ class AgentRunner:
 
     def _take(self, outcome: GuestOutcome, batch: Batch) -> None:
         """Screen, stamp and sign what the agent emitted."""
-        parents = {**self._record.parents, **batch.parents}
-        conversations = {**self._record.conversations, **batch.conversations}
+        # the batch's budgets over the record's; a spent hop is written to the batch's
+        parents = ChainMap(batch.parents, self._record.parents)
+        conversations = ChainMap(batch.conversations, self._record.conversations)
         discarded = 0
         for message in outcome.outbox:
             if self._killswitch.state.blocks(self.spec.name, message.channel):
@@ -400,12 +401,9 @@ class AgentRunner:
             self._emit(message, decision.hops, batch)
             # the hop is spent: what the message drew on is left with its budget
             if message.in_reply_to is not None:
-                spent = Handed(decision.hops, message.conversation_id)
-                parents[message.in_reply_to] = batch.parents[message.in_reply_to] = spent
+                parents[message.in_reply_to] = Handed(decision.hops, message.conversation_id)
             else:
-                conversation = message.conversation_id
-                conversations[conversation] = decision.hops
-                batch.conversations[conversation] = decision.hops
+                conversations[message.conversation_id] = decision.hops
         if discarded:
             self.counters["discarded-by-kill"] += discarded
             batch.outgoing.append(

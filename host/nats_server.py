@@ -9,6 +9,9 @@ One server per store: a lock file in the data directory is held while a server r
 so a second ``agora up`` on the same folder stops at once and says so. The lock file
 names the server's pid, so a server left behind by a process that was killed outright
 is stopped before a new one starts on its store.
+
+The server runs in a session (and process group) of its own: a Ctrl-C in the terminal
+of ``agora up`` is for agora, which stops its host and then the server, in that order.
 """
 
 from __future__ import annotations
@@ -123,6 +126,9 @@ class EmbeddedNats:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            # its own session, so a Ctrl-C in agora's terminal reaches agora alone, which
+            # then stops the host before the server instead of losing the server first
+            start_new_session=True,
         )  # fmt: skip
 
     async def stop(self) -> None:

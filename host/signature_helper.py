@@ -12,6 +12,7 @@ request it cannot read (the host then checks in-process and starts another helpe
 
 from __future__ import annotations
 
+import signal
 import struct
 import sys
 from typing import BinaryIO, Final
@@ -62,4 +63,7 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
 
 
 if __name__ == "__main__":
+    # A Ctrl-C in the host's terminal reaches this process too; the host stops it by
+    # closing its stdin, so the interrupt is the host's to handle, not the helper's.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -136,6 +136,34 @@ def test_the_commands_drive_a_running_host(workspace: Path, up: subprocess.Popen
     assert json.loads(verified.stdout)["ok"] is True
 
 
+def test_ctrl_c_stops_agora_up_in_order_and_quietly(workspace: Path) -> None:
+    output = workspace.parent / "up-interrupted.log"
+    with output.open("w") as log:
+        # its own process group, as a terminal runs a foreground job
+        process = subprocess.Popen(
+            [AGORA, "up", "-c", workspace],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            eventually(lambda: _status(workspace) is not None)
+            lock = workspace.parent / ".agora" / "nats" / "lock"
+            _, server = map(int, lock.read_text().split())
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    text = output.read_text()
+    assert "stopping" in text
+    assert "Traceback" not in text and "error" not in text.lower(), text
+    assert lock.read_text() == ""  # agora stopped its server itself, after the host
+    assert not Path(f"/proc/{server}").exists()
+
+
 def test_a_second_up_on_the_same_folder_stops_at_once_and_leaves_the_first_alone(
     workspace: Path, up: subprocess.Popen[str]
 ) -> None:

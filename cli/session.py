@@ -18,8 +18,14 @@ from urllib.parse import urlsplit, urlunsplit
 import nats
 from nats.aio.client import Client
 
-from agora.core.errors import ConfigError
-from agora.core.keys import KeyRegistry, SigningKey, read_private_key
+from agora.core.errors import AgoraError, ConfigError
+from agora.core.keys import (
+    KeyRegistry,
+    SigningKey,
+    private_key_path,
+    read_private_key,
+    read_private_key_file,
+)
 from agora.host.config import Config, check_against_registry, load_config
 
 DEFAULT_CONFIG: Final = Path("agora.yaml")
@@ -31,9 +37,29 @@ class Session:
     registry: KeyRegistry
 
     def key(self, name: str) -> SigningKey:
-        """The private key of ``name``, which must be in the registry."""
-        self.registry.get(name)
-        return read_private_key(self.config.keys_dir, name)
+        """The private key of ``name``, which must be in the registry: an agent's from its
+        ``key:`` file, any other's from ``keys.dir/NAME.key``. A key whose public half is
+        not the registry's is refused here, before it signs what every host refuses."""
+        registered = self.registry.get(name).public_key
+        config = self.config
+        default = private_key_path(config.keys_dir, name)
+        agent = config.agents.get(name)
+        if agent is None or agent.key == default:
+            key, where = read_private_key(config.keys_dir, name), str(default)
+        else:
+            where = f"{config.path}: agents.{name}.key"
+            try:
+                key = read_private_key_file(agent.key, name)
+            except AgoraError as exc:
+                raise ConfigError(
+                    f"{where}: expected its private key file (PKCS#8 PEM, mode 0600): {exc}"
+                ) from None
+        if key.public_key != registered:
+            raise ConfigError(
+                f"{where}: expected the private key of {name!r} registered in "
+                f"{config.registry}, got another key"
+            )
+        return key
 
 
 def add_config_option(parser: Any) -> None:

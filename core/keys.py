@@ -271,11 +271,21 @@ def read_private_key(keys_dir: Path, name: str) -> SigningKey:
     """Load ``keys_dir/NAME.key``, refusing a file that others can read."""
     path = private_key_path(keys_dir, name)
     try:
+        return read_private_key_file(path, name)
+    except UnknownKey as exc:
+        raise UnknownKey(f"{exc}: create it with `agora keys new {name}`") from exc
+
+
+def read_private_key_file(path: Path, name: str) -> SigningKey:
+    """Load the private key of ``name`` from ``path``, refusing a file others can read."""
+    try:
         mode = path.stat().st_mode
     except FileNotFoundError as exc:
-        raise UnknownKey(
-            f"private key {path} does not exist: create it with `agora keys new {name}`"
-        ) from exc
+        raise UnknownKey(f"private key {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"private key {path} cannot be read: {exc.strerror}") from exc
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"private key {path} is not a file")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             f"private key {path} has mode {stat.S_IMODE(mode):04o}: it must be readable by "
@@ -283,6 +293,8 @@ def read_private_key(keys_dir: Path, name: str) -> SigningKey:
         )
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"private key {path} cannot be read: {exc.strerror}") from exc
     except ValueError as exc:
         raise ConfigError(f"private key {path} is not a PKCS#8 PEM key") from exc
     if not isinstance(loaded, Ed25519PrivateKey):

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from agora.bridge.standin import GitHubStandIn
 from agora.cli.session import connected
@@ -162,6 +163,51 @@ def test_ctrl_c_stops_agora_up_in_order_and_quietly(workspace: Path) -> None:
     assert "Traceback" not in text and "error" not in text.lower(), text
     assert lock.read_text() == ""  # agora stopped its server itself, after the host
     assert not Path(f"/proc/{server}").exists()
+
+
+def _set_agent_key(config: Path, agent: str, key: str) -> None:
+    document = yaml.safe_load(config.read_text())
+    document["agents"][agent]["key"] = key
+    config.write_text(yaml.safe_dump(document))
+
+
+def test_an_agent_signs_with_the_key_file_its_config_names(workspace: Path) -> None:
+    root = workspace.parent
+    (root / "secrets").mkdir()
+    (root / ".agora" / "keys" / "relay-agent.key").rename(root / "secrets" / "relay.pem")
+    _set_agent_key(workspace, "relay-agent", "secrets/relay.pem")
+    log = (root / "up.log").open("w")
+    process = subprocess.Popen([AGORA, "up", "-c", workspace], stdout=log, stderr=log, text=True)
+    try:
+        eventually(lambda: _status(workspace) is not None)
+        agora("inject", "build-coord", "inform", "hello", "--hops", 1, "-c", workspace)
+        eventually(
+            lambda: any(a["sender"] == "relay-agent" for a in _acts(workspace, "build-coord"))
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        log.close()
+    verified = agora("verify", root / "facts", "--keys", root / "keys.yaml", "--json")
+    assert json.loads(verified.stdout)["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (".agora/keys/synth-agent.key", "expected the private key of 'relay-agent' registered in"),
+        ("secrets/none.pem", "expected its private key file (PKCS#8 PEM, mode 0600): private key"),
+    ],
+)
+def test_an_agent_key_file_that_is_not_its_key_is_refused_before_anything_starts(
+    workspace: Path, key: str, message: str
+) -> None:
+    _set_agent_key(workspace, "relay-agent", key)
+    result = agora("up", "-c", workspace, check=False)
+    assert result.returncode == 1
+    assert f"{workspace}: agents.relay-agent.key: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workspace.parent / ".agora" / "nats").exists()  # no server started
 
 
 def test_a_second_up_on_the_same_folder_stops_at_once_and_leaves_the_first_alone(

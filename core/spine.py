@@ -59,6 +59,7 @@ _ACK_TOKENS_SHORT: Final = 9
 _STREAM_SEQ_SHORT: Final = 5
 _ACK_TOKENS_LONG: Final = 11
 _STREAM_SEQ_LONG: Final = 7
+_TIME_AFTER_SEQ: Final = 2  # <stream seq>.<consumer seq>.<time in ns>
 
 
 def channel_subject(channel: str) -> str:
@@ -81,14 +82,23 @@ def stream_sequence(message: Msg) -> int:
     (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
     <pending>``, or the longer form with a domain and an account hash); 0 if it carries
     none. nats-py's ``metadata`` parses every field, and the time, at each access."""
+    return stream_place(message)[0]
+
+
+def stream_place(message: Msg) -> tuple[int, int]:
+    """A JetStream message's sequence in its stream and when the stream stored it (ms
+    since the epoch), read from its reply subject as :func:`stream_sequence` reads it;
+    (0, 0) if it carries none."""
     tokens = (message.reply or "").split(".")
     if tokens[:2] != ["$JS", "ACK"]:
-        return 0
+        return 0, 0
     if len(tokens) == _ACK_TOKENS_SHORT:
-        return int(tokens[_STREAM_SEQ_SHORT])
-    if len(tokens) >= _ACK_TOKENS_LONG:
-        return int(tokens[_STREAM_SEQ_LONG])
-    return 0
+        seq = _STREAM_SEQ_SHORT
+    elif len(tokens) >= _ACK_TOKENS_LONG:
+        seq = _STREAM_SEQ_LONG
+    else:
+        return 0, 0
+    return int(tokens[seq]), int(tokens[seq + _TIME_AFTER_SEQ]) // 1_000_000
 
 
 def event_subject(identity: str) -> str:

@@ -1,9 +1,13 @@
 """What the host keeps for each agent between calls, in the ``agora-agents`` bucket.
 
 - ``state``: the bytes the agent returned last time (the agent's own memory);
-- ``recent``: the ids of the last messages it finished with: a message redelivered
-  after a crash, or published again under a new sequence, is recognised as processed
-  (idempotency across restarts, and across hosts sharing the agent);
+- ``recent``: the ids of the last messages it finished with, so a message handed to
+  it again is recognised as processed (idempotency across restarts, and across hosts
+  sharing the agent);
+- ``unacked``: the ids of messages it finished with whose acknowledgement the server
+  has not confirmed. A batch saved just before a crash comes back after the consumer's
+  ack wait, however many messages came in between, and is recognised by these; an id
+  leaves once a host confirms its acknowledgement (then it can never come back);
 - ``last_seq``: the highest stream sequence it has finished with (for status);
 - ``parents`` / ``conversations``: the hop budgets left on recent messages it was
   handed (with each one's conversation), and in its recent conversations, from which
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
 
@@ -35,6 +39,7 @@ from agora.core.errors import AgoraError, MalformedEnvelope
 from agora.host.controls import Handed
 
 MAX_RECENT: Final = 512
+MAX_UNACKED: Final = 4096  # 64 batches of 64 whose acknowledgements went unconfirmed
 V = TypeVar("V")
 MAX_PARENTS: Final = 256
 MAX_CONVERSATIONS: Final = 128
@@ -67,6 +72,7 @@ class AgentRecord:
     state: bytes = b""
     last_seq: int = 0
     recent: tuple[str, ...] = ()
+    unacked: tuple[str, ...] = ()
     parents: dict[str, Handed] = field(default_factory=dict)
     conversations: dict[str, int] = field(default_factory=dict)
     wake_at_ms: int | None = None
@@ -85,13 +91,18 @@ class AgentRecord:
         wake_at_ms: int | None,
         outbox: tuple[Outgoing, ...],
         at_ms: int,
+        confirmed: Container[str] = frozenset(),
     ) -> AgentRecord:
         """The record after a batch. ``parents`` and ``conversations`` are the budgets the
-        batch handed over or spent, in order: each becomes the newest of its kind."""
+        batch handed over or spent, in order: each becomes the newest of its kind.
+        ``ids`` are the batch's messages, not acknowledged yet; ``confirmed`` are ids
+        whose acknowledgement the server has confirmed since the record was read."""
+        ids = tuple(ids)
         return AgentRecord(
             state=state,
             last_seq=max(self.last_seq, last_seq),
             recent=(*self.recent, *ids)[-MAX_RECENT:],
+            unacked=(*self._unconfirmed(confirmed), *ids)[-MAX_UNACKED:],
             parents=_updated(self.parents, parents, MAX_PARENTS),
             conversations=_updated(self.conversations, conversations, MAX_CONVERSATIONS),
             wake_at_ms=wake_at_ms,
@@ -100,8 +111,12 @@ class AgentRecord:
             saved_at_ms=at_ms,
         )
 
-    def sent(self) -> AgentRecord:
-        return replace(self, outbox=())
+    def sent(self, confirmed: Container[str] = frozenset()) -> AgentRecord:
+        """The record once its outbox is published and ``confirmed`` acknowledged."""
+        return replace(self, outbox=(), unacked=self._unconfirmed(confirmed))
+
+    def _unconfirmed(self, confirmed: Container[str]) -> tuple[str, ...]:
+        return tuple(i for i in self.unacked if i not in confirmed)
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -109,6 +124,7 @@ class AgentRecord:
                 "state": base64.b64encode(self.state).decode(),
                 "last_seq": self.last_seq,
                 "recent": list(self.recent),
+                "unacked": list(self.unacked),
                 "parents": {k: [h.hops, h.conversation] for k, h in self.parents.items()},
                 "conversations": self.conversations,
                 "wake_at_ms": self.wake_at_ms,
@@ -130,6 +146,7 @@ class AgentRecord:
                 state=base64.b64decode(obj["state"], validate=True),
                 last_seq=int(obj["last_seq"]),
                 recent=tuple(str(i) for i in obj["recent"]),
+                unacked=tuple(str(i) for i in obj.get("unacked", ())),  # absent from older
                 parents={str(k): _handed(v) for k, v in obj["parents"].items()},
                 conversations={str(k): int(v) for k, v in obj["conversations"].items()},
                 wake_at_ms=_optional_int(obj["wake_at_ms"]),

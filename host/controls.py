@@ -12,6 +12,11 @@ Delivery, in this order (the first that applies wins):
 3. idempotency: a message the agent already processed is skipped;
 4. hop budget: a message with no hops left is recorded but delivered to no agent.
 
+A message that passes is then checked as a copy (:func:`screen_replay`): every
+publisher sends a fact under its own id as ``Nats-Msg-Id``, so the server drops a
+second publish of it within its duplicate window; a copy published under another id,
+or stored too long after it was signed for that window to cover it, is a replay.
+
 Emission (:func:`screen_emit`), in this order: a sender other than the agent itself
 is a forgery; a malformed channel or conversation id is refused, then a channel the
 agent was not granted, then an oversized payload, then a reply to a message the agent
@@ -40,6 +45,8 @@ class Verdict(StrEnum):
     SELF_ECHO = "self-echo"
     DUPLICATE = "duplicate"
     NO_HOPS = "no-hops"
+    REPLAYED = "replayed"
+    STALE = "stale"
 
 
 def screen_delivery(
@@ -61,6 +68,24 @@ def screen_delivery(
         return Verdict.DUPLICATE
     if hops <= 0:
         return Verdict.NO_HOPS
+    return Verdict.DELIVER
+
+
+def screen_replay(
+    *, fact_id: str, msg_id: str | None, signed_ms: int, stored_ms: int, fresh_for_ms: int
+) -> Verdict:
+    """Whether a message is the one its signer published, or a copy published again.
+
+    ``msg_id`` is the ``Nats-Msg-Id`` it was published under, ``signed_ms`` the time in
+    its signed body and ``stored_ms`` when the stream stored it. ``fresh_for_ms`` must be
+    shorter than the stream's duplicate window, so that while a message is fresh, a copy
+    under its own id is one the server drops. A clock ahead of the stream's makes a
+    message look younger, never stale.
+    """
+    if msg_id != fact_id:
+        return Verdict.REPLAYED
+    if stored_ms - signed_ms > fresh_for_ms:
+        return Verdict.STALE
     return Verdict.DELIVER
 
 

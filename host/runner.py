@@ -11,12 +11,13 @@ never sees.
 
 Then, in this order: the agent's record is saved with everything to publish (its new
 state, progress, and the outbox of signed acts and events); the outbox is published
-with ``Nats-Msg-Id``; the batch is acknowledged. The next batch's save replaces the
+with ``Nats-Msg-Id``; the batch is acknowledged, and the server's confirmation of the
+last acknowledgement awaited in the background. The next batch's save replaces the
 outbox (one save per batch); an agent that goes idle has it cleared. A crash at any
 point either redoes nothing (the batch was saved: its messages are recognised as
-processed and the saved outbox is published again under the same ids) or redoes the
-whole batch from the saved state, so each message is processed once and no output is
-duplicated.
+processed, by the ids the record keeps until their acknowledgement is confirmed, and
+the saved outbox is published again under the same ids) or redoes the whole batch
+from the saved state, so each message is processed once and no output is duplicated.
 
 A kill that lands while the agent is running discards what the call returned. A fault
 (fuel, time, memory, a trap, a flood) quarantines the agent through the kill switch.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -37,23 +39,25 @@ from typing import Final
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from agora.core.acts import parse_act
 from agora.core.control import set_switch
 from agora.core.envelope import Act, Event, EventKind, Fact
 from agora.core.errors import InputError
 from agora.core.ids import new_id, now_ms
-from agora.core.keys import SigningKey
+from agora.core.keys import KeyRegistry, Role, SigningKey
 from agora.core.pull import PullFeed
-from agora.core.signing import sign_fact
+from agora.core.signing import sign_fact, verify_envelope
 from agora.core.spine import (
     DUPLICATE_WINDOW_S,
+    MSG_ID_HEADER,
     STREAM,
     agent_consumer_name,
     channel_subject,
     ids_in_stream,
     publish_all,
-    stream_sequence,
+    stream_place,
 )
 from agora.core.spine import event_subject as events_of
 from agora.host.agent_record import (
@@ -63,7 +67,14 @@ from agora.host.agent_record import (
     RecordStore,
     RecordTooLarge,
 )
-from agora.host.controls import EmitVerdict, Handed, Verdict, screen_delivery, screen_emit
+from agora.host.controls import (
+    EmitVerdict,
+    Handed,
+    Verdict,
+    screen_delivery,
+    screen_emit,
+    screen_replay,
+)
 from agora.host.killswitch import KillSwitch
 from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome
 from agora.host.tasks import finish
@@ -79,6 +90,10 @@ MAX_STATE_BYTES: Final = 256 * 1024
 # duplicate window still covers its first publish (with a margin for clock skew).
 SAFE_REPUBLISH_MS: Final = int(DUPLICATE_WINDOW_S * 1000) // 2
 PUBLISHED_WITHIN_MS: Final = 60_000  # a saved outbox is published right after its save
+# An act stored later than this after it was signed is refused as a stale copy: within
+# it, JetStream's duplicate window drops a copy published under the act's own id.
+FRESH_FOR_MS: Final = int(DUPLICATE_WINDOW_S * 1000) * 3 // 4
+ACK_CONFIRM_S: Final = 5.0
 MIN_WAKE_MS: Final = 250  # the soonest a timer call follows a call: no agent spins on timers
 
 
@@ -128,6 +143,10 @@ class AgentRunner:
         self._killswitch = killswitch
         self._vouched = vouched
         self._granted = frozenset(spec.channels)
+        self._own_key = KeyRegistry([agent_key.identity(Role.AGENT, spec.channels)])
+        # ids whose acknowledgement the server confirmed since the last save
+        self._confirmed: set[str] = set()
+        self._confirming: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
         self.observers: list[Callable[[Delivery], None]] = []
         self.busy = False
@@ -148,6 +167,9 @@ class AgentRunner:
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in hand (graceful), or at once, as a crash would."""
         await finish(self._task, self._stopping, graceful=graceful)
+        for confirming in list(self._confirming):  # what they would learn is not needed
+            confirming.cancel()
+        await asyncio.gather(*self._confirming, return_exceptions=True)
         self._guest.close()
         if self._feed is not None:
             await self._feed.stop(give_back=graceful)
@@ -221,7 +243,7 @@ class AgentRunner:
 
     async def _step(self, messages: list[Msg]) -> None:
         await self._publish_saved_outbox()  # if a publish failed after the save
-        batch = Batch(self.spec.name, processed=self._record.recent)
+        batch = Batch(self.spec.name, processed=(*self._record.recent, *self._record.unacked))
         admitted = await self._vouched.admit_all([(m.data, m.subject) for m in messages])
         for message, found in zip(messages, admitted, strict=True):
             self._screen(message, found, batch)
@@ -249,6 +271,7 @@ class AgentRunner:
         elif not (messages or batch.outgoing):
             await self._clear_sent_outbox()
             return
+        confirmed = frozenset(self._confirmed)
         finished = functools.partial(
             record.finished,
             last_seq=batch.last_seq,
@@ -256,10 +279,11 @@ class AgentRunner:
             parents=batch.parents,
             conversations=batch.conversations,
             at_ms=now_ms(),
+            confirmed=confirmed,
         )
         record = finished(state=state, wake_at_ms=wake_at_ms, outbox=tuple(batch.outgoing))
         try:
-            await self._save(record)
+            await self._save(record, dropped=confirmed)
         except RecordTooLarge as exc:
             # What the call returned cannot be saved with the batch: it is dropped, as
             # after any fault, and the batch is saved as processed without it.
@@ -270,11 +294,10 @@ class AgentRunner:
             )
             kept = tuple(batch.outgoing[:before_outputs])
             record = finished(state=self._record.state, wake_at_ms=None, outbox=kept)
-            await self._save(record)
+            await self._save(record, dropped=confirmed)
         await self._publish(record.outbox)
         self._outbox_published = True
-        for message in messages:
-            await message.ack()
+        await self._acknowledge(messages, batch.ids)
 
     def _stopped(self) -> bool:
         """Whether the agent may not run at all: killed, quarantined, or every channel it
@@ -284,8 +307,30 @@ class AgentRunner:
         name = self.spec.name
         return state.blocks_agent(name) or all(state.blocks(name, c) for c in self._granted)
 
+    async def _acknowledge(self, messages: list[Msg], ids: list[str]) -> None:
+        """Acknowledge a batch; the server's confirmation of the last acknowledgement
+        (which it handles after the others, in order) is awaited in the background."""
+        if not messages:
+            return
+        for message in messages[:-1]:
+            await message.ack()
+        confirming = asyncio.create_task(self._confirm(messages[-1], ids))
+        self._confirming.add(confirming)
+        confirming.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, last: Msg, ids: list[str]) -> None:
+        reconnects = self._client.stats["reconnects"]
+        try:
+            await last.ack_sync(timeout=ACK_CONFIRM_S)
+        except (TimeoutError, NatsError):
+            self.counters["ack-unconfirmed"] += 1  # its ids stay in the record: harmless
+            return
+        if self._client.stats["reconnects"] == reconnects:  # no earlier ack was lost
+            self._confirmed.update(ids)
+
     def _screen(self, message: Msg, found: tuple[Fact, str] | InputError, batch: Batch) -> None:
-        batch.last_seq = max(batch.last_seq, stream_sequence(message))
+        sequence, stored_ms = stream_place(message)
+        batch.last_seq = max(batch.last_seq, sequence)
         if isinstance(found, InputError):
             self.counters["unverified"] += 1  # the recorder records the refusal once
             return
@@ -303,6 +348,14 @@ class AgentRunner:
             hops=fact.hops,
             processed=batch.processed,
         )
+        if verdict == Verdict.DELIVER:
+            verdict = screen_replay(
+                fact_id=fact.id,
+                msg_id=(message.headers or {}).get(MSG_ID_HEADER),
+                signed_ms=fact.time_ms,
+                stored_ms=stored_ms,
+                fresh_for_ms=FRESH_FOR_MS,
+            )
         if verdict == Verdict.DELIVER:
             stopped = self._killswitch.state.stopped_by(self.spec.name, channel)
             if stopped is not None:
@@ -481,10 +534,13 @@ class AgentRunner:
 
     # -- durable steps ----------------------------------------------------------------
 
-    async def _save(self, record: AgentRecord) -> None:
+    async def _save(self, record: AgentRecord, *, dropped: frozenset[str]) -> None:
+        """Save a record made without the ``dropped`` ids, whose acknowledgement the
+        server confirmed: they need not be remembered any more."""
         await self._records.save(record)
         self._record = record
         self._outbox_published = False
+        self._confirmed -= dropped
 
     async def _reload(self) -> None:
         """Read the record another host saved; its outbox is not known to be published."""
@@ -497,7 +553,9 @@ class AgentRunner:
         Again is harmless within JetStream's duplicate window: the same ids, which the
         server drops. An outbox saved longer ago than that (a host that crashed and came
         back late) is looked for in the stream first, and only what is not there yet
-        is published, so no agent is handed one of its acts a second time."""
+        is published, so no agent is handed one of its acts a second time; an act of
+        the agent's among it is signed again with the time it is really published at,
+        or every host would refuse it as a stale copy (:data:`FRESH_FOR_MS`)."""
         record = self._record
         if not record.outbox or self._outbox_published:
             return
@@ -510,10 +568,24 @@ class AgentRunner:
                 until_ms=(record.saved_at_ms or now_ms()) + PUBLISHED_WITHIN_MS,
                 wanted=(o.msg_id for o in outbox),
             )
-            outbox = tuple(o for o in outbox if o.msg_id not in there)
+            outbox = tuple(self._restamped(o) for o in outbox if o.msg_id not in there)
             self.counters["republish-skipped"] += len(record.outbox) - len(outbox)
         await self._publish(outbox)
         self._outbox_published = True
+
+    def _restamped(self, outgoing: Outgoing) -> Outgoing:
+        """``outgoing`` signed again at the present time if it is an act this agent's key
+        signed; the host's events (handed to no agent) and anything else as they are."""
+        try:
+            act = verify_envelope(outgoing.envelope, self._own_key).fact
+        except InputError:
+            return outgoing
+        if not isinstance(act, Act):
+            return outgoing
+        act = dataclasses.replace(act, time_ms=now_ms())
+        envelope = sign_fact(act, self._agent_key)
+        self._vouched.add(envelope, act, self.spec.name)
+        return Outgoing(outgoing.subject, outgoing.msg_id, envelope)
 
     async def _clear_sent_outbox(self) -> None:
         """When the agent goes idle, drop its published outbox from the saved record.
@@ -524,7 +596,8 @@ class AgentRunner:
         if not (self._record.outbox and self._outbox_published):
             return
         try:
-            await self._save(self._record.sent())
+            confirmed = frozenset(self._confirmed)
+            await self._save(self._record.sent(confirmed), dropped=confirmed)
         except RecordConflict:  # another host saved this agent since: it moved on
             await self._reload()
 
@@ -544,6 +617,8 @@ _REFUSAL_DETAIL: Final = {
     Verdict.SELF_ECHO: "the agent's own message is never delivered back to it",
     Verdict.DUPLICATE: "the agent already processed this message",
     Verdict.NO_HOPS: "the message has no hop budget left",
+    Verdict.REPLAYED: "a copy of the message, published again under another message id",
+    Verdict.STALE: "stored too long after it was signed to be told from a copy published again",
     "killed": "a kill is in force for this agent or channel",
     "quarantined": "the agent is quarantined after a fault",
 }

@@ -12,6 +12,7 @@ from agora.host.controls import (
     reply_hops,
     screen_delivery,
     screen_emit,
+    screen_replay,
 )
 from agora.host.reference import run_reference
 
@@ -55,6 +56,31 @@ def _screen(**changes: object) -> Verdict:
 )
 def test_each_control_and_their_order(changes: dict[str, object], verdict: Verdict) -> None:
     assert _screen(**changes) is verdict
+
+
+@pytest.mark.parametrize(
+    ("changes", "verdict"),
+    [
+        ({}, Verdict.DELIVER),
+        ({"msg_id": "act-other"}, Verdict.REPLAYED),  # a copy under a new message id
+        ({"msg_id": None}, Verdict.REPLAYED),  # published with no message id at all
+        ({"stored_ms": 1_000_000 + 90_001}, Verdict.STALE),  # stored past its freshness
+        ({"stored_ms": 1_000_000 + 90_000}, Verdict.DELIVER),
+        ({"stored_ms": 1_000_000 - 5_000}, Verdict.DELIVER),  # its signer's clock is ahead
+    ],
+)
+def test_a_copy_published_again_is_told_from_the_first(
+    changes: dict[str, object], verdict: Verdict
+) -> None:
+    arguments: dict[str, object] = {
+        "fact_id": "act-1",
+        "msg_id": "act-1",
+        "signed_ms": 1_000_000,
+        "stored_ms": 1_000_050,
+        "fresh_for_ms": 90_000,
+    }
+    arguments.update(changes)
+    assert screen_replay(**arguments) is verdict  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("parent", "reply"), [(3, 2), (1, 0), (0, 0)])

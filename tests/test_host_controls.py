@@ -7,8 +7,12 @@ must verify).
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
@@ -17,11 +21,14 @@ from agora.core.ids import new_id, now_ms
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
 from agora.core.spine import (
+    MSG_ID_HEADER,
+    STREAM,
     agent_consumer_config,
     channel_subject,
     ensure_consumer,
     ensure_spine,
 )
+from agora.host import runner as runner_module
 from tests.harness import running_host
 
 PAIR = {
@@ -115,6 +122,43 @@ async def test_a_republished_message_is_processed_once(
         assert counters["delivered"] == 1
         assert counters["duplicate"] == 1
         assert len(h.acts_by("synth-agent")) == 1
+
+
+async def test_an_old_act_published_again_reaches_no_agent_that_never_had_it(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Anyone able to publish could copy a signed act back onto its channel later: an
+    # agent that has not seen it (here one that joins afterwards) must not take it.
+    monkeypatch.setattr(runner_module, "FRESH_FOR_MS", 300)  # for the stale copy below
+    async with running_host(tmp_path, components, agents=PAIR, start=False) as h:
+        await h.start_host(["synth-agent"])
+        copied = await h.inject("build-coord", "approved last week", hops=1)
+        stale = await h.inject("build-coord", "approved the week before", hops=1)
+        await h.settle()
+        await h.stop_host()
+        await h.start_host()  # relay-agent joins
+        subject = channel_subject("build-coord")
+        key = h.session.key("maintainer")
+        # under another message id
+        await h.js.publish(subject, sign_fact(copied, key), headers={MSG_ID_HEADER: "other"})
+        # under its own, once JetStream's duplicate window no longer covers it
+        info = await h.js.stream_info(STREAM)
+        await h.js.update_stream(replace(info.config, duplicate_window=0.2))
+        await asyncio.sleep(0.5)
+        ack = await h.js.publish(subject, sign_fact(stale, key), headers={MSG_ID_HEADER: stale.id})
+        assert not ack.duplicate
+        fresh = await h.inject("build-coord", "approved today", hops=1)
+        await h.settle()
+        relay = h.running().runners["relay-agent"].counters
+        assert [a.id for a in h.delivered_to("relay-agent")] == [fresh.id]
+        assert relay["replayed"] == relay["stale"] == 1
+        synth = [a.id for a in h.delivered_to("synth-agent")]
+        assert synth == [copied.id, stale.id, fresh.id]
+    refused = {(e.agent, e.reason, s) for e, s in h.per_subject(EventKind.REFUSED)}
+    assert ("relay-agent", "replayed", copied.id) in refused
+    assert ("relay-agent", "stale", stale.id) in refused
+    recorded = [f.id for f in h.facts()]
+    assert recorded.count(copied.id) == recorded.count(stale.id) == 1
 
 
 async def test_a_message_with_no_hops_is_recorded_but_not_delivered(
@@ -242,7 +286,7 @@ async def test_one_bad_act_in_a_batch_costs_no_other_act_its_fact(
             await h.js.publish(
                 channel_subject("build-coord"),
                 sign_fact(each, key),
-                headers={"Nats-Msg-Id": f"{each.id}-{n}"},
+                headers={"Nats-Msg-Id": each.id if n != 1 else f"{each.id}-again"},
             )
         await h.start_host()
         await h.settle()

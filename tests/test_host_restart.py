@@ -17,7 +17,8 @@ from nats.js import JetStreamContext
 
 from agora.cli.session import connected, open_session
 from agora.cli.workspace import AgentPlan, create_workspace
-from agora.core.envelope import EventKind
+from agora.core.acts import Performative
+from agora.core.envelope import Act, EventKind
 from agora.core.factlog import POSITION_FILE
 from agora.core.ids import new_id, now_ms
 from agora.core.signing import sign_fact
@@ -29,6 +30,7 @@ from agora.core.spine import (
     channel_subject,
     ensure_consumer,
     ensure_spine,
+    publish_all,
     read_in_order,
 )
 from agora.host import runner as runner_module
@@ -119,6 +121,78 @@ async def test_a_crash_in_the_middle_of_a_conversation_loses_and_repeats_nothing
     _each_delivered_once(h)
 
 
+async def test_a_batch_redelivered_after_many_others_is_still_processed_once(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host "crashes" after saving a batch and publishing its outputs, before the
+    # acknowledgement; the batch comes back after ack wait, by when more messages than
+    # the record's window of recent ids have been processed.
+    one = {"synth-agent": PAIR["synth-agent"]}
+    slow = {"consumer": {"ack_wait_s": 8, "max_deliver": 5}}
+    async with running_host(tmp_path, components, agents=one, extra=slow) as h:
+        stuck = asyncio.Event()
+
+        async def crash_before_the_ack(*_: object) -> None:
+            stuck.set()
+            await asyncio.Event().wait()
+
+        acknowledge = runner_module.AgentRunner._acknowledge
+        monkeypatch.setattr(runner_module.AgentRunner, "_acknowledge", crash_before_the_ack)
+        first = await h.inject("build-coord", "the batch whose ack is lost", hops=1)
+        await asyncio.wait_for(stuck.wait(), 10)
+        await h.stop_host(graceful=False)
+        monkeypatch.setattr(runner_module.AgentRunner, "_acknowledge", acknowledge)
+
+        others = [_signed_request(h, f"other {n}") for n in range(600)]
+        host = await h.start_host()
+        handed = asyncio.Event()  # (settling would wait for the redelivery too)
+        host.runners["synth-agent"].observers.append(
+            lambda _: handed.set() if len(h.deliveries) == 601 else None
+        )
+        await publish_all(
+            h.js, ((channel_subject("build-coord"), a.id, e) for a, e in others), timeout_s=30
+        )
+        await asyncio.wait_for(handed.wait(), 10)
+        await asyncio.sleep(0.2)  # for the last batch's save
+        agents = await h.js.key_value(AGENTS_BUCKET)
+        record = AgentRecord.decode((await agents.get("synth-agent")).value or b"")
+        assert first.id not in record.recent  # pushed out by the 600 since
+        assert first.id in record.unacked  # its acknowledgement was never confirmed
+        counters = host.runners["synth-agent"].counters
+        for _ in range(150):  # it comes back 8 s after it was handed over
+            if counters["duplicate"]:
+                break
+            await asyncio.sleep(0.1)
+        await h.settle()
+        assert counters["duplicate"] == 1
+        record = AgentRecord.decode((await agents.get("synth-agent")).value or b"")
+    handed = Counter(d.act.id for d in h.deliveries)
+    assert handed[first.id] == 1
+    assert all(handed[o.id] == 1 for o, _ in others)
+    replies = Counter(a.in_reply_to for a in h.acts_by("synth-agent"))
+    assert replies[first.id] == 1
+    assert len(replies) == 601
+    assert max(replies.values()) == 1
+    assert len(record.unacked) <= 64  # confirmed acknowledgements are forgotten
+    refused = [(e.reason, s) for e, s in h.per_subject(EventKind.REFUSED)]
+    assert ("duplicate", first.id) in refused
+
+
+def _signed_request(h: Harness, text: str) -> tuple[Act, bytes]:
+    ident = new_id("act")
+    act = Act(
+        id=ident,
+        conversation=ident,
+        sender="maintainer",
+        channel="build-coord",
+        act=Performative.REQUEST,
+        payload=text,
+        hops=1,
+        time_ms=now_ms(),
+    )
+    return act, sign_fact(act, h.session.key("maintainer"))
+
+
 async def test_a_recorder_position_left_behind_records_nothing_twice(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
@@ -198,7 +272,9 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
         subject = channel_subject("build-coord")
         [(request_seq, _)] = await _copies(h.js, subject, request.id)
         [(_, published)] = await _copies(h.js, subject, reply.id)
-        late = replace(reply, id=new_id("act"), payload="one more", time_ms=now_ms())
+        # signed long ago: published now as it is, every host would refuse it as stale
+        late = replace(reply, id=new_id("act"), payload="one more", time_ms=now_ms() - 3_600_000)
+        forged = replace(late, id=new_id("act"), payload="forged")
         agents = await h.js.key_value(AGENTS_BUCKET)
         saved = AgentRecord.decode((await agents.get("synth-agent")).value or b"")
         crashed = replace(
@@ -206,6 +282,8 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
             outbox=(
                 Outgoing(subject, reply.id, published),
                 Outgoing(subject, late.id, sign_fact(late, h.session.key("synth-agent"))),
+                # and one the agent's key never signed: it is not signed again either
+                Outgoing(subject, forged.id, sign_fact(forged, h.session.key("maintainer"))),
             ),
             last_seq=request_seq,  # the batch that made this outbox
         )
@@ -215,6 +293,7 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
         await h.js.update_stream(replace(info.config, duplicate_window=0.2))
         await asyncio.sleep(0.5)
 
+        restarted_ms = now_ms()
         host = await h.start_host()
         await h.settle()
         assert len(await _copies(h.js, subject, reply.id)) == 1
@@ -223,6 +302,10 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
     recorded = [f.id for f in h.facts()]
     assert recorded.count(reply.id) == recorded.count(late.id) == 1
     assert request.id in recorded
+    [sent] = [f for f in h.facts() if f.id == late.id]
+    assert sent.time_ms >= restarted_ms  # signed again when it was really published
+    assert isinstance(sent, Act) and sent.payload == "one more"
+    assert forged.id not in recorded
 
 
 async def test_kills_survive_a_restart_and_resume_undoes_them(

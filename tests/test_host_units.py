@@ -67,6 +67,33 @@ def test_an_agent_record_round_trips_and_stays_bounded() -> None:
         AgentRecord.decode(json.dumps(older).encode())
 
 
+def test_an_agent_record_keeps_every_unconfirmed_id_past_the_recent_window() -> None:
+    def batch(record: AgentRecord, ids: list[str], confirmed: set[str]) -> AgentRecord:
+        return record.finished(
+            state=b"",
+            last_seq=0,
+            ids=ids,
+            parents={},
+            conversations={},
+            wake_at_ms=None,
+            outbox=(),
+            at_ms=0,
+            confirmed=confirmed,
+        )
+
+    # a batch saved, its acknowledgement never confirmed (a crash), then 600 more
+    record = batch(AgentRecord(), ["lost-ack"], set())
+    for n in range(600):
+        record = batch(record, [f"m{n}"], {f"m{n - 1}"})
+    assert "lost-ack" not in record.recent  # past the window of recent ids
+    assert record.unacked == ("lost-ack", "m599")  # but still known as processed
+    assert AgentRecord.decode(record.encode()).unacked == record.unacked
+    assert record.sent({"m599"}).unacked == ("lost-ack",)
+    older = json.loads(record.encode())
+    del older["unacked"]  # a record saved before the field existed still reads
+    assert AgentRecord.decode(json.dumps(older).encode()).unacked == ()
+
+
 @pytest.mark.parametrize("data", [b"", b"{}", b"[1]", b'{"state": 3}'])
 def test_an_unreadable_agent_record_is_refused(data: bytes) -> None:
     with pytest.raises(MalformedEnvelope, match="agent record is unreadable"):

@@ -17,6 +17,7 @@ from agora.core.spine import (
     channel_subject,
     ensure_spine,
     publish_envelope,
+    stream_place,
     stream_sequence,
 )
 from agora.host.nats_server import EmbeddedNats
@@ -119,10 +120,15 @@ def test_channel_names_cannot_reach_other_subjects(channel: str) -> None:
 def test_a_stream_sequence_is_read_as_nats_py_reads_it(reply: str) -> None:
     message = Msg(Client(), subject="agora.ch.c", reply=reply)
     assert stream_sequence(message) == message.metadata.sequence.stream == 4217
+    sequence, stored_ms = stream_place(message)
+    assert sequence == 4217
+    assert stored_ms == int(message.metadata.timestamp.timestamp() * 1000) == 1_700_000_000_000
 
 
 @pytest.mark.parametrize(
     "reply", ["", "_INBOX.abc.1", "$JS.ACK.AGORA.c.1.2", "$JS.API.X.Y.1.2.3.4.5"]
 )
 def test_a_message_without_a_stream_sequence_reads_as_zero(reply: str) -> None:
-    assert stream_sequence(Msg(Client(), subject="agora.ch.c", reply=reply)) == 0
+    message = Msg(Client(), subject="agora.ch.c", reply=reply)
+    assert stream_sequence(message) == 0
+    assert stream_place(message) == (0, 0)

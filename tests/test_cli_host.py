@@ -210,6 +210,35 @@ def test_an_agent_key_file_that_is_not_its_key_is_refused_before_anything_starts
     assert not (workspace.parent / ".agora" / "nats").exists()  # no server started
 
 
+def test_resume_all_lifts_every_kill_in_force_and_says_which(
+    workspace: Path, up: subprocess.Popen[str]
+) -> None:
+    nothing = agora("resume", "--all", "-c", workspace)
+    assert nothing.stdout.strip() == "nothing is killed or quarantined: nothing to resume"
+    agora("kill", "--agent", "synth-agent", "-c", workspace)
+    agora("kill", "--channel", "build-coord", "--reason", "too chatty", "-c", workspace)
+    agora("kill", "--all", "-c", workspace)
+    eventually(lambda: (s := _status(workspace)) and len(s["stopped"]) == 3)
+
+    lifted = agora("resume", "--all", "-c", workspace).stdout.splitlines()
+    assert [line.split(",")[0] for line in lifted] == [
+        "resumed: agent.synth-agent",
+        "resumed: channel.build-coord",
+        "resumed: all",
+    ]
+    assert "killed by maintainer: too chatty" in lifted[1]
+    status = eventually(
+        lambda: (
+            (s := _status(workspace))
+            and not s["stopped"]
+            and {a["state"] for a in next(iter(s["hosts"].values()))["agents"].values()}
+            == {"running"}
+            and s
+        )
+    )
+    assert not status["stopped"]
+
+
 def test_a_second_up_on_the_same_folder_stops_at_once_and_leaves_the_first_alone(
     workspace: Path, up: subprocess.Popen[str]
 ) -> None:

@@ -1,4 +1,4 @@
-"""``agora kill``, ``agora resume`` and ``agora status``: the out-of-band control path.
+"""``agora kill`` and ``agora resume``: the out-of-band control path.
 
 A kill is a ``killed`` event signed by an operator (by default the configured one),
 written to the control bucket, where every host sees it before its next delivery, and
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import BucketNotFoundError
 
 from agora.cli.session import Session, add_config_option, connected, open_session, running_url
 from agora.core.admission import admit
@@ -25,12 +24,6 @@ from agora.core.errors import InputError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry, Role
 from agora.core.signing import sign_fact
-from agora.core.spine import (
-    CONTROL_BUCKET,
-    DEAD_STREAM,
-    STATUS_BUCKET,
-    STREAM,
-)
 from agora.host.killswitch import KillSwitch
 
 
@@ -55,11 +48,6 @@ def register(commands: Any) -> None:
         parser.add_argument("--reason", default="", help="a sentence for the record")
         add_config_option(parser)
         parser.set_defaults(run=run_switch, kind=kind)
-
-    status = commands.add_parser("status", help="agents, their channels, control counters, kills")
-    status.add_argument("--json", action="store_true", help="one JSON object")
-    add_config_option(status)
-    status.set_defaults(run=run_status)
 
 
 def switch_event(session: Session, arguments: argparse.Namespace) -> tuple[Event, bytes]:
@@ -169,63 +157,4 @@ def _resume_everything(session: Session, arguments: argparse.Namespace) -> int:
         print(f"resumed: {key}, {describe_switch(stopped)} ({event.id})")
     if not lifted:
         print("nothing is killed or quarantined: nothing to resume")
-    return 0
-
-
-async def gather_status(session: Session) -> dict[str, Any]:
-    async with connected(running_url(session.config)) as client:
-        js = client.jetstream()
-        hosts: dict[str, Any] = {}
-        status_kv = await js.key_value(STATUS_BUCKET)
-        try:
-            for key in await status_kv.keys():
-                entry = await status_kv.get(key)
-                hosts[key] = json.loads(entry.value or b"{}")
-        except NoKeysError:
-            pass
-        stream = await js.stream_info(STREAM)
-        try:
-            dead = (await js.stream_info(DEAD_STREAM)).state.messages
-        except NotFoundError:
-            dead = 0
-        control = await js.key_value(CONTROL_BUCKET)
-        try:
-            control_keys = await control.keys()
-        except NoKeysError:
-            control_keys = []
-    stopped = {
-        key: value
-        for host in hosts.values()
-        for key, value in dict(host.get("stopped", {})).items()
-    }
-    return {
-        "hosts": hosts,
-        "stopped": stopped,
-        "control_keys": sorted(control_keys),
-        "stream": {"messages": stream.state.messages, "dead_letters": dead},
-    }
-
-
-def run_status(arguments: argparse.Namespace) -> int:
-    session = open_session(arguments.config)
-    status = asyncio.run(gather_status(session))
-    if arguments.json:
-        print(json.dumps(status, sort_keys=True))
-        return 0
-    stream = status["stream"]
-    print(f"stream: {stream['messages']} messages, {stream['dead_letters']} dead letters")
-    for name, host in sorted(status["hosts"].items()):
-        print(f"host {name}:")
-        recorder = host.get("recorder")
-        if recorder:
-            print(f"  recorder: {recorder['recorded']} recorded, {recorder['refused']} refused")
-        for agent, info in sorted(host.get("agents", {}).items()):
-            counters = ", ".join(f"{k} {v}" for k, v in sorted(info["counters"].items())) or "idle"
-            print(f"  {agent} [{info['state']}] on {', '.join(info['channels'])}: {counters}")
-    if status["stopped"]:
-        print("stopped:")
-        for key, info in sorted(status["stopped"].items()):
-            print(f"  {key}: {info['kind']} by {info['by']} ({info['reason']})")
-    else:
-        print("nothing is killed")
     return 0

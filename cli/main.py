@@ -17,6 +17,7 @@ from agora.cli import (
     control_cmds,
     demo_cmd,
     keys_cmd,
+    status_cmd,
     up_cmd,
     verify_cmd,
 )
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.register(commands)
     channel_cmds.register(commands)
     control_cmds.register(commands)
+    status_cmd.register(commands)
     return parser
 
 

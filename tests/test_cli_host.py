@@ -25,9 +25,11 @@ import yaml
 
 from agora.bridge.standin import GitHubStandIn
 from agora.cli.session import connected
+from agora.cli.status_cmd import STALE_AFTER_S
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.errors import ConfigError
 from agora.core.keys import Role
+from agora.host.nats_server import EmbeddedNats
 
 AGORA = Path(sys.executable).parent / "agora"
 PAIR = {
@@ -237,6 +239,43 @@ def test_resume_all_lifts_every_kill_in_force_and_says_which(
         )
     )
     assert not status["stopped"]
+
+
+async def test_status_shows_a_stopped_host_as_not_running(
+    tmp_path: Path, components: dict[str, Path], nats_server: EmbeddedNats
+) -> None:
+    assert "chatty" in components
+    config = create_workspace(
+        tmp_path, channels=("build-coord",), agents=PAIR, extra={"nats": {"url": nats_server.url}}
+    )
+    log = (tmp_path / "up.log").open("w")
+    process = await asyncio.create_subprocess_exec(
+        AGORA, "up", "-c", str(config), stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        [host] = (await _eventually_async(lambda: _status(config)))["hosts"].values()
+        assert host["running"] is True
+        assert host["report_age_s"] < STALE_AFTER_S
+        assert {a["state"] for a in host["agents"].values()} == {"running"}
+        text = (await asyncio.to_thread(agora, "status", "-c", config)).stdout
+        assert "host host: running (reported " in text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        log.close()
+
+    def stale() -> dict[str, Any] | None:
+        status = _status(config)
+        return status and next(iter(status["hosts"].values()))["running"] is False and status
+
+    status = await _eventually_async(stale, timeout_s=STALE_AFTER_S + 10)
+    [host] = status["hosts"].values()
+    assert host["report_age_s"] > STALE_AFTER_S
+    assert {a["state"] for a in host["agents"].values()} == {"not running"}
+    assert {a["last_state"] for a in host["agents"].values()} == {"running"}
+    text = (await asyncio.to_thread(agora, "status", "-c", config)).stdout
+    assert "host host: not running (last report " in text
+    assert "[running]" not in text and "[not running]" in text
 
 
 def test_a_second_up_on_the_same_folder_stops_at_once_and_leaves_the_first_alone(

@@ -42,29 +42,42 @@ _U8_AT: Final[int] = (
 _U8_KIND: Final = bytes([ffi.WASMTIME_COMPONENT_U8.value])
 
 
-def resolve_types(func: Func, store: Storelike) -> None:
-    """Make ``func`` convert its parameters and result with types read once, now."""
+class ListTooLong(AgoraError):
+    """A guest returned a ``list<u8>`` longer than the host takes. It was not copied."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"a list of {length} bytes; the limit is {limit}")
+        self.length = length
+        self.limit = limit
+
+
+def resolve_types(func: Func, store: Storelike, *, max_bytes: int | None = None) -> None:
+    """Make ``func`` convert its parameters and result with types read once, now.
+
+    A ``list<u8>`` the guest returns that is longer than ``max_bytes`` raises
+    :class:`ListTooLong` before it is copied into Python."""
     signature = func.type(store)
-    params = [(name, _resolved(ty)) for name, ty in signature.params]
+    params = [(name, _resolved(ty, max_bytes)) for name, ty in signature.params]
     result = signature.result
     signature.__class__ = _ResolvedFuncType
-    signature.resolved = (params, None if result is None else _resolved(result))  # type: ignore[attr-defined]
+    signature.resolved = (params, None if result is None else _resolved(result, max_bytes))  # type: ignore[attr-defined]
     func.__class__ = _ResolvedFunc
     func.signature = signature  # type: ignore[attr-defined]
 
 
-def _resolved(ty: ValType) -> ValType:
+def _resolved(ty: ValType, max_bytes: int | None) -> ValType:
     if isinstance(ty, ListType):
-        element = _resolved(ty.element)
+        element = _resolved(ty.element, max_bytes)
         if isinstance(element, U8):
             ty.__class__ = _Bytes
+            ty.limit = max_bytes  # type: ignore[attr-defined]
         elif isinstance(element, FlatRecord):
             ty.__class__ = FlatRecordList
         else:
             ty.__class__ = _List
         ty.resolved = element  # type: ignore[attr-defined]
     elif isinstance(ty, RecordType):
-        fields = [(name, _resolved(field)) for name, field in ty.fields]
+        fields = [(name, _resolved(field, max_bytes)) for name, field in ty.fields]
         ty.__class__ = _Record
         ty.resolved = fields  # type: ignore[attr-defined]
         flat = flat_fields(ty)
@@ -73,11 +86,11 @@ def _resolved(ty: ValType) -> ValType:
             ty.flat = flat  # type: ignore[attr-defined]
             ty.names = [name.encode() for name, _, _ in flat]  # type: ignore[attr-defined]
     elif isinstance(ty, TupleType):
-        elements = [_resolved(element) for element in ty.elements]
+        elements = [_resolved(element, max_bytes) for element in ty.elements]
         ty.__class__ = _Tuple
         ty.resolved = elements  # type: ignore[attr-defined]
     elif isinstance(ty, OptionType):
-        payload = _resolved(ty.payload)
+        payload = _resolved(ty.payload, max_bytes)
         ty.__class__ = _Option
         ty.resolved = payload  # type: ignore[attr-defined]
     return ty  # anything else converts as wasmtime-py does it (slower, still right)
@@ -152,7 +165,12 @@ class _Option(OptionType):
 
 
 class _Bytes(_List):
-    """``list<u8>`` as ``bytes``, copied in bulk: the cells are built in one buffer."""
+    """``list<u8>`` as ``bytes``, copied in bulk: the cells are built in one buffer.
+
+    The C API hands a returned list over as one 32-byte cell per byte, so one past
+    ``limit`` is refused before that is copied once more."""
+
+    limit: int | None
 
     def convert_to_c(
         self, store: Storelike, val: Any, ptr: ctypes._Pointer[ffi.wasmtime_component_val_t]
@@ -176,6 +194,8 @@ class _Bytes(_List):
             count = c.of.list.size
             if not count:
                 return b""
+            if self.limit is not None and count > self.limit:
+                raise ListTooLong(count, self.limit)
             cells = ctypes.string_at(c.of.list.data, count * CELL)
             if cells[KIND_AT::CELL] != _U8_KIND * count:
                 raise AgoraError("a list<u8> value holds something other than u8")

@@ -85,7 +85,6 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT_S: Final = 0.5
 CONFLICT_RETRIES: Final = 20
-MAX_STATE_BYTES: Final = 256 * 1024
 # Republishing a saved outbox is safe without a look in the stream while JetStream's
 # duplicate window still covers its first publish (with a margin for clock skew).
 SAFE_REPUBLISH_MS: Final = int(DUPLICATE_WINDOW_S * 1000) // 2
@@ -387,11 +386,6 @@ class AgentRunner:
             self.busy = False
         self.counters["calls"] += 1
         self._delivered(batch)
-        if len(outcome.state) > MAX_STATE_BYTES:
-            await self._quarantine(
-                "state", f"its state is {len(outcome.state)} bytes; the limit is {MAX_STATE_BYTES}"
-            )
-            return None
         if len(outcome.outbox) > self.spec.outbox_limit:
             await self._quarantine(
                 "flood",

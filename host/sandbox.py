@@ -36,7 +36,7 @@ import wasmtime
 from wasmtime import component as wc
 
 from agora.core.errors import AgoraError, shown
-from agora.host.guest_types import resolve_types
+from agora.host.guest_types import ListTooLong, resolve_types
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ MAX_INSTANCES: Final = 64
 MAX_TABLES: Final = 8
 MAX_TABLE_ELEMENTS: Final = 100_000
 MAX_MEMORIES: Final = 1
+MAX_STATE_BYTES: Final = 256 * 1024
 MAX_LOG_BYTES_PER_CALL: Final = 64 * 1024  # of stdout, and of stderr; the rest is dropped
 MAX_LOG_LINE_CHARS: Final = 1000
 MESSAGE_FIELDS: Final = (
@@ -295,7 +296,7 @@ class Sandbox:
         handle = instance.get_func(self._store, "handle")
         if handle is None:
             raise AgoraError(f"agent {agent!r}: its component exports no `handle` function")
-        resolve_types(handle, self._store)
+        resolve_types(handle, self._store, max_bytes=MAX_STATE_BYTES)
         self._handle = handle
 
     def call(
@@ -319,6 +320,11 @@ class Sandbox:
             self._handle.post_return(self._store)
         except wasmtime.WasmtimeError as exc:
             raise self._fault(exc) from exc
+        except ListTooLong as exc:  # the only list<u8> it returns is its state
+            self.dead = True
+            raise AgentFault(
+                self.agent, "state", f"its state is {exc.length} bytes; the limit is {exc.limit}"
+            ) from exc
         finally:
             self._stdout.drain()
             self._stderr.drain()
@@ -346,6 +352,8 @@ class Sandbox:
             "limits": f"goes past the sandbox's limits ({message.splitlines()[0]}); "
             f"at most {MAX_MEMORIES} memory, {MAX_TABLES} tables of "
             f"{MAX_TABLE_ELEMENTS} elements and {MAX_INSTANCES} instances",
+            "flood": "handed the host more data in one call than may cross from a guest "
+            f"({message.splitlines()[0]})",
         }.get(kind, "trapped")
 
 
@@ -365,13 +373,15 @@ def _python_error_lines(lines: list[str]) -> list[str]:
 
 
 def classify_fault(message: str, guest_stderr: str) -> str:
-    """Name a fault: ``fuel``, ``timeout``, ``limits``, ``memory`` or ``trap``."""
+    """Name a fault: ``fuel``, ``timeout``, ``limits``, ``flood``, ``memory`` or ``trap``."""
     if "all fuel consumed" in message:
         return "fuel"
     if "interrupt" in message:
         return "timeout"
     if "resource limit exceeded" in message or "exceeds table limits" in message:
         return "limits"
+    if "too much data is being copied between the host and the guest" in message:
+        return "flood"  # wasmtime's cap on what one call may copy across
     if "MemoryError" in guest_stderr or "memory" in message.lower():
         return "memory"
     return "trap"

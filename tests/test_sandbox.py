@@ -11,6 +11,7 @@ from wasmtime import component as wc
 
 from agora.host.sandbox import (
     MAX_LOG_BYTES_PER_CALL,
+    MAX_STATE_BYTES,
     MAX_TABLE_ELEMENTS,
     AgentFault,
     EpochTicker,
@@ -59,6 +60,29 @@ def test_what_an_agent_prints_reaches_the_host_log_up_to_a_cap_per_call(
     kept_lines = MAX_LOG_BYTES_PER_CALL // 1024
     assert len(copied) == calls * kept_lines < calls * CHATTER_BYTES // 1024
     assert copied[kept_lines - 1].startswith(f"{kept_lines - 1:04d}x")
+
+
+@pytest.mark.parametrize(
+    ("size", "kind", "named"),
+    [
+        # refused as it is read, before the C API's 32 bytes per byte are copied again
+        (MAX_STATE_BYTES + 1, "state", f"its state is {MAX_STATE_BYTES + 1} bytes"),
+        # past what wasmtime lets one call copy across at all
+        (20_000_000, "flood", "more data in one call than may cross"),
+    ],
+)
+def test_an_agent_returning_too_large_a_state_faults_and_stops(
+    chatterbox: Sandbox, size: int, kind: str, named: str
+) -> None:
+    message = GuestMessage("act-1", "conv-1", None, "someone", "c", "inform", "hi", 3)
+    largest = GuestContext("h", ("c",), 0, (("mode", "hoard"), ("state-bytes", "262144")))
+    assert len(chatterbox.call(largest, b"", (message,)).state) == MAX_STATE_BYTES
+    context = GuestContext("h", ("c",), 0, (("mode", "hoard"), ("state-bytes", str(size))))
+    with pytest.raises(AgentFault) as fault:
+        chatterbox.call(context, b"", (message,))
+    assert fault.value.kind == kind
+    assert named in fault.value.detail
+    assert chatterbox.dead
 
 
 @pytest.mark.parametrize(

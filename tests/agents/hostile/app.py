@@ -22,6 +22,7 @@ Modes (any other value, including none, is ``stop-ignorer``):
 ``sleep``          sleeps for an hour in a blocking WASI call (no fuel burns meanwhile)
 ``probe``          tries the filesystem, the environment and the network (``port``
                    setting: a loopback TCP port), and replies with what it found
+``hoard``          returns a state of ``state-bytes`` bytes (a setting)
 ``stop-ignorer``   replies to everything, "stop" included, like chatty
 =================  ==========================================================
 """
@@ -58,6 +59,8 @@ class WitWorld(wit_world.WitWorld):
         outbox = [bent for message in inbox for bent in bend(mode, answer(ctx, message))]
         if mode == "probe":
             outbox = [replace(message, payload=probe(ctx)) for message in outbox]
+        if mode == "hoard":
+            state = bytes(int(dict(ctx.settings)["state-bytes"]))
         return Outcome(outbox=outbox, state=state, wake_at_ms=None)
 
 

@@ -16,8 +16,14 @@ from typing import Any, Final
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
 
-from agora.cli.session import add_config_option, connected, open_session, running_url
-from agora.core.acts import check_channel, parse_act
+from agora.cli.session import (
+    add_config_option,
+    connected,
+    declared_channel,
+    open_session,
+    running_url,
+)
+from agora.core.acts import parse_act
 from agora.core.admission import admit
 from agora.core.envelope import Act
 from agora.core.errors import InputError
@@ -80,7 +86,7 @@ def describe(data: bytes, subject: str, registry: KeyRegistry) -> tuple[str, dic
 
 def run_watch(arguments: argparse.Namespace) -> int:
     session = open_session(arguments.config)
-    channels = [check_channel(c) for c in arguments.channels]
+    channels = [declared_channel(session.config, c) for c in arguments.channels]
 
     async def watch() -> None:
         async with connected(running_url(session.config)) as client:
@@ -108,7 +114,7 @@ def run_watch(arguments: argparse.Namespace) -> int:
 
 def run_log(arguments: argparse.Namespace) -> int:
     session = open_session(arguments.config)
-    channel = check_channel(arguments.channel)
+    channel = declared_channel(session.config, arguments.channel)
 
     async def history() -> None:
         async with connected(running_url(session.config)) as client:
@@ -160,7 +166,7 @@ def run_inject(arguments: argparse.Namespace) -> int:
         id=act_id,
         conversation=arguments.conversation or act_id,
         sender=speaker,
-        channel=check_channel(arguments.channel),
+        channel=declared_channel(config, arguments.channel),
         act=parse_act(arguments.act),
         payload=arguments.text,
         hops=hops,

@@ -16,7 +16,14 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 
-from agora.cli.session import Session, add_config_option, connected, open_session, running_url
+from agora.cli.session import (
+    Session,
+    add_config_option,
+    connected,
+    declared_channel,
+    open_session,
+    running_url,
+)
 from agora.core.admission import admit
 from agora.core.control import ALL_KEY, control_key, record_and_switch
 from agora.core.envelope import Event, EventKind
@@ -60,12 +67,8 @@ def switch_event(session: Session, arguments: argparse.Namespace) -> tuple[Event
             f"no agent {arguments.agent!r} in the key registry: the agents are "
             f"{', '.join(agents) or 'none'}"
         )
-    channels = sorted(session.config.channels)
-    if arguments.channel is not None and arguments.channel not in channels:
-        raise InputError(
-            f"no channel {arguments.channel!r} in {session.config.path}: the channels are "
-            f"{', '.join(channels) or 'none'}"
-        )
+    if arguments.channel is not None:
+        declared_channel(session.config, arguments.channel)
     return signed_switch(session, arguments, agent=arguments.agent, channel=arguments.channel)
 
 

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import nats
 from nats.aio.client import Client
 
-from agora.core.errors import AgoraError, ConfigError
+from agora.core.acts import check_channel
+from agora.core.errors import AgoraError, ConfigError, InputError
 from agora.core.keys import (
     KeyRegistry,
     SigningKey,
@@ -60,6 +61,18 @@ class Session:
                 f"{config.registry}, got another key"
             )
         return key
+
+
+def declared_channel(config: Config, name: str) -> str:
+    """``name`` if the configuration declares it; any other name is a mistake, refused
+    before anything connects (an act there could reach no agent)."""
+    channel = check_channel(name)
+    if channel not in config.channels:
+        raise InputError(
+            f"no channel {name!r} in {config.path}: the channels are "
+            f"{', '.join(config.channels) or 'none'}"
+        )
+    return channel
 
 
 def add_config_option(parser: Any) -> None:

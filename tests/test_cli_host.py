@@ -349,6 +349,26 @@ def test_a_kill_that_would_stop_nothing_is_refused(
     assert "start one with `agora up`" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("log", "build_coord"),
+        ("watch", "build-coord", "build_coord"),
+        ("inject", "build_coord", "inform", "hi"),
+    ],
+)
+def test_a_channel_the_config_does_not_declare_is_refused_before_connecting(
+    workspace: Path, command: tuple[str, ...]
+) -> None:
+    result = agora(*command, "-c", workspace, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"agora: no channel 'build_coord' in {workspace}: the channels are "
+        "build-coord, secret-ops\n"
+    )
+    assert result.stdout == ""
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -21,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from agora.bridge.config import BridgeConfig, bridge_config
 from agora.cli.session import Session, add_config_option, connected, open_session
-from agora.host.builder import build_agents
-from agora.host.config import Config, with_agents
+from agora.core.document import Node
+from agora.host.builder import build_agents, find_agents
+from agora.host.config import DEFAULT_AGENTS_DIR, Config, with_agents
 from agora.host.nats_server import EmbeddedNats
 from agora.host.service import Host, HostKeys
 
@@ -74,11 +76,35 @@ def wit_dir(config: Config) -> Path:
     return own if own.is_dir() else SOURCE_WIT
 
 
+def check_sources(config: Config) -> None:
+    """Every agent's component must have its source under ``agents_dir``: a mistake is
+    refused naming the file, the key and what is there, before anything is built."""
+    if not config.agents:
+        return
+    where = str(config.path)
+    if not config.agents_dir.is_dir():
+        raise Node(where, "agents_dir", str(config.agents_dir)).error(
+            "the folder of the agents' sources, one folder with app.py per component "
+            f"(default: {DEFAULT_AGENTS_DIR})",
+            f"{str(config.agents_dir)!r}, which is not a folder",
+        )
+    known = find_agents(config.agents_dir)
+    for agent in config.agents.values():
+        if agent.component not in known:
+            close = difflib.get_close_matches(agent.component, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise Node(where, f"agents.{agent.name}.component", agent.component).error(
+                f"a component in {config.agents_dir} (a folder holding app.py): one of "
+                f"{', '.join(known) or 'none, the folder holds none'}{hint}"
+            )
+
+
 def prepare_host(
     session: Session, *, record: bool = True, log_line: Callable[[str], None] | None = None
 ) -> Host:
     """Build (if needed) every component the configuration names, and load the keys."""
     config = session.config
+    check_sources(config)
     names = sorted({agent.component for agent in config.agents.values()})
     components = (
         build_agents(

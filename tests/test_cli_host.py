@@ -322,6 +322,40 @@ def test_a_config_mistake_is_reported_before_anything_starts(tmp_path: Path) -> 
     assert not (tmp_path / ".agora").exists()  # no server started, nothing written
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            ("agents_dir",),
+            "nowhere",
+            "agents_dir: expected the folder of the agents' sources, one folder with app.py "
+            "per component (default: agents), got '{root}/nowhere', which is not a folder",
+        ),
+        (
+            ("agents", "synth-agent", "component"),
+            "chaty",
+            "agents.synth-agent.component: expected a component in {agents} (a folder "
+            "holding app.py): one of chatty, coordinator, summarizer, voter (did you mean "
+            "'chatty'?), got 'chaty'",
+        ),
+    ],
+)
+def test_a_missing_agent_source_is_a_config_error_naming_the_key(
+    workspace: Path, key: tuple[str, ...], value: str, message: str
+) -> None:
+    document = yaml.safe_load(workspace.read_text())
+    place = document
+    for step in key[:-1]:
+        place = place[step]
+    place[key[-1]] = value
+    workspace.write_text(yaml.safe_dump(document))
+    result = agora("up", "-c", workspace, check=False)
+    assert result.returncode == 1
+    expected = message.format(root=workspace.parent, agents=document["agents_dir"])
+    assert result.stderr == f"agora: {workspace}: {expected}\n"
+    assert not (workspace.parent / ".agora" / "nats").exists()  # nothing started
+
+
 def test_commands_say_when_no_host_is_running(workspace: Path) -> None:
     result = agora("inject", "build-coord", "inform", "hi", "-c", workspace, check=False)
     assert result.returncode == 1

@@ -92,11 +92,16 @@ def run_watch(arguments: argparse.Namespace) -> int:
         async with connected(running_url(session.config)) as client:
             js = client.jetstream()
             done = asyncio.Event()
+            lost: list[BrokenPipeError] = []  # the reader went away: stop watching
             for channel in channels:
 
                 async def show(message: Any) -> None:
                     line, _ = describe(message.data, message.subject, session.registry)
-                    print(line, flush=True)
+                    try:
+                        print(line, flush=True)
+                    except BrokenPipeError as exc:
+                        lost.append(exc)
+                        done.set()
 
                 await js.subscribe(
                     channel_subject(channel),
@@ -107,6 +112,7 @@ def run_watch(arguments: argparse.Namespace) -> int:
                 )
             print(f"watching {', '.join('#' + c for c in channels)} (Ctrl-C to stop)", flush=True)
             await done.wait()
+            raise lost[0]
 
     asyncio.run(watch())
     return 0

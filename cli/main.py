@@ -2,12 +2,15 @@
 
 Only this layer reads the environment and the command line; everything below takes
 keyword arguments. An :class:`~agora.core.errors.AgoraError` ends a command with its
-message on stderr and a non-zero exit code, never with a traceback.
+message on stderr and a non-zero exit code, never with a traceback. When the reader of
+the output goes away (``agora log CHANNEL | head -1``), a command ends quietly with exit
+status 141, as a program ended by SIGPIPE does.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +28,8 @@ from agora.core.errors import AgoraError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of the output went away
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,11 +54,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         status: int = arguments.run(arguments)
+        sys.stdout.flush()  # here, so that a reader gone away is seen here too
     except AgoraError as exc:
         print(f"agora: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`agora log CHANNEL | head -1`): stop quietly, with the
+        # status of a program ended by SIGPIPE. What is still buffered goes nowhere, so
+        # the interpreter's last flush cannot fail again on the way out.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     return status
 
 

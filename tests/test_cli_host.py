@@ -8,6 +8,7 @@ the configuration alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -276,6 +277,54 @@ async def test_status_shows_a_stopped_host_as_not_running(
     text = (await asyncio.to_thread(agora, "status", "-c", config)).stdout
     assert "host host: not running (last report " in text
     assert "[running]" not in text and "[not running]" in text
+
+
+def _piped(command: str, config: Path) -> subprocess.Popen[str]:
+    """``agora COMMAND | head -1`` in bash with pipefail: the pipeline's status is agora's,
+    its stderr goes to the file ``agora.err`` beside the config."""
+    errors = config.parent / "agora.err"
+    return subprocess.Popen(
+        ["bash", "-c", f"set -o pipefail; {AGORA} {command} -c {config} 2>{errors} | head -1"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a group of its own, to be ended whole if a test fails
+    )
+
+
+def _end(pipeline: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pipeline.pid, signal.SIGKILL)
+    pipeline.communicate()
+
+
+def test_a_reader_that_goes_away_ends_log_and_watch_quietly(
+    workspace: Path, up: subprocess.Popen[str]
+) -> None:
+    assert up.poll() is None
+    big = "x" * 60_000  # three of them are more than a pipe holds: agora is still writing
+    for _ in range(3):
+        agora("inject", "build-coord", "inform", big, "--hops", 1, "-c", workspace)
+    eventually(lambda: len(_acts(workspace, "build-coord")) >= 3)
+    errors = workspace.parent / "agora.err"
+
+    log = _piped("log build-coord --json", workspace)
+    try:
+        out, _ = log.communicate(timeout=30)
+    finally:
+        _end(log)
+    assert json.loads(out)["payload"] == big
+    assert log.returncode == 141
+    assert errors.read_text() == ""
+
+    watch = _piped("watch build-coord", workspace)
+    try:
+        assert watch.stdout is not None
+        assert watch.stdout.readline().startswith("watching #build-coord")  # head is gone
+        agora("inject", "build-coord", "inform", "anyone?", "--hops", 1, "-c", workspace)
+        assert watch.wait(timeout=30) == 141
+    finally:
+        _end(watch)
+    assert errors.read_text() == ""
 
 
 def test_a_second_up_on_the_same_folder_stops_at_once_and_leaves_the_first_alone(

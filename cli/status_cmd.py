@@ -16,10 +16,26 @@ from typing import Any, Final
 from nats.js.errors import NoKeysError, NotFoundError
 
 from agora.cli.session import Session, add_config_option, connected, open_session, running_url
+from agora.core.envelope import EventKind
 from agora.core.ids import now_ms
 from agora.core.spine import CONTROL_BUCKET, DEAD_STREAM, STATUS_BUCKET, STREAM
+from agora.host.controls import EmitVerdict, Verdict
 from agora.host.service import STATUS_EVERY_S
 
+# Every control's counter, in the order a message meets them: shown for every agent,
+# zeros included, so that what is counted is plain; anything else a host counts follows.
+CONTROL_COUNTERS: Final = (
+    "delivered",
+    "emitted",
+    *(verdict.value for verdict in Verdict if verdict is not Verdict.DELIVER),
+    "unverified",
+    EventKind.KILLED.value,
+    EventKind.QUARANTINED.value,
+    "discarded-by-kill",
+    *(verdict.value for verdict in EmitVerdict if verdict is not EmitVerdict.EMIT),
+    "hops-lowered",
+    "faults",
+)
 STALE_AFTER_REPORTS: Final = 5
 STALE_AFTER_S: Final = STALE_AFTER_REPORTS * STATUS_EVERY_S
 NOT_RUNNING: Final = "not running"
@@ -34,19 +50,29 @@ def register(commands: Any) -> None:
     status.set_defaults(run=run_status)
 
 
+def every_counter(counters: dict[str, int]) -> dict[str, int]:
+    """``counters`` with every control's, zeros included, in :data:`CONTROL_COUNTERS`
+    order, then the others the host reported, by name."""
+    shown = {name: int(counters.get(name, 0)) for name in CONTROL_COUNTERS}
+    return shown | {name: counters[name] for name in sorted(counters) if name not in shown}
+
+
 def with_liveness(report: dict[str, Any], now: int) -> dict[str, Any]:
     """A host's report with its age, and whether the host still runs: a report older
     than :data:`STALE_AFTER_S` is the last word of a host that stopped, and its agents
     are not running either (``last_state`` keeps what they were doing)."""
     age_s = max(now - int(report.get("time_ms", 0)), 0) / 1000
     running = age_s <= STALE_AFTER_S
-    shown = {**report, "running": running, "report_age_s": round(age_s, 1)}
+    agents = {
+        name: {**info, "counters": every_counter(dict(info.get("counters", {})))}
+        for name, info in dict(report.get("agents", {})).items()
+    }
     if not running:
-        shown["agents"] = {
+        agents = {
             name: {**info, "state": NOT_RUNNING, "last_state": info.get("state")}
-            for name, info in dict(report.get("agents", {})).items()
+            for name, info in agents.items()
         }
-    return shown
+    return {**report, "agents": agents, "running": running, "report_age_s": round(age_s, 1)}
 
 
 async def gather_status(session: Session) -> dict[str, Any]:
@@ -116,7 +142,7 @@ def run_status(arguments: argparse.Namespace) -> int:
         if recorder:
             print(f"  recorder: {recorder['recorded']} recorded, {recorder['refused']} refused")
         for agent, info in sorted(host.get("agents", {}).items()):
-            counters = ", ".join(f"{k} {v}" for k, v in sorted(info["counters"].items())) or "idle"
+            counters = ", ".join(f"{k} {v}" for k, v in info["counters"].items())
             print(f"  {agent} [{info['state']}] on {', '.join(info['channels'])}: {counters}")
     if status["stopped"]:
         print("stopped:")

@@ -26,7 +26,7 @@ import yaml
 
 from agora.bridge.standin import GitHubStandIn
 from agora.cli.session import connected
-from agora.cli.status_cmd import STALE_AFTER_S
+from agora.cli.status_cmd import CONTROL_COUNTERS, STALE_AFTER_S
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.errors import ConfigError
 from agora.core.keys import Role
@@ -325,6 +325,18 @@ def test_a_reader_that_goes_away_ends_log_and_watch_quietly(
     finally:
         _end(watch)
     assert errors.read_text() == ""
+
+
+def test_status_shows_every_control_counter_zeros_included(
+    workspace: Path, up: subprocess.Popen[str]
+) -> None:
+    [host] = eventually(lambda: _status(workspace))["hosts"].values()
+    counters = host["agents"]["synth-agent"]["counters"]
+    assert {counters[name] for name in CONTROL_COUNTERS} == {0}  # every one, zeros included
+    assert {"self-echo", "scope-blocked", "killed", "hops-spent", "faults"} <= set(counters)
+    text = agora("status", "-c", workspace).stdout
+    assert "synth-agent [running] on build-coord: delivered 0, emitted 0, scope-blocked 0" in text
+    assert "hops-spent 0" in text
 
 
 def test_a_second_up_on_the_same_folder_stops_at_once_and_leaves_the_first_alone(

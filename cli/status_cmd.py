@@ -1,5 +1,8 @@
 """``agora status``: each host's last report and how old it is, the stream, the kills.
 
+What is stopped is read from the control bucket itself, as every host reads it (only
+values that verify count), with who stopped it, when, and the reason they gave.
+
 Every host writes its report to the status bucket once a second while it runs. A report
 is only what was true when it was written: one older than a few report intervals is
 from a host that stopped (or cannot reach NATS), so that host is shown as not running,
@@ -15,6 +18,7 @@ from typing import Any, Final
 
 from nats.js.errors import NoKeysError, NotFoundError
 
+from agora.cli.control_cmds import switches_in_force
 from agora.cli.session import Session, add_config_option, connected, open_session, running_url
 from agora.core.envelope import EventKind
 from agora.core.ids import now_ms
@@ -96,16 +100,20 @@ async def gather_status(session: Session) -> dict[str, Any]:
             control_keys = await control.keys()
         except NoKeysError:
             control_keys = []
+        in_force = await switches_in_force(js, session.registry)
     now = now_ms()
-    hosts = {name: with_liveness(report, now) for name, report in reports.items()}
-    stopped = {
-        key: value
-        for host in hosts.values()
-        for key, value in dict(host.get("stopped", {})).items()
-    }
     return {
-        "hosts": hosts,
-        "stopped": stopped,
+        "hosts": {name: with_liveness(report, now) for name, report in reports.items()},
+        "stopped": {
+            key: {
+                "kind": event.kind.value,
+                "by": event.actor,
+                "reason": event.reason,
+                "detail": event.detail,
+                "time_ms": event.time_ms,
+            }
+            for key, event in sorted(in_force.items())
+        },
         "control_keys": sorted(control_keys),
         "stream": {"messages": stream.state.messages, "dead_letters": dead},
     }
@@ -146,8 +154,10 @@ def run_status(arguments: argparse.Namespace) -> int:
             print(f"  {agent} [{info['state']}] on {', '.join(info['channels'])}: {counters}")
     if status["stopped"]:
         print("stopped:")
-        for key, info in sorted(status["stopped"].items()):
-            print(f"  {key}: {info['kind']} by {info['by']} ({info['reason']})")
+        for key, info in status["stopped"].items():
+            when = age(max(now_ms() - info["time_ms"], 0) / 1000)
+            said = info["detail"] or info["reason"]
+            print(f"  {key}: {info['kind']} by {info['by']} {when} ago: {said}")
     else:
         print("nothing is killed")
     return 0

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -122,6 +123,9 @@ def test_the_commands_drive_a_running_host(workspace: Path, up: subprocess.Popen
     agora("kill", "--channel", "build-coord", "--reason", "too chatty", "-c", workspace)
     stopped = eventually(lambda: (s := _status(workspace)) and s["stopped"])
     assert stopped["channel.build-coord"]["by"] == "maintainer"
+    assert stopped["channel.build-coord"]["detail"] == "too chatty"
+    shown = agora("status", "-c", workspace).stdout
+    assert re.search(r"channel\.build-coord: killed by maintainer [0-9.]+ s ago: too chatty", shown)
     agora("inject", "build-coord", "inform", "hello?", "--hops", 2, "-c", workspace)
     eventually(
         lambda: (

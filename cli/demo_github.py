@@ -134,7 +134,7 @@ async def github_part(
             "killed": inbound.counters.killed,
             "deliveries_after_kill": after_kill,
             "commits": len(committer.commits),
-            "committed_facts_verified": int(committed),
+            "committed_facts_verified": committed,
         }
     finally:
         await bridge.stop()

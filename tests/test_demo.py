@@ -53,7 +53,7 @@ def test_demo_json_summary(tmp_path: Path) -> None:
     assert github["comments_posted"] == 4  # two decisions and two summaries on #release
     assert github["refused"] >= 1  # the drive-by comment (and the bridge's own, coming back)
     assert github["commits"] == 1
-    assert github["committed_facts_verified"] == 1
+    assert github["committed_facts_verified"] is True  # a JSON boolean, not 1
     assert summary["facts"]["verified"] is True
     assert summary["facts"]["entries"] > 40
     assert summary["tamper_detected"] is True

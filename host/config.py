@@ -181,7 +181,13 @@ def parse_config(document: object, *, path: Path) -> Config:
     absolute = Path(os.path.normpath(path.absolute()))
     root = absolute.parent
     top = Node(str(path), "", document)
-    if document is not None and not isinstance(document, Mapping):
+    if document is None:  # an empty file, or only comments: most likely not the file meant
+        raise top.error(
+            "a mapping of configuration keys such as channels: and agents: "
+            "(agora.example.yaml shows every key)",
+            "an empty file",
+        )
+    if not isinstance(document, Mapping):
         raise top.error("a mapping of configuration keys")
     fields = top.fields(_TOP_KEYS)
 

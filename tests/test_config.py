@@ -90,9 +90,9 @@ def test_the_example_file_parses() -> None:
 
 
 def test_the_example_states_every_default() -> None:
-    """The example writes out each default; parsing it equals parsing an empty file."""
+    """The example writes out each default; parsing it equals parsing an empty mapping."""
     example = load_config(EXAMPLE)
-    empty = parse_config(None, path=EXAMPLE)
+    empty = parse_config({}, path=EXAMPLE)
     for field in dataclasses.fields(Config):
         if field.name not in {"channels", "agents"}:
             assert getattr(example, field.name) == getattr(empty, field.name), field.name
@@ -117,9 +117,8 @@ def test_the_commands_a_registry_error_suggests_make_the_example_pass(
 # -- defaults and paths -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("document", [None, {}])
-def test_an_empty_file_gives_every_default(tmp_path: Path, document: object) -> None:
-    config = parse_config(document, path=tmp_path / "agora.yaml")
+def test_an_empty_mapping_gives_every_default(tmp_path: Path) -> None:
+    config = parse_config({}, path=tmp_path / "agora.yaml")
     assert config.path == tmp_path / "agora.yaml"
     assert config.root == tmp_path
     assert config.facts_dir == tmp_path / "facts"
@@ -699,9 +698,13 @@ def test_an_error_in_the_file_names_the_file(tmp_path: Path) -> None:
     assert str(caught.value) == (f"{path}: defaults.hops: expected an integer from 1 to 32, got 99")
 
 
-def test_an_empty_file_is_a_host_with_defaults(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["", "\n", "# nothing yet\n", "---\n"])
+def test_an_empty_file_is_refused(tmp_path: Path, text: str) -> None:
     path = tmp_path / "agora.yaml"
-    path.write_text("# nothing yet\n", encoding="utf-8")
-    config = load_config(path)
-    assert config.path == path
-    assert dict(config.agents) == {}
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"{path}: expected a mapping of configuration keys such as channels: and agents: "
+        "(agora.example.yaml shows every key), got an empty file"
+    )

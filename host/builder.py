@@ -43,6 +43,7 @@ VERSION_TIMEOUT_S: Final = 30
 STDERR_TAIL_LINES: Final = 15
 RUST_BACKTRACE_HEADER: Final = "Stack backtrace:"
 DIGEST_SUFFIX: Final = ".digest"
+GUEST_SOURCE: Final = "/0"  # where componentize-py shows the first folder of its Python path
 OUTPUT_MODE: Final = 0o644  # mkstemp makes 0600; components are not secret
 
 Log = Callable[[str], None]
@@ -248,9 +249,10 @@ def _build_one(job: _Job, tool: Path, wit_dir: Path, log: Log) -> BuildError | N
             check=False,
         )
         if result.returncode != 0:
+            output = _real_paths(result.stderr or result.stdout, job.source)
             return BuildError(
                 f"agent {job.name!r} failed to build ({COMPONENTIZE_PY} exit status "
-                f"{result.returncode}):\n{_tail(result.stderr or result.stdout)}"
+                f"{result.returncode}):\n{_tail(output)}"
             )
         Path(temporary).chmod(OUTPUT_MODE)
         Path(temporary).replace(job.wasm)
@@ -273,6 +275,12 @@ def _write_text_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _real_paths(text: str, source: Path) -> str:
+    """The tool's output with the agent's files named where they are: componentize-py
+    mounts its Python path (the agent's folder, the only entry given) as ``/0``."""
+    return text.replace(f'"{GUEST_SOURCE}/', f'"{source.resolve()}/')
 
 
 def _tail(text: str) -> str:

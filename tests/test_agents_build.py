@@ -91,6 +91,8 @@ def test_a_broken_agent_fails_naming_it(tmp_path: Path) -> None:
     assert isinstance(caught.value, AgoraError)
     assert "agent 'broken' failed to build" in str(caught.value)
     assert "SyntaxError" in str(caught.value)
+    assert f'File "{source / "broken" / "app.py"}", line 1' in str(caught.value)
+    assert '"/0/' not in str(caught.value)  # the tool's own name for the folder
     assert list(build.iterdir()) == []  # no component, no digest, no temporary file
 
 

@@ -72,19 +72,26 @@ def screen_delivery(
 
 
 def screen_replay(
-    *, fact_id: str, msg_id: str | None, signed_ms: int, stored_ms: int, fresh_for_ms: int
+    *,
+    fact_id: str,
+    msg_id: str | None,
+    signed_ms: int,
+    stored_ms: int,
+    fresh_for_ms: int,
+    window_ms: int,
 ) -> Verdict:
     """Whether a message is the one its signer published, or a copy published again.
 
     ``msg_id`` is the ``Nats-Msg-Id`` it was published under, ``signed_ms`` the time in
-    its signed body and ``stored_ms`` when the stream stored it. ``fresh_for_ms`` must be
-    shorter than the stream's duplicate window, so that while a message is fresh, a copy
-    under its own id is one the server drops. A clock ahead of the stream's makes a
-    message look younger, never stale.
+    its signed body and ``stored_ms`` when the stream stored it. A message is fresh from
+    ``window_ms - fresh_for_ms`` before its signed time (a signer's clock a little ahead
+    of the stream's) to ``fresh_for_ms`` after it: whenever a fresh copy is stored, the
+    first publish under the same id is less than ``window_ms`` (the stream's duplicate
+    window) before it, and the server drops the copy.
     """
     if msg_id != fact_id:
         return Verdict.REPLAYED
-    if stored_ms - signed_ms > fresh_for_ms:
+    if not -(window_ms - fresh_for_ms) <= stored_ms - signed_ms <= fresh_for_ms:
         return Verdict.STALE
     return Verdict.DELIVER
 

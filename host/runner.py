@@ -337,7 +337,6 @@ class AgentRunner:
         if not isinstance(fact, Act):  # pragma: no cover - admission refuses events on channels
             return
         channel = fact.channel  # admitted: the channel it arrived on
-        batch.ids.append(fact.id)
         verdict: str = screen_delivery(
             agent=self.spec.name,
             granted=self._granted,
@@ -354,7 +353,10 @@ class AgentRunner:
                 signed_ms=fact.time_ms,
                 stored_ms=stored_ms,
                 fresh_for_ms=FRESH_FOR_MS,
+                window_ms=int(DUPLICATE_WINDOW_S * 1000),
             )
+        if verdict not in _COPIES:  # a copy's refusal must not mark the act processed
+            batch.ids.append(fact.id)
         if verdict == Verdict.DELIVER:
             stopped = self._killswitch.state.stopped_by(self.spec.name, channel)
             if stopped is not None:
@@ -606,6 +608,7 @@ def _no_sooner(wake_at_ms: int | None) -> int | None:
     return max(wake_at_ms, now_ms() + MIN_WAKE_MS)
 
 
+_COPIES: Final = frozenset({Verdict.REPLAYED, Verdict.STALE})
 _REFUSAL_DETAIL: Final = {
     Verdict.SCOPE_BLOCKED: "the agent was not granted this channel",
     Verdict.SELF_ECHO: "the agent's own message is never delivered back to it",

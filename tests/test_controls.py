@@ -66,7 +66,9 @@ def test_each_control_and_their_order(changes: dict[str, object], verdict: Verdi
         ({"msg_id": None}, Verdict.REPLAYED),  # published with no message id at all
         ({"stored_ms": 1_000_000 + 90_001}, Verdict.STALE),  # stored past its freshness
         ({"stored_ms": 1_000_000 + 90_000}, Verdict.DELIVER),
-        ({"stored_ms": 1_000_000 - 5_000}, Verdict.DELIVER),  # its signer's clock is ahead
+        ({"stored_ms": 1_000_000 - 30_000}, Verdict.DELIVER),  # its signer's clock is ahead
+        ({"stored_ms": 1_000_000 - 30_001}, Verdict.STALE),  # too far ahead: a copy could
+        # then be stored more than the duplicate window after the first
     ],
 )
 def test_a_copy_published_again_is_told_from_the_first(
@@ -78,6 +80,7 @@ def test_a_copy_published_again_is_told_from_the_first(
         "signed_ms": 1_000_000,
         "stored_ms": 1_000_050,
         "fresh_for_ms": 90_000,
+        "window_ms": 120_000,
     }
     arguments.update(changes)
     assert screen_replay(**arguments) is verdict  # type: ignore[arg-type]

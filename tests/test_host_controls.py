@@ -11,6 +11,7 @@ import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,6 +160,43 @@ async def test_an_old_act_published_again_reaches_no_agent_that_never_had_it(
     assert ("relay-agent", "stale", stale.id) in refused
     recorded = [f.id for f in h.facts()]
     assert recorded.count(copied.id) == recorded.count(stale.id) == 1
+
+
+async def test_a_copy_refused_before_its_original_arrives_does_not_stand_for_it(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The original's batch fails before its save (so it comes back after ack wait); a
+    # copy under another message id arrives meanwhile and is refused. The original must
+    # still be handed over when it comes back: the copy marks nothing processed.
+    fast = {"consumer": {"ack_wait_s": 2, "max_deliver": 5}}
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one, extra=fast) as h:
+        save = runner_module.AgentRunner._save
+        failed = asyncio.Event()
+
+        async def fail_once(runner: runner_module.AgentRunner, *args: Any, **kw: Any) -> None:
+            if not failed.is_set():
+                failed.set()
+                raise RuntimeError("the bucket is unreachable for a moment")
+            await save(runner, *args, **kw)
+
+        monkeypatch.setattr(runner_module.AgentRunner, "_save", fail_once)
+        original = await h.inject("build-coord", "the real request", hops=1)
+        await asyncio.wait_for(failed.wait(), 5)
+        await h.js.publish(
+            channel_subject("build-coord"),
+            sign_fact(original, h.session.key("maintainer")),
+            headers={MSG_ID_HEADER: "a-copy"},
+        )
+        counters = h.running().runners["synth-agent"].counters
+        for _ in range(100):  # the original comes back 2 s after it was handed over
+            if counters["calls"] >= 2:
+                break
+            await asyncio.sleep(0.1)
+        await h.settle()
+        assert counters["replayed"] == 1
+        assert counters["duplicate"] == 0
+    assert [a.in_reply_to for a in h.acts_by("synth-agent")] == [original.id]
 
 
 async def test_a_message_with_no_hops_is_recorded_but_not_delivered(

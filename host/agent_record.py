@@ -22,12 +22,20 @@
 Saving is compare-and-set on the bucket's revision: a second host running the same
 agent cannot silently overwrite the first's progress; it gets :class:`RecordConflict`,
 reloads, and redoes its batch on the fresh record.
+
+Each saved record is signed with the agent's key (which every host running the agent
+holds), so what is read back is what a host wrote: a record whose signature does not
+verify is refused, and a record saved before records were signed is read without its
+outbox (whoever can write the bucket could otherwise have planted old acts of the
+agent there for a host to publish again).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import logging
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
@@ -35,8 +43,12 @@ from typing import Any, Final, TypeVar
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from agora.core import ed25519
 from agora.core.errors import AgoraError, MalformedEnvelope
+from agora.core.keys import SigningKey
 from agora.host.controls import Handed
+
+log = logging.getLogger(__name__)
 
 MAX_RECENT: Final = 512
 MAX_UNACKED: Final = 4096  # 64 batches of 64 whose acknowledgements went unconfirmed
@@ -189,11 +201,15 @@ def _updated(old: dict[str, V], new: Mapping[str, V], limit: int) -> dict[str, V
 
 
 class RecordStore:
-    """Load and compare-and-set save one agent's record, of at most ``max_bytes``."""
+    """Load and compare-and-set save one agent's record, of at most ``max_bytes``,
+    signed with the agent's ``key``: the record's JSON, a newline, and the signature
+    (base64) over ``agora-record:<agent>`` and a newline before the JSON."""
 
-    def __init__(self, kv: KeyValue, agent: str, *, max_bytes: int) -> None:
+    def __init__(self, kv: KeyValue, agent: str, *, max_bytes: int, key: SigningKey) -> None:
         self._kv = kv
         self._key = agent
+        self._signer = key
+        self._context = f"agora-record:{agent}\n".encode()
         self._revision = 0
         self.max_bytes = max_bytes
 
@@ -205,13 +221,39 @@ class RecordStore:
             return AgentRecord()
         self._revision = entry.revision or 0
         try:
-            return AgentRecord.decode(entry.value or b"")
+            return self._read(entry.value or b"")
         except MalformedEnvelope as exc:
             raise MalformedEnvelope(f"agent {self._key!r}: {exc}") from exc
 
+    def _read(self, stored: bytes) -> AgentRecord:
+        body, newline, signature = stored.rpartition(b"\n")
+        if not newline:  # saved before records were signed: its outbox is not trusted
+            record = AgentRecord.decode(stored)
+            if record.outbox:
+                log.warning(
+                    "agent %s: its saved record is unsigned (older); its %d unsent messages "
+                    "are not published",
+                    self._key,
+                    len(record.outbox),
+                )
+            return replace(record, outbox=())
+        try:
+            signed = base64.b64decode(signature, validate=True)
+        except binascii.Error:
+            signed = b""
+        if not ed25519.verifies(self._signer.public_key, signed, self._context + body):
+            raise MalformedEnvelope(
+                "its saved record is not signed by its key: something other than a host "
+                f"wrote it; delete the key {self._key!r} in the agents bucket to start the "
+                "agent afresh"
+            )
+        return AgentRecord.decode(body)
+
     async def save(self, record: AgentRecord) -> None:
         """Raises :class:`RecordConflict`, or :class:`RecordTooLarge` before sending."""
-        data = record.encode()
+        body = record.encode()
+        signature = base64.b64encode(self._signer.sign(self._context + body))
+        data = body + b"\n" + signature
         if len(data) > self.max_bytes:
             raise RecordTooLarge(self._key, len(data), self.max_bytes)
         try:

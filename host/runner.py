@@ -88,7 +88,6 @@ CONFLICT_RETRIES: Final = 20
 # Republishing a saved outbox is safe without a look in the stream while JetStream's
 # duplicate window still covers its first publish (with a margin for clock skew).
 SAFE_REPUBLISH_MS: Final = int(DUPLICATE_WINDOW_S * 1000) // 2
-PUBLISHED_WITHIN_MS: Final = 60_000  # a saved outbox is published right after its save
 # An act stored later than this after it was signed is refused as a stale copy: within
 # it, JetStream's duplicate window drops a copy published under the act's own id.
 FRESH_FOR_MS: Final = int(DUPLICATE_WINDOW_S * 1000) * 3 // 4
@@ -549,9 +548,12 @@ class AgentRunner:
         Again is harmless within JetStream's duplicate window: the same ids, which the
         server drops. An outbox saved longer ago than that (a host that crashed and came
         back late) is looked for in the stream first, and only what is not there yet
-        is published, so no agent is handed one of its acts a second time; an act of
-        the agent's among it is signed again with the time it is really published at,
-        or every host would refuse it as a stale copy (:data:`FRESH_FOR_MS`)."""
+        is published, so no agent is handed one of its acts a second time. An act of
+        the agent's that is missing is issued again under a new id and the present
+        time, or every host would refuse it as a stale copy (:data:`FRESH_FOR_MS`); a
+        new id, because the first publish may still land late (stale, and within the
+        duplicate window it would make the server drop this one). The outbox so issued
+        is saved before it is published, so a crash in between issues nothing twice."""
         record = self._record
         if not record.outbox or self._outbox_published:
             return
@@ -561,27 +563,36 @@ class AgentRunner:
                 self._js,
                 subjects=(o.subject for o in outbox),
                 after_seq=record.last_seq,
-                until_ms=(record.saved_at_ms or now_ms()) + PUBLISHED_WITHIN_MS,
+                # past this, a first publish would be stale for every host
+                until_ms=(record.saved_at_ms or now_ms()) + int(DUPLICATE_WINDOW_S * 1000),
                 wanted=(o.msg_id for o in outbox),
             )
-            outbox = tuple(self._restamped(o) for o in outbox if o.msg_id not in there)
-            self.counters["republish-skipped"] += len(record.outbox) - len(outbox)
+            missing = tuple(o for o in outbox if o.msg_id not in there)
+            self.counters["republish-skipped"] += len(record.outbox) - len(missing)
+            outbox = tuple(self._issued_again(o) for o in missing)
+            if outbox != missing:
+                confirmed = frozenset(self._confirmed)
+                reissued = dataclasses.replace(
+                    record.sent(confirmed), outbox=outbox, saved_at_ms=now_ms()
+                )
+                await self._save(reissued, dropped=confirmed)
         await self._publish(outbox)
         self._outbox_published = True
 
-    def _restamped(self, outgoing: Outgoing) -> Outgoing:
-        """``outgoing`` signed again at the present time if it is an act this agent's key
-        signed; the host's events (handed to no agent) and anything else as they are."""
+    def _issued_again(self, outgoing: Outgoing) -> Outgoing:
+        """``outgoing`` under a new id and the present time, signed again, if it is an act
+        this agent's key signed; the host's events (handed to no agent) as they are."""
         try:
             act = verify_envelope(outgoing.envelope, self._own_key).fact
         except InputError:
             return outgoing
         if not isinstance(act, Act):
             return outgoing
-        act = dataclasses.replace(act, time_ms=now_ms())
+        act = dataclasses.replace(act, id=new_id("act"), time_ms=now_ms())
         envelope = sign_fact(act, self._agent_key)
         self._vouched.add(envelope, act, self.spec.name)
-        return Outgoing(outgoing.subject, outgoing.msg_id, envelope)
+        self.counters["issued-again"] += 1
+        return Outgoing(outgoing.subject, act.id, envelope)
 
     async def _clear_sent_outbox(self) -> None:
         """When the agent goes idle, drop its published outbox from the saved record.

@@ -125,7 +125,12 @@ class Host:
             await self.recorder.start()
         agents_kv = await js.key_value(AGENTS_BUCKET)
         for agent in self.config.agents.values():
-            records = RecordStore(agents_kv, agent.name, max_bytes=nc.max_payload - HEADROOM)
+            records = RecordStore(
+                agents_kv,
+                agent.name,
+                max_bytes=nc.max_payload - HEADROOM,
+                key=self._keys.agents[agent.name],
+            )
             runner = await self._prepare(nc, agent, records)
             self.runners[agent.name] = runner
         for runner in self.runners.values():

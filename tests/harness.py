@@ -25,8 +25,9 @@ from agora.core.factlog import read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import Role
 from agora.core.signing import sign_fact
-from agora.core.spine import publish_envelope
+from agora.core.spine import AGENTS_BUCKET, publish_envelope
 from agora.core.verify import verify_directory
+from agora.host.agent_record import AgentRecord, RecordStore
 from agora.host.config import with_agents
 from agora.host.nats_server import EmbeddedNats
 from agora.host.runner import Delivery
@@ -130,6 +131,16 @@ class Harness:
 
     async def settle(self) -> None:
         await self.running().settle(quiet_s=0.3)
+
+    async def record_store(self, agent: str) -> RecordStore:
+        """The agent's saved record, as its host reads and writes it."""
+        kv = await self.js.key_value(AGENTS_BUCKET)
+        return RecordStore(
+            kv, agent, max_bytes=self.client.max_payload, key=self.session.key(agent)
+        )
+
+    async def record(self, agent: str) -> AgentRecord:
+        return await (await self.record_store(agent)).load()
 
     def delivered_to(self, agent: str) -> list[Act]:
         return [d.act for d in self.deliveries if d.agent == agent]

@@ -101,6 +101,7 @@ WARMUP_ACTS: Final = 200
 REPLY_WAIT_S: Final = 30.0
 SLOWEST_ACTS_PER_S: Final = 100  # a throughput run waits this long per act, beyond REPLY_WAIT_S
 LATENCY_SECONDS: Final = 5.0
+MAX_LATENCY_SECONDS: Final = 60.0
 LIGHT_RATE: Final = 100.0  # acts/s: a load far below capacity, where the path itself shows
 LIGHT_SECONDS: Final = 3.0
 KILL_ROUNDS: Final = 20
@@ -894,6 +895,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if not 0 < arguments.seconds <= MAX_LATENCY_SECONDS:
+        # the acts are signed before they are sent: later than the host's freshness
+        # window after that, they would be refused as stale copies
+        parser.error(
+            f"--seconds: expected more than 0 and at most {MAX_LATENCY_SECONDS}, "
+            f"got {arguments.seconds}"
+        )
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
 
     if arguments.memory_probe is not None:

@@ -46,11 +46,13 @@ from nats.js.kv import KeyValue
 from agora.core import ed25519
 from agora.core.errors import AgoraError, MalformedEnvelope
 from agora.core.keys import SigningKey
+from agora.core.signing import pae
 from agora.host.controls import Handed
 
 log = logging.getLogger(__name__)
 
 MAX_RECENT: Final = 512
+RECORD_TYPE: Final = "application/vnd.agora.agent-record+json"
 MAX_UNACKED: Final = 4096  # 64 batches of 64 whose acknowledgements went unconfirmed
 V = TypeVar("V")
 MAX_PARENTS: Final = 256
@@ -203,13 +205,12 @@ def _updated(old: dict[str, V], new: Mapping[str, V], limit: int) -> dict[str, V
 class RecordStore:
     """Load and compare-and-set save one agent's record, of at most ``max_bytes``,
     signed with the agent's ``key``: the record's JSON, a newline, and the signature
-    (base64) over ``agora-record:<agent>`` and a newline before the JSON."""
+    (base64) over the JSON's DSSE pre-authentication encoding, as a fact's is."""
 
     def __init__(self, kv: KeyValue, agent: str, *, max_bytes: int, key: SigningKey) -> None:
         self._kv = kv
         self._key = agent
         self._signer = key
-        self._context = f"agora-record:{agent}\n".encode()
         self._revision = 0
         self.max_bytes = max_bytes
 
@@ -241,7 +242,7 @@ class RecordStore:
             signed = base64.b64decode(signature, validate=True)
         except binascii.Error:
             signed = b""
-        if not ed25519.verifies(self._signer.public_key, signed, self._context + body):
+        if not ed25519.verifies(self._signer.public_key, signed, pae(RECORD_TYPE, body)):
             raise MalformedEnvelope(
                 "its saved record is not signed by its key: something other than a host "
                 f"wrote it; delete the key {self._key!r} in the agents bucket to start the "
@@ -252,7 +253,7 @@ class RecordStore:
     async def save(self, record: AgentRecord) -> None:
         """Raises :class:`RecordConflict`, or :class:`RecordTooLarge` before sending."""
         body = record.encode()
-        signature = base64.b64encode(self._signer.sign(self._context + body))
+        signature = base64.b64encode(self._signer.sign(pae(RECORD_TYPE, body)))
         data = body + b"\n" + signature
         if len(data) > self.max_bytes:
             raise RecordTooLarge(self._key, len(data), self.max_bytes)

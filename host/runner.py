@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
 import random
 import time
@@ -87,10 +88,11 @@ IDLE_WAIT_S: Final = 0.5
 CONFLICT_RETRIES: Final = 20
 # Republishing a saved outbox is safe without a look in the stream while JetStream's
 # duplicate window still covers its first publish (with a margin for clock skew).
-SAFE_REPUBLISH_MS: Final = int(DUPLICATE_WINDOW_S * 1000) // 2
+WINDOW_MS: Final = int(DUPLICATE_WINDOW_S * 1000)
+SAFE_REPUBLISH_MS: Final = WINDOW_MS // 2
 # An act stored later than this after it was signed is refused as a stale copy: within
 # it, JetStream's duplicate window drops a copy published under the act's own id.
-FRESH_FOR_MS: Final = int(DUPLICATE_WINDOW_S * 1000) * 3 // 4
+FRESH_FOR_MS: Final = WINDOW_MS * 3 // 4
 ACK_CONFIRM_S: Final = 5.0
 MIN_WAKE_MS: Final = 250  # the soonest a timer call follows a call: no agent spins on timers
 
@@ -241,7 +243,9 @@ class AgentRunner:
 
     async def _step(self, messages: list[Msg]) -> None:
         await self._publish_saved_outbox()  # if a publish failed after the save
-        batch = Batch(self.spec.name, processed=(*self._record.recent, *self._record.unacked))
+        batch = Batch(
+            self.spec.name, processed=itertools.chain(self._record.recent, self._record.unacked)
+        )
         admitted = await self._vouched.admit_all([(m.data, m.subject) for m in messages])
         for message, found in zip(messages, admitted, strict=True):
             self._screen(message, found, batch)
@@ -352,7 +356,7 @@ class AgentRunner:
                 signed_ms=fact.time_ms,
                 stored_ms=stored_ms,
                 fresh_for_ms=FRESH_FOR_MS,
-                window_ms=int(DUPLICATE_WINDOW_S * 1000),
+                window_ms=WINDOW_MS,
             )
         if verdict not in _COPIES:  # a copy's refusal must not mark the act processed
             batch.ids.append(fact.id)
@@ -564,7 +568,7 @@ class AgentRunner:
                 subjects=(o.subject for o in outbox),
                 after_seq=record.last_seq,
                 # past this, a first publish would be stale for every host
-                until_ms=(record.saved_at_ms or now_ms()) + int(DUPLICATE_WINDOW_S * 1000),
+                until_ms=(record.saved_at_ms or now_ms()) + WINDOW_MS,
                 wanted=(o.msg_id for o in outbox),
             )
             missing = tuple(o for o in outbox if o.msg_id not in there)

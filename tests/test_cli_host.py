@@ -275,7 +275,7 @@ async def test_status_shows_a_stopped_host_as_not_running(
 
     status = await _eventually_async(stale, timeout_s=STALE_AFTER_S + 10)
     [host] = status["hosts"].values()
-    assert host["report_age_s"] > STALE_AFTER_S
+    assert host["report_age_s"] >= STALE_AFTER_S  # (shown to a tenth of a second)
     assert {a["state"] for a in host["agents"].values()} == {"not running"}
     assert {a["last_state"] for a in host["agents"].values()} == {"running"}
     text = (await asyncio.to_thread(agora, "status", "-c", config)).stdout

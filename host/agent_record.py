@@ -27,13 +27,19 @@ Each saved record is signed with the agent's key (which every host running the a
 holds), so what is read back is what a host wrote: a record whose signature does not
 verify is refused, and a record saved before records were signed is read without its
 outbox (whoever can write the bucket could otherwise have planted old acts of the
-agent there for a host to publish again).
+agent there for a host to publish again). The signature covers the SHA-256 digest of
+the record's JSON (a record is saved with every batch and runs to 100 KB or more:
+Ed25519 hashes what it signs twice, SHA-512 each time, where the digest is one pass of
+SHA-256); a record signed over its whole JSON, as saved before, still reads. The
+outbox's envelopes, which are ASCII JSON, are kept as JSON strings (older records hold
+them in base64, which still reads).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 from collections.abc import Container, Iterable, Mapping
@@ -52,7 +58,8 @@ from agora.host.controls import Handed
 log = logging.getLogger(__name__)
 
 MAX_RECENT: Final = 512
-RECORD_TYPE: Final = "application/vnd.agora.agent-record+json"
+RECORD_TYPE: Final = "application/vnd.agora.agent-record+json"  # signed whole (older)
+RECORD_DIGEST_TYPE: Final = "application/vnd.agora.agent-record.sha256"
 MAX_UNACKED: Final = 4096  # 64 batches of 64 whose acknowledgements went unconfirmed
 V = TypeVar("V")
 MAX_PARENTS: Final = 256
@@ -142,10 +149,7 @@ class AgentRecord:
                 "parents": {k: [h.hops, h.conversation] for k, h in self.parents.items()},
                 "conversations": self.conversations,
                 "wake_at_ms": self.wake_at_ms,
-                "outbox": [
-                    [o.subject, o.msg_id, base64.b64encode(o.envelope).decode()]
-                    for o in self.outbox
-                ],
+                "outbox": [[o.subject, o.msg_id, o.envelope.decode()] for o in self.outbox],
                 "calls": self.calls,
                 "saved_at_ms": self.saved_at_ms,
             },
@@ -164,15 +168,28 @@ class AgentRecord:
                 parents={str(k): _handed(v) for k, v in obj["parents"].items()},
                 conversations={str(k): int(v) for k, v in obj["conversations"].items()},
                 wake_at_ms=_optional_int(obj["wake_at_ms"]),
-                outbox=tuple(
-                    Outgoing(str(s), str(i), base64.b64decode(e, validate=True))
-                    for s, i, e in obj["outbox"]
-                ),
+                outbox=tuple(Outgoing(str(s), str(i), _envelope(e)) for s, i, e in obj["outbox"]),
                 calls=int(obj["calls"]),
                 saved_at_ms=_optional_int(obj.get("saved_at_ms")),  # absent from older records
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise MalformedEnvelope(f"agent record is unreadable: {exc}") from exc
+
+
+def _envelope(saved: object) -> bytes:
+    """An outbox envelope as the record keeps it: its JSON text, or (in records saved
+    before) its base64."""
+    if not isinstance(saved, str):
+        raise TypeError(f"an outbox envelope must be a string, not {type(saved).__name__}")
+    if saved.startswith("{"):  # never the first character of base64
+        return saved.encode()
+    return base64.b64decode(saved, validate=True)
+
+
+def signed_part(body: bytes) -> bytes:
+    """What a record's signature covers: DSSE's pre-authentication encoding of the
+    SHA-256 digest of the record's JSON."""
+    return pae(RECORD_DIGEST_TYPE, hashlib.sha256(body).digest())
 
 
 def _optional_int(value: object) -> int | None:
@@ -205,7 +222,7 @@ def _updated(old: dict[str, V], new: Mapping[str, V], limit: int) -> dict[str, V
 class RecordStore:
     """Load and compare-and-set save one agent's record, of at most ``max_bytes``,
     signed with the agent's ``key``: the record's JSON, a newline, and the signature
-    (base64) over the JSON's DSSE pre-authentication encoding, as a fact's is."""
+    (base64) over :func:`signed_part` of the JSON."""
 
     def __init__(self, kv: KeyValue, agent: str, *, max_bytes: int, key: SigningKey) -> None:
         self._kv = kv
@@ -242,7 +259,11 @@ class RecordStore:
             signed = base64.b64decode(signature, validate=True)
         except binascii.Error:
             signed = b""
-        if not ed25519.verifies(self._signer.public_key, signed, pae(RECORD_TYPE, body)):
+        public_key = self._signer.public_key
+        if not (
+            ed25519.verifies(public_key, signed, signed_part(body))
+            or ed25519.verifies(public_key, signed, pae(RECORD_TYPE, body))  # saved before
+        ):
             raise MalformedEnvelope(
                 "its saved record is not signed by its key: something other than a host "
                 f"wrote it; delete the key {self._key!r} in the agents bucket to start the "
@@ -253,7 +274,7 @@ class RecordStore:
     async def save(self, record: AgentRecord) -> None:
         """Raises :class:`RecordConflict`, or :class:`RecordTooLarge` before sending."""
         body = record.encode()
-        signature = base64.b64encode(self._signer.sign(pae(RECORD_TYPE, body)))
+        signature = base64.b64encode(self._signer.sign(signed_part(body)))
         data = body + b"\n" + signature
         if len(data) > self.max_bytes:
             raise RecordTooLarge(self._key, len(data), self.max_bytes)

@@ -6,6 +6,7 @@ one an uninterrupted run would give.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from collections import Counter
@@ -22,7 +23,7 @@ from agora.core.envelope import Act, EventKind
 from agora.core.errors import MalformedEnvelope
 from agora.core.factlog import POSITION_FILE
 from agora.core.ids import new_id, now_ms
-from agora.core.signing import sign_fact
+from agora.core.signing import pae, sign_fact
 from agora.core.spine import (
     AGENTS_BUCKET,
     MSG_ID_HEADER,
@@ -35,7 +36,7 @@ from agora.core.spine import (
     read_in_order,
 )
 from agora.host import runner as runner_module
-from agora.host.agent_record import AgentRecord, Outgoing
+from agora.host.agent_record import RECORD_TYPE, AgentRecord, Outgoing
 from agora.host.nats_server import EmbeddedNats
 from tests.harness import Harness, running_host
 
@@ -330,6 +331,15 @@ async def test_a_record_is_signed_by_its_agent_and_one_written_by_others_is_not_
             await kv.put("synth-agent", spoiled)
             with pytest.raises(MalformedEnvelope, match="not signed by its key"):
                 await store.load()
+        # A record signed over its whole JSON (as saved before records were signed over
+        # its digest) is read with its outbox; the same signature over other bytes is not
+        body = saved.encode()
+        older = base64.b64encode(h.session.key("synth-agent").sign(pae(RECORD_TYPE, body)))
+        await kv.put("synth-agent", body + b"\n" + older)
+        assert await store.load() == saved
+        await kv.put("synth-agent", body.replace(b'"calls":', b'"calls":9') + b"\n" + older)
+        with pytest.raises(MalformedEnvelope, match="not signed by its key"):
+            await store.load()
         # An unsigned record (as saved before records were signed) is read, but an old
         # act planted in its outbox is not published again.
         [reply] = h.acts_by("synth-agent")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -92,6 +93,18 @@ def test_an_agent_record_keeps_every_unconfirmed_id_past_the_recent_window() -> 
     older = json.loads(record.encode())
     del older["unacked"]  # a record saved before the field existed still reads
     assert AgentRecord.decode(json.dumps(older).encode()).unacked == ()
+
+
+def test_an_agent_record_keeps_its_outbox_as_text_and_reads_the_older_base64() -> None:
+    envelope = b'{"payload":"eyJ2IjoyfQ==","payloadType":"t","signatures":[]}'
+    record = AgentRecord(outbox=(Outgoing("agora.ch.x", "act-1", envelope),))
+    saved = json.loads(record.encode())
+    assert saved["outbox"] == [["agora.ch.x", "act-1", envelope.decode()]]
+    saved["outbox"][0][2] = base64.b64encode(envelope).decode()  # as saved before
+    assert AgentRecord.decode(json.dumps(saved).encode()) == record
+    saved["outbox"][0][2] = 7
+    with pytest.raises(MalformedEnvelope, match="an outbox envelope must be a string"):
+        AgentRecord.decode(json.dumps(saved).encode())
 
 
 @pytest.mark.parametrize("data", [b"", b"{}", b"[1]", b'{"state": 3}'])

@@ -30,9 +30,7 @@ outbox (whoever can write the bucket could otherwise have planted old acts of th
 agent there for a host to publish again). The signature covers the SHA-256 digest of
 the record's JSON (a record is saved with every batch and runs to 100 KB or more:
 Ed25519 hashes what it signs twice, SHA-512 each time, where the digest is one pass of
-SHA-256); a record signed over its whole JSON, as saved before, still reads. The
-outbox's envelopes, which are ASCII JSON, are kept as JSON strings (older records hold
-them in base64, which still reads).
+SHA-256); a record signed over its whole JSON, as saved before, still reads.
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ import binascii
 import hashlib
 import json
 import logging
+import string
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
@@ -140,45 +139,109 @@ class AgentRecord:
         return tuple(i for i in self.unacked if i not in confirmed)
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "state": base64.b64encode(self.state).decode(),
-                "last_seq": self.last_seq,
-                "recent": list(self.recent),
-                "unacked": list(self.unacked),
-                "parents": {k: [h.hops, h.conversation] for k, h in self.parents.items()},
-                "conversations": self.conversations,
-                "wake_at_ms": self.wake_at_ms,
-                "outbox": [[o.subject, o.msg_id, o.envelope.decode()] for o in self.outbox],
-                "calls": self.calls,
-                "saved_at_ms": self.saved_at_ms,
-            },
-            separators=(",", ":"),
+        """The record as JSON, written out here rather than by :func:`json.dumps`, which
+        checks every character of a string for escaping: a record holds some 50 KB of
+        ids and, while a batch is unsent, up to 64 envelopes.
+
+        Its ids and conversations are names (letters, digits, '-' and '_', checked as
+        every act is made), so each list of them is one space-separated string, and
+        base64 needs no escaping either: both are written as they are (a list with
+        anything else in it is escaped as usual)."""
+        parents = self.parents.values()
+        outbox = ",".join(
+            f"[{json.dumps(o.subject)},{json.dumps(o.msg_id)},"
+            f'"{base64.b64encode(o.envelope).decode()}"]'
+            for o in self.outbox
+        )
+        return (
+            f'{{"state":"{base64.b64encode(self.state).decode()}",'
+            f'"last_seq":{int(self.last_seq)},'
+            f'"recent":{_name_list(self.recent)},'
+            f'"unacked":{_name_list(self.unacked)},'
+            f'"parents":[{_name_list(self.parents)},{json.dumps([h.hops for h in parents])},'
+            f"{_name_list([h.conversation or '.' for h in parents])}],"
+            f'"conversations":[{_name_list(self.conversations)},'
+            f"{json.dumps(list(self.conversations.values()))}],"
+            f'"wake_at_ms":{json.dumps(self.wake_at_ms)},'
+            f'"outbox":[{outbox}],'
+            f'"calls":{int(self.calls)},'
+            f'"saved_at_ms":{json.dumps(self.saved_at_ms)}}}'
         ).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> AgentRecord:
+        """A record as :meth:`encode` writes it, or as older versions wrote it (lists of
+        ids, budgets as mappings, outbox envelopes in base64, fields added since)."""
         try:
             obj: Any = json.loads(data)
             return cls(
                 state=base64.b64decode(obj["state"], validate=True),
                 last_seq=int(obj["last_seq"]),
-                recent=tuple(str(i) for i in obj["recent"]),
-                unacked=tuple(str(i) for i in obj.get("unacked", ())),  # absent from older
-                parents={str(k): _handed(v) for k, v in obj["parents"].items()},
-                conversations={str(k): int(v) for k, v in obj["conversations"].items()},
+                recent=_names(obj["recent"]),
+                unacked=_names(obj.get("unacked", "")),
+                parents=_parents(obj["parents"]),
+                conversations=_conversations(obj["conversations"]),
                 wake_at_ms=_optional_int(obj["wake_at_ms"]),
                 outbox=tuple(Outgoing(str(s), str(i), _envelope(e)) for s, i, e in obj["outbox"]),
                 calls=int(obj["calls"]),
-                saved_at_ms=_optional_int(obj.get("saved_at_ms")),  # absent from older records
+                saved_at_ms=_optional_int(obj.get("saved_at_ms")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise MalformedEnvelope(f"agent record is unreadable: {exc}") from exc
 
 
+def _name_list(names: Iterable[str]) -> str:
+    """``names`` as one JSON string, space-separated; written as it is when it holds
+    nothing but names (checked in one pass over its bytes), else escaped."""
+    joined = " ".join(names)
+    if joined.encode().translate(None, _NAME_LIST_BYTES):
+        return json.dumps(joined)
+    return f'"{joined}"'
+
+
+_NAME_LIST_BYTES: Final = (string.ascii_letters + string.digits + "-_. ").encode()
+
+
+def _names(saved: object) -> tuple[str, ...]:
+    """Names saved as one space-separated string (or, before, as a list)."""
+    if isinstance(saved, str):
+        return tuple(saved.split())
+    if isinstance(saved, list):
+        return tuple(str(i) for i in saved)
+    raise TypeError(f"a list of names must be a string, not {type(saved).__name__}")
+
+
+def _budgets(names: object, hops: object) -> list[tuple[str, int]]:
+    ids = _names(names)
+    if not (isinstance(hops, list) and len(hops) == len(ids)):
+        raise TypeError(f"{len(ids)} names need as many hop budgets, not {hops!r:.80}")
+    return [(i, int(h)) for i, h in zip(ids, hops, strict=True)]
+
+
+def _parents(saved: object) -> dict[str, Handed]:
+    if isinstance(saved, dict):  # saved before: {id: [hops, conversation]}
+        return {str(k): _handed(v) for k, v in saved.items()}
+    if not (isinstance(saved, list) and len(saved) == 3):
+        raise TypeError("parents must be [ids, hops, conversations]")
+    names, hops, conversations = saved
+    budgets = _budgets(names, hops)
+    talks = _names(conversations)
+    if len(talks) != len(budgets):
+        raise TypeError(f"{len(budgets)} parents need as many conversations, not {len(talks)}")
+    return {i: Handed(h, "" if c == "." else c) for (i, h), c in zip(budgets, talks, strict=True)}
+
+
+def _conversations(saved: object) -> dict[str, int]:
+    if isinstance(saved, dict):  # saved before: {conversation: hops}
+        return {str(k): int(v) for k, v in saved.items()}
+    if not (isinstance(saved, list) and len(saved) == 2):
+        raise TypeError("conversations must be [ids, hops]")
+    return dict(_budgets(*saved))
+
+
 def _envelope(saved: object) -> bytes:
-    """An outbox envelope as the record keeps it: its JSON text, or (in records saved
-    before) its base64."""
+    """An outbox envelope as the record keeps it: its base64 (or its JSON text, as
+    some records were saved)."""
     if not isinstance(saved, str):
         raise TypeError(f"an outbox envelope must be a string, not {type(saved).__name__}")
     if saved.startswith("{"):  # never the first character of base64

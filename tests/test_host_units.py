@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agora.cli.session import without_credentials
 from agora.core.control import control_key
@@ -95,15 +97,59 @@ def test_an_agent_record_keeps_every_unconfirmed_id_past_the_recent_window() -> 
     assert AgentRecord.decode(json.dumps(older).encode()).unacked == ()
 
 
-def test_an_agent_record_keeps_its_outbox_as_text_and_reads_the_older_base64() -> None:
+def test_an_agent_record_reads_the_forms_saved_before() -> None:
     envelope = b'{"payload":"eyJ2IjoyfQ==","payloadType":"t","signatures":[]}'
-    record = AgentRecord(outbox=(Outgoing("agora.ch.x", "act-1", envelope),))
+    record = AgentRecord(
+        recent=("m1", "m2"),
+        unacked=("m2",),
+        parents={"m1": Handed(2, "c1"), "m2": Handed(1, "")},
+        conversations={"c1": 2},
+        outbox=(Outgoing("agora.ch.x", "act-1", envelope),),
+    )
     saved = json.loads(record.encode())
-    assert saved["outbox"] == [["agora.ch.x", "act-1", envelope.decode()]]
-    saved["outbox"][0][2] = base64.b64encode(envelope).decode()  # as saved before
+    assert saved["recent"] == "m1 m2" and saved["parents"] == ["m1 m2", [2, 1], "c1 ."]
+    assert saved["outbox"] == [["agora.ch.x", "act-1", base64.b64encode(envelope).decode()]]
+    saved.update(  # lists and mappings, an envelope as its JSON text
+        recent=["m1", "m2"],
+        unacked=["m2"],
+        parents={"m1": [2, "c1"], "m2": [1, ""]},
+        conversations={"c1": 2},
+        outbox=[["agora.ch.x", "act-1", envelope.decode()]],
+    )
     assert AgentRecord.decode(json.dumps(saved).encode()) == record
     saved["outbox"][0][2] = 7
     with pytest.raises(MalformedEnvelope, match="an outbox envelope must be a string"):
+        AgentRecord.decode(json.dumps(saved).encode())
+
+
+@given(
+    names=st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True), max_size=40),
+    hops=st.integers(0, 32),
+)
+def test_an_agent_record_of_names_round_trips_through_its_json(names: list[str], hops: int) -> None:
+    record = AgentRecord(
+        recent=tuple(names),
+        unacked=tuple(names[:3]),
+        parents={n: Handed(hops, n) for n in names},
+        conversations=dict.fromkeys(names, hops),
+    )
+    assert AgentRecord.decode(record.encode()) == record
+
+
+def test_an_agent_record_with_an_id_that_is_no_name_is_still_valid_json() -> None:
+    record = AgentRecord(recent=('quote"back\\slash', "\x01"))
+    assert json.loads(record.encode())["recent"] == 'quote"back\\slash \x01'
+    assert AgentRecord.decode(record.encode()) == record
+
+
+@pytest.mark.parametrize(
+    "parents",
+    [["m1", [1, 2], "c1 c2"], ["m1", [1], "c1 c2"], ["m1", 3, "c1"], "m1"],
+)
+def test_an_agent_record_whose_budgets_do_not_line_up_is_refused(parents: object) -> None:
+    saved = json.loads(AgentRecord().encode())
+    saved["parents"] = parents
+    with pytest.raises(MalformedEnvelope, match="agent record is unreadable"):
         AgentRecord.decode(json.dumps(saved).encode())
 
 

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import itertools
 import logging
 import random
@@ -249,17 +250,13 @@ class AgentRunner:
         admitted = await self._vouched.admit_all([(m.data, m.subject) for m in messages])
         for message, found in zip(messages, admitted, strict=True):
             self._screen(message, found, batch)
-        for (verdict, channel, _), ids in batch.refused.items():
-            batch.outgoing.append(
-                self._event(
-                    EventKind.REFUSED,
-                    reason=verdict,
-                    subjects=tuple(ids),
-                    channel=channel,
-                    detail=_REFUSAL_DETAIL.get(verdict, verdict),
-                )
-            )
+        for key, ids in batch.refused.items():
+            batch.outgoing.append(self._refusal(key, tuple(ids), batch.refused_ms[key]))
         wake_due = self._record.wake_at_ms is not None and self._record.wake_at_ms <= now_ms()
+        settled = all(v in _SETTLED for v, _, _ in batch.refused)
+        if messages and settled and not (batch.inbox or wake_due):
+            await self._refused_all(messages, batch)
+            return
         stopped = self._stopped()
         outcome: GuestOutcome | None = None
         if (batch.inbox or wake_due) and not stopped:
@@ -300,6 +297,16 @@ class AgentRunner:
         await self._publish(record.outbox)
         self._outbox_published = True
         await self._acknowledge(messages, batch.ids)
+
+    async def _refused_all(self, messages: list[Msg], batch: Batch) -> None:
+        """A batch nothing of which reaches the agent, each message refused by a control
+        whose verdict cannot change (the agent's own messages coming back to it, above
+        all): it changes nothing the record keeps, so it is not saved. Its refusals are
+        published, then the batch acknowledged. If the host stops in between, the batch
+        comes again and is refused again in the very same events (their ids and times
+        follow from the messages), which the server or the recorder drops as repeats."""
+        await self._publish(tuple(batch.outgoing))
+        await self._acknowledge(messages, [])
 
     def _stopped(self) -> bool:
         """Whether the agent may not run at all: killed, quarantined, or every channel it
@@ -368,8 +375,7 @@ class AgentRunner:
         if verdict == Verdict.DELIVER:
             batch.deliver(fact)
         else:
-            key = (verdict, channel, self._own_event(fact.id))
-            batch.refused.setdefault(key, {})[fact.id] = None
+            batch.refuse((verdict, channel, self._own_event(fact.id)), fact.id, stored_ms)
 
     async def _call(self, batch: Batch) -> GuestOutcome | None:
         context = GuestContext(
@@ -507,6 +513,24 @@ class AgentRunner:
         )
         await set_switch(self._js, quarantine, envelope)
 
+    def _refusal(self, key: tuple[str, str, str], ids: tuple[str, ...], at_ms: int) -> Outgoing:
+        """The ``refused`` event for what one control refused on one channel in a batch.
+        Its id and time follow from what it refuses (and when the stream stored the
+        last of it), so refusing the same messages again makes the very same event."""
+        verdict, channel, _ = key
+        digest = hashlib.sha256(
+            "\n".join((self.spec.name, verdict, channel, *ids)).encode()
+        ).hexdigest()
+        return self._event(
+            EventKind.REFUSED,
+            reason=verdict,
+            subjects=ids,
+            channel=channel,
+            detail=_REFUSAL_DETAIL.get(verdict, verdict),
+            ident=f"ev-refused-{digest[:32]}",
+            at_ms=at_ms,
+        )
+
     def _event(
         self,
         kind: EventKind,
@@ -515,12 +539,14 @@ class AgentRunner:
         detail: str = "",
         subjects: tuple[str, ...] = (),
         channel: str | None = None,
+        ident: str | None = None,
+        at_ms: int | None = None,
     ) -> Outgoing:
         event = Event(
-            id=new_id("ev"),
+            id=ident or new_id("ev"),
             kind=kind,
             actor=self._host_key.name,
-            time_ms=now_ms(),
+            time_ms=now_ms() if at_ms is None else at_ms,
             reason=reason,
             detail=detail[:1000],
             subjects=subjects,
@@ -624,6 +650,18 @@ def _no_sooner(wake_at_ms: int | None) -> int | None:
 
 
 _COPIES: Final = frozenset({Verdict.REPLAYED, Verdict.STALE})
+# Verdicts that would be the same for the same message at any later time (unlike a
+# kill's, which a resume lifts): a batch refused only by these need not be saved.
+_SETTLED: Final = frozenset(
+    {
+        Verdict.SELF_ECHO,
+        Verdict.DUPLICATE,
+        Verdict.NO_HOPS,
+        Verdict.SCOPE_BLOCKED,
+        Verdict.REPLAYED,
+        Verdict.STALE,
+    }
+)
 _REFUSAL_DETAIL: Final = {
     Verdict.SCOPE_BLOCKED: "the agent was not granted this channel",
     Verdict.SELF_ECHO: "the agent's own message is never delivered back to it",
@@ -654,9 +692,14 @@ class Batch:
         # the ids refused (each once, in order) by control and channel; an act that gets
         # an event of its own (see Vouched.grounded) also has its id in the key
         self.refused: dict[tuple[str, str, str], dict[str, None]] = {}
+        self.refused_ms: dict[tuple[str, str, str], int] = {}  # the latest stored of each
         # ids the agent finished with, plus those delivered in this batch: one set
         # lookup per message instead of a scan of the record's recent ids
         self.processed: set[str] = set(processed)
+
+    def refuse(self, key: tuple[str, str, str], act_id: str, stored_ms: int) -> None:
+        self.refused.setdefault(key, {})[act_id] = None
+        self.refused_ms[key] = max(self.refused_ms.get(key, 0), stored_ms)
 
     def deliver(self, act: Act) -> None:
         self.processed.add(act.id)

@@ -26,7 +26,10 @@ def _write(files: dict[str, bytes], into: Path) -> Path:
 async def test_facts_are_committed_through_the_git_data_api_and_verify(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
-    settings = {"facts": {"commit": "api", "repo": REPO, "every_facts": 1, "every_s": 1}}
+    # committed only when the test says so: the committer's own round (once a second,
+    # when due) could otherwise take the second comment's facts first
+    rarely = {"every_facts": 1_000_000, "every_s": 3600}
+    settings = {"facts": {"commit": "api", "repo": REPO, **rarely}}
     async with github_loop(tmp_path / "ws", components, agents=SYNTH, bridge=settings) as loop:
         loop.github.comment(REPO, loop.issue, "first", by=HUMAN)
         await loop.delivered()

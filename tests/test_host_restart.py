@@ -12,6 +12,7 @@ import socket
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
@@ -177,6 +178,50 @@ async def test_a_batch_redelivered_after_many_others_is_still_processed_once(
     assert len(record.unacked) <= 64  # confirmed acknowledgements are forgotten
     refused = [(e.reason, s) for e, s in h.per_subject(EventKind.REFUSED)]
     assert ("duplicate", first.id) in refused
+
+
+async def test_an_agents_own_message_coming_back_is_refused_once_and_saves_nothing(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent's reply comes back to it and is refused (self-echo) with no save of
+    # its record; the host "crashes" after publishing the refusal, before the
+    # acknowledgement, and the reply, delivered again, is refused in the same event.
+    one = {"synth-agent": PAIR["synth-agent"]}
+    quick = {"consumer": {"ack_wait_s": 1, "max_deliver": 5}}
+    async with running_host(tmp_path, components, agents=one, extra=quick) as h:
+        stuck = asyncio.Event()
+        acknowledge = runner_module.AgentRunner._acknowledge
+
+        async def crash_before_the_echos_ack(
+            runner: runner_module.AgentRunner, messages: list[Any], ids: list[str]
+        ) -> None:
+            if ids:  # a batch the agent was handed: acknowledged as usual
+                await acknowledge(runner, messages, ids)
+                return
+            stuck.set()
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(runner_module.AgentRunner, "_acknowledge", crash_before_the_echos_ack)
+        request = await h.inject("build-coord", "once", hops=1)
+        await asyncio.wait_for(stuck.wait(), 10)
+        await h.stop_host(graceful=False)
+        monkeypatch.setattr(runner_module.AgentRunner, "_acknowledge", acknowledge)
+        [reply] = h.acts_by("synth-agent")
+        record = await h.record("synth-agent")
+        assert record.calls == 1 and reply.id not in (*record.recent, *record.unacked)
+
+        host = await h.start_host()
+        counters = host.runners["synth-agent"].counters
+        for _ in range(50):  # delivered again a second after it was first
+            if counters["self-echo"]:
+                break
+            await asyncio.sleep(0.1)
+        await h.settle()
+        assert counters["self-echo"] == 1
+        assert (await h.record("synth-agent")).calls == 1
+    refused = [(e.reason, s) for e, s in h.per_subject(EventKind.REFUSED)]
+    assert refused == [("self-echo", reply.id)]
+    assert [d.act.id for d in h.deliveries] == [request.id]
 
 
 def _signed_request(h: Harness, text: str) -> tuple[Act, bytes]:

@@ -16,8 +16,9 @@ measured.
    recording one ("split": ``agora up --agent NAME --no-record``, as a second machine
    would run it);
 3. latency at a light load and at an offered load (one act every millisecond by
-   default), in one process and split: publish to the reply's append, and publish to
-   the hand-over to the agent;
+   default), in one process and split: publish to the reply's append (written to the
+   fact log), to its fsync (durable: the recorder's group commit), and to the
+   hand-over to the agent;
 4. kill latency: with traffic flowing, how long after a kill of the channel anything
    is still delivered on it;
 5. memory: resident set size of a process running the host with 1 and with 9 agents.
@@ -373,6 +374,7 @@ class Replies:
         self._expected: dict[str, int] = {}
         self._wanted = 0
         self.recorded_ns: dict[str, int] = {}
+        self.durable_ns: dict[str, int] = {}  # when the first reply to each was fsynced
         self.count = 0
         self.facts = 0  # every fact appended since expect(), replies or not
         self.last_fact_ns = 0
@@ -383,6 +385,7 @@ class Replies:
         self._expected = dict.fromkeys(ids, self._per_act)
         self._wanted = len(self._expected) * self._per_act
         self.recorded_ns = {}
+        self.durable_ns = {}
         self.count = 0
         self.facts = 0
         self.done.clear()
@@ -401,6 +404,13 @@ class Replies:
         if self.count >= self._wanted:
             self.done.set()
 
+    def durable(self, fact: Fact) -> None:
+        """A recorder's durable observer: the reply's fsync."""
+        if isinstance(fact, Act) and fact.sender in self._agents:
+            parent = fact.in_reply_to
+            if parent is not None and parent in self._expected:
+                self.durable_ns.setdefault(parent, time.perf_counter_ns())
+
     async def wait(self, timeout_s: float) -> bool:
         try:
             await asyncio.wait_for(self.done.wait(), timeout_s)
@@ -413,6 +423,7 @@ def watch(host: Host, agents: Iterable[str], *, per_act: int | None = None) -> R
     replies = Replies(agents, per_act=per_act)
     assert host.recorder is not None, "the benchmark's host records"
     host.recorder.observers.append(replies)
+    host.recorder.durable_observers.append(replies.durable)
     return replies
 
 
@@ -562,11 +573,13 @@ async def paced_latency(
         replies.recorded_ns[i] - t for i, t in sent_ns.items() if i in replies.recorded_ns
     ]
     to_agent = [delivered_ns[i] - t for i, t in sent_ns.items() if i in delivered_ns]
+    durable = [replies.durable_ns[i] - t for i, t in sent_ns.items() if i in replies.durable_ns]
     return {
         "offered_per_s": offered,
         "acts": len(acts),
         "replies": len(end_to_end),
         "reply": spread_ms(end_to_end),
+        "durable": spread_ms(durable),
         "delivery": spread_ms(to_agent),
     }
 
@@ -802,6 +815,7 @@ def show_latency(results: dict[str, Any]) -> None:
         offered = f"at {latency['offered_per_s']:,.0f} acts/s{split}"
         for label, key, goal in (
             ("publish -> reply appended", "reply", f"; goal p99 < {GOAL_P99_MS:g} ms"),
+            ("publish -> reply fsynced", "durable", "; the recorder's group commit"),
             ("publish -> handed to agent", "delivery", "; taken when the call begins"),
         ):
             spread = latency[key]

@@ -4,12 +4,17 @@ It reads the whole stream (every channel and every event subject) strictly in st
 order, through an ordered consumer starting after the last message it recorded (kept
 in ``FACTS/.position``, beside the log it describes). It checks each envelope with the
 same rules ``agora verify`` applies (:func:`agora.core.admission.admit`, and a reply or
-event must point at an earlier fact), appends it, fsyncs (one fsync covers every batch
-that arrived meanwhile: a group commit), and only then moves the position, which it
-saves at most once a second. A crash in between reads those messages
-again; facts already in the log are recognised by id and skipped, so each fact is
-recorded exactly once and in order. An envelope that fails a rule is not recorded; a
-signed ``refused`` event naming it is published instead, so the refusal itself is a fact.
+event must point at an earlier fact) and appends it: each batch is written to the log
+file as it is recorded (``observers`` hear of its facts then). A task of its own makes
+what was written durable: one fsync, in a worker thread so the event loop never waits
+on the disk, covers everything written since the last (a group commit, at most every
+:data:`SYNC_EVERY_S`), and only then does the position move (``durable_observers``
+hear of the facts then); it is saved at most once a second. The stream, not the log,
+is what the recorder answers to: a crash between a write and its fsync reads those
+messages again, and facts already in the log are recognised by id and skipped, so
+each fact is recorded exactly once and in order. An envelope that fails a rule is not
+recorded; a signed ``refused`` event naming it is published instead, so the refusal
+itself is a fact.
 
 Envelopes the host in the same process already signed or verified are not verified a
 second time (:class:`~agora.host.vouched.Vouched`).
@@ -21,7 +26,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +47,6 @@ from agora.core.spine import (
     read_in_order,
     stream_sequence,
 )
-from agora.host.streak import QuickStreak
 from agora.host.tasks import finish
 from agora.host.vouched import Vouched
 
@@ -51,9 +54,8 @@ log = logging.getLogger(__name__)
 
 FETCH_BATCH: Final = 512
 FETCH_WAIT_S: Final = 0.25
-SYNC_EVERY_S: Final = 0.05
-INLINE_FSYNC_S: Final = 0.001
-FSYNC_HISTORY: Final = 8
+SYNC_EVERY_S: Final = 0.01  # the shortest time between two group commits
+SYNC_RETRY_S: Final = 1.0
 POSITION_EVERY_S: Final = 1.0
 HEARTBEAT_S: Final = 1.0
 QUEUE_LIMIT: Final = 8192
@@ -88,22 +90,31 @@ class Recorder:
         self.position = read_position(self._position_file)
         self._saved_position = self.position
         self._position_saved_at = 0.0
-        self._unsynced_position = self.position
-        self._unsynced: list[Fact] = []
-        self._last_sync = 0.0
-        self._fsync = Fsync(factlog.fsync)
+        self._unsynced_position = self.position  # appended, maybe not yet written
+        self._written_position = self.position  # written to the log file, not yet synced
+        self._unsynced: list[Fact] = []  # appended since the last write
+        self._unsynced_written: list[Fact] = []  # written since the last sync
+        self._written = asyncio.Event()
         self._since_checkpoint = 0
         self.counters = RecorderCounters()
         self.observers: list[Callable[[Fact], None]] = []
+        self.durable_observers: list[Callable[[Fact], None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._syncing: asyncio.Task[None] | None = None
+        self._fsyncing: asyncio.Future[None] | None = None  # the fsync in a worker thread
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="agora-recorder")
+        self._syncing = asyncio.create_task(self._sync_forever(), name="agora-recorder-sync")
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in hand (graceful), or at once, as a crash would."""
         await finish(self._task, self._stopping, graceful=graceful)
+        self._written.set()  # to wake the group commit, which then ends
+        await finish(self._syncing, self._stopping, graceful=graceful)
+        if self._fsyncing is not None:  # a crash's cancel does not stop a thread: wait
+            await asyncio.wait({self._fsyncing})
         if graceful:
             self.make_durable()
         self._log.close()  # checkpoints what was recorded
@@ -137,11 +148,7 @@ class Recorder:
                 while len(batch) < FETCH_BATCH and not arrived.empty():
                     batch.append(arrived.get_nowait())
                 await self.record(batch)
-                # Group commit: sync when the stream is drained, or at least every
-                # SYNC_EVERY_S under load, so one fsync covers many batches.
-                now = asyncio.get_running_loop().time()
-                if arrived.empty() or now - self._last_sync >= SYNC_EVERY_S:
-                    await self._commit()
+                self._write()
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
@@ -173,42 +180,73 @@ class Recorder:
                 self._js, subject=event_subject(self._key.name), msg_id=event.id, envelope=envelope
             )
 
-    async def _commit(self) -> None:
-        """The group commit: fsync, then move the position past what was appended."""
-        self._last_sync = asyncio.get_running_loop().time()
-        target = self._unsynced_position
-        if target <= self.position:
+    def _write(self) -> None:
+        """Hand what was appended to the operating system: it is in the log file now
+        (a crashed process loses none of it), durable at the next group commit."""
+        if self._unsynced_position <= self._written_position:
             return
         self._log.flush()
-        await self._fsync()
-        # Nothing is appended meanwhile (appends happen in this task), but a snapshot
-        # may have synced it all already.
-        if target <= self.position:
-            return
-        appended, self._unsynced = self._unsynced, []
-        self._synced(target, appended)
-
-    def make_durable(self) -> None:
-        """fsync what was appended, then move the position past it (and save it).
-
-        The saved position never runs ahead of the synced log: after a crash the
-        recorder reads again from the last saved position and skips what the log
-        already holds.
-        """
-        self._last_sync = asyncio.get_running_loop().time()
-        target = self._unsynced_position
-        if target > self.position:
-            self._log.sync()
-            appended, self._unsynced = self._unsynced, []
-            self._synced(target, appended)
-        self._save_position(force=True)
-
-    def _synced(self, target: int, appended: list[Fact]) -> None:
-        self.position = max(self.position, target)
-        self._save_position(force=False)
-        for fact in appended:
+        self._written_position = self._unsynced_position
+        written, self._unsynced = self._unsynced, []
+        self._unsynced_written.extend(written)
+        for fact in written:
             for observer in self.observers:
                 observer(fact)
+        self._written.set()
+
+    async def _sync_forever(self) -> None:
+        """The group commit: whenever something was written, fsync it (in a worker
+        thread), then move the position past it; at most every :data:`SYNC_EVERY_S`,
+        so one fsync covers everything written meanwhile."""
+        while True:
+            await self._written.wait()
+            self._written.clear()
+            if self._stopping.is_set():
+                return  # the stop makes the rest durable
+            try:
+                await self._commit()
+            except OSError:
+                log.exception("recorder: the fact log could not be synced; trying again")
+                self._written.set()
+                await asyncio.sleep(SYNC_RETRY_S)
+            await asyncio.sleep(SYNC_EVERY_S)
+
+    async def _commit(self) -> None:
+        """fsync what was written, then move the position past it."""
+        target = self._written_position
+        if target <= self.position:
+            return
+        durable, self._unsynced_written = self._unsynced_written, []
+        self._fsyncing = asyncio.get_running_loop().run_in_executor(None, self._log.fsync)
+        try:
+            await asyncio.shield(self._fsyncing)
+        except OSError:
+            self._unsynced_written[:0] = durable  # for the next try
+            raise
+        self._fsyncing = None
+        self._synced(target, durable)
+
+    def make_durable(self) -> None:
+        """Write and fsync what was appended, then move the position past it (and save
+        it). The saved position never runs ahead of the synced log: after a crash the
+        recorder reads again from the last saved position and skips what the log
+        already holds."""
+        self._write()
+        target = self._written_position
+        if target > self.position:
+            self._log.sync()
+            durable, self._unsynced_written = self._unsynced_written, []
+            self._synced(target, durable)
+        self._save_position(force=True)
+
+    def _synced(self, target: int, durable: list[Fact]) -> None:
+        for fact in durable:
+            for observer in self.durable_observers:
+                observer(fact)
+        if target <= self.position:  # a snapshot synced it all meanwhile
+            return
+        self.position = target
+        self._save_position(force=False)
         if self._since_checkpoint >= self._checkpoint_every:
             self.checkpoint()
 
@@ -296,41 +334,6 @@ def _unverified(message: Msg, problem: InputError, host: str) -> Event:
 def _stream_time_ms(message: Msg) -> int:
     """When JetStream stored the message, in ms since the epoch."""
     return int(message.metadata.timestamp.timestamp() * 1000)
-
-
-class Fsync:
-    """An fsync run where it costs least.
-
-    A disk whose last :data:`FSYNC_HISTORY` fsyncs each answered within
-    :data:`INLINE_FSYNC_S` is waited for right here: the hop to a worker thread and back
-    costs more than that (about 1.6 ms of latency on a loaded 2-core machine, against
-    0.2 ms for the fsync itself). Once one is slower, the next ones run in a worker
-    thread, so the host's agents go on while the disk works, until the disk has been
-    fast that many times in a row. The price: the first slow fsync after a fast run
-    holds the event loop for as long as it takes.
-    """
-
-    def __init__(self, fsync: Callable[[], None]) -> None:
-        self._fsync = fsync
-        self._streak = QuickStreak(
-            needed=FSYNC_HISTORY, limit_s=INLINE_FSYNC_S, quick_at_start=True
-        )
-
-    @property
-    def inline(self) -> bool:
-        return self._streak.quick
-
-    async def __call__(self) -> None:
-        if self.inline:
-            took_s = self._timed()
-        else:
-            took_s = await asyncio.to_thread(self._timed)
-        self._streak.observe(took_s)
-
-    def _timed(self) -> float:
-        started = time.perf_counter()
-        self._fsync()
-        return time.perf_counter() - started
 
 
 def read_position(path: Path) -> int:

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import socket
+import threading
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
 from agora.core.envelope import Act, EventKind
 from agora.core.errors import MalformedEnvelope
-from agora.core.factlog import POSITION_FILE
+from agora.core.factlog import POSITION_FILE, FactLog
 from agora.core.ids import new_id, now_ms
 from agora.core.signing import pae, sign_fact
 from agora.core.spine import (
@@ -237,6 +238,46 @@ def _signed_request(h: Harness, text: str) -> tuple[Act, bytes]:
         time_ms=now_ms(),
     )
     return act, sign_fact(act, h.session.key("maintainer"))
+
+
+async def test_a_fact_is_written_at_once_and_the_position_moves_only_once_it_is_synced(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The disk holds every fsync: facts are still written and agents still served (the
+    # event loop never waits on the disk), but the position stays where the log is
+    # durable, so a crash of the machine now would read those facts again.
+    disk = threading.Event()
+    fsync = FactLog.fsync
+
+    def slow_fsync(log: FactLog) -> None:
+        disk.wait(10)
+        fsync(log)
+
+    monkeypatch.setattr(FactLog, "fsync", slow_fsync)
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        recorder = h.running().recorder
+        assert recorder is not None
+        written: list[str] = []
+        durable: list[str] = []
+        recorder.observers.append(lambda fact: written.append(fact.id))
+        recorder.durable_observers.append(lambda fact: durable.append(fact.id))
+        before = recorder.position
+        request = await h.inject("build-coord", "hello", hops=1)
+        for _ in range(100):
+            if len(h.acts_by("synth-agent")) == 1:
+                break
+            await asyncio.sleep(0.05)
+        [reply] = h.acts_by("synth-agent")  # read from the log file, written
+        assert [d.act.id for d in h.deliveries] == [request.id]
+        assert {request.id, reply.id} <= set(written)
+        assert durable == [] and recorder.position == before
+        disk.set()
+        await h.settle()
+        assert {request.id, reply.id} <= set(durable)
+        assert recorder.position > before
+        assert durable == written
+    h.verify()
 
 
 async def test_a_recorder_position_left_behind_records_nothing_twice(

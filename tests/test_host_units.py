@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,9 +21,7 @@ from agora.core.verify import verify_directory
 from agora.host.agent_record import MAX_RECENT, AgentRecord, Outgoing
 from agora.host.controls import Handed
 from agora.host.killswitch import KillState
-from agora.host.recorder import FSYNC_HISTORY, Fsync
 from agora.host.sandbox import classify_fault
-from agora.host.streak import QuickStreak
 
 
 def test_an_agent_record_round_trips_and_stays_bounded() -> None:
@@ -226,39 +222,3 @@ def test_nats_credentials_never_reach_a_message() -> None:
     assert without_credentials("nats://user:s3cret@10.0.0.1:4222") == "nats://***@10.0.0.1:4222"
     assert without_credentials("tls://token@nats.example:4443") == "tls://***@nats.example:4443"
     assert without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
-
-
-async def test_a_fast_fsync_runs_inline_and_a_slow_one_moves_to_a_thread() -> None:
-    threads: list[str] = []
-    delays = iter([0.0, 0.01] + [0.0] * (FSYNC_HISTORY + 1))
-
-    def fsync() -> None:
-        threads.append(threading.current_thread().name)
-        time.sleep(next(delays))
-
-    run = Fsync(fsync)
-    for _ in range(FSYNC_HISTORY + 3):
-        await run()
-    here = [name == threading.main_thread().name for name in threads]
-    # fast (here), slow (here), then in a thread until FSYNC_HISTORY fast ones in a row
-    assert here == [True, True] + [False] * FSYNC_HISTORY + [True]
-    assert run.inline
-
-
-def test_a_streak_is_quick_only_after_enough_quick_runs_in_a_row() -> None:
-    streak = QuickStreak(needed=3, limit_s=0.005, quick_at_start=False)
-    seen = []
-    for took_s in (0.001, 0.002, 0.001, 0.009, 0.001, 0.001, 0.001):
-        seen.append(streak.quick)
-        streak.observe(took_s)
-    seen.append(streak.quick)
-    # not quick until three runs; one slow run takes three more quick ones
-    assert seen == [False, False, False, True, False, False, False, True]
-    streak.slow()
-    assert not streak.quick
-    trusting = QuickStreak(needed=3, limit_s=0.005, quick_at_start=True)
-    assert trusting.quick
-    trusting.observe(0.009)
-    assert not trusting.quick
-    with pytest.raises(ValueError, match="needed is 0: expected at least 1"):
-        QuickStreak(needed=0, limit_s=1.0, quick_at_start=True)

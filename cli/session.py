@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-import nats
 from nats.aio.client import Client
 
 from agora.core.acts import check_channel
@@ -27,6 +26,7 @@ from agora.core.keys import (
     read_private_key,
     read_private_key_file,
 )
+from agora.core.received import RawClient
 from agora.host.config import Config, check_against_registry, load_config
 
 DEFAULT_CONFIG: Final = Path("agora.yaml")
@@ -130,14 +130,16 @@ async def connected(url: str, *, reconnect: bool = False) -> AsyncIterator[Clien
     async def connect(*, reconnect: bool) -> Client:
         # nats-py never gives up on a first connection with 0 attempts or with -1: one
         # attempt more, then an error; -1 only once connected, to ride out restarts
-        return await nats.connect(
+        client = RawClient()  # the host's busiest subscriptions read off the wire
+        await client.connect(
             url,
             connect_timeout=3,
             allow_reconnect=reconnect,
             max_reconnect_attempts=-1 if reconnect else 1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; typed int
             error_cb=None if reconnect else quiet,
         )
+        return client
 
     try:
         if reconnect:  # a server that is not there at all is an error, at once

@@ -6,8 +6,9 @@ host spends per message, and the request's round trip is paid before every batch
 :class:`PullFeed` keeps pull requests outstanding instead, so the next batch is
 already here when the last one is done:
 
-- one subscription on a private inbox takes what the server delivers, in a callback,
-  into a buffer;
+- one subscription on a private inbox takes what the server delivers into a buffer,
+  straight off the wire when the client is a :class:`~agora.core.received.RawClient`
+  (else through nats-py's callback);
 - pull requests ask for at most ``batch`` messages beyond what the buffer holds, each
   expiring after ``expires_s``; a request that ends early (408 on expiry, 409 for
   reasons such as a leadership change) says how many it did not deliver, which are
@@ -19,26 +20,34 @@ already here when the last one is done:
 The server drops a waiting request when its inbox loses interest, so a stopped feed
 takes nothing more; what it buffered and never handed out is given back (``nak``) at
 a graceful stop, to be delivered again at once rather than after ``ack_wait``.
+A request that ends (expires, or its consumer is gone) wakes a waiting :meth:`take`,
+which asks again (or raises).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from agora.core.errors import AgoraError
+from agora.core.received import (
+    DESCRIPTION_HEADER,
+    STATUS_HEADER,
+    JetStreamMessage,
+    RawClient,
+    Received,
+)
 
 API_PREFIX: Final = "$JS.API"
-STATUS_HEADER: Final = "Status"
-DESCRIPTION_HEADER: Final = "Description"
 PENDING_HEADER: Final = "Nats-Pending-Messages"
 HEARTBEAT: Final = "100"
 EXPIRED: Final = "408"
@@ -65,15 +74,21 @@ class PullFeed:
         self._batch = batch
         self._expires_s = expires_s
         self._inbox = client.new_inbox()
-        self._subscription: Subscription | None = None
-        self._buffer: deque[Msg] = deque()
+        self._subscription: Callable[[], Awaitable[None]] | None = None  # its unsubscribe
+        self._buffer: deque[JetStreamMessage] = deque()
         self._asked = 0  # asked for, and neither delivered nor given back by the server
         self._last_heard = 0.0
-        self._arrived = asyncio.Event()
+        self._arrived = asyncio.Event()  # a message, an ended request or a failure
         self._failure: str | None = None
 
     async def start(self) -> None:
-        self._subscription = await self._client.subscribe(self._inbox, cb=self._on_message)
+        client = self._client
+        if isinstance(client, RawClient):
+            sid = await client.subscribe_raw(self._inbox, self._on_raw)
+            self._subscription = functools.partial(client.unsubscribe_raw, sid)
+        else:
+            subscription = await client.subscribe(self._inbox, cb=self._on_message)
+            self._subscription = subscription.unsubscribe
         self._last_heard = time.monotonic()
         await self._top_up()
 
@@ -81,7 +96,7 @@ class PullFeed:
         """Stop taking messages; give back (``nak``) what was buffered but not taken."""
         if self._subscription is not None:
             with contextlib.suppress(Exception):
-                await self._subscription.unsubscribe()
+                await self._subscription()
             self._subscription = None
         if give_back:
             while self._buffer:
@@ -89,51 +104,59 @@ class PullFeed:
                     await self._buffer.popleft().nak()
         self._buffer.clear()
 
-    async def take(self, limit: int, timeout_s: float) -> list[Msg]:
+    async def take(self, limit: int, timeout_s: float) -> list[JetStreamMessage]:
         """Up to ``limit`` messages, waiting at most ``timeout_s`` for the first."""
         if self._subscription is None:
             raise PullFeedError("the feed is not started, or was stopped")
-        if not self._buffer and self._failure is None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self._buffer and self._failure is None:
             self._arrived.clear()  # before asking: what arrives from now on sets it
             await self._top_up()
-            if not self._buffer:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), timeout_s)
+            left_s = deadline - loop.time()
+            if self._buffer or left_s <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left_s)
         if self._failure is not None:
             raise PullFeedError(self._failure)
         taken = [self._buffer.popleft() for _ in range(min(limit, len(self._buffer)))]
         await self._top_up()
         return taken
 
+    def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        self._accept(Received.of(self._client, subject, reply, data, headers))
+
     async def _on_message(self, message: Msg) -> None:
+        self._accept(message)
+
+    def _accept(self, message: JetStreamMessage) -> None:
         self._last_heard = time.monotonic()
-        headers = message.headers
-        status = headers.get(STATUS_HEADER) if headers else None
-        if status is None:
+        if message.reply:  # a stored message ($JS.ACK...), whatever headers it carries
             self._buffer.append(message)
             self._asked = max(0, self._asked - 1)
             self._arrived.set()
             return
-        if status == HEARTBEAT:
+        headers = message.headers  # else the server's answer to a request: a status
+        status = headers.get(STATUS_HEADER) if headers else None
+        if headers is None or status is None or status == HEARTBEAT:
             return
-        assert headers is not None  # noqa: S101 - a status came in them
         # nats-py keys the description by an Enum member equal to, but not hashed as,
         # the string "Description"
         description = next((v for k, v in headers.items() if k == DESCRIPTION_HEADER), "")
         if status in REQUEST_ENDED:
             unused = headers.get(PENDING_HEADER, "")
-            self._asked = max(0, self._asked - int(unused)) if unused.isdigit() else 0
+            counted = unused.isascii() and unused.isdigit()
+            self._asked = max(0, self._asked - int(unused)) if counted else 0
             if status == "409" and description.lower().startswith(FATAL_409):
                 self._failure = f"the consumer is gone: {description}"
-                self._arrived.set()
-            elif status == EXPIRED:  # ask again now, not when the runner next takes
-                await self._top_up()
-            return
-        if status == NO_RESPONDERS:
+            elif status != EXPIRED:
+                return  # asked again at the next take
+        elif status == NO_RESPONDERS:
             self._failure = f"the consumer {self._consumer!r} is gone: no one answered (503)"
         else:
             self._failure = f"the server answered a pull request with {status} {description}"
-        self._arrived.set()
+        self._arrived.set()  # a waiting take asks again now (an expiry), or raises
 
     async def _top_up(self) -> None:
         """Ask for more when at least half a batch is missing (or nothing is asked)."""

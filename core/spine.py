@@ -25,7 +25,6 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -40,6 +39,7 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from agora.core.acts import check_channel, check_name
+from agora.core.received import JetStreamMessage
 
 STREAM: Final = "AGORA"
 CHANNEL_SUBJECT_PREFIX: Final = "agora.ch."
@@ -77,7 +77,7 @@ def arrival_channel(subject: str) -> str | None:
     return channel_of(subject) if subject.startswith(CHANNEL_SUBJECT_PREFIX) else None
 
 
-def stream_sequence(message: Msg) -> int:
+def stream_sequence(message: JetStreamMessage) -> int:
     """A JetStream message's sequence in its stream, read from its reply subject
     (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
     <pending>``, or the longer form with a domain and an account hash); 0 if it carries
@@ -85,7 +85,7 @@ def stream_sequence(message: Msg) -> int:
     return stream_place(message)[0]
 
 
-def stream_place(message: Msg) -> tuple[int, int]:
+def stream_place(message: JetStreamMessage) -> tuple[int, int]:
     """A JetStream message's sequence in its stream and when the stream stored it (ms
     since the epoch), read from its reply subject as :func:`stream_sequence` reads it;
     (0, 0) if it carries none."""

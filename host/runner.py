@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from agora.core.acts import parse_act
@@ -50,6 +49,7 @@ from agora.core.errors import InputError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry, Role, SigningKey
 from agora.core.pull import PullFeed
+from agora.core.received import JetStreamMessage
 from agora.core.signing import sign_fact, verify_envelope
 from agora.core.spine import (
     DUPLICATE_WINDOW_S,
@@ -204,7 +204,7 @@ class AgentRunner:
                 continue
             await self._guarded_step(messages)
 
-    async def _guarded_step(self, messages: list[Msg]) -> None:
+    async def _guarded_step(self, messages: list[JetStreamMessage]) -> None:
         try:
             await self._step_with_retry(messages)
         except asyncio.CancelledError:
@@ -224,7 +224,7 @@ class AgentRunner:
 
     # -- one batch ------------------------------------------------------------------------
 
-    async def _step_with_retry(self, messages: list[Msg]) -> None:
+    async def _step_with_retry(self, messages: list[JetStreamMessage]) -> None:
         """Run a batch; if another host saved this agent meanwhile, reload and redo it.
 
         Two hosts may run the same agent on one durable consumer: each batch goes to one
@@ -242,7 +242,7 @@ class AgentRunner:
                 return
         raise RecordConflict(f"agent {self.spec.name!r}: its record keeps changing under it")
 
-    async def _step(self, messages: list[Msg]) -> None:
+    async def _step(self, messages: list[JetStreamMessage]) -> None:
         await self._publish_saved_outbox()  # if a publish failed after the save
         batch = Batch(
             self.spec.name, processed=itertools.chain(self._record.recent, self._record.unacked)
@@ -298,7 +298,7 @@ class AgentRunner:
         self._outbox_published = True
         await self._acknowledge(messages, batch.ids)
 
-    async def _refused_all(self, messages: list[Msg], batch: Batch) -> None:
+    async def _refused_all(self, messages: list[JetStreamMessage], batch: Batch) -> None:
         """A batch nothing of which reaches the agent, each message refused by a control
         whose verdict cannot change (the agent's own messages coming back to it, above
         all): it changes nothing the record keeps, so it is not saved. Its refusals are
@@ -316,7 +316,7 @@ class AgentRunner:
         name = self.spec.name
         return state.blocks_agent(name) or all(state.blocks(name, c) for c in self._granted)
 
-    async def _acknowledge(self, messages: list[Msg], ids: list[str]) -> None:
+    async def _acknowledge(self, messages: list[JetStreamMessage], ids: list[str]) -> None:
         """Acknowledge a batch; the server's confirmation of the last acknowledgement
         (which it handles after the others, in order) is awaited in the background."""
         if not messages:
@@ -327,7 +327,7 @@ class AgentRunner:
         self._confirming.add(confirming)
         confirming.add_done_callback(self._confirming.discard)
 
-    async def _confirm(self, last: Msg, ids: list[str]) -> None:
+    async def _confirm(self, last: JetStreamMessage, ids: list[str]) -> None:
         reconnects = self._client.stats["reconnects"]
         try:
             await last.ack_sync(timeout=ACK_CONFIRM_S)
@@ -337,7 +337,9 @@ class AgentRunner:
         if self._client.stats["reconnects"] == reconnects:  # no earlier ack was lost
             self._confirmed.update(ids)
 
-    def _screen(self, message: Msg, found: tuple[Fact, str] | InputError, batch: Batch) -> None:
+    def _screen(
+        self, message: JetStreamMessage, found: tuple[Fact, str] | InputError, batch: Batch
+    ) -> None:
         sequence, stored_ms = stream_place(message)
         batch.last_seq = max(batch.last_seq, sequence)
         if isinstance(found, InputError):

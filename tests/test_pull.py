@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from agora.core.pull import PullFeed, PullFeedError
+from agora.core.received import RawClient
 from agora.host.nats_server import EmbeddedNats
 
 STREAM = "PULLTEST"
@@ -20,9 +21,17 @@ CONSUMER = "feed"
 ACK_WAIT_S = 30.0
 
 
-@pytest.fixture
-async def client(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
-    nc = await nats.connect(nats_server.url)
+@pytest.fixture(params=["nats-py", "raw"])
+async def client(
+    nats_server: EmbeddedNats, request: pytest.FixtureRequest
+) -> AsyncIterator[Client]:
+    """A plain nats-py client (messages through its callbacks) or a RawClient (messages
+    taken straight off the wire): the feed behaves the same with both."""
+    if request.param == "raw":
+        nc: Client = RawClient()
+        await nc.connect(nats_server.url)
+    else:
+        nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT]))
     await js.add_consumer(
@@ -118,6 +127,52 @@ async def test_a_missing_consumer_is_an_error_not_silence(client: Client) -> Non
     with pytest.raises(PullFeedError, match="no one answered"):
         await pulled.take(4, 2.0)
     await pulled.stop()
+
+
+async def test_a_stored_message_with_status_headers_is_a_message_not_a_status(
+    client: Client,
+) -> None:
+    # anyone who may publish can set any header; only the server's own answers (which
+    # come with no reply subject) are statuses
+    for status in ("409", "100"):
+        await client.jetstream().publish(
+            SUBJECT, status.encode(), headers={"Status": status, "Description": "Consumer Deleted"}
+        )
+    pulled = await feed(client, batch=4)
+    assert await drain(pulled, 2, limit=4) == [409, 100]
+    await pulled.stop()
+
+
+async def test_what_is_no_message_and_no_status_on_the_feeds_inbox_changes_nothing(
+    client: Client, nats_server: EmbeddedNats
+) -> None:
+    pulled = await feed(client, batch=4)
+    inbox = pulled._inbox  # where the server answers the feed
+    # a peer speaking the protocol: a status whose count is a digit int() refuses, and a
+    # message with no reply subject (no stored message comes without one)
+    status = b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: \xc2\xb2\r\n\r\n"
+    await _send_raw(nats_server, [(inbox, status, b""), (inbox, b"NATS/1.0\r\n\r\n", b"1")])
+    await publish(client, 2)
+    assert await drain(pulled, 2, limit=4) == [0, 1]  # the connection still reads
+    await pulled.stop()
+
+
+async def _send_raw(server: EmbeddedNats, messages: list[tuple[str, bytes, bytes]]) -> None:
+    """Publish with header blocks as given, over a plain connection (HPUB)."""
+    host, port = server.url.removeprefix("nats://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    await reader.readline()  # INFO
+    writer.write(b'CONNECT {"verbose":false,"headers":true}\r\n')
+    for subject, headers, payload in messages:
+        size = len(headers) + len(payload)
+        writer.write(
+            b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(headers), size, headers, payload)
+        )
+    writer.write(b"PING\r\n")
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"PONG")
+    writer.close()
+    await writer.wait_closed()
 
 
 async def test_a_stopped_feed_says_so_rather_than_wait_forever(client: Client) -> None:

@@ -1,0 +1,151 @@
+"""JetStream messages taken straight off the wire, for the host's busiest subscriptions.
+
+nats-py turns every message it reads into a ``Msg``: it parses the header block in a
+coroutine of its own, builds the object, queues it for the subscription's task, and
+that task wakes to hand it to the callback, about 5 µs and a turn of the event loop
+per message. A host reads several messages for each act it handles (the act and its
+reply come back to the agent's consumer and to the recorder), so :class:`RawClient`
+lets a subscription take them as they are parsed instead: its handler is called with
+the wire's bytes, synchronously, and builds a :class:`Received`, which has what the
+host reads of a message (subject, reply, data, headers) and acknowledges it the way
+nats-py's ``Msg`` does. Every other subscription goes through nats-py as before.
+
+The header block is ``NATS/1.0[ <status>[ <description>]]\\r\\n`` then ``Name: Value``
+lines; a status (100 heartbeat, 404/408/409 for an ended pull request, 503 for no
+responders) comes in ``Status`` and ``Description``, as nats-py reports them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final, Protocol
+
+from nats.aio.client import Client
+
+log = logging.getLogger(__name__)
+
+STATUS_HEADER: Final = "Status"
+DESCRIPTION_HEADER: Final = "Description"
+_VERSION_LINE: Final = b"NATS/1.0"
+_ACK: Final = b"+ACK"
+_NAK: Final = b"-NAK"
+
+RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
+
+
+class JetStreamMessage(Protocol):
+    """What the host reads of a message: nats-py's ``Msg`` and :class:`Received` both."""
+
+    subject: str
+    reply: str
+    data: bytes
+
+    @property
+    def headers(self) -> dict[str, str] | None: ...
+
+    async def ack(self) -> None: ...
+
+    async def ack_sync(self, timeout: float = ...) -> object: ...  # noqa: ASYNC109 - as nats-py's
+
+    async def nak(self) -> None: ...
+
+
+class Received:
+    """One message as :class:`RawClient` hands it over."""
+
+    __slots__ = ("_client", "data", "headers", "reply", "subject")
+
+    def __init__(
+        self, client: Client, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
+    ) -> None:
+        self._client = client
+        self.subject = subject
+        self.reply = reply
+        self.data = data
+        self.headers = headers
+
+    @classmethod
+    def of(
+        cls, client: Client, subject: bytes, reply: bytes, data: bytes, raw: bytes | None
+    ) -> Received:
+        return cls(client, subject.decode(), reply.decode(), data, parse_headers(raw))
+
+    async def ack(self) -> None:
+        await self._client.publish(self.reply, _ACK)
+
+    async def ack_sync(self, timeout: float = 1.0) -> None:  # noqa: ASYNC109 - as nats-py's
+        """Acknowledge and wait for the server to confirm it (nats-py raises
+        ``TimeoutError`` if it does not answer in time)."""
+        await self._client.request(self.reply, _ACK, timeout=timeout)
+
+    async def nak(self) -> None:
+        await self._client.publish(self.reply, _NAK)
+
+    def __repr__(self) -> str:
+        return f"Received(subject={self.subject!r}, reply={self.reply!r}, {len(self.data)} bytes)"
+
+
+def parse_headers(raw: bytes | None) -> dict[str, str] | None:
+    """The header block's fields, with a status line's code and description under
+    :data:`STATUS_HEADER` and :data:`DESCRIPTION_HEADER`; None for no block. A line
+    that is not ``Name: Value`` is skipped, as nats-py skips it."""
+    if not raw:
+        return None
+    lines = raw.split(b"\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name and b" " not in name and b"\t" not in name:
+            headers[name.decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+    # a status comes only in the first line: a field of that name is a publisher's
+    headers.pop(STATUS_HEADER, None)
+    headers.pop(DESCRIPTION_HEADER, None)
+    first = lines[0]
+    if first.startswith(_VERSION_LINE) and len(first) > len(_VERSION_LINE):
+        status, _, description = first[len(_VERSION_LINE) :].strip().partition(b" ")
+        if status.isascii() and status.isdigit():
+            headers[STATUS_HEADER] = status.decode()
+            if description:
+                headers[DESCRIPTION_HEADER] = description.decode("utf-8", "replace")
+    return headers
+
+
+class RawClient(Client):
+    """A nats-py client some of whose subscriptions take messages straight off the wire
+    (:meth:`subscribe_raw`). Everything else about it is nats-py's: the connection,
+    reconnecting (which subscribes these again too), publishing, requests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._raw: dict[int, RawHandler] = {}
+
+    async def subscribe_raw(self, subject: str, handler: RawHandler) -> int:
+        """Subscribe ``subject``; ``handler(subject, reply, data, headers)`` is called
+        with each message's bytes as it is read. Returns the subscription's id."""
+        subscription = await self.subscribe(subject)
+        sid: int = subscription._id  # the id nats-py hands the server
+        self._raw[sid] = handler
+        return sid
+
+    async def unsubscribe_raw(self, sid: int) -> None:
+        self._raw.pop(sid, None)
+        subscription = self._subs.get(sid)
+        if subscription is not None:
+            await subscription.unsubscribe()
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        handler = self._raw.get(sid)
+        if handler is None:
+            # nats-py's parser passes None for no headers, whatever its annotation says
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        try:
+            handler(subject, reply, data, headers)
+        except Exception as exc:  # nats-py's read loop stops for good on an exception
+            log.exception("a message on %r could not be taken; it is dropped", subject[:200])
+            await self._error_cb(exc)

@@ -1,0 +1,123 @@
+"""RawClient on a real nats-server: messages straight off the wire, read as nats-py reads
+them, and the client's other subscriptions untouched."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from agora.core.received import RawClient, Received, parse_headers
+from agora.host.nats_server import EmbeddedNats
+
+STREAM = "RAWTEST"
+SUBJECT = "raw.test"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, None),
+        (b"NATS/1.0\r\nNats-Msg-Id: act-1\r\n\r\n", {"Nats-Msg-Id": "act-1"}),
+        (b"NATS/1.0\r\nA:b\r\nC:\tspaced \r\n\r\n", {"A": "b", "C": "spaced"}),
+        (
+            b"NATS/1.0 100 Idle Heartbeat\r\n\r\n",
+            {"Status": "100", "Description": "Idle Heartbeat"},
+        ),
+        (
+            b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 5\r\n\r\n",
+            {"Status": "408", "Description": "Request Timeout", "Nats-Pending-Messages": "5"},
+        ),
+        (b"NATS/1.0 503\r\n\r\n", {"Status": "503"}),
+        (b"NATS/1.0\r\nno colon\r\nbad name: x\r\n\r\n", {}),
+        # a status only ever comes in the first line, never from a publisher's fields
+        (b"NATS/1.0\r\nStatus: 409\r\nDescription: gone\r\nA: b\r\n\r\n", {"A": "b"}),
+        (b"NATS/1.0 40\xc2\xb2 odd\r\n\r\n", {}),
+    ],
+)
+def test_a_header_block_reads_as_nats_py_reports_it(
+    raw: bytes | None, expected: dict[str, str] | None
+) -> None:
+    assert parse_headers(raw) == expected
+
+
+@pytest.fixture
+async def clients(nats_server: EmbeddedNats) -> AsyncIterator[tuple[RawClient, Client]]:
+    raw = RawClient()
+    await raw.connect(nats_server.url)
+    plain = await nats.connect(nats_server.url)
+    yield raw, plain
+    await raw.close()
+    await plain.close()
+
+
+async def test_a_raw_subscription_sees_what_nats_py_sees(
+    clients: tuple[RawClient, Client],
+) -> None:
+    raw, plain = clients
+    taken: list[Received] = []
+    seen: list[Msg] = []
+
+    def handler(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        taken.append(Received.of(raw, subject, reply, data, headers))
+
+    async def callback(message: Msg) -> None:
+        seen.append(message)
+
+    sid = await raw.subscribe_raw("both.>", handler)
+    await raw.subscribe("both.>", cb=callback)  # a plain subscription on the same client
+    await plain.publish("both.one", b"first", headers={"Nats-Msg-Id": "m-1"})
+    await plain.publish("both.two", b"second", reply="where.to")
+    await plain.flush()
+    for _ in range(100):
+        if len(taken) == 2 and len(seen) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [(r.subject, r.reply, r.data, r.headers) for r in taken] == [
+        (m.subject, m.reply, m.data, m.headers) for m in seen
+    ]
+    assert taken[0].headers == {"Nats-Msg-Id": "m-1"} and taken[1].reply == "where.to"
+    await raw.unsubscribe_raw(sid)
+    await plain.publish("both.three", b"third")
+    await plain.flush()
+    for _ in range(100):
+        if len(seen) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(seen) == 3 and len(taken) == 2  # the raw one is gone, the other is not
+
+
+async def test_a_raw_message_is_acknowledged_and_given_back_as_nats_py_does(
+    clients: tuple[RawClient, Client],
+) -> None:
+    raw, plain = clients
+    js = plain.jetstream()
+    await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT]))
+    await js.add_consumer(
+        STREAM, ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30)
+    )
+    for text in (b"kept", b"given back"):
+        await js.publish(SUBJECT, text)
+    inbox = raw.new_inbox()
+    taken: list[Received] = []
+    await raw.subscribe_raw(inbox, lambda *wire: taken.append(Received.of(raw, *wire)))
+    await raw.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.c", b'{"batch":2}', reply=inbox)
+    for _ in range(100):
+        if len(taken) == 2:
+            break
+        await asyncio.sleep(0.01)
+    kept, given_back = taken
+    await kept.ack_sync(timeout=2)
+    await given_back.nak()
+    await raw.flush()
+    again = await js.pull_subscribe_bind("c", stream=STREAM)
+    [redelivered] = await again.fetch(1, timeout=2)
+    assert redelivered.data == b"given back" and redelivered.metadata.num_delivered == 2
+    await redelivered.ack_sync()
+    info = await js.consumer_info(STREAM, "c")
+    assert info.num_ack_pending == 0 and info.num_pending == 0  # "kept" is not coming back

@@ -149,6 +149,8 @@ def run_status(arguments: argparse.Namespace) -> int:
         recorder = host.get("recorder")
         if recorder:
             print(f"  recorder: {recorder['recorded']} recorded, {recorder['refused']} refused")
+            if recorder.get("failure"):
+                print(f"  recorder STOPPED: {recorder['failure']}")
         for agent, info in sorted(host.get("agents", {}).items()):
             counters = ", ".join(f"{k} {v}" for k, v in info["counters"].items())
             print(f"  {agent} [{info['state']}] on {', '.join(info['channels'])}: {counters}")

@@ -231,9 +231,13 @@ class FactLog:
         try:
             self.checkpoint()
         finally:
-            self._log.close()
-            self._view.close()
-            os.close(self._lock_fd)
+            self.release()
+
+    def release(self) -> None:
+        """Close the files and let go of the directory, with no checkpoint."""
+        self._log.close()
+        self._view.close()
+        os.close(self._lock_fd)
 
     def __enter__(self) -> Self:
         return self

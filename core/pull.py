@@ -76,6 +76,8 @@ class PullFeed:
         self._inbox = client.new_inbox()
         self._subscription: Callable[[], Awaitable[None]] | None = None  # its unsubscribe
         self._buffer: deque[JetStreamMessage] = deque()
+        self._arrivals: deque[float] = deque()  # when each buffered message arrived
+        self.taken_since = 0.0  # when the first of the last messages taken arrived
         self._asked = 0  # asked for, and neither delivered nor given back by the server
         self._last_heard = 0.0
         self._arrived = asyncio.Event()  # a message, an ended request or a failure
@@ -103,6 +105,7 @@ class PullFeed:
                 with contextlib.suppress(Exception):
                     await self._buffer.popleft().nak()
         self._buffer.clear()
+        self._arrivals.clear()
 
     async def take(self, limit: int, timeout_s: float) -> list[JetStreamMessage]:
         """Up to ``limit`` messages, waiting at most ``timeout_s`` for the first."""
@@ -120,7 +123,12 @@ class PullFeed:
                 await asyncio.wait_for(self._arrived.wait(), left_s)
         if self._failure is not None:
             raise PullFeedError(self._failure)
-        taken = [self._buffer.popleft() for _ in range(min(limit, len(self._buffer)))]
+        count = min(limit, len(self._buffer))
+        if count:
+            self.taken_since = self._arrivals[0]
+        taken = [self._buffer.popleft() for _ in range(count)]
+        for _ in range(count):
+            self._arrivals.popleft()
         await self._top_up()
         return taken
 
@@ -134,6 +142,7 @@ class PullFeed:
         self._last_heard = time.monotonic()
         if message.reply:  # a stored message ($JS.ACK...), whatever headers it carries
             self._buffer.append(message)
+            self._arrivals.append(time.monotonic())
             self._asked = max(0, self._asked - 1)
             self._arrived.set()
             return

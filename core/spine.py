@@ -101,6 +101,19 @@ def stream_place(message: JetStreamMessage) -> tuple[int, int]:
     return int(tokens[seq]), int(tokens[seq + _TIME_AFTER_SEQ]) // 1_000_000
 
 
+def delivery_count(message: JetStreamMessage) -> int:
+    """How many times the consumer has handed this message over, this time included,
+    read from its reply subject; 0 if it carries none."""
+    tokens = (message.reply or "").split(".")
+    if tokens[:2] != ["$JS", "ACK"]:
+        return 0
+    if len(tokens) == _ACK_TOKENS_SHORT:
+        return int(tokens[_STREAM_SEQ_SHORT - 1])
+    if len(tokens) >= _ACK_TOKENS_LONG:
+        return int(tokens[_STREAM_SEQ_LONG - 1])
+    return 0
+
+
 def event_subject(identity: str) -> str:
     return EVENT_SUBJECT_PREFIX + check_name(identity, field="identity")
 

@@ -135,6 +135,10 @@ class AgentRecord:
         """The record once its outbox is published and ``confirmed`` acknowledged."""
         return replace(self, outbox=(), unacked=self._unconfirmed(confirmed))
 
+    def forgetting(self, confirmed: Container[str]) -> AgentRecord:
+        """The record once ``confirmed`` are acknowledged (its outbox kept)."""
+        return replace(self, unacked=self._unconfirmed(confirmed))
+
     def _unconfirmed(self, confirmed: Container[str]) -> tuple[str, ...]:
         return tuple(i for i in self.unacked if i not in confirmed)
 
@@ -191,11 +195,14 @@ class AgentRecord:
 
 
 def _name_list(names: Iterable[str]) -> str:
-    """``names`` as one JSON string, space-separated; written as it is when it holds
-    nothing but names (checked in one pass over its bytes), else escaped."""
+    """``names`` as one JSON string, space-separated, written as it is when it holds
+    nothing but names (checked in one pass over its bytes); anything else, as a JSON
+    list of strings (which :func:`_names` reads too)."""
+    names = list(names)
     joined = " ".join(names)
-    if joined.encode().translate(None, _NAME_LIST_BYTES):
-        return json.dumps(joined)
+    spaced = joined.count(" ") != max(len(names) - 1, 0)  # a space in a name
+    if spaced or "" in names or joined.encode().translate(None, _NAME_LIST_BYTES):
+        return json.dumps(names)
     return f'"{joined}"'
 
 

@@ -35,7 +35,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from agora.core.envelope import Event, EventKind, Fact, references_of
-from agora.core.errors import ConfigError, InputError
+from agora.core.errors import ConfigError, InputError, InternalError
 from agora.core.factlog import POSITION_FILE, FactLog, FactsSnapshot, envelope_digest
 from agora.core.keys import SigningKey
 from agora.core.signing import sign_fact
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 FETCH_BATCH: Final = 512
 FETCH_WAIT_S: Final = 0.25
 SYNC_EVERY_S: Final = 0.01  # the shortest time between two group commits
-SYNC_RETRY_S: Final = 1.0
 POSITION_EVERY_S: Final = 1.0
 HEARTBEAT_S: Final = 1.0
 QUEUE_LIMIT: Final = 8192
@@ -94,6 +93,8 @@ class Recorder:
         self._written_position = self.position  # written to the log file, not yet synced
         self._unsynced: list[Fact] = []  # appended since the last write
         self._unsynced_written: list[Fact] = []  # written since the last sync
+        self._syncing_facts: list[Fact] = []  # written, and being synced now
+        self.failure: str | None = None  # why the recorder stopped for good, if it did
         self._written = asyncio.Event()
         self._since_checkpoint = 0
         self.counters = RecorderCounters()
@@ -112,12 +113,16 @@ class Recorder:
         """Stop after the batch in hand (graceful), or at once, as a crash would."""
         await finish(self._task, self._stopping, graceful=graceful)
         self._written.set()  # to wake the group commit, which then ends
-        await finish(self._syncing, self._stopping, graceful=graceful)
+        with contextlib.suppress(Exception):  # an fsync's failure is reported already
+            await finish(self._syncing, self._stopping, graceful=graceful)
         if self._fsyncing is not None:  # a crash's cancel does not stop a thread: wait
             await asyncio.wait({self._fsyncing})
         if graceful:
             self.make_durable()
-        self._log.close()  # checkpoints what was recorded
+        if self.failure is None:
+            self._log.close()  # checkpoints what was recorded
+        else:
+            self._log.release()  # no checkpoint over what may not be on the disk
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -197,7 +202,12 @@ class Recorder:
     async def _sync_forever(self) -> None:
         """The group commit: whenever something was written, fsync it (in a worker
         thread), then move the position past it; at most every :data:`SYNC_EVERY_S`,
-        so one fsync covers everything written meanwhile."""
+        so one fsync covers everything written meanwhile.
+
+        An fsync that fails stops the recorder for good: the system may have dropped
+        what it could not write and would report the next fsync a success, so nothing
+        written since the last good one can be called durable. The position stays
+        where the log was last durable, and a restart reads again from there."""
         while True:
             await self._written.wait()
             self._written.clear()
@@ -205,25 +215,33 @@ class Recorder:
                 return  # the stop makes the rest durable
             try:
                 await self._commit()
-            except OSError:
-                log.exception("recorder: the fact log could not be synced; trying again")
-                self._written.set()
-                await asyncio.sleep(SYNC_RETRY_S)
+            except OSError as exc:
+                self._fail(f"the fact log could not be made durable: {exc}")
+                return
+            except Exception:  # an observer or a checkpoint: the commit itself is done
+                log.exception("recorder: after a group commit")
             await asyncio.sleep(SYNC_EVERY_S)
+
+    def _fail(self, reason: str) -> None:
+        self.failure = reason
+        log.critical(
+            "recorder stopped: %s; facts are recorded again from stream sequence %d once "
+            "agora is restarted on a healthy disk",
+            reason,
+            self.position + 1,
+        )
+        self._stopping.set()  # the reading stops too: nothing more goes into the log
 
     async def _commit(self) -> None:
         """fsync what was written, then move the position past it."""
         target = self._written_position
         if target <= self.position:
             return
-        durable, self._unsynced_written = self._unsynced_written, []
+        self._syncing_facts, self._unsynced_written = self._unsynced_written, []
         self._fsyncing = asyncio.get_running_loop().run_in_executor(None, self._log.fsync)
-        try:
-            await asyncio.shield(self._fsyncing)
-        except OSError:
-            self._unsynced_written[:0] = durable  # for the next try
-            raise
+        await asyncio.shield(self._fsyncing)
         self._fsyncing = None
+        durable, self._syncing_facts = self._syncing_facts, []
         self._synced(target, durable)
 
     def make_durable(self) -> None:
@@ -231,11 +249,15 @@ class Recorder:
         it). The saved position never runs ahead of the synced log: after a crash the
         recorder reads again from the last saved position and skips what the log
         already holds."""
+        if self.failure is not None:
+            return  # nothing since the failed fsync can be called durable
         self._write()
         target = self._written_position
         if target > self.position:
             self._log.sync()
-            durable, self._unsynced_written = self._unsynced_written, []
+            # what an fsync in flight covers comes first, so each is heard of in order
+            durable = self._syncing_facts + self._unsynced_written
+            self._syncing_facts, self._unsynced_written = [], []
             self._synced(target, durable)
         self._save_position(force=True)
 
@@ -269,6 +291,8 @@ class Recorder:
 
     def snapshot(self) -> FactsSnapshot:
         """The facts directory as of now, checkpointed (for committing it)."""
+        if self.failure is not None:
+            raise InternalError(f"the recorder stopped ({self.failure}): nothing to commit")
         self.make_durable()
         self._since_checkpoint = 0
         return self._log.snapshot()

@@ -57,6 +57,7 @@ from agora.core.spine import (
     STREAM,
     agent_consumer_name,
     channel_subject,
+    delivery_count,
     ids_in_stream,
     publish_all,
     stream_place,
@@ -95,6 +96,9 @@ SAFE_REPUBLISH_MS: Final = WINDOW_MS // 2
 # it, JetStream's duplicate window drops a copy published under the act's own id.
 FRESH_FOR_MS: Final = WINDOW_MS * 3 // 4
 ACK_CONFIRM_S: Final = 5.0
+# a confirmation counts if it came within this part of the ack wait since the batch
+# arrived (the server's clock for it started a little earlier, when it handed it over)
+ACK_WAIT_MARGIN: Final = 0.8
 MIN_WAKE_MS: Final = 250  # the soonest a timer call follows a call: no agent spins on timers
 
 
@@ -107,6 +111,7 @@ class AgentSpec:
     settings: tuple[tuple[str, str], ...]
     batch: int
     outbox_limit: int
+    ack_wait_s: float = 30.0  # the consumer's: past it, the server hands a message over again
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +153,7 @@ class AgentRunner:
         # ids whose acknowledgement the server confirmed since the last save
         self._confirmed: set[str] = set()
         self._confirming: set[asyncio.Task[None]] = set()
+        self._arrived_at = 0.0  # when the first message of the batch in hand arrived
         self.counters: Counter[str] = Counter()
         self.observers: list[Callable[[Delivery], None]] = []
         self.busy = False
@@ -168,7 +174,11 @@ class AgentRunner:
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in hand (graceful), or at once, as a crash would."""
         await finish(self._task, self._stopping, graceful=graceful)
-        for confirming in list(self._confirming):  # what they would learn is not needed
+        if graceful and self._confirming:  # what they learn lets the record forget ids
+            await asyncio.wait(set(self._confirming), timeout=ACK_CONFIRM_S)
+            with contextlib.suppress(Exception):
+                await self._tidy_record()
+        for confirming in list(self._confirming):
             confirming.cancel()
         await asyncio.gather(*self._confirming, return_exceptions=True)
         self._guest.close()
@@ -192,6 +202,7 @@ class AgentRunner:
             assert self._feed is not None  # noqa: S101 - opened in start()
             try:
                 messages = await self._feed.take(self.spec.batch, self._wait_s())
+                self._arrived_at = self._feed.taken_since
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -251,7 +262,7 @@ class AgentRunner:
         for message, found in zip(messages, admitted, strict=True):
             self._screen(message, found, batch)
         for key, ids in batch.refused.items():
-            batch.outgoing.append(self._refusal(key, tuple(ids), batch.refused_ms[key]))
+            batch.outgoing.append(self._refusal(key, tuple(ids), batch.refused_from[key]))
         wake_due = self._record.wake_at_ms is not None and self._record.wake_at_ms <= now_ms()
         settled = all(v in _SETTLED for v, _, _ in batch.refused)
         if messages and settled and not (batch.inbox or wake_due):
@@ -268,7 +279,7 @@ class AgentRunner:
             self._take(outcome, batch)
             state, wake_at_ms = outcome.state, _no_sooner(outcome.wake_at_ms)
         elif not (messages or batch.outgoing):
-            await self._clear_sent_outbox()
+            await self._tidy_record()
             return
         confirmed = frozenset(self._confirmed)
         finished = functools.partial(
@@ -317,25 +328,40 @@ class AgentRunner:
         return state.blocks_agent(name) or all(state.blocks(name, c) for c in self._granted)
 
     async def _acknowledge(self, messages: list[JetStreamMessage], ids: list[str]) -> None:
-        """Acknowledge a batch; the server's confirmation of the last acknowledgement
-        (which it handles after the others, in order) is awaited in the background."""
+        """Acknowledge a batch. The record keeps ``ids`` as processed until the server
+        confirms the acknowledgement (of the last, which it handles after the others),
+        awaited in the background, and only if no copy of the batch can be anywhere
+        else: each message was handed over for the first time, and the confirmation
+        came before the server could have handed any of them over again (its ack wait
+        since the batch arrived). A redelivered batch's ids stay: another host may hold
+        the copy handed over before."""
         if not messages:
             return
+        reconnects = self._client.stats["reconnects"]
         for message in messages[:-1]:
             await message.ack()
-        confirming = asyncio.create_task(self._confirm(messages[-1], ids))
+        last = messages[-1]
+        if not ids or any(delivery_count(m) != 1 for m in messages):
+            await last.ack()
+            return
+        arrived = self._arrived_at
+        confirming = asyncio.create_task(self._confirm(last, ids, arrived, reconnects))
         self._confirming.add(confirming)
         confirming.add_done_callback(self._confirming.discard)
 
-    async def _confirm(self, last: JetStreamMessage, ids: list[str]) -> None:
-        reconnects = self._client.stats["reconnects"]
+    async def _confirm(
+        self, last: JetStreamMessage, ids: list[str], arrived: float, reconnects: int
+    ) -> None:
         try:
             await last.ack_sync(timeout=ACK_CONFIRM_S)
         except (TimeoutError, NatsError):
             self.counters["ack-unconfirmed"] += 1  # its ids stay in the record: harmless
             return
-        if self._client.stats["reconnects"] == reconnects:  # no earlier ack was lost
+        in_time = time.monotonic() - arrived < self.spec.ack_wait_s * ACK_WAIT_MARGIN
+        if in_time and self._client.stats["reconnects"] == reconnects:  # none lost
             self._confirmed.update(ids)
+        else:
+            self.counters["ack-late"] += 1
 
     def _screen(
         self, message: JetStreamMessage, found: tuple[Fact, str] | InputError, batch: Batch
@@ -377,7 +403,8 @@ class AgentRunner:
         if verdict == Verdict.DELIVER:
             batch.deliver(fact)
         else:
-            batch.refuse((verdict, channel, self._own_event(fact.id)), fact.id, stored_ms)
+            key = (verdict, channel, self._own_event(fact.id))
+            batch.refuse(key, fact.id, sequence, stored_ms)
 
     async def _call(self, batch: Batch) -> GuestOutcome | None:
         context = GuestContext(
@@ -515,14 +542,16 @@ class AgentRunner:
         )
         await set_switch(self._js, quarantine, envelope)
 
-    def _refusal(self, key: tuple[str, str, str], ids: tuple[str, ...], at_ms: int) -> Outgoing:
+    def _refusal(
+        self, key: tuple[str, str, str], ids: tuple[str, ...], came: StreamPlaces
+    ) -> Outgoing:
         """The ``refused`` event for what one control refused on one channel in a batch.
-        Its id and time follow from what it refuses (and when the stream stored the
-        last of it), so refusing the same messages again makes the very same event."""
+        Its id and time follow from the stream messages it refuses (their sequences,
+        and when the latest was stored), so refusing the same messages again in one
+        batch makes the very same event, which is recorded once."""
         verdict, channel, _ = key
-        digest = hashlib.sha256(
-            "\n".join((self.spec.name, verdict, channel, *ids)).encode()
-        ).hexdigest()
+        what = (self._host_key.name, self.spec.name, verdict, channel, *map(str, came.sequences))
+        digest = hashlib.sha256("\n".join(what).encode()).hexdigest()
         return self._event(
             EventKind.REFUSED,
             reason=verdict,
@@ -530,7 +559,7 @@ class AgentRunner:
             channel=channel,
             detail=_REFUSAL_DETAIL.get(verdict, verdict),
             ident=f"ev-refused-{digest[:32]}",
-            at_ms=at_ms,
+            at_ms=came.latest_ms,
         )
 
     def _event(
@@ -626,17 +655,21 @@ class AgentRunner:
         self.counters["issued-again"] += 1
         return Outgoing(outgoing.subject, act.id, envelope)
 
-    async def _clear_sent_outbox(self) -> None:
-        """When the agent goes idle, drop its published outbox from the saved record.
+    async def _tidy_record(self) -> None:
+        """When the agent goes idle (or its host stops), drop from the saved record its
+        published outbox and the ids whose acknowledgement was confirmed.
 
-        While it is busy, the next batch's save replaces the outbox anyway, so a batch
-        costs one save; idle, this keeps a restart much later from publishing it again.
-        """
-        if not (self._record.outbox and self._outbox_published):
+        While it is busy, the next batch's save does both anyway, so a batch costs one
+        save; idle, this keeps a restart much later from publishing the outbox again,
+        and the record from keeping ids it no longer needs."""
+        record = self._record
+        confirmed = frozenset(self._confirmed)
+        sent = record.outbox and self._outbox_published
+        if not (sent or any(i in confirmed for i in record.unacked)):
             return
+        tidied = record.sent(confirmed) if sent else record.forgetting(confirmed)
         try:
-            confirmed = frozenset(self._confirmed)
-            await self._save(self._record.sent(confirmed), dropped=confirmed)
+            await self._save(tidied, dropped=confirmed)
         except RecordConflict:  # another host saved this agent since: it moved on
             await self._reload()
 
@@ -654,15 +687,9 @@ def _no_sooner(wake_at_ms: int | None) -> int | None:
 _COPIES: Final = frozenset({Verdict.REPLAYED, Verdict.STALE})
 # Verdicts that would be the same for the same message at any later time (unlike a
 # kill's, which a resume lifts): a batch refused only by these need not be saved.
+# (Not scope: which channels an agent is granted comes from the configuration.)
 _SETTLED: Final = frozenset(
-    {
-        Verdict.SELF_ECHO,
-        Verdict.DUPLICATE,
-        Verdict.NO_HOPS,
-        Verdict.SCOPE_BLOCKED,
-        Verdict.REPLAYED,
-        Verdict.STALE,
-    }
+    {Verdict.SELF_ECHO, Verdict.DUPLICATE, Verdict.NO_HOPS, Verdict.REPLAYED, Verdict.STALE}
 )
 _REFUSAL_DETAIL: Final = {
     Verdict.SCOPE_BLOCKED: "the agent was not granted this channel",
@@ -674,6 +701,14 @@ _REFUSAL_DETAIL: Final = {
     "killed": "a kill is in force for this agent or channel",
     "quarantined": "the agent is quarantined after a fault",
 }
+
+
+@dataclass(slots=True)
+class StreamPlaces:
+    """Where the messages one refusal covers are in the stream."""
+
+    sequences: list[int] = dataclasses.field(default_factory=list)
+    latest_ms: int = 0  # when the latest of them was stored
 
 
 class Batch:
@@ -694,14 +729,18 @@ class Batch:
         # the ids refused (each once, in order) by control and channel; an act that gets
         # an event of its own (see Vouched.grounded) also has its id in the key
         self.refused: dict[tuple[str, str, str], dict[str, None]] = {}
-        self.refused_ms: dict[tuple[str, str, str], int] = {}  # the latest stored of each
+        # where in the stream what each refused came from: its sequences, and when the
+        # latest of them was stored
+        self.refused_from: dict[tuple[str, str, str], StreamPlaces] = {}
         # ids the agent finished with, plus those delivered in this batch: one set
         # lookup per message instead of a scan of the record's recent ids
         self.processed: set[str] = set(processed)
 
-    def refuse(self, key: tuple[str, str, str], act_id: str, stored_ms: int) -> None:
+    def refuse(self, key: tuple[str, str, str], act_id: str, sequence: int, stored_ms: int) -> None:
         self.refused.setdefault(key, {})[act_id] = None
-        self.refused_ms[key] = max(self.refused_ms.get(key, 0), stored_ms)
+        places = self.refused_from.setdefault(key, StreamPlaces())
+        places.sequences.append(sequence)
+        places.latest_ms = max(places.latest_ms, stored_ms)
 
     def deliver(self, act: Act) -> None:
         self.processed.add(act.id)

@@ -176,6 +176,7 @@ class Host:
                 settings=agent.settings,
                 batch=agent.limits.batch,
                 outbox_limit=agent.limits.outbox,
+                ack_wait_s=self.config.consumer.ack_wait_s,
             ),
             client=client,
             records=records,
@@ -241,6 +242,7 @@ class Host:
                 "recorded": recorder.counters.recorded,
                 "repeated": recorder.counters.repeated,
                 "refused": recorder.counters.refused,
+                "failure": recorder.failure,
             },
             "stopped": {
                 key: {

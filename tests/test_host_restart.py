@@ -22,7 +22,7 @@ from agora.cli.session import connected, open_session
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
 from agora.core.envelope import Act, EventKind
-from agora.core.errors import MalformedEnvelope
+from agora.core.errors import InternalError, MalformedEnvelope
 from agora.core.factlog import POSITION_FILE, FactLog
 from agora.core.ids import new_id, now_ms
 from agora.core.signing import pae, sign_fact
@@ -225,6 +225,35 @@ async def test_an_agents_own_message_coming_back_is_refused_once_and_saves_nothi
     assert [d.act.id for d in h.deliveries] == [request.id]
 
 
+@pytest.mark.parametrize("in_time", [True, False])
+async def test_a_batch_is_forgotten_only_once_its_acknowledgement_is_confirmed_in_time(
+    tmp_path: Path,
+    components: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    in_time: bool,
+) -> None:
+    # A confirmation that comes later than the server's ack wait since the batch
+    # arrived may come after the server handed the batch to another host: its ids stay.
+    if not in_time:
+        monkeypatch.setattr(runner_module, "ACK_WAIT_MARGIN", 0.0)
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        request = await h.inject("build-coord", "hello", hops=1)
+        await h.settle()
+        runner = h.running().runners["synth-agent"]
+        for _ in range(50):  # the idle agent's record drops what was confirmed
+            if (
+                not runner._confirming
+                and (request.id in (await h.record("synth-agent")).unacked) != in_time
+            ):
+                break
+            await asyncio.sleep(0.1)
+        record = await h.record("synth-agent")
+        assert (request.id in record.unacked) is not in_time
+        assert request.id in record.recent
+        assert runner.counters["ack-late"] == (0 if in_time else 1)
+
+
 def _signed_request(h: Harness, text: str) -> tuple[Act, bytes]:
     ident = new_id("act")
     act = Act(
@@ -277,6 +306,50 @@ async def test_a_fact_is_written_at_once_and_the_position_moves_only_once_it_is_
         assert {request.id, reply.id} <= set(durable)
         assert recorder.position > before
         assert durable == written
+    h.verify()
+
+
+async def test_a_failed_fsync_stops_the_recorder_and_a_restart_records_again(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a failed fsync nothing written since the last good one can be called
+    # durable (the system may report the next fsync a success): the recorder stops
+    # where the log was last durable, the agents go on, and a restart records again.
+    fsync = FactLog.fsync
+    failing = threading.Event()
+
+    def disk(log: FactLog) -> None:
+        if failing.is_set():
+            raise OSError(5, "Input/output error")
+        fsync(log)
+
+    monkeypatch.setattr(FactLog, "fsync", disk)
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        await h.inject("build-coord", "before", hops=1)
+        await h.settle()
+        recorder = h.running().recorder
+        assert recorder is not None
+        durable = recorder.position
+        failing.set()
+        after = await h.inject("build-coord", "after", hops=1)
+        for _ in range(100):
+            if recorder.failure is not None and len(h.deliveries) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert recorder.failure is not None and "Input/output error" in recorder.failure
+        assert h.running().status()["recorder"]["failure"] == recorder.failure
+        assert recorder.position == durable  # never past what was last durable
+        assert [d.act.id for d in h.deliveries][-1] == after.id  # the agents went on
+        with pytest.raises(InternalError, match="the recorder stopped"):
+            recorder.snapshot()
+        await h.stop_host()
+        failing.clear()
+        await h.start_host()
+        await h.settle()
+    replies = h.acts_by("synth-agent")
+    assert after.id in {f.id for f in h.facts()}
+    assert [a.in_reply_to for a in replies].count(after.id) == 1
     h.verify()
 
 

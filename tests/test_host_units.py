@@ -132,9 +132,14 @@ def test_an_agent_record_of_names_round_trips_through_its_json(names: list[str],
     assert AgentRecord.decode(record.encode()) == record
 
 
-def test_an_agent_record_with_an_id_that_is_no_name_is_still_valid_json() -> None:
-    record = AgentRecord(recent=('quote"back\\slash', "\x01"))
-    assert json.loads(record.encode())["recent"] == 'quote"back\\slash \x01'
+@pytest.mark.parametrize(
+    "ids", [('quote"back\\slash', "\x01"), ("a b", "c"), ("", "d"), ("\x1c", "e")]
+)
+def test_an_agent_record_with_an_id_that_is_no_name_still_round_trips(
+    ids: tuple[str, ...],
+) -> None:
+    record = AgentRecord(recent=ids, parents={i: Handed(1, i) for i in ids})
+    assert json.loads(record.encode())["recent"] == list(ids)
     assert AgentRecord.decode(record.encode()) == record
 
 

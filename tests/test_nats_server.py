@@ -15,6 +15,7 @@ from agora.core.errors import ConfigError, InternalError, InvalidChannel
 from agora.core.spine import (
     STREAM,
     channel_subject,
+    delivery_count,
     ensure_spine,
     publish_envelope,
     stream_place,
@@ -120,6 +121,7 @@ def test_channel_names_cannot_reach_other_subjects(channel: str) -> None:
 def test_a_stream_sequence_is_read_as_nats_py_reads_it(reply: str) -> None:
     message = Msg(Client(), subject="agora.ch.c", reply=reply)
     assert stream_sequence(message) == message.metadata.sequence.stream == 4217
+    assert delivery_count(message) == message.metadata.num_delivered
     sequence, stored_ms = stream_place(message)
     assert sequence == 4217
     assert stored_ms == int(message.metadata.timestamp.timestamp() * 1000) == 1_700_000_000_000
@@ -132,3 +134,4 @@ def test_a_message_without_a_stream_sequence_reads_as_zero(reply: str) -> None:
     message = Msg(Client(), subject="agora.ch.c", reply=reply)
     assert stream_sequence(message) == 0
     assert stream_place(message) == (0, 0)
+    assert delivery_count(message) == 0

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +32,8 @@ from agora.core.factlog import LOG_FILE, read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry
 from agora.core.signing import sign_fact
-from agora.core.spine import STREAM, channel_of, channel_subject, publish_envelope
+from agora.core.spine import MSG_ID_HEADER, STREAM, channel_of, channel_subject
+from agora.host.controls import FRESH_FOR_MS, WINDOW_MS, Verdict, screen_replay
 
 LOG_BATCH: Final = 256
 LOG_WAIT_S: Final = 0.5
@@ -167,31 +169,61 @@ def run_inject(arguments: argparse.Namespace) -> int:
     config = session.config
     speaker = arguments.speaker or config.operator
     hops = config.hops if arguments.hops is None else arguments.hops
+    channel = declared_channel(config, arguments.channel)
+    identity = session.registry.get(speaker)
+    if not identity.may_use(channel):
+        raise InputError(f"{speaker!r} is not granted channel {channel!r} in the key registry")
+    if arguments.reply_to is not None:  # before the act's time is taken: it can be slow
+        _check_recorded(arguments.reply_to, config.facts_dir)
     act_id = new_id("act")
     act = Act(
         id=act_id,
         conversation=arguments.conversation or act_id,
         sender=speaker,
-        channel=declared_channel(config, arguments.channel),
+        channel=channel,
         act=parse_act(arguments.act),
         payload=arguments.text,
         hops=hops,
         time_ms=now_ms(),
         in_reply_to=arguments.reply_to,
     )
-    identity = session.registry.get(speaker)
-    if not identity.may_use(act.channel):
-        raise InputError(f"{speaker!r} is not granted channel {act.channel!r} in the key registry")
-    if act.in_reply_to is not None:
-        _check_recorded(act.in_reply_to, config.facts_dir)
     envelope = sign_fact(act, session.key(speaker))
 
-    async def send() -> None:
+    async def send() -> int:
+        """When the stream stored the act (ms since the epoch)."""
         async with connected(running_url(config)) as client:
-            await publish_envelope(
-                client.jetstream(), channel=act.channel, msg_id=act.id, envelope=envelope
+            js = client.jetstream()
+            ack = await js.publish(
+                channel_subject(channel), envelope, headers={MSG_ID_HEADER: act.id}
             )
+            stored = await js.get_msg(STREAM, ack.seq)
+            return int(stored.time.timestamp() * 1000) if stored.time else act.time_ms
 
-    asyncio.run(send())
+    stored_ms = asyncio.run(send())
     print(act.id)
-    return 0
+    return _judged_fresh(act, stored_ms)
+
+
+def _judged_fresh(act: Act, stored_ms: int) -> int:
+    """0 if every host will take the act as fresh, else 1 and why not (it was published
+    and is recorded, but every host refuses to deliver it: a clock set wrong)."""
+    verdict = screen_replay(
+        fact_id=act.id,
+        msg_id=act.id,
+        signed_ms=act.time_ms,
+        stored_ms=stored_ms,
+        fresh_for_ms=FRESH_FOR_MS,
+        window_ms=WINDOW_MS,
+    )
+    if verdict is Verdict.DELIVER:
+        return 0
+    off_s = (act.time_ms - stored_ms) / 1000
+    print(
+        f"agora: the act is recorded, but every host refuses it as stale: it was signed at "
+        f"a time {abs(off_s):.0f} s {'ahead of' if off_s > 0 else 'behind'} the NATS "
+        "server's clock (hosts take an act signed up to "
+        f"{(WINDOW_MS - FRESH_FOR_MS) // 1000} s ahead and {FRESH_FOR_MS // 1000} s behind); "
+        "set this machine's clock right and send it again",
+        file=sys.stderr,
+    )
+    return 1

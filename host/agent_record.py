@@ -25,12 +25,15 @@ reloads, and redoes its batch on the fresh record.
 
 Each saved record is signed with the agent's key (which every host running the agent
 holds), so what is read back is what a host wrote: a record whose signature does not
-verify is refused, and a record saved before records were signed is read without its
-outbox (whoever can write the bucket could otherwise have planted old acts of the
-agent there for a host to publish again). The signature covers the SHA-256 digest of
-the record's JSON (a record is saved with every batch and runs to 100 KB or more:
-Ed25519 hashes what it signs twice, SHA-512 each time, where the digest is one pass of
-SHA-256); a record signed over its whole JSON, as saved before, still reads.
+verify, or that has none, is refused (whoever can write the bucket could otherwise
+plant hop budgets, processed ids, state or old acts of the agent in it). One limit: a
+record the agent's key once signed can be put back in place of a newer one by whoever
+can write the bucket; the NATS server's permissions are what keeps that out.
+
+The signature covers the SHA-256 digest of the record's JSON (a record is saved with
+every batch and runs to 100 KB or more: Ed25519 hashes what it signs twice, SHA-512
+each time, where the digest is one pass of SHA-256); a record signed over its whole
+JSON, as saved before, still reads.
 """
 
 from __future__ import annotations
@@ -67,6 +70,11 @@ MAX_CONVERSATIONS: Final = 128
 
 class RecordConflict(AgoraError):
     """Another host saved this agent's record since we read it."""
+
+
+class UntrustedRecord(MalformedEnvelope):
+    """The saved record is not one a host wrote: unsigned, or not signed by the agent's
+    key. Nothing in it may be used."""
 
 
 class RecordTooLarge(AgoraError):
@@ -311,20 +319,17 @@ class RecordStore:
         try:
             return self._read(entry.value or b"")
         except MalformedEnvelope as exc:
-            raise MalformedEnvelope(f"agent {self._key!r}: {exc}") from exc
+            raise type(exc)(f"agent {self._key!r}: {exc}") from exc  # untrusted stays so
 
     def _read(self, stored: bytes) -> AgentRecord:
         body, newline, signature = stored.rpartition(b"\n")
-        if not newline:  # saved before records were signed: its outbox is not trusted
-            record = AgentRecord.decode(stored)
-            if record.outbox:
-                log.warning(
-                    "agent %s: its saved record is unsigned (older); its %d unsent messages "
-                    "are not published",
-                    self._key,
-                    len(record.outbox),
-                )
-            return replace(record, outbox=())
+        if not newline:
+            raise UntrustedRecord(
+                "its saved record is unsigned: it was saved before records were signed, "
+                "or by something other than a host (which could plant hop budgets, ids "
+                f"and state in it); delete the key {self._key!r} in the agents bucket to "
+                "start the agent afresh"
+            )
         try:
             signed = base64.b64decode(signature, validate=True)
         except binascii.Error:
@@ -334,7 +339,7 @@ class RecordStore:
             ed25519.verifies(public_key, signed, signed_part(body))
             or ed25519.verifies(public_key, signed, pae(RECORD_TYPE, body))  # saved before
         ):
-            raise MalformedEnvelope(
+            raise UntrustedRecord(
                 "its saved record is not signed by its key: something other than a host "
                 f"wrote it; delete the key {self._key!r} in the agents bucket to start the "
                 "agent afresh"

@@ -52,7 +52,6 @@ from agora.core.pull import PullFeed
 from agora.core.received import JetStreamMessage
 from agora.core.signing import sign_fact, verify_envelope
 from agora.core.spine import (
-    DUPLICATE_WINDOW_S,
     MSG_ID_HEADER,
     STREAM,
     agent_consumer_name,
@@ -69,8 +68,11 @@ from agora.host.agent_record import (
     RecordConflict,
     RecordStore,
     RecordTooLarge,
+    UntrustedRecord,
 )
 from agora.host.controls import (
+    FRESH_FOR_MS,
+    WINDOW_MS,
     EmitVerdict,
     Handed,
     Verdict,
@@ -90,11 +92,7 @@ IDLE_WAIT_S: Final = 0.5
 CONFLICT_RETRIES: Final = 20
 # Republishing a saved outbox is safe without a look in the stream while JetStream's
 # duplicate window still covers its first publish (with a margin for clock skew).
-WINDOW_MS: Final = int(DUPLICATE_WINDOW_S * 1000)
 SAFE_REPUBLISH_MS: Final = WINDOW_MS // 2
-# An act stored later than this after it was signed is refused as a stale copy: within
-# it, JetStream's duplicate window drops a copy published under the act's own id.
-FRESH_FOR_MS: Final = WINDOW_MS * 3 // 4
 ACK_CONFIRM_S: Final = 5.0
 # a confirmation counts if it came within this part of the ack wait since the batch
 # arrived (the server's clock for it started a little earlier, when it handed it over)
@@ -166,8 +164,7 @@ class AgentRunner:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._reload()
-        await self._publish_saved_outbox()
+        await self._reload()  # an untrusted record stops the host's start, naming why
         self._feed = await self._open_feed()
         self._task = asyncio.create_task(self._run(), name=f"agent-{self.spec.name}")
 
@@ -198,6 +195,7 @@ class AgentRunner:
     async def _run(self) -> None:
         with contextlib.suppress(AgentFault):  # a guest that cannot start faults on its call
             await self._guest.start()
+        await self._guarded_step(None)  # what a crash left unpublished goes out first
         while not self._stopping.is_set():
             assert self._feed is not None  # noqa: S101 - opened in start()
             try:
@@ -215,11 +213,15 @@ class AgentRunner:
                 continue
             await self._guarded_step(messages)
 
-    async def _guarded_step(self, messages: list[JetStreamMessage]) -> None:
+    async def _guarded_step(self, messages: list[JetStreamMessage] | None) -> None:
+        """A batch (None: only the outbox a crash left unpublished), its failures kept
+        from ending the agent's loop."""
         try:
             await self._step_with_retry(messages)
         except asyncio.CancelledError:
             raise
+        except UntrustedRecord as exc:
+            await self._distrust(exc)
         except Exception:
             # Not acknowledged: the batch comes back after ack wait, at most
             # max_deliver times, and then lands in the dead-letter stream.
@@ -235,7 +237,7 @@ class AgentRunner:
 
     # -- one batch ------------------------------------------------------------------------
 
-    async def _step_with_retry(self, messages: list[JetStreamMessage]) -> None:
+    async def _step_with_retry(self, messages: list[JetStreamMessage] | None) -> None:
         """Run a batch; if another host saved this agent meanwhile, reload and redo it.
 
         Two hosts may run the same agent on one durable consumer: each batch goes to one
@@ -244,7 +246,10 @@ class AgentRunner:
         """
         for _ in range(CONFLICT_RETRIES):
             try:
-                await self._step(messages)
+                if messages is None:
+                    await self._publish_saved_outbox()
+                else:
+                    await self._step(messages)
             except RecordConflict:
                 self.counters["record-conflict"] += 1
                 await self._reload()
@@ -318,6 +323,15 @@ class AgentRunner:
         follow from the messages), which the server or the recorder drops as repeats."""
         await self._publish(tuple(batch.outgoing))
         await self._acknowledge(messages, [])
+
+    async def _distrust(self, exc: UntrustedRecord) -> None:
+        """The agent's saved record is not one a host wrote (read again after another
+        host saved it): nothing in it may be used. The agent is quarantined and this
+        runner stops taking its messages, which stay in the stream for when the record
+        is put right."""
+        log.critical("agent %s: %s; it stops here", self.spec.name, exc)
+        await self._quarantine("record", str(exc))
+        self._stopping.set()
 
     def _stopped(self) -> bool:
         """Whether the agent may not run at all: killed, quarantined, or every channel it
@@ -614,12 +628,21 @@ class AgentRunner:
         time, or every host would refuse it as a stale copy (:data:`FRESH_FOR_MS`); a
         new id, because the first publish may still land late (stale, and within the
         duplicate window it would make the server drop this one). The outbox so issued
-        is saved before it is published, so a crash in between issues nothing twice."""
+        is saved before it is published, so a crash in between issues nothing twice.
+        Between the two (an outbox saved more than half the window ago, less than the
+        whole), it waits for the window to pass first."""
         record = self._record
         if not record.outbox or self._outbox_published:
             return
         outbox = record.outbox
-        if record.saved_at_ms is None or now_ms() - record.saved_at_ms > SAFE_REPUBLISH_MS:
+        age_ms = now_ms() - (record.saved_at_ms or 0)
+        if SAFE_REPUBLISH_MS < age_ms <= WINDOW_MS:
+            # A first publish may still land, and count as fresh, until the window is
+            # over: neither the same ids (stale by then) nor new ones (a copy beside a
+            # late first) are safe before that.
+            log.info("agent %s: its unsent outbox waits %d ms", self.spec.name, WINDOW_MS - age_ms)
+            await asyncio.sleep((WINDOW_MS - age_ms) / 1000 + 0.001)
+        if age_ms > SAFE_REPUBLISH_MS:
             there = await ids_in_stream(
                 self._js,
                 subjects=(o.subject for o in outbox),

@@ -26,9 +26,12 @@ import pytest
 import yaml
 
 from agora.bridge.standin import GitHubStandIn
+from agora.cli.channel_cmds import _judged_fresh
 from agora.cli.session import connected
 from agora.cli.status_cmd import CONTROL_COUNTERS, STALE_AFTER_S
 from agora.cli.workspace import AgentPlan, create_workspace
+from agora.core.acts import Performative
+from agora.core.envelope import Act
 from agora.core.errors import ConfigError
 from agora.core.keys import Role
 from agora.host.nats_server import EmbeddedNats
@@ -605,3 +608,26 @@ async def test_a_nats_server_that_is_not_there_is_an_error_not_a_wait(reconnect:
             with pytest.raises(ConfigError, match=f"cannot reach NATS at {url}"):
                 async with connected(url, reconnect=reconnect):
                     pass
+
+
+@pytest.mark.parametrize(
+    ("off_s", "status", "said"),
+    [(0, 0, ""), (-60, 0, ""), (45, 1, "45 s ahead of"), (-100, 1, "100 s behind")],
+)
+def test_inject_says_when_every_host_will_refuse_its_act_as_stale(
+    off_s: int, status: int, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stored_ms = 1_800_000_000_000
+    act = Act(
+        id="act-1",
+        conversation="act-1",
+        sender="maintainer",
+        channel="build-coord",
+        act=Performative.INFORM,
+        payload="hi",
+        hops=1,
+        time_ms=stored_ms + off_s * 1000,
+    )
+    assert _judged_fresh(act, stored_ms) == status
+    err = capsys.readouterr().err
+    assert (said in err and "refuses it as stale" in err) if said else err == ""

@@ -31,6 +31,7 @@ from agora.core.spine import (
     MSG_ID_HEADER,
     STREAM,
     agent_consumer_config,
+    agent_consumer_name,
     channel_subject,
     ensure_consumer,
     ensure_spine,
@@ -418,7 +419,7 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
     tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # "Long before": past JetStream's duplicate window, here shortened to 0.2 s, and
-    # past the host's own margin for it, here none.
+    # past the host's own margin for it (0.3 s here), whose first part it waits out.
     monkeypatch.setattr(runner_module, "SAFE_REPUBLISH_MS", 0)
     one = {"synth-agent": PAIR["synth-agent"]}
     async with running_host(tmp_path, components, agents=one) as h:
@@ -453,6 +454,7 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
         await asyncio.sleep(0.5)
 
         restarted_ms = now_ms()
+        monkeypatch.setattr(runner_module, "WINDOW_MS", 300)  # the agent's own: self-echo
         host = await h.start_host()
         await h.settle()
         assert len(await _copies(h.js, subject, reply.id)) == 1
@@ -499,19 +501,41 @@ async def test_a_record_is_signed_by_its_agent_and_one_written_by_others_is_not_
         await kv.put("synth-agent", body.replace(b'"calls":', b'"calls":9') + b"\n" + older)
         with pytest.raises(MalformedEnvelope, match="not signed by its key"):
             await store.load()
-        # An unsigned record (as saved before records were signed) is read, but an old
-        # act planted in its outbox is not published again.
-        [reply] = h.acts_by("synth-agent")
-        planted = replace(reply, id=new_id("act"), payload="planted")
-        envelope = sign_fact(planted, h.session.key("synth-agent"))
-        subject = channel_subject("build-coord")
-        unsigned = replace(saved, outbox=(Outgoing(subject, planted.id, envelope),))
-        await kv.put("synth-agent", unsigned.encode())
-        assert (await store.load()).outbox == ()
-        await h.start_host()
-        await h.settle()
-        assert await _copies(h.js, subject, planted.id) == []
+        # An unsigned record (whoever wrote it could plant budgets, ids and state in it)
+        # is refused too, and a host does not start the agent on it
+        planted = replace(saved, conversations={"conv-x": 1_000_000})
+        await kv.put("synth-agent", planted.encode())
+        with pytest.raises(MalformedEnvelope, match="unsigned"):
+            await store.load()
+        with pytest.raises(MalformedEnvelope, match=r"synth-agent.*unsigned"):
+            await h.start_host()
     assert request.id in {f.id for f in h.facts()}
+
+
+async def test_a_record_spoiled_while_its_agent_runs_quarantines_it(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        await h.inject("build-coord", "hello", hops=1)
+        await h.settle()
+        kv = await h.js.key_value(AGENTS_BUCKET)
+        saved = await (await h.record_store("synth-agent")).load()
+        # written under the host: its next save conflicts, and what it reads is no record
+        # a host wrote
+        await kv.put("synth-agent", replace(saved, calls=99).encode())
+        later = await h.inject("build-coord", "after", hops=1)
+        host = h.running()
+        await host.killswitch.wait_for(lambda s: s.blocks_agent("synth-agent"))
+        runner = host.runners["synth-agent"]
+        await asyncio.wait_for(asyncio.shield(runner._task), 10)  # it stopped taking
+        assert host.status()["agents"]["synth-agent"]["state"] == "quarantined"
+        consumer = await h.js.consumer_info(STREAM, agent_consumer_name("synth-agent"))
+        assert consumer.num_ack_pending == 1  # the batch stays for when it is put right
+    # the call's outputs went nowhere: nothing was saved or published from that record
+    assert later.id not in {a.in_reply_to for a in h.acts_by("synth-agent")}
+    faults = h.events(EventKind.FAULT, agent="synth-agent")
+    assert [f.reason for f in faults] == ["record"] and "unsigned" in faults[0].detail
 
 
 async def test_kills_survive_a_restart_and_resume_undoes_them(

@@ -45,6 +45,7 @@ from pydantic import ValidationError
 
 from agora.bridge.config import BridgeConfig
 from agora.bridge.links import Links
+from agora.bridge.once import OnceOut
 from agora.bridge.speech import Author, Refusal, Speech, screen_comment
 from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM, Buckets
 from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER
@@ -55,7 +56,7 @@ from agora.core.errors import InputError
 from agora.core.ids import now_ms
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import sign_fact
-from agora.core.spine import event_subject, publish_envelope, publish_fact
+from agora.core.spine import channel_subject, event_subject
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class InboundWorker:
     ) -> None:
         self._js = js
         self._buckets = Buckets(js)
+        self._out = OnceOut(js, self._buckets)
         self._config = config
         self._key = key
         self._registry = registry
@@ -304,20 +306,22 @@ class InboundWorker:
         self, speech: Speech, channel: str, comment_id: int, provenance: dict[str, str]
     ) -> None:
         ident = act_id_for_comment(comment_id)
-        act = Act(
-            id=ident,
-            conversation=ident,
-            sender=self._key.name,
-            channel=channel,
-            act=speech.act,
-            payload=speech.text,
-            hops=self._config.hops,
-            time_ms=now_ms(),
-            provenance=provenance,
-        )
-        await publish_envelope(
-            self._js, channel=channel, msg_id=ident, envelope=sign_fact(act, self._key)
-        )
+
+        def sign(at_ms: int) -> bytes:
+            act = Act(
+                id=ident,
+                conversation=ident,
+                sender=self._key.name,
+                channel=channel,
+                act=speech.act,
+                payload=speech.text,
+                hops=self._config.hops,
+                time_ms=at_ms,
+                provenance=provenance,
+            )
+            return sign_fact(act, self._key)
+
+        await self._out.publish(subject=channel_subject(channel), ident=ident, sign=sign, act=True)
         bucket = await self._buckets.get(BRIDGE_BUCKET)
         await bucket.put(f"comment.{comment_id}", ident.encode())
         self.counters.injected += 1
@@ -442,22 +446,24 @@ class InboundWorker:
         subjects: tuple[str, ...] = (),
         data: Mapping[str, str] | None = None,
     ) -> None:
-        event = Event(
-            id=f"ev-gh-{cause}",
-            kind=kind,
-            actor=self._key.name,
-            time_ms=now_ms(),
-            reason=reason,
-            detail=detail[:TEXT_CHARS],
-            subjects=subjects,
-            channel=channel,
-            data={k: v[:TEXT_CHARS] for k, v in (data or {}).items()},
-        )
-        await publish_fact(
-            self._js,
-            subject=event_subject(self._key.name),
-            msg_id=event.id,
-            envelope=sign_fact(event, self._key),
+        ident = f"ev-gh-{cause}"
+
+        def sign(at_ms: int) -> bytes:
+            event = Event(
+                id=ident,
+                kind=kind,
+                actor=self._key.name,
+                time_ms=at_ms,
+                reason=reason,
+                detail=detail[:TEXT_CHARS],
+                subjects=subjects,
+                channel=channel,
+                data={k: v[:TEXT_CHARS] for k, v in (data or {}).items()},
+            )
+            return sign_fact(event, self._key)
+
+        await self._out.publish(
+            subject=event_subject(self._key.name), ident=ident, sign=sign, act=False
         )
 
 

@@ -5,7 +5,9 @@
 - ``agora-deliveries``: the delivery ids already handled (kept 30 days, beyond
   GitHub's three-day redelivery window and JetStream's two-minute duplicate window);
 - ``agora-bridge``: links between channels and issues, the comments injected, the
-  comments posted, and the catch-up watermarks.
+  comments posted, and the catch-up watermarks;
+- ``agora-bridge-out``: the signed envelope of each fact the bridge published, so that
+  handling a delivery again publishes the very same bytes (kept 30 days).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ WEBHOOK_STREAM: Final = "AGORA_WEBHOOKS"
 WEBHOOK_SUBJECT_PREFIX: Final = "agora.gh."
 DELIVERIES_BUCKET: Final = "agora-deliveries"
 BRIDGE_BUCKET: Final = "agora-bridge"
+OUT_BUCKET: Final = "agora-bridge-out"
 DELIVERY_MEMORY_S: Final = 30 * 24 * 3600.0
 
 
@@ -40,7 +43,12 @@ async def ensure_bridge_streams(js: JetStreamContext, *, replicas: int = 1) -> N
         await js.add_stream(config)
     else:
         await js.update_stream(config)
-    for bucket, ttl in ((DELIVERIES_BUCKET, DELIVERY_MEMORY_S), (BRIDGE_BUCKET, 0.0)):
+    buckets = (
+        (DELIVERIES_BUCKET, DELIVERY_MEMORY_S),
+        (BRIDGE_BUCKET, 0.0),
+        (OUT_BUCKET, DELIVERY_MEMORY_S),
+    )
+    for bucket, ttl in buckets:
         try:
             await js.key_value(bucket)
         except BucketNotFoundError:

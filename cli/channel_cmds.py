@@ -32,8 +32,15 @@ from agora.core.factlog import LOG_FILE, read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry
 from agora.core.signing import sign_fact
-from agora.core.spine import MSG_ID_HEADER, STREAM, channel_of, channel_subject
-from agora.host.controls import FRESH_FOR_MS, WINDOW_MS, Verdict, screen_replay
+from agora.core.spine import (
+    FRESH_FOR_MS,
+    MSG_ID_HEADER,
+    STREAM,
+    WINDOW_MS,
+    channel_of,
+    channel_subject,
+)
+from agora.host.controls import Verdict, screen_replay
 
 LOG_BATCH: Final = 256
 LOG_WAIT_S: Final = 0.5

@@ -45,6 +45,13 @@ STREAM: Final = "AGORA"
 CHANNEL_SUBJECT_PREFIX: Final = "agora.ch."
 EVENT_SUBJECT_PREFIX: Final = "agora.ev."
 DUPLICATE_WINDOW_S: Final = 120.0
+WINDOW_MS: Final = int(DUPLICATE_WINDOW_S * 1000)
+# An act stored later than this after it was signed is refused as a stale copy: within
+# it, JetStream's duplicate window drops a copy published under the act's own id.
+FRESH_FOR_MS: Final = WINDOW_MS * 3 // 4
+# Publishing a fact again under its own id is safe without a look in the stream while
+# the duplicate window still covers a first publish (with a margin for clock skew).
+SAFE_REPUBLISH_MS: Final = WINDOW_MS // 2
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 PUBLISH_TIMEOUT_S: Final = 5.0  # nats-py's own default for one JetStream publish
 SCAN_QUIET_S: Final = 5.0  # a server slow to answer after a restart is not 'nothing'

@@ -33,12 +33,10 @@ from __future__ import annotations
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
 
 from agora.core.acts import check_channel, check_name
 from agora.core.envelope import check_payload
 from agora.core.errors import InputError, shown
-from agora.core.spine import DUPLICATE_WINDOW_S
 
 
 class Verdict(StrEnum):
@@ -71,14 +69,6 @@ def screen_delivery(
     if hops <= 0:
         return Verdict.NO_HOPS
     return Verdict.DELIVER
-
-
-# JetStream's duplicate window: a copy published under an act's own id within it is
-# dropped by the server.
-WINDOW_MS: Final = int(DUPLICATE_WINDOW_S * 1000)
-# An act stored later than this after it was signed is refused as a stale copy: within
-# it, JetStream's duplicate window drops a copy published under the act's own id.
-FRESH_FOR_MS: Final = WINDOW_MS * 3 // 4
 
 
 def screen_replay(

@@ -52,8 +52,11 @@ from agora.core.pull import PullFeed
 from agora.core.received import JetStreamMessage
 from agora.core.signing import sign_fact, verify_envelope
 from agora.core.spine import (
+    FRESH_FOR_MS,
     MSG_ID_HEADER,
+    SAFE_REPUBLISH_MS,
     STREAM,
+    WINDOW_MS,
     agent_consumer_name,
     channel_subject,
     delivery_count,
@@ -71,8 +74,6 @@ from agora.host.agent_record import (
     UntrustedRecord,
 )
 from agora.host.controls import (
-    FRESH_FOR_MS,
-    WINDOW_MS,
     EmitVerdict,
     Handed,
     Verdict,
@@ -90,9 +91,6 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT_S: Final = 0.5
 CONFLICT_RETRIES: Final = 20
-# Republishing a saved outbox is safe without a look in the stream while JetStream's
-# duplicate window still covers its first publish (with a margin for clock skew).
-SAFE_REPUBLISH_MS: Final = WINDOW_MS // 2
 ACK_CONFIRM_S: Final = 5.0
 # a confirmation counts if it came within this part of the ack wait since the batch
 # arrived (the server's clock for it started a little earlier, when it handed it over)

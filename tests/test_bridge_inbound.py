@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 from githubkit import GitHub, TokenAuthStrategy
 from githubkit.cache import MemCacheStrategy
+from nats.js import JetStreamContext
 
 from agora.bridge.inbound import act_id_for_comment
-from agora.bridge.streams import WEBHOOK_STREAM
+from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM
 from agora.bridge.webhook import signature_of
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
 from agora.core.envelope import Act, EventKind
+from agora.core.spine import MSG_ID_HEADER, STREAM, channel_subject, read_in_order
 from tests.bridge_harness import HUMAN, REPO, SECRET, Loop, github_loop
 
 SYNTH = {"synth-agent": AgentPlan("chatty", ("build-coord",))}
@@ -254,3 +258,48 @@ async def test_another_repository_cannot_link_or_speak(
         refused = [e for e in loop.host.events(EventKind.REFUSED) if e.actor == "bridge"]
     assert {e.reason for e in refused} == {"unknown-repository"}
     assert len(refused) >= 3
+
+
+async def test_a_comment_handled_again_long_after_publishes_the_very_same_act(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # The bridge stopped after publishing the comment's act and before marking it
+    # handled; the delivery comes again past JetStream's duplicate window.
+    async with github_loop(tmp_path, components, agents=SYNTH) as loop:
+        comment = loop.github.comment(REPO, loop.issue, "only once", by=HUMAN)
+        await loop.delivered()
+        [delivery] = [d for d in loop.github.deliveries if d.event == "issue_comment"]
+        js = loop.host.js
+        await (await js.key_value(BRIDGE_BUCKET)).purge(f"seen.{comment}")
+        await (await js.key_value(DELIVERIES_BUCKET)).purge(delivery.guid)
+        for name in (STREAM, WEBHOOK_STREAM):
+            info = await js.stream_info(name)
+            await js.update_stream(replace(info.config, duplicate_window=0.2))
+        await asyncio.sleep(0.5)
+        loop.github.redeliver(delivery.id)
+        await loop.delivered()
+        assert loop.bridge.inbound is not None and loop.bridge.inbound.counters.handled == 2
+        [first, again] = await _copies(
+            js, channel_subject("build-coord"), f"act-gh-comment-{comment}"
+        )
+        assert first == again  # the very bytes: not signed again with a later time
+        await loop.host.settle()
+        assert len(loop.host.acts_by("bridge")) == 1
+        assert len(loop.host.delivered_to("synth-agent")) == 1
+        assert not [e for e in loop.host.events(EventKind.REFUSED) if e.reason == "unverified"]
+
+
+async def _copies(js: JetStreamContext, subject: str, msg_id: str) -> list[bytes]:
+    """The data of every message on ``subject`` published under ``msg_id``."""
+    found: list[bytes] = []
+    subscription = await read_in_order(js, subjects=[subject], after_seq=0)
+    try:
+        while True:
+            try:
+                message = await subscription.next_msg(timeout=0.5)
+            except TimeoutError:
+                return found
+            if (message.headers or {}).get(MSG_ID_HEADER) == msg_id:
+                found.append(message.data)
+    finally:
+        await subscription.unsubscribe()

@@ -1,0 +1,105 @@
+"""The bridge's facts, each published once however often its delivery is handled.
+
+A fact's id comes from GitHub's (the comment's, the delivery's), so handling a delivery
+again (the bridge stopped after publishing and before marking it handled, then GitHub
+redelivered it or the catch-up found the comment) makes a fact with the same id. Its
+bytes must not differ, or the recorder sees two facts under one id, and an act signed
+again with a later time passes every host as fresh when the first was processed long
+ago. So the signed envelope is kept (in ``agora-bridge-out``, for 30 days: longer than
+GitHub redelivers) before it is published, and a second handling publishes those very
+bytes: the server drops them within its duplicate window, past it the recorder knows
+them, and every host refuses a second copy of an act as stale.
+
+One case more, for an act: a first publish that may never have landed (kept more than
+:data:`~agora.core.spine.SAFE_REPUBLISH_MS` before, so published again now it would
+reach no host as fresh). It waits for the duplicate window to be over (no first publish
+can land fresh after that), is looked for in the stream, and only if it is not there
+is signed again under the present time, kept, and published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+
+from agora.bridge.streams import OUT_BUCKET, Buckets
+from agora.core.ids import now_ms
+from agora.core.spine import (
+    SAFE_REPUBLISH_MS,
+    STREAM,
+    WINDOW_MS,
+    ids_in_stream,
+    publish_fact,
+)
+
+log = logging.getLogger(__name__)
+
+Signer = Callable[[int], bytes]  # the signed envelope of the fact, made at a time (ms)
+
+
+class OnceOut:
+    def __init__(self, js: JetStreamContext, buckets: Buckets) -> None:
+        self._js = js
+        self._buckets = buckets
+
+    async def publish(self, *, subject: str, ident: str, sign: Signer, act: bool) -> None:
+        """Publish the fact ``ident`` on ``subject``: the envelope kept for it if there
+        is one, else the one ``sign`` makes now (kept first). ``act``: an act, which
+        hosts judge by the time it was signed (events reach no agent)."""
+        bucket = await self._buckets.get(OUT_BUCKET)
+        try:
+            kept = _read((await bucket.get(ident)).value or b"")
+        except KeyNotFoundError:
+            kept = None
+        if kept is None:
+            envelope = await self._keep(ident, sign, now_ms())
+        else:
+            signed_ms, after_seq, envelope = kept
+            age_ms = now_ms() - signed_ms
+            if act and age_ms > SAFE_REPUBLISH_MS:
+                if age_ms <= WINDOW_MS:
+                    await asyncio.sleep((WINDOW_MS - age_ms) / 1000 + 0.001)
+                there = await ids_in_stream(
+                    self._js,
+                    subjects=[subject],
+                    after_seq=after_seq,
+                    until_ms=signed_ms + WINDOW_MS,
+                    wanted=[ident],
+                )
+                if ident in there:
+                    return
+                log.info("%s never reached the stream: it is signed again", ident)
+                envelope = await self._keep(ident, sign, now_ms())
+        await publish_fact(self._js, subject=subject, msg_id=ident, envelope=envelope)
+
+    async def _keep(self, ident: str, sign: Signer, at_ms: int) -> bytes:
+        after_seq = (await self._js.stream_info(STREAM)).state.last_seq
+        envelope = sign(at_ms)
+        record = {
+            "signed_ms": at_ms,
+            "after_seq": after_seq,
+            "envelope": base64.b64encode(envelope).decode(),
+        }
+        bucket = await self._buckets.get(OUT_BUCKET)
+        await bucket.put(ident, json.dumps(record).encode())
+        return envelope
+
+
+def _read(data: bytes) -> tuple[int, int, bytes] | None:
+    """A kept envelope: when it was signed, the stream's last sequence before it was
+    first published, and its bytes; None if the entry is not one (it is made anew)."""
+    try:
+        record = json.loads(data)
+        return (
+            int(record["signed_ms"]),
+            int(record["after_seq"]),
+            base64.b64decode(record["envelope"], validate=True),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None

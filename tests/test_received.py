@@ -74,7 +74,7 @@ async def test_a_raw_subscription_sees_what_nats_py_sees(
     await plain.publish("both.one", b"first", headers={"Nats-Msg-Id": "m-1"})
     await plain.publish("both.two", b"second", reply="where.to")
     await plain.flush()
-    for _ in range(100):
+    for _ in range(500):
         if len(taken) == 2 and len(seen) == 2:
             break
         await asyncio.sleep(0.01)
@@ -85,7 +85,7 @@ async def test_a_raw_subscription_sees_what_nats_py_sees(
     await raw.unsubscribe_raw(sid)
     await plain.publish("both.three", b"third")
     await plain.flush()
-    for _ in range(100):
+    for _ in range(500):
         if len(seen) == 3:
             break
         await asyncio.sleep(0.01)
@@ -107,7 +107,7 @@ async def test_a_raw_message_is_acknowledged_and_given_back_as_nats_py_does(
     taken: list[Received] = []
     await raw.subscribe_raw(inbox, lambda *wire: taken.append(Received.of(raw, *wire)))
     await raw.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.c", b'{"batch":2}', reply=inbox)
-    for _ in range(100):
+    for _ in range(500):
         if len(taken) == 2:
             break
         await asyncio.sleep(0.01)

@@ -24,7 +24,7 @@ from agora.core.envelope import EventKind
 from agora.core.ids import now_ms
 from agora.core.spine import CONTROL_BUCKET, DEAD_STREAM, STATUS_BUCKET, STREAM
 from agora.host.controls import EmitVerdict, Verdict
-from agora.host.service import STATUS_EVERY_S
+from agora.host.service import CLOCK_WARN_MS, STATUS_EVERY_S
 
 # Every control's counter, in the order a message meets them: shown for every agent,
 # zeros included, so that what is counted is plain; anything else a host counts follows.
@@ -146,6 +146,10 @@ def run_status(arguments: argparse.Namespace) -> int:
             print(f"host {name}: running (reported {when} ago)")
         else:
             print(f"host {name}: {NOT_RUNNING} (last report {when} ago)")
+        offset_s = host.get("clock_offset_ms", 0) / 1000
+        if abs(offset_s) > CLOCK_WARN_MS / 1000:
+            side = "ahead of" if offset_s > 0 else "behind"
+            print(f"  clock {abs(offset_s):.1f} s {side} the NATS server's: set it right")
         recorder = host.get("recorder")
         if recorder:
             print(f"  recorder: {recorder['recorded']} recorded, {recorder['refused']} refused")

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 FETCH_BATCH: Final = 512
 FETCH_WAIT_S: Final = 0.25
-SYNC_EVERY_S: Final = 0.01  # the shortest time between two group commits
+SYNC_EVERY_S: Final = 0.002  # the shortest time between two group commits
 POSITION_EVERY_S: Final = 1.0
 HEARTBEAT_S: Final = 1.0
 QUEUE_LIMIT: Final = 8192

@@ -30,8 +30,10 @@ from agora.core.ids import now_ms
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.spine import (
     AGENTS_BUCKET,
+    FRESH_FOR_MS,
     STATUS_BUCKET,
     STREAM,
+    WINDOW_MS,
     agent_consumer_config,
     agent_consumer_name,
     ensure_consumer,
@@ -58,6 +60,8 @@ from agora.host.watchdog import WatchedSandbox
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S: Final = 1.0
+CLOCK_CHECK_EVERY: Final = 60  # reports: the clock is compared once a minute
+CLOCK_WARN_MS: Final = 10_000
 HEADROOM: Final = 4096  # of the server's message size, for a key-value put's subject and headers
 SETTLE_POLL_S: Final = 0.05
 
@@ -90,6 +94,7 @@ class Host:
         self.killswitch = KillSwitch(registry)
         self.runners: dict[str, AgentRunner] = {}
         self.recorder: Recorder | None = None
+        self.clock_offset_ms = 0  # this machine's clock minus the NATS server's
         self._engine = make_engine()
         self._ticker = EpochTicker(self._engine)
         self._linker: wc.Linker | None = None
@@ -235,6 +240,7 @@ class Host:
         return {
             "host": self.name,
             "time_ms": now_ms(),
+            "clock_offset_ms": self.clock_offset_ms,
             "agents": agents,
             "recorder": None
             if recorder is None
@@ -257,13 +263,36 @@ class Host:
 
     async def _report_status(self, js: JetStreamContext) -> None:
         kv = await js.key_value(STATUS_BUCKET)
+        reports = 0
         while not self._stopping.is_set():
             try:
-                await kv.put(self.name, json.dumps(self.status()).encode())
+                sent_ms = now_ms()
+                revision = await kv.put(self.name, json.dumps(self.status()).encode())
+                if reports % CLOCK_CHECK_EVERY == 0:
+                    stored = await js.get_msg(f"KV_{STATUS_BUCKET}", revision)
+                    if stored.time is not None:
+                        self._check_clock(sent_ms, now_ms(), stored.time.timestamp() * 1000)
+                reports += 1
             except Exception:
                 log.warning("could not publish host status", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), STATUS_EVERY_S)
+
+    def _check_clock(self, sent_ms: int, answered_ms: int, stored_ms: float) -> None:
+        """How far this machine's clock is from the NATS server's (which stamps what the
+        stream stores), from a status report's round trip; a warning past
+        :data:`CLOCK_WARN_MS`: every host judges an act by the two clocks together."""
+        self.clock_offset_ms = round((sent_ms + answered_ms) / 2 - stored_ms)
+        if abs(self.clock_offset_ms) > CLOCK_WARN_MS:
+            log.warning(
+                "this machine's clock is %.1f s %s the NATS server's: every host refuses as "
+                "stale an act signed more than %d s ahead of it or %d s behind it, so "
+                "what the agents here send may reach no one; set the clock right",
+                abs(self.clock_offset_ms) / 1000,
+                "ahead of" if self.clock_offset_ms > 0 else "behind",
+                (WINDOW_MS - FRESH_FOR_MS) // 1000,
+                FRESH_FOR_MS // 1000,
+            )
 
     async def settle(self, *, quiet_s: float = 0.3, timeout_s: float = 20.0) -> None:
         """Wait until every agent and the recorder have caught up and stayed idle."""

@@ -339,3 +339,20 @@ async def test_one_bad_act_in_a_batch_costs_no_other_act_its_fact(
     assert refused.count(("no-hops", spent.id)) == 1
     assert orphan.id not in {f.id for f in h.facts()}
     h.verify()
+
+
+async def test_a_host_compares_its_clock_with_the_servers_and_warns_when_off(
+    tmp_path: Path, components: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        host = h.running()
+        for _ in range(50):  # the first status report measures it
+            if host.status()["clock_offset_ms"] != 0:
+                break
+            await asyncio.sleep(0.05)
+        assert abs(host.status()["clock_offset_ms"]) < 1000  # one machine: one clock
+        now = now_ms()
+        with caplog.at_level("WARNING", logger="agora.host.service"):
+            host._check_clock(now, now + 4, now - 45_000)
+        assert host.status()["clock_offset_ms"] == 45_002
+        assert "45.0 s ahead of the NATS server's" in caplog.text

@@ -56,6 +56,11 @@ class FactsSource(Protocol):
     @property
     def size(self) -> int: ...
 
+    @property
+    def failure(self) -> str | None:
+        """Why the source stopped for good (then nothing more is committed), or None."""
+        ...
+
     def snapshot(self) -> FactsSnapshot: ...
 
 
@@ -86,6 +91,8 @@ class FactsCommitter:
         self.commits: list[str] = []
 
     def due(self) -> bool:
+        if self._source.failure is not None:
+            return False  # the recorder stopped: what it holds may not be on the disk
         new = self._source.size - max(self._committed_size, 0)
         if new <= 0:
             return False

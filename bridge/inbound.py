@@ -53,9 +53,8 @@ from agora.core.acts import check_channel
 from agora.core.control import record_and_switch
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import InputError
-from agora.core.ids import now_ms
 from agora.core.keys import KeyRegistry, SigningKey
-from agora.core.signing import sign_fact
+from agora.core.signing import sign_fact, verify_envelope
 from agora.core.spine import channel_subject, event_subject
 
 log = logging.getLogger(__name__)
@@ -380,17 +379,31 @@ class InboundWorker:
         # follows whether the label is on the issue now, not what this event says.
         added = await self._label_is_on(repo, number, label, default=added)
         kind = EventKind.KILLED if added else EventKind.RESUMED
-        event = Event(
-            id=f"ev-gh-{delivery}",
-            kind=kind,
-            actor=self._key.name,
-            time_ms=now_ms(),
-            reason="label",
-            detail=f"{who} {'added' if added else 'removed'} {label!r} on {repo}#{number}",
-            channel=channel,
-            data={"login": who, "issue": f"{repo}#{number}", "delivery": delivery},
+        # one id per delivery and decision: handled again, the same decision is the
+        # very same fact (kept), a different one (the label moved since) a fact of its own
+        ident = f"ev-gh-{delivery}-{kind.value}"
+
+        def signed_at(at_ms: int) -> Event:
+            return Event(
+                id=ident,
+                kind=kind,
+                actor=self._key.name,
+                time_ms=at_ms,
+                reason="label",
+                detail=f"{who} {'added' if added else 'removed'} {label!r} on {repo}#{number}",
+                channel=channel,
+                data={"login": who, "issue": f"{repo}#{number}", "delivery": delivery},
+            )
+
+        envelope = await self._out.envelope(
+            subject=event_subject(self._key.name),
+            ident=ident,
+            sign=lambda at_ms: sign_fact(signed_at(at_ms), self._key),
+            act=False,
         )
-        envelope = sign_fact(event, self._key)
+        assert envelope is not None  # noqa: S101 - only an act can be found already sent
+        event = verify_envelope(envelope, self._registry).fact  # the one kept, if it was
+        assert isinstance(event, Event)  # noqa: S101 - signed just above, or kept from it
         await record_and_switch(self._js, event, envelope)
         if added:
             self.counters.killed += 1

@@ -11,15 +11,16 @@ bytes: the server drops them within its duplicate window, past it the recorder k
 them, and every host refuses a second copy of an act as stale.
 
 One case more, for an act: a first publish that may never have landed (kept more than
-:data:`~agora.core.spine.SAFE_REPUBLISH_MS` before, so published again now it would
-reach no host as fresh). It waits for the duplicate window to be over (no first publish
-can land fresh after that), is looked for in the stream, and only if it is not there
-is signed again under the present time, kept, and published.
+:data:`~agora.core.spine.SAFE_REPUBLISH_MS` before: published again now it would reach
+no host as fresh). It is looked for in the stream, and only if it is not there is it
+signed again under the present time, kept, and published under the same id. No first
+publish can still land after that look: a bridge that stopped took what it had not
+sent with it, and one that lost its connection sends what it kept first, on the same
+connection, where the server keeps the first under the id and drops the second.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -33,7 +34,6 @@ from agora.core.ids import now_ms
 from agora.core.spine import (
     SAFE_REPUBLISH_MS,
     STREAM,
-    WINDOW_MS,
     ids_in_stream,
     publish_fact,
 )
@@ -52,34 +52,38 @@ class OnceOut:
         """Publish the fact ``ident`` on ``subject``: the envelope kept for it if there
         is one, else the one ``sign`` makes now (kept first). ``act``: an act, which
         hosts judge by the time it was signed (events reach no agent)."""
+        envelope = await self.envelope(subject=subject, ident=ident, sign=sign, act=act)
+        if envelope is not None:
+            await publish_fact(self._js, subject=subject, msg_id=ident, envelope=envelope)
+
+    async def envelope(self, *, subject: str, ident: str, sign: Signer, act: bool) -> bytes | None:
+        """The envelope to publish for ``ident`` (see :meth:`publish`); None for an act
+        kept long ago that the stream holds already."""
         bucket = await self._buckets.get(OUT_BUCKET)
         try:
             kept = _read((await bucket.get(ident)).value or b"")
         except KeyNotFoundError:
             kept = None
         if kept is None:
-            envelope = await self._keep(ident, sign, now_ms())
-        else:
-            signed_ms, after_seq, envelope = kept
-            age_ms = now_ms() - signed_ms
-            if act and age_ms > SAFE_REPUBLISH_MS:
-                if age_ms <= WINDOW_MS:
-                    await asyncio.sleep((WINDOW_MS - age_ms) / 1000 + 0.001)
-                there = await ids_in_stream(
-                    self._js,
-                    subjects=[subject],
-                    after_seq=after_seq,
-                    until_ms=signed_ms + WINDOW_MS,
-                    wanted=[ident],
-                )
-                if ident in there:
-                    return
-                log.info("%s never reached the stream: it is signed again", ident)
-                envelope = await self._keep(ident, sign, now_ms())
-        await publish_fact(self._js, subject=subject, msg_id=ident, envelope=envelope)
+            return await self._keep(ident, sign)
+        signed_ms, after_seq, envelope = kept
+        if not act or now_ms() - signed_ms <= SAFE_REPUBLISH_MS:
+            return envelope
+        there = await ids_in_stream(
+            self._js,
+            subjects=[subject],
+            after_seq=after_seq,
+            until_ms=now_ms(),
+            wanted=[ident],
+        )
+        if ident in there:
+            return None
+        log.info("%s never reached the stream: it is signed again", ident)
+        return await self._keep(ident, sign)
 
-    async def _keep(self, ident: str, sign: Signer, at_ms: int) -> bytes:
+    async def _keep(self, ident: str, sign: Signer) -> bytes:
         after_seq = (await self._js.stream_info(STREAM)).state.last_seq
+        at_ms = now_ms()
         envelope = sign(at_ms)
         record = {
             "signed_ms": at_ms,

@@ -196,19 +196,22 @@ def run_inject(arguments: argparse.Namespace) -> int:
     )
     envelope = sign_fact(act, session.key(speaker))
 
-    async def send() -> int:
-        """When the stream stored the act (ms since the epoch)."""
+    async def send() -> int | None:
+        """Publish; when the stream stored the act (ms since the epoch), if it says."""
         async with connected(running_url(config)) as client:
             js = client.jetstream()
             ack = await js.publish(
                 channel_subject(channel), envelope, headers={MSG_ID_HEADER: act.id}
             )
-            stored = await js.get_msg(STREAM, ack.seq)
-            return int(stored.time.timestamp() * 1000) if stored.time else act.time_ms
+            print(act.id, flush=True)  # published: whatever follows, its id is known
+            try:
+                stored = await asyncio.wait_for(js.get_msg(ack.stream, ack.seq), 2.0)
+            except Exception:  # only the check below is lost
+                return None
+            return int(stored.time.timestamp() * 1000) if stored.time else None
 
     stored_ms = asyncio.run(send())
-    print(act.id)
-    return _judged_fresh(act, stored_ms)
+    return 0 if stored_ms is None else _judged_fresh(act, stored_ms)
 
 
 def _judged_fresh(act: Act, stored_ms: int) -> int:

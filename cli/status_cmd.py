@@ -146,7 +146,7 @@ def run_status(arguments: argparse.Namespace) -> int:
             print(f"host {name}: running (reported {when} ago)")
         else:
             print(f"host {name}: {NOT_RUNNING} (last report {when} ago)")
-        offset_s = host.get("clock_offset_ms", 0) / 1000
+        offset_s = (host.get("clock_offset_ms") or 0) / 1000
         if abs(offset_s) > CLOCK_WARN_MS / 1000:
             side = "ahead of" if offset_s > 0 else "behind"
             print(f"  clock {abs(offset_s):.1f} s {side} the NATS server's: set it right")

@@ -5,9 +5,12 @@
   it again is recognised as processed (idempotency across restarts, and across hosts
   sharing the agent);
 - ``unacked``: the ids of messages it finished with whose acknowledgement the server
-  has not confirmed. A batch saved just before a crash comes back after the consumer's
-  ack wait, however many messages came in between, and is recognised by these; an id
-  leaves once a host confirms its acknowledgement (then it can never come back);
+  has not confirmed in time. A batch saved just before a crash comes back after the
+  consumer's ack wait, however many messages came in between, and is recognised by
+  these. An id leaves once a host has the acknowledgement of its batch confirmed
+  within the ack wait of the batch's arrival, every message of it handed over for the
+  first time (then no copy can come back, nor be in another host's hands); the ids of
+  a batch handed over again stay until newer ones push them out (``MAX_UNACKED``);
 - ``last_seq``: the highest stream sequence it has finished with (for status);
 - ``parents`` / ``conversations``: the hop budgets left on recent messages it was
   handed (with each one's conversation), and in its recent conversations, from which
@@ -315,11 +318,12 @@ class RecordStore:
         except KeyNotFoundError:
             self._revision = 0
             return AgentRecord()
-        self._revision = entry.revision or 0
         try:
-            return self._read(entry.value or b"")
+            record = self._read(entry.value or b"")
         except MalformedEnvelope as exc:
             raise type(exc)(f"agent {self._key!r}: {exc}") from exc  # untrusted stays so
+        self._revision = entry.revision or 0  # only a record a host wrote is saved over
+        return record
 
     def _read(self, stored: bytes) -> AgentRecord:
         body, newline, signature = stored.rpartition(b"\n")

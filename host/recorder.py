@@ -29,7 +29,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -51,6 +51,7 @@ from agora.host.tasks import finish
 from agora.host.vouched import Vouched
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FETCH_BATCH: Final = 512
 FETCH_WAIT_S: Final = 0.25
@@ -223,6 +224,8 @@ class Recorder:
             await asyncio.sleep(SYNC_EVERY_S)
 
     def _fail(self, reason: str) -> None:
+        if self.failure is not None:
+            return  # said once
         self.failure = reason
         log.critical(
             "recorder stopped: %s; facts are recorded again from stream sequence %d once "
@@ -254,12 +257,21 @@ class Recorder:
         self._write()
         target = self._written_position
         if target > self.position:
-            self._log.sync()
+            self._on_disk(self._log.sync)
             # what an fsync in flight covers comes first, so each is heard of in order
             durable = self._syncing_facts + self._unsynced_written
             self._syncing_facts, self._unsynced_written = [], []
             self._synced(target, durable)
         self._save_position(force=True)
+
+    def _on_disk(self, sync: Callable[[], T]) -> T:
+        """Run something that syncs the log; a failure stops the recorder (:meth:`_fail`),
+        whichever path met it first, and is raised on."""
+        try:
+            return sync()
+        except OSError as exc:
+            self._fail(f"the fact log could not be made durable: {exc}")
+            raise
 
     def _synced(self, target: int, durable: list[Fact]) -> None:
         for fact in durable:
@@ -295,10 +307,10 @@ class Recorder:
             raise InternalError(f"the recorder stopped ({self.failure}): nothing to commit")
         self.make_durable()
         self._since_checkpoint = 0
-        return self._log.snapshot()
+        return self._on_disk(self._log.snapshot)
 
     def checkpoint(self) -> None:
-        self._log.checkpoint()
+        self._on_disk(self._log.checkpoint)
         self._since_checkpoint = 0
 
     def _append(

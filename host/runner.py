@@ -219,7 +219,7 @@ class AgentRunner:
         except asyncio.CancelledError:
             raise
         except UntrustedRecord as exc:
-            await self._distrust(exc)
+            await self.distrust(exc)
         except Exception:
             # Not acknowledged: the batch comes back after ack wait, at most
             # max_deliver times, and then lands in the dead-letter stream.
@@ -322,14 +322,18 @@ class AgentRunner:
         await self._publish(tuple(batch.outgoing))
         await self._acknowledge(messages, [])
 
-    async def _distrust(self, exc: UntrustedRecord) -> None:
-        """The agent's saved record is not one a host wrote (read again after another
-        host saved it): nothing in it may be used. The agent is quarantined and this
-        runner stops taking its messages, which stay in the stream for when the record
-        is put right."""
-        log.critical("agent %s: %s; it stops here", self.spec.name, exc)
-        await self._quarantine("record", str(exc))
+    async def distrust(self, exc: UntrustedRecord) -> None:
+        """The agent's saved record is not one a host wrote (read at start, or again
+        after another host saved): nothing in it may be used. This runner stops taking
+        the agent's messages, which stay in the stream, and the agent is quarantined;
+        once the record is put right (deleted, to start afresh), a restart of the host
+        and `agora resume --agent` run it again."""
         self._stopping.set()
+        log.critical("agent %s: %s; it stops here", self.spec.name, exc)
+        try:
+            await self._quarantine("record", str(exc))
+        except Exception:  # the stop above holds whatever the server does
+            log.exception("agent %s: its quarantine could not be recorded", self.spec.name)
 
     def _stopped(self) -> bool:
         """Whether the agent may not run at all: killed, quarantined, or every channel it
@@ -629,9 +633,15 @@ class AgentRunner:
         is saved before it is published, so a crash in between issues nothing twice.
         Between the two (an outbox saved more than half the window ago, less than the
         whole), it waits for the window to pass first."""
-        record = self._record
-        if not record.outbox or self._outbox_published:
+        if not self._record.outbox or self._outbox_published:
             return
+        self.busy = True  # work in hand, for a settle
+        try:
+            await self._publish_outbox(self._record)
+        finally:
+            self.busy = False
+
+    async def _publish_outbox(self, record: AgentRecord) -> None:
         outbox = record.outbox
         age_ms = now_ms() - (record.saved_at_ms or 0)
         if SAFE_REPUBLISH_MS < age_ms <= WINDOW_MS:
@@ -639,7 +649,10 @@ class AgentRunner:
             # over: neither the same ids (stale by then) nor new ones (a copy beside a
             # late first) are safe before that.
             log.info("agent %s: its unsent outbox waits %d ms", self.spec.name, WINDOW_MS - age_ms)
-            await asyncio.sleep((WINDOW_MS - age_ms) / 1000 + 0.001)
+            with contextlib.suppress(TimeoutError):  # a stop ends the wait, and the step
+                await asyncio.wait_for(self._stopping.wait(), (WINDOW_MS - age_ms) / 1000 + 0.001)
+            if self._stopping.is_set():
+                return
         if age_ms > SAFE_REPUBLISH_MS:
             there = await ids_in_stream(
                 self._js,

@@ -23,6 +23,7 @@ from typing import Final
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from wasmtime import component as wc
 
 from agora.core.factlog import FactLog
@@ -39,7 +40,7 @@ from agora.core.spine import (
     ensure_consumer,
     ensure_spine,
 )
-from agora.host.agent_record import RecordStore
+from agora.host.agent_record import RecordStore, UntrustedRecord
 from agora.host.config import AgentConfig, Config
 from agora.host.killswitch import KillSwitch
 from agora.host.recorder import Recorder
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_S: Final = 1.0
 CLOCK_CHECK_EVERY: Final = 60  # reports: the clock is compared once a minute
 CLOCK_WARN_MS: Final = 10_000
+CLOCK_CHECK_TIMEOUT_S: Final = 1.0
 HEADROOM: Final = 4096  # of the server's message size, for a key-value put's subject and headers
 SETTLE_POLL_S: Final = 0.05
 
@@ -94,7 +96,8 @@ class Host:
         self.killswitch = KillSwitch(registry)
         self.runners: dict[str, AgentRunner] = {}
         self.recorder: Recorder | None = None
-        self.clock_offset_ms = 0  # this machine's clock minus the NATS server's
+        # this machine's clock minus the NATS server's, once measured
+        self.clock_offset_ms: int | None = None
         self._engine = make_engine()
         self._ticker = EpochTicker(self._engine)
         self._linker: wc.Linker | None = None
@@ -139,7 +142,10 @@ class Host:
             runner = await self._prepare(nc, agent, records)
             self.runners[agent.name] = runner
         for runner in self.runners.values():
-            await runner.start()
+            try:
+                await runner.start()
+            except UntrustedRecord as exc:  # that agent stays stopped; the others run
+                await runner.distrust(exc)
         self._status_task = asyncio.create_task(self._report_status(js), name="agora-status")
 
     async def _prepare(
@@ -262,34 +268,46 @@ class Host:
         }
 
     async def _report_status(self, js: JetStreamContext) -> None:
-        kv = await js.key_value(STATUS_BUCKET)
         reports = 0
         while not self._stopping.is_set():
             try:
+                kv = await js.key_value(STATUS_BUCKET)
                 sent_ms = now_ms()
                 revision = await kv.put(self.name, json.dumps(self.status()).encode())
-                if reports % CLOCK_CHECK_EVERY == 0:
-                    stored = await js.get_msg(f"KV_{STATUS_BUCKET}", revision)
-                    if stored.time is not None:
-                        self._check_clock(sent_ms, now_ms(), stored.time.timestamp() * 1000)
-                reports += 1
             except Exception:
                 log.warning("could not publish host status", exc_info=True)
+            else:
+                if reports % CLOCK_CHECK_EVERY == 0:
+                    await self._measure_clock(js, kv, revision, sent_ms)
+                reports += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), STATUS_EVERY_S)
+
+    async def _measure_clock(
+        self, js: JetStreamContext, kv: KeyValue, revision: int, sent_ms: int
+    ) -> None:
+        """Compare this machine's clock with the time the server stored a report at."""
+        try:
+            stream: str = kv._stream  # the bucket's stream, whatever a cluster names it
+            stored = await asyncio.wait_for(js.get_msg(stream, revision), CLOCK_CHECK_TIMEOUT_S)
+        except Exception:
+            log.debug("the clock could not be compared with the server's", exc_info=True)
+            return
+        if stored.time is not None:
+            self._check_clock(sent_ms, now_ms(), stored.time.timestamp() * 1000)
 
     def _check_clock(self, sent_ms: int, answered_ms: int, stored_ms: float) -> None:
         """How far this machine's clock is from the NATS server's (which stamps what the
         stream stores), from a status report's round trip; a warning past
         :data:`CLOCK_WARN_MS`: every host judges an act by the two clocks together."""
-        self.clock_offset_ms = round((sent_ms + answered_ms) / 2 - stored_ms)
-        if abs(self.clock_offset_ms) > CLOCK_WARN_MS:
+        offset_ms = self.clock_offset_ms = round((sent_ms + answered_ms) / 2 - stored_ms)
+        if abs(offset_ms) > CLOCK_WARN_MS:
             log.warning(
                 "this machine's clock is %.1f s %s the NATS server's: every host refuses as "
                 "stale an act signed more than %d s ahead of it or %d s behind it, so "
                 "what the agents here send may reach no one; set the clock right",
-                abs(self.clock_offset_ms) / 1000,
-                "ahead of" if self.clock_offset_ms > 0 else "behind",
+                abs(offset_ms) / 1000,
+                "ahead of" if offset_ms > 0 else "behind",
                 (WINDOW_MS - FRESH_FOR_MS) // 1000,
                 FRESH_FOR_MS // 1000,
             )

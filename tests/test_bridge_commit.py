@@ -86,6 +86,7 @@ def _git_checkout(path: Path) -> Path:
 def test_a_commit_is_due_after_n_facts_or_after_the_interval() -> None:
     class Source:
         size = 0
+        failure: str | None = None
 
         def snapshot(self) -> FactsSnapshot:
             raise AssertionError("not taken")
@@ -109,3 +110,5 @@ def test_a_commit_is_due_after_n_facts_or_after_the_interval() -> None:
     assert not committer.due()
     now[0] = 60.0
     assert committer.due()
+    source.failure = "the fact log could not be made durable"
+    assert not committer.due()  # a stopped recorder's facts may not be on the disk

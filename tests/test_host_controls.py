@@ -346,8 +346,8 @@ async def test_a_host_compares_its_clock_with_the_servers_and_warns_when_off(
 ) -> None:
     async with running_host(tmp_path, components, agents=PAIR) as h:
         host = h.running()
-        for _ in range(50):  # the first status report measures it
-            if host.status()["clock_offset_ms"] != 0:
+        for _ in range(100):  # the first status report measures it
+            if host.status()["clock_offset_ms"] is not None:
                 break
             await asyncio.sleep(0.05)
         assert abs(host.status()["clock_offset_ms"]) < 1000  # one machine: one clock

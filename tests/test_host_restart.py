@@ -418,8 +418,9 @@ async def _copies(js: JetStreamContext, subject: str, msg_id: str) -> list[tuple
 async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
     tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # "Long before": past JetStream's duplicate window, here shortened to 0.2 s, and
-    # past the host's own margin for it (0.3 s here), whose first part it waits out.
+    # "Long before": past JetStream's duplicate window (shortened to 0.2 s here), and
+    # past the host's own margin for it (none here); the host first waits for its own
+    # view of the window (3 s here, from the save) to be over.
     monkeypatch.setattr(runner_module, "SAFE_REPUBLISH_MS", 0)
     one = {"synth-agent": PAIR["synth-agent"]}
     async with running_host(tmp_path, components, agents=one) as h:
@@ -454,7 +455,8 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
         await asyncio.sleep(0.5)
 
         restarted_ms = now_ms()
-        monkeypatch.setattr(runner_module, "WINDOW_MS", 300)  # the agent's own: self-echo
+        assert saved.saved_at_ms is not None and restarted_ms < saved.saved_at_ms + 3000
+        monkeypatch.setattr(runner_module, "WINDOW_MS", 3000)  # what comes back: self-echo
         host = await h.start_host()
         await h.settle()
         assert len(await _copies(h.js, subject, reply.id)) == 1
@@ -467,7 +469,7 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
     # own, a first publish landing late would be kept and this one dropped.
     [sent] = [a for a in h.acts_by("synth-agent") if a.payload == "one more"]
     assert sent.id != late.id
-    assert sent.time_ms >= restarted_ms
+    assert sent.time_ms >= saved.saved_at_ms + 3000  # not before the window was over
     assert (sent.in_reply_to, sent.conversation) == (late.in_reply_to, late.conversation)
     assert forged.id not in recorded
 
@@ -502,14 +504,21 @@ async def test_a_record_is_signed_by_its_agent_and_one_written_by_others_is_not_
         with pytest.raises(MalformedEnvelope, match="not signed by its key"):
             await store.load()
         # An unsigned record (whoever wrote it could plant budgets, ids and state in it)
-        # is refused too, and a host does not start the agent on it
+        # is refused too: a host starts, but not that agent, which it quarantines
         planted = replace(saved, conversations={"conv-x": 1_000_000})
         await kv.put("synth-agent", planted.encode())
         with pytest.raises(MalformedEnvelope, match="unsigned"):
             await store.load()
-        with pytest.raises(MalformedEnvelope, match=r"synth-agent.*unsigned"):
-            await h.start_host()
+        host = await h.start_host()
+        await host.killswitch.wait_for(lambda s: s.blocks_agent("synth-agent"))
+        assert host.runners["synth-agent"]._task is None  # never started
+        assert host.recorder is not None  # the rest of the host runs
+        await h.inject("build-coord", "anyone?", hops=1)
+        await asyncio.sleep(0.5)
+        assert [d.act.id for d in h.deliveries] == [request.id]
     assert request.id in {f.id for f in h.facts()}
+    [fault] = h.events(EventKind.FAULT, agent="synth-agent")
+    assert fault.reason == "record" and "unsigned" in fault.detail
 
 
 async def test_a_record_spoiled_while_its_agent_runs_quarantines_it(

@@ -1,0 +1,108 @@
+"""The bridge's facts go out once: the same bytes when handled again, and an act whose
+first publish never landed signed again, on a real nats-server."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+
+from agora.bridge.once import OnceOut, Signer
+from agora.bridge.streams import OUT_BUCKET, Buckets, ensure_bridge_streams
+from agora.core.ids import now_ms
+from agora.core.spine import MSG_ID_HEADER, STREAM, channel_subject, ensure_spine, read_in_order
+from agora.host.nats_server import EmbeddedNats
+
+SUBJECT = channel_subject("build-coord")
+IDENT = "act-gh-comment-7"
+
+
+@pytest.fixture
+async def js(nats_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
+    client = await nats.connect(nats_server.url)
+    context = client.jetstream()
+    await ensure_spine(context)
+    await ensure_bridge_streams(context)
+    yield context
+    await client.close()
+
+
+def signer(made: list[int]) -> Signer:
+    def sign(at_ms: int) -> bytes:
+        made.append(at_ms)
+        return json.dumps({"signed_at": at_ms}).encode()
+
+    return sign
+
+
+async def copies(js: JetStreamContext) -> list[bytes]:
+    found: list[bytes] = []
+    subscription = await read_in_order(js, subjects=[SUBJECT], after_seq=0)
+    try:
+        while True:
+            try:
+                message = await subscription.next_msg(timeout=0.5)
+            except TimeoutError:
+                return found
+            if (message.headers or {}).get(MSG_ID_HEADER) == IDENT:
+                found.append(message.data)
+    finally:
+        await subscription.unsubscribe()
+
+
+async def keep(js: JetStreamContext, *, signed_ms: int, envelope: bytes) -> None:
+    """As a bridge that stopped after keeping an envelope would have left it."""
+    after_seq = (await js.stream_info(STREAM)).state.last_seq
+    record = {
+        "signed_ms": signed_ms,
+        "after_seq": after_seq,
+        "envelope": base64.b64encode(envelope).decode(),
+    }
+    await (await js.key_value(OUT_BUCKET)).put(IDENT, json.dumps(record).encode())
+
+
+async def test_a_fact_handled_twice_goes_out_in_the_same_bytes(js: JetStreamContext) -> None:
+    out = OnceOut(js, Buckets(js))
+    made: list[int] = []
+    for _ in range(2):
+        await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True)
+    assert len(made) == 1  # signed once
+    assert len(await copies(js)) == 1  # the second was the same id: dropped by the server
+
+
+async def test_an_old_act_already_in_the_stream_is_not_sent_again(js: JetStreamContext) -> None:
+    old = now_ms() - 200_000
+    envelope = json.dumps({"signed_at": old}).encode()
+    await keep(js, signed_ms=old, envelope=envelope)
+    await js.publish(SUBJECT, envelope, headers={MSG_ID_HEADER: IDENT})  # it did land
+    made: list[int] = []
+    out = OnceOut(js, Buckets(js))
+    await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True)
+    assert made == []
+    assert await copies(js) == [envelope]
+
+
+async def test_an_old_act_that_never_landed_is_signed_again_now(js: JetStreamContext) -> None:
+    old = now_ms() - 200_000
+    await keep(js, signed_ms=old, envelope=json.dumps({"signed_at": old}).encode())
+    made: list[int] = []
+    before = now_ms()
+    out = OnceOut(js, Buckets(js))
+    await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True)
+    [sent] = await copies(js)
+    assert json.loads(sent)["signed_at"] == made[0] >= before  # fresh, not the old bytes
+
+
+async def test_an_old_event_is_sent_again_as_it_was(js: JetStreamContext) -> None:
+    old = now_ms() - 200_000
+    envelope = json.dumps({"signed_at": old}).encode()
+    await keep(js, signed_ms=old, envelope=envelope)
+    made: list[int] = []
+    out = OnceOut(js, Buckets(js))
+    await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=False)
+    assert made == []  # reaches no agent: the very bytes, whatever their age
+    assert await copies(js) == [envelope]

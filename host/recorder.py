@@ -119,9 +119,13 @@ class Recorder:
         if self._fsyncing is not None:  # a crash's cancel does not stop a thread: wait
             await asyncio.wait({self._fsyncing})
         if graceful:
-            self.make_durable()
+            with contextlib.suppress(OSError):  # stops the recorder, and is said so
+                self.make_durable()
         if self.failure is None:
-            self._log.close()  # checkpoints what was recorded
+            try:
+                self._log.close()  # checkpoints what was recorded
+            except OSError as exc:
+                self._fail(f"the fact log could not be checkpointed: {exc}")
         else:
             self._log.release()  # no checkpoint over what may not be on the disk
 

@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from githubkit.webhooks import parse_obj
@@ -395,15 +395,27 @@ class InboundWorker:
                 data={"login": who, "issue": f"{repo}#{number}", "delivery": delivery},
             )
 
+        def kept(envelope: bytes) -> Event | None:
+            """The switch event ``envelope`` carries, if it is the bridge's for this
+            delivery and decision (anything else kept under its id is not used)."""
+            try:
+                fact = verify_envelope(envelope, self._registry).fact
+            except InputError:
+                return None
+            if not isinstance(fact, Event) or replace(fact, time_ms=0) != signed_at(0):
+                return None
+            return fact
+
         envelope = await self._out.envelope(
             subject=event_subject(self._key.name),
             ident=ident,
             sign=lambda at_ms: sign_fact(signed_at(at_ms), self._key),
             act=False,
+            meant=lambda envelope: kept(envelope) is not None,
         )
-        assert envelope is not None  # noqa: S101 - only an act can be found already sent
-        event = verify_envelope(envelope, self._registry).fact  # the one kept, if it was
-        assert isinstance(event, Event)  # noqa: S101 - signed just above, or kept from it
+        event = kept(envelope or b"")
+        if envelope is None or event is None:  # pragma: no cover - signed just above
+            raise InputError(f"the bridge could not make its {kind.value} event {ident!r}")
         await record_and_switch(self._js, event, envelope)
         if added:
             self.counters.killed += 1

@@ -12,8 +12,9 @@ them, and every host refuses a second copy of an act as stale.
 
 One case more, for an act: a first publish that may never have landed (kept more than
 :data:`~agora.core.spine.SAFE_REPUBLISH_MS` before: published again now it would reach
-no host as fresh). It is looked for in the stream, and only if it is not there is it
-signed again under the present time, kept, and published under the same id. No first
+no host as fresh). It is looked for in the stream, and only if it is not there (or got
+there too late to be taken as fresh) is it signed again under the present time, kept,
+and published under the same id. No first
 publish can still land after that look: a bridge that stopped took what it had not
 sent with it, and one that lost its connection sends what it kept first, on the same
 connection, where the server keeps the first under the id and drops the second.
@@ -21,6 +22,7 @@ connection, where the server keeps the first under the id and drops the second.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -32,8 +34,10 @@ from nats.js.errors import KeyNotFoundError
 from agora.bridge.streams import OUT_BUCKET, Buckets
 from agora.core.ids import now_ms
 from agora.core.spine import (
+    FRESH_FOR_MS,
     SAFE_REPUBLISH_MS,
     STREAM,
+    WINDOW_MS,
     ids_in_stream,
     publish_fact,
 )
@@ -56,28 +60,42 @@ class OnceOut:
         if envelope is not None:
             await publish_fact(self._js, subject=subject, msg_id=ident, envelope=envelope)
 
-    async def envelope(self, *, subject: str, ident: str, sign: Signer, act: bool) -> bytes | None:
+    async def envelope(
+        self,
+        *,
+        subject: str,
+        ident: str,
+        sign: Signer,
+        act: bool,
+        meant: Callable[[bytes], bool] = lambda _: True,
+    ) -> bytes | None:
         """The envelope to publish for ``ident`` (see :meth:`publish`); None for an act
-        kept long ago that the stream holds already."""
+        kept long ago that the stream holds already. A kept envelope that is not
+        ``meant`` (not the fact the bridge means to send now) is signed anew."""
         bucket = await self._buckets.get(OUT_BUCKET)
         try:
             kept = _read((await bucket.get(ident)).value or b"")
         except KeyNotFoundError:
             kept = None
-        if kept is None:
+        if kept is None or not meant(kept[2]):
             return await self._keep(ident, sign)
         signed_ms, after_seq, envelope = kept
         if not act or now_ms() - signed_ms <= SAFE_REPUBLISH_MS:
             return envelope
-        there = await ids_in_stream(
+        stored = await ids_in_stream(
             self._js,
             subjects=[subject],
             after_seq=after_seq,
             until_ms=now_ms(),
             wanted=[ident],
         )
-        if ident in there:
-            return None
+        if ident in stored:
+            if stored[ident] - signed_ms <= FRESH_FOR_MS:
+                return None  # there, and in time to be taken as fresh: nothing to send
+            # there too late to be taken as fresh (a publish held up more than 90 s):
+            # sent again under its id once the server no longer drops that id as a
+            # repeat, at most the duplicate window after that late copy was stored
+            await asyncio.sleep(max(0, stored[ident] + WINDOW_MS - now_ms()) / 1000)
         log.info("%s never reached the stream: it is signed again", ident)
         return await self._keep(ident, sign)
 

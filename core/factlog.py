@@ -234,10 +234,15 @@ class FactLog:
             self.release()
 
     def release(self) -> None:
-        """Close the files and let go of the directory, with no checkpoint."""
-        self._log.close()
-        self._view.close()
-        os.close(self._lock_fd)
+        """Close the files and let go of the directory, with no checkpoint. The lock goes
+        whatever closing a file raises (a flush that fails again on a full disk)."""
+        try:
+            try:
+                self._log.close()
+            finally:
+                self._view.close()
+        finally:
+            os.close(self._lock_fd)
 
     def __enter__(self) -> Self:
         return self

@@ -265,28 +265,29 @@ async def ids_in_stream(
     until_ms: int,
     wanted: Iterable[str],
     quiet_s: float = SCAN_QUIET_S,
-) -> set[str]:
-    """Which of the ``wanted`` message ids are in the stream on ``subjects``, looking
-    from ``after_seq + 1`` on, up to the first message stored after ``until_ms`` (ms
-    since the epoch), or the end of the stream.
+) -> dict[str, int]:
+    """Which of the ``wanted`` message ids are in the stream on ``subjects``, and when
+    the stream stored each (ms since the epoch), looking from ``after_seq + 1`` on, up
+    to the first message stored after ``until_ms``, or the end of the stream.
 
     For what JetStream's duplicate window no longer covers: whether an outbox saved
-    long ago was published before a crash."""
+    long ago was published before a crash (and in time to be taken as fresh)."""
     wanted = set(wanted)
-    found: set[str] = set()
+    found: dict[str, int] = {}
     subscription = await read_in_order(js, subjects=subjects, after_seq=after_seq)
     try:
-        while found != wanted:
+        while len(found) < len(wanted):
             try:
                 message = await subscription.next_msg(timeout=quiet_s)
             except TimeoutError:
                 break  # nothing more on these subjects
             metadata = message.metadata
-            if metadata.timestamp.timestamp() * 1000 > until_ms:
+            stored_ms = int(metadata.timestamp.timestamp() * 1000)
+            if stored_ms > until_ms:
                 break
             ident = (message.headers or {}).get(MSG_ID_HEADER)
             if ident in wanted:
-                found.add(ident)
+                found.setdefault(ident, stored_ms)
             if not metadata.num_pending:
                 break
     finally:

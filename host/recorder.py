@@ -127,7 +127,8 @@ class Recorder:
             except OSError as exc:
                 self._fail(f"the fact log could not be checkpointed: {exc}")
         else:
-            self._log.release()  # no checkpoint over what may not be on the disk
+            with contextlib.suppress(OSError):  # a flush at close can fail again
+                self._log.release()  # no checkpoint over what may not be on the disk
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -136,6 +137,8 @@ class Recorder:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self.failure is not None:
+                    return  # the log could not be written: said, and stopped
                 log.exception("recorder: reading again from stream sequence %d", self.position + 1)
                 await asyncio.sleep(1.0)
 
@@ -195,7 +198,7 @@ class Recorder:
         (a crashed process loses none of it), durable at the next group commit."""
         if self._unsynced_position <= self._written_position:
             return
-        self._log.flush()
+        self._on_disk(self._log.flush)
         self._written_position = self._unsynced_position
         written, self._unsynced = self._unsynced, []
         self._unsynced_written.extend(written)
@@ -223,7 +226,7 @@ class Recorder:
             except OSError as exc:
                 self._fail(f"the fact log could not be made durable: {exc}")
                 return
-            except Exception:  # an observer or a checkpoint: the commit itself is done
+            except Exception:  # an observer: the commit itself is done
                 log.exception("recorder: after a group commit")
             await asyncio.sleep(SYNC_EVERY_S)
 
@@ -269,12 +272,14 @@ class Recorder:
         self._save_position(force=True)
 
     def _on_disk(self, sync: Callable[[], T]) -> T:
-        """Run something that syncs the log; a failure stops the recorder (:meth:`_fail`),
-        whichever path met it first, and is raised on."""
+        """Run something that writes or syncs the log. A failure (a full disk, a failed
+        fsync) stops the recorder (:meth:`_fail`), whichever path met it first, and is
+        raised on: a write that failed halfway must not be followed by more lines, nor
+        an fsync that failed by a position past what it covered."""
         try:
             return sync()
         except OSError as exc:
-            self._fail(f"the fact log could not be made durable: {exc}")
+            self._fail(f"the fact log could not be written or made durable: {exc}")
             raise
 
     def _synced(self, target: int, durable: list[Fact]) -> None:
@@ -349,7 +354,7 @@ class Recorder:
                 )
                 refusals.append(_unverified(message, problem, self._key.name))
                 return
-        self._log.append(message.data, fact)
+        self._on_disk(lambda: self._log.append(message.data, fact))
         self._ids[fact.id] = digest
         self.counters.recorded += 1
         self._since_checkpoint += 1

@@ -162,7 +162,7 @@ class AgentRunner:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._reload()  # an untrusted record stops the host's start, naming why
+        await self._reload()  # an untrusted record: the host quarantines the agent
         self._feed = await self._open_feed()
         self._task = asyncio.create_task(self._run(), name=f"agent-{self.spec.name}")
 
@@ -258,6 +258,8 @@ class AgentRunner:
 
     async def _step(self, messages: list[JetStreamMessage]) -> None:
         await self._publish_saved_outbox()  # if a publish failed after the save
+        if self._record.outbox and not self._outbox_published:
+            return  # stopped while it waited: the batch is not acknowledged, and comes back
         batch = Batch(
             self.spec.name, processed=itertools.chain(self._record.recent, self._record.unacked)
         )
@@ -649,12 +651,12 @@ class AgentRunner:
             # over: neither the same ids (stale by then) nor new ones (a copy beside a
             # late first) are safe before that.
             log.info("agent %s: its unsent outbox waits %d ms", self.spec.name, WINDOW_MS - age_ms)
-            with contextlib.suppress(TimeoutError):  # a stop ends the wait, and the step
+            with contextlib.suppress(TimeoutError):  # a stop ends the wait
                 await asyncio.wait_for(self._stopping.wait(), (WINDOW_MS - age_ms) / 1000 + 0.001)
             if self._stopping.is_set():
                 return
         if age_ms > SAFE_REPUBLISH_MS:
-            there = await ids_in_stream(
+            stored = await ids_in_stream(
                 self._js,
                 subjects=(o.subject for o in outbox),
                 after_seq=record.last_seq,
@@ -662,7 +664,9 @@ class AgentRunner:
                 until_ms=(record.saved_at_ms or now_ms()) + WINDOW_MS,
                 wanted=(o.msg_id for o in outbox),
             )
-            missing = tuple(o for o in outbox if o.msg_id not in there)
+            missing = tuple(
+                o for o in outbox if o.msg_id not in stored or not self._taken(o, stored[o.msg_id])
+            )
             self.counters["republish-skipped"] += len(record.outbox) - len(missing)
             outbox = tuple(self._issued_again(o) for o in missing)
             if outbox != missing:
@@ -673,6 +677,18 @@ class AgentRunner:
                 await self._save(reissued, dropped=confirmed)
         await self._publish(outbox)
         self._outbox_published = True
+
+    def _taken(self, outgoing: Outgoing, stored_ms: int) -> bool:
+        """Whether a copy of ``outgoing`` stored at ``stored_ms`` reaches the hosts: an
+        event does (it reaches no agent); an act of this agent's, if it was stored in
+        time to be taken as fresh (one that landed late is refused by every host)."""
+        try:
+            act = verify_envelope(outgoing.envelope, self._own_key).fact
+        except InputError:
+            return True
+        if not isinstance(act, Act):
+            return True
+        return stored_ms - act.time_ms <= FRESH_FOR_MS
 
     def _issued_again(self, outgoing: Outgoing) -> Outgoing:
         """``outgoing`` under a new id and the present time, signed again, if it is an act

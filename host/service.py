@@ -274,17 +274,18 @@ class Host:
                 kv = await js.key_value(STATUS_BUCKET)
                 sent_ms = now_ms()
                 revision = await kv.put(self.name, json.dumps(self.status()).encode())
+                answered_ms = now_ms()
             except Exception:
                 log.warning("could not publish host status", exc_info=True)
             else:
                 if reports % CLOCK_CHECK_EVERY == 0:
-                    await self._measure_clock(js, kv, revision, sent_ms)
+                    await self._measure_clock(js, kv, revision, (sent_ms, answered_ms))
                 reports += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), STATUS_EVERY_S)
 
     async def _measure_clock(
-        self, js: JetStreamContext, kv: KeyValue, revision: int, sent_ms: int
+        self, js: JetStreamContext, kv: KeyValue, revision: int, put_ms: tuple[int, int]
     ) -> None:
         """Compare this machine's clock with the time the server stored a report at."""
         try:
@@ -294,7 +295,7 @@ class Host:
             log.debug("the clock could not be compared with the server's", exc_info=True)
             return
         if stored.time is not None:
-            self._check_clock(sent_ms, now_ms(), stored.time.timestamp() * 1000)
+            self._check_clock(*put_ms, stored.time.timestamp() * 1000)
 
     def _check_clock(self, sent_ms: int, answered_ms: int, stored_ms: float) -> None:
         """How far this machine's clock is from the NATS server's (which stamps what the

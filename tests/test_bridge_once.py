@@ -75,7 +75,7 @@ async def test_a_fact_handled_twice_goes_out_in_the_same_bytes(js: JetStreamCont
 
 
 async def test_an_old_act_already_in_the_stream_is_not_sent_again(js: JetStreamContext) -> None:
-    old = now_ms() - 200_000
+    old = now_ms() - 70_000  # kept over a minute ago; it landed (now) in time to be fresh
     envelope = json.dumps({"signed_at": old}).encode()
     await keep(js, signed_ms=old, envelope=envelope)
     await js.publish(SUBJECT, envelope, headers={MSG_ID_HEADER: IDENT})  # it did land
@@ -106,3 +106,23 @@ async def test_an_old_event_is_sent_again_as_it_was(js: JetStreamContext) -> Non
     await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=False)
     assert made == []  # reaches no agent: the very bytes, whatever their age
     assert await copies(js) == [envelope]
+
+
+async def test_a_kept_envelope_that_is_not_the_one_meant_is_signed_anew(
+    js: JetStreamContext,
+) -> None:
+    # whoever can write the bucket could plant another signed fact under the id
+    planted = json.dumps({"signed_at": 1, "planted": True}).encode()
+    await keep(js, signed_ms=now_ms(), envelope=planted)
+    made: list[int] = []
+    out = OnceOut(js, Buckets(js))
+    envelope = await out.envelope(
+        subject=SUBJECT,
+        ident=IDENT,
+        sign=signer(made),
+        act=False,
+        meant=lambda kept: b"planted" not in kept,
+    )
+    assert envelope is not None and b"planted" not in envelope and len(made) == 1
+    again = await out.envelope(subject=SUBJECT, ident=IDENT, sign=signer(made), act=False)
+    assert again == envelope  # what it signed is what is kept now

@@ -36,6 +36,7 @@ from agora.core.spine import (
     ensure_consumer,
     ensure_spine,
     publish_all,
+    publish_envelope,
     read_in_order,
 )
 from agora.host import runner as runner_module
@@ -436,6 +437,13 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
         # signed long ago: published now as it is, every host would refuse it as stale
         late = replace(reply, id=new_id("act"), payload="one more", time_ms=now_ms() - 3_600_000)
         forged = replace(late, id=new_id("act"), payload="forged")
+        # and one that did reach the stream, but too late to be taken as fresh: every
+        # host refuses that copy as stale, so it counts as not there
+        landed_late = replace(late, id=new_id("act"), payload="too late")
+        landed_envelope = sign_fact(landed_late, h.session.key("synth-agent"))
+        await publish_envelope(
+            h.js, channel="build-coord", msg_id=landed_late.id, envelope=landed_envelope
+        )
         store = await h.record_store("synth-agent")
         saved = await store.load()
         crashed = replace(
@@ -445,6 +453,7 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
                 Outgoing(subject, late.id, sign_fact(late, h.session.key("synth-agent"))),
                 # and one the agent's key never signed: it is not signed again either
                 Outgoing(subject, forged.id, sign_fact(forged, h.session.key("maintainer"))),
+                Outgoing(subject, landed_late.id, landed_envelope),
             ),
             last_seq=request_seq,  # the batch that made this outbox
         )
@@ -472,6 +481,12 @@ async def test_an_outbox_saved_long_before_a_restart_is_not_published_twice(
     assert sent.time_ms >= saved.saved_at_ms + 3000  # not before the window was over
     assert (sent.in_reply_to, sent.conversation) == (late.in_reply_to, late.conversation)
     assert forged.id not in recorded
+    # the late copy is a fact like any other (and refused by every host as stale); the
+    # act went out again under a new id
+    too_late = [a for a in h.acts_by("synth-agent") if a.payload == "too late"]
+    assert [a.id for a in too_late].count(landed_late.id) == 1
+    [again] = [a for a in too_late if a.id != landed_late.id]
+    assert again.time_ms >= saved.saved_at_ms + 3000
 
 
 async def test_a_record_is_signed_by_its_agent_and_one_written_by_others_is_not_trusted(

@@ -243,12 +243,15 @@ class AgentRunner:
         the fresh record sees what the other host already processed as duplicates.
         """
         for _ in range(CONFLICT_RETRIES):
+            counted = self.counters.copy()  # a batch redone is counted once
             try:
                 if messages is None:
                     await self._publish_saved_outbox()
                 else:
                     await self._step(messages)
             except RecordConflict:
+                self.counters.clear()  # in place: whoever holds the counters sees it
+                self.counters.update(counted)
                 self.counters["record-conflict"] += 1
                 await self._reload()
                 await asyncio.sleep(random.uniform(0.005, 0.05))  # noqa: S311 - jitter, not secrecy
@@ -299,6 +302,7 @@ class AgentRunner:
         record = finished(state=state, wake_at_ms=wake_at_ms, outbox=tuple(batch.outgoing))
         try:
             await self._save(record, dropped=confirmed)
+            self._report(batch)
         except RecordTooLarge as exc:
             # What the call returned cannot be saved with the batch: it is dropped, as
             # after any fault, and the batch is saved as processed without it.
@@ -310,6 +314,7 @@ class AgentRunner:
             kept = tuple(batch.outgoing[:before_outputs])
             record = finished(state=self._record.state, wake_at_ms=None, outbox=kept)
             await self._save(record, dropped=confirmed)
+            self._report(batch)
         await self._publish(record.outbox)
         self._outbox_published = True
         await self._acknowledge(messages, batch.ids)
@@ -460,14 +465,20 @@ class AgentRunner:
         for act in batch.delivered:
             self.counters["delivered"] += 1
             by_channel.setdefault((act.channel, self._own_event(act.id)), []).append(act.id)
-            for observer in self.observers:
-                observer(Delivery(self.spec.name, act, at_ns))
+            batch.handed.append(Delivery(self.spec.name, act, at_ns))
         for (channel, _), ids in by_channel.items():
             batch.outgoing.append(
                 self._event(
                     EventKind.DELIVERED, reason="delivered", subjects=tuple(ids), channel=channel
                 )
             )
+
+    def _report(self, batch: Batch) -> None:
+        """Tell the observers what the batch handed over, once it is saved (a batch redone
+        after a save conflict is reported once)."""
+        for delivery in batch.handed:
+            for observer in self.observers:
+                observer(delivery)
 
     def _own_event(self, act_id: str) -> str:
         """``act_id`` if the act gets events of its own (one the recorder may refuse:
@@ -771,6 +782,7 @@ class Batch:
         self.ids: list[str] = []
         self.inbox: list[GuestMessage] = []
         self.delivered: list[Act] = []
+        self.handed: list[Delivery] = []  # for the observers, once the batch is saved
         # budgets handed over, then spent, in this batch (laid over the record's)
         self.parents: dict[str, Handed] = {}
         self.conversations: dict[str, int] = {}

@@ -356,3 +356,30 @@ async def test_a_host_compares_its_clock_with_the_servers_and_warns_when_off(
             host._check_clock(now, now + 4, now - 45_000)
         assert host.status()["clock_offset_ms"] == 45_002
         assert "45.0 s ahead of the NATS server's" in caplog.text
+
+
+async def test_a_batch_redone_after_a_save_conflict_is_counted_and_reported_once(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as when another host saved the agent in between: the batch is redone on the fresh
+    # record, the agent called again, and only the redone batch counts
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        save = runner_module.AgentRunner._save
+        conflicted = asyncio.Event()
+
+        async def conflict_once(runner: runner_module.AgentRunner, *args: Any, **kw: Any) -> None:
+            if not conflicted.is_set():
+                conflicted.set()
+                raise runner_module.RecordConflict("another host saved it")
+            await save(runner, *args, **kw)
+
+        monkeypatch.setattr(runner_module.AgentRunner, "_save", conflict_once)
+        request = await h.inject("build-coord", "once", hops=1)
+        await asyncio.wait_for(conflicted.wait(), 5)
+        await h.settle()
+        counters = h.running().runners["synth-agent"].counters
+        assert counters["record-conflict"] == 1
+        assert (counters["delivered"], counters["calls"], counters["emitted"]) == (1, 1, 1)
+    assert [d.act.id for d in h.deliveries] == [request.id]
+    assert [a.in_reply_to for a in h.acts_by("synth-agent")] == [request.id]

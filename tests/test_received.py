@@ -71,6 +71,7 @@ async def test_a_raw_subscription_sees_what_nats_py_sees(
 
     sid = await raw.subscribe_raw("both.>", handler)
     await raw.subscribe("both.>", cb=callback)  # a plain subscription on the same client
+    await raw.flush()  # the server has both subscriptions before another client publishes
     await plain.publish("both.one", b"first", headers={"Nats-Msg-Id": "m-1"})
     await plain.publish("both.two", b"second", reply="where.to")
     await plain.flush()
@@ -83,6 +84,7 @@ async def test_a_raw_subscription_sees_what_nats_py_sees(
     ]
     assert taken[0].headers == {"Nats-Msg-Id": "m-1"} and taken[1].reply == "where.to"
     await raw.unsubscribe_raw(sid)
+    await raw.flush()
     await plain.publish("both.three", b"third")
     await plain.flush()
     for _ in range(500):

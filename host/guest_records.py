@@ -3,12 +3,16 @@
 A ``message`` is a record of strings, an enum, an ``option<string>`` and a ``u8``; an
 inbox or an outbox is a list of them. wasmtime-py converts each field through several
 ctypes objects and calls (a fresh ``wasm_byte_vec_t``, an array type, a copy, a
-pointer), about 60 µs per message both ways. Here a record's fields are checked and
-encoded first, then written straight into the memory the C API allocated: one call per
-string (the C API owns every string it is handed, so each is allocated there) and plain
-byte writes for the kinds and numbers. Reading back takes one copy of the record's
-entries and one per string. The whole value is freed by one delete at the end, as the
-C API's own conversion does.
+pointer), about 60 µs per message both ways, and each call lets go of the GIL and
+takes it again, which the event loop's thread is waiting for.
+
+An inbox goes in without one call to the C API: ``wasmtime_component_func_call`` only
+reads its arguments (it copies each into a value of its own before the call), so
+:meth:`FlatRecordList.lend` lays the whole list out (cells, record entries, boxed
+options, and every string's bytes) in one buffer Python owns, which the call reads and
+Python frees; nothing in it is ever handed to the C API's delete. A returned list is
+the C API's own: it is read with one copy of its cells, one of each record's entries
+and one per string, and freed by one delete at the end.
 
 Only records whose every field is a string, an enum, an unsigned integer or an
 ``option<string>`` take this path (:func:`flat_fields`); any other converts as
@@ -23,7 +27,6 @@ import sys
 from typing import Any, Final
 
 from wasmtime import _ffi as ffi
-from wasmtime._store import Storelike
 from wasmtime.component import (
     U8,
     U16,
@@ -61,29 +64,31 @@ _UNSIGNED: Final = {
     U64: (ffi.WASMTIME_COMPONENT_U64.value, 8),
 }
 _OPTIONAL_STRING: Final = -1  # not a C kind: an option<string> field
+_TEXT_KINDS: Final = frozenset({_STRING, _ENUM, _OPTIONAL_STRING})
+
+
+_VEC_CELL: Final = struct.Struct(f"@B{_UNION_AT - 1}xNP{CELL - _UNION_AT - _VEC.size}x")
+"""A value cell of a string, a list or a record: its kind, then a size and an address."""
+_LAYOUT_KNOWN: Final = (
+    _NAME_AT == 0 and KIND_AT == 0 and _VEC.size == _VALUE_AT and _VEC_CELL.size == CELL
+)
 
 
 def _c_function(name: str, argtypes: list[Any], restype: Any = None) -> Any:
-    # A function object of our own: wasmtime-py's (shared, cached on the library)
-    # keep their argument types.
-    function = ffi.dll[name]
-    function.argtypes = argtypes
-    function.restype = restype
-    return function
+    # Called with the GIL held (a free is quick; letting go of the GIL and taking it
+    # back would make the agent's thread wait for the event loop's).
+    return ctypes.PYFUNCTYPE(restype, *argtypes)((name, ffi.dll))
 
 
-_new_bytes = _c_function("wasm_byte_vec_new", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p])
-_new_boxed = _c_function("wasmtime_component_val_new", [ctypes.c_void_p], ctypes.c_void_p)
-_new_record = _c_function(
-    "wasmtime_component_valrecord_new_uninit", [ctypes.c_void_p, ctypes.c_size_t]
-)
-_new_list = _c_function("wasmtime_component_vallist_new_uninit", [ctypes.c_void_p, ctypes.c_size_t])
 _delete_list = _c_function("wasmtime_component_vallist_delete", [ctypes.c_void_p])
 _delete_record = _c_function("wasmtime_component_valrecord_delete", [ctypes.c_void_p])
 
 
 def flat_fields(record: RecordType) -> list[tuple[str, int, int]] | None:
-    """Each field as (name, kind, width), or None when a field is not plain."""
+    """Each field as (name, kind, width), or None when a field is not plain (or this
+    wasmtime lays values out in a way this module does not know)."""
+    if not _LAYOUT_KNOWN:
+        return None
     fields: list[tuple[str, int, int]] = []
     for name, ty in record.fields:
         kind = _plain_kind(ty)
@@ -103,23 +108,28 @@ def _plain_kind(ty: ValType) -> tuple[int, int] | None:
     return _UNSIGNED.get(type(ty))
 
 
+def _entry_format(kind: int, width: int) -> str:
+    """One record entry: the field's name (size, address), then its value cell."""
+    if kind in (_STRING, _ENUM):
+        union, used = "NP", _VEC.size
+    elif kind == _OPTIONAL_STRING:
+        union, used = "P", _POINTER.size  # the boxed `some` value's address, or null
+    else:
+        union, used = f"{width}s", width
+    return f"NP{_VALUE_AT - _VEC.size}xB{_UNION_AT - 1}x{union}{CELL - _UNION_AT - used}x"
+
+
 class FlatRecord(RecordType):
     """A record of plain fields (see :func:`flat_fields`), converted in bulk."""
 
     resolved: list[tuple[str, ValType]]
     flat: list[tuple[str, int, int]]
     names: list[bytes]
+    layout: RecordLayout
 
     @property
     def fields(self) -> list[tuple[str, ValType]]:
         return self.resolved
-
-    def convert_to_c(
-        self, store: Storelike, val: Any, ptr: ctypes._Pointer[ffi.wasmtime_component_val_t]
-    ) -> None:
-        values = self.encode(val)
-        cell = ctypes.addressof(ptr.contents)
-        self.lower(values, cell, _view(cell, CELL), 0)
 
     def convert_from_c(self, c: ffi.wasmtime_component_val_t) -> Any:
         if c.kind != _RECORD:
@@ -148,32 +158,6 @@ class FlatRecord(RecordType):
                     raise TypeError(f"field {name!r}: expected an integer of {width} bytes")
                 values.append(value.to_bytes(width, sys.byteorder))
         return values
-
-    def lower(self, values: list[Any], cell: int, view: memoryview, at: int) -> None:
-        """Write an encoded record into the value cell at address ``cell`` (``view``
-        covers the cell from offset ``at``)."""
-        _new_record(cell + _UNION_AT, len(values))
-        entries = _VEC.unpack_from(view, at + _UNION_AT)[1]
-        fields = _view(entries, len(values) * _ENTRY)
-        for index, ((_, kind, _width), name, value) in enumerate(
-            zip(self.flat, self.names, values, strict=True)
-        ):
-            entry = entries + index * _ENTRY
-            _new_bytes(entry + _NAME_AT, len(name), name)
-            kind_at = index * _ENTRY + _VALUE_AT + KIND_AT
-            union = entry + _VALUE_AT + _UNION_AT
-            if kind == _OPTIONAL_STRING:
-                fields[kind_at] = _OPTION
-                boxed = 0 if value is None else _boxed_string(value)
-                _POINTER.pack_into(fields, index * _ENTRY + _VALUE_AT + _UNION_AT, boxed)
-            elif kind in (_STRING, _ENUM):
-                fields[kind_at] = kind
-                _new_bytes(union, len(value), value)
-            else:
-                fields[kind_at] = kind
-                start = index * _ENTRY + _VALUE_AT + _UNION_AT
-                fields[start : start + len(value)] = value
-        view[at + KIND_AT] = _RECORD
 
     def lift(self, size: int, entries: int) -> Record:
         """The record whose ``size`` entries start at address ``entries`` (not freed)."""
@@ -209,21 +193,14 @@ class FlatRecordList(ListType):
     def element(self) -> ValType:
         return self.resolved
 
-    def convert_to_c(
-        self, store: Storelike, val: Any, ptr: ctypes._Pointer[ffi.wasmtime_component_val_t]
-    ) -> None:
+    def lend(self, val: Any, cell: int) -> ctypes.Array[ctypes.c_char]:
+        """Write the list into the argument cell at address ``cell``, every part of it
+        in one buffer Python owns (returned: it must outlive the call, and is never
+        handed to the C API's delete). Raises before anything is written."""
         if not isinstance(val, (list, tuple)):
             raise TypeError("expected a list value")
         element = self.resolved
-        encoded = [element.encode(item) for item in val]
-        cell = ctypes.addressof(ptr.contents)
-        _new_list(cell + _UNION_AT, len(encoded))
-        if encoded:
-            cells = _VEC.unpack(ctypes.string_at(cell + _UNION_AT, _VEC.size))[1]
-            view = _view(cells, len(encoded) * CELL)
-            for index, values in enumerate(encoded):
-                element.lower(values, cells + index * CELL, view, index * CELL)
-        ptr.contents.kind = _LIST
+        return element.layout.lay_out([element.encode(item) for item in val], cell)
 
     def convert_from_c(self, c: ffi.wasmtime_component_val_t) -> Any:
         if c.kind != _LIST:
@@ -247,14 +224,6 @@ def _view(address: int, size: int) -> memoryview:
     return memoryview((ctypes.c_char * size).from_address(address)).cast("B")
 
 
-def _boxed_string(value: bytes) -> int:
-    cell = (ctypes.c_char * CELL)()
-    cell[KIND_AT] = bytes([_STRING])
-    _new_bytes(ctypes.addressof(cell) + _UNION_AT, len(value), value)
-    boxed: int = _new_boxed(ctypes.addressof(cell))  # takes the string over
-    return boxed
-
-
 def _lift_boxed_string(name: str, boxed: int) -> str:
     raw = ctypes.string_at(boxed, CELL)
     if raw[KIND_AT] != _STRING:
@@ -264,3 +233,77 @@ def _lift_boxed_string(name: str, boxed: int) -> str:
 
 def _text(size: int, data: int) -> str:
     return ctypes.string_at(data, size).decode("utf-8") if size else ""
+
+
+class RecordLayout:
+    """How a list of one kind of flat record is laid out in a buffer of its own:
+    the records' entries, then the list's cells, then the boxed ``some`` values of
+    its options, then the bytes of all its strings, one after another."""
+
+    def __init__(self, flat: list[tuple[str, int, int]], names: list[bytes]) -> None:
+        self._names = ctypes.create_string_buffer(b"".join(names))  # shared by every record
+        address = ctypes.addressof(self._names)
+        self._fields: list[tuple[int, int, int, int]] = []  # name size, address, C kind, kind
+        for (_, kind, _width), name in zip(flat, names, strict=True):
+            c_kind = _OPTION if kind == _OPTIONAL_STRING else kind
+            self._fields.append((len(name), address, c_kind, kind))
+            address += len(name)
+        self._count = len(flat)
+        self._record = struct.Struct("@" + "".join(_entry_format(k, w) for _, k, w in flat))
+        if self._record.size != len(flat) * _ENTRY:
+            raise AgoraError(
+                f"a record's entries take {self._record.size} bytes, not "
+                f"{len(flat) * _ENTRY}: this wasmtime lays them out differently"
+            )
+        self._texts = [i for i, (_, kind, _) in enumerate(flat) if kind in _TEXT_KINDS]
+        self._options = [i for i, (_, kind, _) in enumerate(flat) if kind == _OPTIONAL_STRING]
+
+    def lay_out(self, records: list[list[Any]], cell: int) -> ctypes.Array[ctypes.c_char]:
+        """Write encoded ``records`` (see :meth:`FlatRecord.encode`) as a list value
+        into the cell at address ``cell``; returns the buffer that holds it."""
+        count = len(records)
+        boxes = sum(values[i] is not None for values in records for i in self._options)
+        text = sum(len(values[i] or b"") for values in records for i in self._texts)
+        cells_at = count * self._record.size
+        boxes_at = cells_at + count * CELL
+        text_at = boxes_at + boxes * CELL
+        buffer = (ctypes.c_char * max(text_at + text, CELL))()
+        base = ctypes.addressof(buffer)
+        view = memoryview(buffer).cast("B")
+        text_address = base + text_at  # where the next string's bytes go
+        box_at = boxes_at
+        pieces: list[bytes] = []
+        pack_record = self._record.pack_into
+        for index, values in enumerate(records):
+            fields: list[Any] = []
+            for (name_size, name_address, c_kind, kind), value in zip(
+                self._fields, values, strict=True
+            ):
+                fields += (name_size, name_address, c_kind)
+                if kind == _OPTIONAL_STRING:
+                    if value is None:
+                        fields.append(0)  # none
+                        continue
+                    _VEC_CELL.pack_into(view, box_at, _STRING, len(value), text_address)
+                    fields.append(base + box_at)
+                    box_at += CELL
+                elif kind not in _TEXT_KINDS:
+                    fields.append(value)  # an integer's bytes
+                    continue
+                else:
+                    fields += (len(value), text_address)
+                pieces.append(value)
+                text_address += len(value)
+            record_at = index * self._record.size
+            pack_record(view, record_at, *fields)
+            _VEC_CELL.pack_into(
+                view, cells_at + index * CELL, _RECORD, self._count, base + record_at
+            )
+        view[text_at : text_at + text] = b"".join(pieces)
+        write_list_cell(cell, count, base + cells_at)
+        return buffer
+
+
+def write_list_cell(cell: int, count: int, cells: int) -> None:
+    """Make the value cell at address ``cell`` a list of ``count`` values at ``cells``."""
+    _VEC_CELL.pack_into(_view(cell, CELL), 0, _LIST, count, cells)

@@ -18,7 +18,7 @@ wasmtime-py's generic path.
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 from wasmtime import _ffi as ffi
 from wasmtime._store import Storelike
@@ -32,9 +32,18 @@ from wasmtime.component import (
     TupleType,
     ValType,
 )
+from wasmtime.component._enter import enter_wasm
 
 from agora.core.errors import AgoraError
-from agora.host.guest_records import CELL, KIND_AT, FlatRecord, FlatRecordList, flat_fields
+from agora.host.guest_records import (
+    CELL,
+    KIND_AT,
+    FlatRecord,
+    FlatRecordList,
+    RecordLayout,
+    flat_fields,
+    write_list_cell,
+)
 
 _U8_AT: Final[int] = (
     ffi.wasmtime_component_val_t.of.offset + ffi.wasmtime_component_valunion.u8.offset  # type: ignore[attr-defined]
@@ -84,7 +93,8 @@ def _resolved(ty: ValType, max_bytes: int | None) -> ValType:
         if flat is not None:
             ty.__class__ = FlatRecord
             ty.flat = flat  # type: ignore[attr-defined]
-            ty.names = [name.encode() for name, _, _ in flat]  # type: ignore[attr-defined]
+            names = [name.encode() for name, _, _ in flat]
+            ty.layout = RecordLayout(flat, names)  # type: ignore[attr-defined]
     elif isinstance(ty, TupleType):
         elements = [_resolved(element, max_bytes) for element in ty.elements]
         ty.__class__ = _Tuple
@@ -101,6 +111,42 @@ class _ResolvedFunc(Func):
 
     def type(self, store: Storelike) -> FuncType:  # the same for every store
         return self.signature
+
+    def __call__(self, store: Storelike, *params: Any) -> Any:
+        """Call with each argument lent from memory Python owns where its type can lend
+        it (the C API only reads arguments), else converted into the C API's memory
+        and deleted after the call, as wasmtime-py does."""
+        signature = self.signature
+        types = signature.params
+        if len(params) != len(types):
+            raise TypeError(f"{len(params)} arguments given; the function takes {len(types)}")
+        cells = (ffi.wasmtime_component_val_t * len(params))()
+        lent: list[object] = []  # kept alive until the call has returned
+        owned: list[int] = []
+        try:
+            for index, ((_, ty), value) in enumerate(zip(types, params, strict=True)):
+                if isinstance(ty, Lending):
+                    lent.append(ty.lend(value, ctypes.addressof(cells) + index * CELL))
+                else:
+                    ty.convert_to_c(store, value, ctypes.pointer(cells[index]))
+                    owned.append(index)
+            result_type = signature.result
+            result = ffi.wasmtime_component_val_t()
+            result_at = None if result_type is None else ctypes.byref(result)
+            enter_wasm(
+                lambda: ffi.wasmtime_component_func_call(
+                    ctypes.byref(self._func),
+                    store._context(),
+                    cells,
+                    len(params),
+                    result_at,
+                    0 if result_at is None else 1,
+                )
+            )
+            return None if result_type is None else result_type.convert_from_c(result)
+        finally:
+            for index in owned:
+                ffi.wasmtime_component_val_delete(ctypes.byref(cells[index]))
 
 
 class _ResolvedFuncType(FuncType):
@@ -175,17 +221,21 @@ class _Bytes(_List):
     def convert_to_c(
         self, store: Storelike, val: Any, ptr: ctypes._Pointer[ffi.wasmtime_component_val_t]
     ) -> None:
-        if not isinstance(val, bytes):
-            raise TypeError("expected bytes value")
+        cells = _u8_cells(val)
         raw = ffi.wasmtime_component_vallist_t()
         ffi.wasmtime_component_vallist_new_uninit(raw, len(val))
         if val:
-            cells = bytearray(len(val) * CELL)
-            cells[KIND_AT::CELL] = _U8_KIND * len(val)
-            cells[_U8_AT::CELL] = val
             ctypes.memmove(raw.data, bytes(cells), len(cells))
         ptr.contents.kind = ffi.WASMTIME_COMPONENT_LIST
         ptr.contents.of.list = raw
+
+    def lend(self, val: Any, cell: int) -> ctypes.Array[ctypes.c_char]:
+        """Write the bytes into the argument cell at address ``cell`` as a list whose
+        cells are in a buffer Python owns (returned: it must outlive the call)."""
+        cells = _u8_cells(val)
+        buffer = (ctypes.c_char * len(cells)).from_buffer(cells)
+        write_list_cell(cell, len(val), ctypes.addressof(buffer))
+        return buffer
 
     def convert_from_c(self, c: ffi.wasmtime_component_val_t) -> Any:
         if c.kind != ffi.WASMTIME_COMPONENT_LIST.value:
@@ -202,3 +252,22 @@ class _Bytes(_List):
             return cells[_U8_AT::CELL]
         finally:
             ffi.wasmtime_component_vallist_delete(ctypes.byref(c.of.list))
+
+
+def _u8_cells(val: Any) -> bytearray:
+    """The cells of a ``list<u8>`` holding ``val`` (at least one cell's room, so even an
+    empty list has an address)."""
+    if not isinstance(val, bytes):
+        raise TypeError("expected bytes value")
+    cells = bytearray(max(len(val), 1) * CELL)
+    if val:
+        cells[KIND_AT::CELL] = _U8_KIND * len(val)
+        cells[_U8_AT::CELL] = val
+    return cells
+
+
+@runtime_checkable
+class Lending(Protocol):
+    """A type that can write a value as an argument without the C API's memory."""
+
+    def lend(self, val: Any, cell: int) -> object: ...

@@ -112,6 +112,39 @@ def test_the_sandbox_types_stay_right_across_calls(handles: tuple[Any, Any]) -> 
         assert getattr(reply, "in-reply-to") == f"act-{round_ + 1}"
 
 
+def test_an_empty_inbox_and_state_convert_as_wasmtime_does(handles: tuple[Any, Any]) -> None:
+    ctx = _record(agent="a", channels=[], now_ms=0, settings=[])
+    for store, func in handles:
+        outcome = func(store, ctx, b"", [])
+        func.post_return(store)
+        assert (outcome.outbox, outcome.state, getattr(outcome, "wake-at-ms")) == ([], b"", None)
+
+
+def test_many_calls_lend_their_arguments_without_loss(handles: tuple[Any, Any]) -> None:
+    # Each call's inbox and state are laid out in buffers Python owns and frees after
+    # the call: hundreds of calls of varied sizes must each read back exactly right.
+    ctx = _record(agent="a", channels=["c"], now_ms=5, settings=[("k", "v")])
+    for round_ in range(300):
+        size = round_ % 17
+        inbox = [
+            _message(
+                round_ * 100 + n,
+                reply=None if (round_ + n) % 4 else f"act-{n}",
+                payload="✓" * ((round_ * 7 + n) % 50),
+            )
+            for n in range(size)
+        ]
+        state = bytes([round_ % 256]) * (round_ % 40)
+        results = []
+        for store, func in handles:
+            results.append(func(store, ctx, state, inbox))
+            func.post_return(store)
+        generic, resolved = results
+        assert resolved.state == generic.state == state
+        assert _plain(resolved.outbox) == _plain(generic.outbox)
+        assert len(resolved.outbox) == sum(1 for m in inbox if m.hops > 0)
+
+
 def test_messages_convert_in_bulk(handles: tuple[Any, Any]) -> None:
     _, (_, func) = handles
     inbox_type = dict(func.type(None).params)["inbox"]

@@ -31,6 +31,7 @@ from agora.host.signature_helper import LENGTH, encode_request
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S: Final = 10.0
+CHECK_HERE_AT_MOST: Final = 2  # a batch this small is checked in this process
 CLOSE_WAIT_S: Final = 2.0
 HELPER_MODULE: Final = "agora.host.signature_helper"
 
@@ -164,6 +165,8 @@ class WorkerChecks:
         ]
         if any(len(signature) != SIGNATURE_BYTES for _, signature, _ in checks):
             return check_here(batch)  # no Ed25519 signature: nothing for the helper
+        if len(batch) <= CHECK_HERE_AT_MOST:
+            return check_here(batch)  # quicker than the round trip to the helper
         helper: _Helper | None = None
         try:
             async with asyncio.timeout(self._timeout_s):

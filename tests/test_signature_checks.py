@@ -68,6 +68,22 @@ async def test_concurrent_batches_each_get_their_own_answers(
     assert answers == [check_here(batch) for batch in batches]
 
 
+async def test_a_batch_of_one_or_two_is_checked_here_without_the_round_trip(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    checks = WorkerChecks()  # not started: a helper exists only once one is asked
+    try:
+        for size in (1, 2):
+            batch = _batch(keys, registry, size)  # the second of each is forged
+            assert await checks.check(batch) == check_here(batch) == [True, False][:size]
+        assert checks.helper_pid is None
+        larger = _batch(keys, registry, 3)
+        assert await checks.check(larger) == check_here(larger)
+        assert checks.helper_pid is not None
+    finally:
+        await checks.close()
+
+
 def _kill(pid: int | None, sig: int = signal.SIGKILL) -> None:
     assert pid is not None
     os.kill(pid, sig)
@@ -150,7 +166,7 @@ async def test_a_hung_helper_is_killed_at_close_even_if_the_close_is_interrupted
     keys: dict[str, SigningKey], registry: KeyRegistry, interrupted: bool
 ) -> None:
     checks = WorkerChecks()
-    batch = _batch(keys, registry, 2)
+    batch = _batch(keys, registry, 3)
     await checks.check(batch)
     pid = checks.helper_pid
     assert pid is not None

@@ -124,7 +124,6 @@ class FlatRecord(RecordType):
 
     resolved: list[tuple[str, ValType]]
     flat: list[tuple[str, int, int]]
-    names: list[bytes]
     layout: RecordLayout
 
     @property

@@ -11,10 +11,18 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
+from agora.bridge import once
 from agora.bridge.once import OnceOut, Signer
 from agora.bridge.streams import OUT_BUCKET, Buckets, ensure_bridge_streams
 from agora.core.ids import now_ms
-from agora.core.spine import MSG_ID_HEADER, STREAM, channel_subject, ensure_spine, read_in_order
+from agora.core.spine import (
+    FRESH_FOR_MS,
+    MSG_ID_HEADER,
+    STREAM,
+    channel_subject,
+    ensure_spine,
+    read_in_order,
+)
 from agora.host.nats_server import EmbeddedNats
 
 SUBJECT = channel_subject("build-coord")
@@ -95,6 +103,29 @@ async def test_an_old_act_that_never_landed_is_signed_again_now(js: JetStreamCon
     await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True)
     [sent] = await copies(js)
     assert json.loads(sent)["signed_at"] == made[0] >= before  # fresh, not the old bytes
+
+
+async def test_an_old_act_that_landed_too_late_to_be_fresh_is_signed_again_after_the_window(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A first publish held up past FRESH_FOR_MS: the copy in the stream reaches no host
+    # as fresh, so the act goes out again under a new time, but only once the server
+    # would no longer drop it as a repeat of that copy (the window, shortened here).
+    window_ms = 1_000
+    monkeypatch.setattr(once, "WINDOW_MS", window_ms)
+    old = now_ms() - FRESH_FOR_MS - 10_000
+    late = json.dumps({"signed_at": old}).encode()
+    await keep(js, signed_ms=old, envelope=late)
+    before_landing = now_ms()
+    await js.publish(SUBJECT, late, headers={MSG_ID_HEADER: IDENT})  # it lands only now
+    made: list[int] = []
+    out = OnceOut(js, Buckets(js))
+    again = await out.envelope(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True)
+    assert again is not None and again != late
+    assert json.loads(again)["signed_at"] == made[0] >= before_landing + window_ms
+    # what it signed is kept: handled once more, the delivery goes out in those bytes
+    assert await out.envelope(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True) == again
+    assert len(made) == 1
 
 
 async def test_an_old_event_is_sent_again_as_it_was(js: JetStreamContext) -> None:

@@ -23,11 +23,14 @@ from agora.host.runner import MIN_WAKE_MS
 from tests.harness import Harness, running_host
 
 FAST = {"timeout_ms": 300, "memory_mb": 32}
+# for a mode whose one call does real work (10,000 messages, a megabyte of text): on a
+# loaded machine it must meet the control under test, not the time budget
+ROOMY = {"timeout_ms": 10_000, "memory_mb": 32}
 
 
-def agents(mode: str) -> dict[str, AgentPlan]:
+def agents(mode: str, limits: dict[str, int] = FAST) -> dict[str, AgentPlan]:
     return {
-        "hostile-agent": AgentPlan("hostile", ("build-coord",), {"mode": mode}, FAST),
+        "hostile-agent": AgentPlan("hostile", ("build-coord",), {"mode": mode}, limits),
         "synth-agent": AgentPlan("chatty", ("build-coord",)),
     }
 
@@ -218,7 +221,7 @@ async def test_an_agent_cannot_raise_its_hop_budget(
 
 
 async def test_a_flood_is_cut_off(tmp_path: Path, components: dict[str, Path]) -> None:
-    async with running_host(tmp_path, components, agents=agents("flood")) as h:
+    async with running_host(tmp_path, components, agents=agents("flood", ROOMY)) as h:
         seed = await provoke(h)
         host = h.running()
         assert host.killswitch.state.stopped["agent.hostile-agent"].reason == "flood"
@@ -232,7 +235,7 @@ async def test_output_too_large_to_save_is_dropped_and_the_batch_still_processed
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
     # 20 replies of 60,000 characters fit every per-message limit, but not one record.
-    async with running_host(tmp_path, components, agents=agents("bulky")) as h:
+    async with running_host(tmp_path, components, agents=agents("bulky", ROOMY)) as h:
         seed = await provoke(h, hops=32)
         host = h.running()
         runner = host.runners["hostile-agent"]

@@ -239,7 +239,8 @@ class RecordLayout:
     the records' entries, then the list's cells, then the boxed ``some`` values of
     its options, then the bytes of all its strings, one after another."""
 
-    def __init__(self, flat: list[tuple[str, int, int]], names: list[bytes]) -> None:
+    def __init__(self, flat: list[tuple[str, int, int]]) -> None:
+        names = [name.encode() for name, _, _ in flat]
         self._names = ctypes.create_string_buffer(b"".join(names))  # shared by every record
         address = ctypes.addressof(self._names)
         self._fields: list[tuple[int, int, int, int]] = []  # name size, address, C kind, kind
@@ -247,7 +248,6 @@ class RecordLayout:
             c_kind = _OPTION if kind == _OPTIONAL_STRING else kind
             self._fields.append((len(name), address, c_kind, kind))
             address += len(name)
-        self._count = len(flat)
         self._record = struct.Struct("@" + "".join(_entry_format(k, w) for _, k, w in flat))
         if self._record.size != len(flat) * _ENTRY:
             raise AgoraError(
@@ -296,7 +296,7 @@ class RecordLayout:
             record_at = index * self._record.size
             pack_record(view, record_at, *fields)
             _VEC_CELL.pack_into(
-                view, cells_at + index * CELL, _RECORD, self._count, base + record_at
+                view, cells_at + index * CELL, _RECORD, len(self._fields), base + record_at
             )
         view[text_at : text_at + text] = b"".join(pieces)
         write_list_cell(cell, count, base + cells_at)

@@ -70,6 +70,7 @@ def resolve_types(func: Func, store: Storelike, *, max_bytes: int | None = None)
     result = signature.result
     signature.__class__ = _ResolvedFuncType
     signature.resolved = (params, None if result is None else _resolved(result, max_bytes))  # type: ignore[attr-defined]
+    signature.lenders = [ty if isinstance(ty, Lending) else None for _, ty in params]  # type: ignore[attr-defined]
     func.__class__ = _ResolvedFunc
     func.signature = signature  # type: ignore[attr-defined]
 
@@ -93,8 +94,7 @@ def _resolved(ty: ValType, max_bytes: int | None) -> ValType:
         if flat is not None:
             ty.__class__ = FlatRecord
             ty.flat = flat  # type: ignore[attr-defined]
-            names = [name.encode() for name, _, _ in flat]
-            ty.layout = RecordLayout(flat, names)  # type: ignore[attr-defined]
+            ty.layout = RecordLayout(flat)  # type: ignore[attr-defined]
     elif isinstance(ty, TupleType):
         elements = [_resolved(element, max_bytes) for element in ty.elements]
         ty.__class__ = _Tuple
@@ -107,7 +107,7 @@ def _resolved(ty: ValType, max_bytes: int | None) -> ValType:
 
 
 class _ResolvedFunc(Func):
-    signature: FuncType
+    signature: _ResolvedFuncType
 
     def type(self, store: Storelike) -> FuncType:  # the same for every store
         return self.signature
@@ -124,9 +124,11 @@ class _ResolvedFunc(Func):
         lent: list[object] = []  # kept alive until the call has returned
         owned: list[int] = []
         try:
-            for index, ((_, ty), value) in enumerate(zip(types, params, strict=True)):
-                if isinstance(ty, Lending):
-                    lent.append(ty.lend(value, ctypes.addressof(cells) + index * CELL))
+            for index, ((_, ty), lender, value) in enumerate(
+                zip(types, signature.lenders, params, strict=True)
+            ):
+                if lender is not None:
+                    lent.append(lender.lend(value, ctypes.addressof(cells) + index * CELL))
                 else:
                     ty.convert_to_c(store, value, ctypes.pointer(cells[index]))
                     owned.append(index)
@@ -151,6 +153,7 @@ class _ResolvedFunc(Func):
 
 class _ResolvedFuncType(FuncType):
     resolved: tuple[list[tuple[str, ValType]], ValType | None]
+    lenders: list[Lending | None]  # each parameter's type, if it can lend its value
 
     @property
     def params(self) -> list[tuple[str, ValType]]:
@@ -217,17 +220,6 @@ class _Bytes(_List):
     ``limit`` is refused before that is copied once more."""
 
     limit: int | None
-
-    def convert_to_c(
-        self, store: Storelike, val: Any, ptr: ctypes._Pointer[ffi.wasmtime_component_val_t]
-    ) -> None:
-        cells = _u8_cells(val)
-        raw = ffi.wasmtime_component_vallist_t()
-        ffi.wasmtime_component_vallist_new_uninit(raw, len(val))
-        if val:
-            ctypes.memmove(raw.data, bytes(cells), len(cells))
-        ptr.contents.kind = ffi.WASMTIME_COMPONENT_LIST
-        ptr.contents.of.list = raw
 
     def lend(self, val: Any, cell: int) -> ctypes.Array[ctypes.c_char]:
         """Write the bytes into the argument cell at address ``cell`` as a list whose

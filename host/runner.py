@@ -302,7 +302,6 @@ class AgentRunner:
         record = finished(state=state, wake_at_ms=wake_at_ms, outbox=tuple(batch.outgoing))
         try:
             await self._save(record, dropped=confirmed)
-            self._report(batch)
         except RecordTooLarge as exc:
             # What the call returned cannot be saved with the batch: it is dropped, as
             # after any fault, and the batch is saved as processed without it.
@@ -314,7 +313,7 @@ class AgentRunner:
             kept = tuple(batch.outgoing[:before_outputs])
             record = finished(state=self._record.state, wake_at_ms=None, outbox=kept)
             await self._save(record, dropped=confirmed)
-            self._report(batch)
+        self._report(batch)
         await self._publish(record.outbox)
         self._outbox_published = True
         await self._acknowledge(messages, batch.ids)

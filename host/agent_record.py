@@ -20,7 +20,9 @@
   The record is saved *before* they are published, so a crash in between publishes them
   again on restart (under the same ids, so nothing is duplicated) and never loses or
   re-decides them; the next batch's save replaces them, and an idle agent's record
-  drops them.
+  drops them. An outbox too large to go in one message to the server is saved in parts
+  (:class:`OutboxPart`) under keys of their own, before the record that names them by
+  their SHA-256 digest; a part is deleted once no saved record names it.
 
 Saving is compare-and-set on the bucket's revision: a second host running the same
 agent cannot silently overwrite the first's progress; it gets :class:`RecordConflict`,
@@ -51,6 +53,7 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
 
+from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -65,10 +68,12 @@ log = logging.getLogger(__name__)
 MAX_RECENT: Final = 512
 RECORD_TYPE: Final = "application/vnd.agora.agent-record+json"  # signed whole (older)
 RECORD_DIGEST_TYPE: Final = "application/vnd.agora.agent-record.sha256"
-MAX_UNACKED: Final = 4096  # 64 batches of 64 whose acknowledgements went unconfirmed
+MAX_UNACKED: Final = 4096  # 16 batches of 256 whose acknowledgements went unconfirmed
 V = TypeVar("V")
 MAX_PARENTS: Final = 256
 MAX_CONVERSATIONS: Final = 128
+MAX_OUTBOX_PARTS: Final = 8  # of the server's message size each: some 8 MB of outputs
+LOAD_ATTEMPTS: Final = 3  # a part deleted under a load: another host saved meanwhile
 
 
 class RecordConflict(AgoraError):
@@ -96,6 +101,15 @@ class Outgoing:
     subject: str
     msg_id: str
     envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxPart:
+    """Where part of a saved outbox is kept: its key in the bucket, and the SHA-256
+    digest (hex) of what was put there, which the record's signature covers."""
+
+    key: str
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,21 +167,19 @@ class AgentRecord:
     def _unconfirmed(self, confirmed: Container[str]) -> tuple[str, ...]:
         return tuple(i for i in self.unacked if i not in confirmed)
 
-    def encode(self) -> bytes:
+    def encode(self, parts: Iterable[OutboxPart] = ()) -> bytes:
         """The record as JSON, written out here rather than by :func:`json.dumps`, which
         checks every character of a string for escaping: a record holds some 50 KB of
-        ids and, while a batch is unsent, up to 64 envelopes.
+        ids and, while a batch is unsent, up to 256 envelopes. ``parts``: where its
+        outbox is saved when it does not fit in the record (see :class:`RecordStore`).
 
         Its ids and conversations are names (letters, digits, '-' and '_', checked as
         every act is made), so each list of them is one space-separated string, and
         base64 needs no escaping either: both are written as they are (a list with
         anything else in it is escaped as usual)."""
         parents = self.parents.values()
-        outbox = ",".join(
-            f"[{json.dumps(o.subject)},{json.dumps(o.msg_id)},"
-            f'"{base64.b64encode(o.envelope).decode()}"]'
-            for o in self.outbox
-        )
+        outbox = _outbox_items(self.outbox)
+        places = ",".join(f"[{json.dumps(p.key)},{json.dumps(p.digest)}]" for p in parts)
         return (
             f'{{"state":"{base64.b64encode(self.state).decode()}",'
             f'"last_seq":{int(self.last_seq)},'
@@ -179,6 +191,7 @@ class AgentRecord:
             f"{json.dumps(list(self.conversations.values()))}],"
             f'"wake_at_ms":{json.dumps(self.wake_at_ms)},'
             f'"outbox":[{outbox}],'
+            f'"outbox_parts":[{places}],'
             f'"calls":{int(self.calls)},'
             f'"saved_at_ms":{json.dumps(self.saved_at_ms)}}}'
         ).encode()
@@ -186,10 +199,17 @@ class AgentRecord:
     @classmethod
     def decode(cls, data: bytes) -> AgentRecord:
         """A record as :meth:`encode` writes it, or as older versions wrote it (lists of
-        ids, budgets as mappings, outbox envelopes in base64, fields added since)."""
+        ids, budgets as mappings, outbox envelopes in base64, fields added since),
+        without the parts of its outbox saved elsewhere."""
+        return cls.decode_with_parts(data)[0]
+
+    @classmethod
+    def decode_with_parts(cls, data: bytes) -> tuple[AgentRecord, tuple[OutboxPart, ...]]:
+        """A record as :meth:`decode` reads it, and where the rest of its outbox is."""
         try:
             obj: Any = json.loads(data)
-            return cls(
+            parts = tuple(OutboxPart(_key(k), _digest(d)) for k, d in obj.get("outbox_parts", []))
+            record = cls(
                 state=base64.b64decode(obj["state"], validate=True),
                 last_seq=int(obj["last_seq"]),
                 recent=_names(obj["recent"]),
@@ -197,12 +217,70 @@ class AgentRecord:
                 parents=_parents(obj["parents"]),
                 conversations=_conversations(obj["conversations"]),
                 wake_at_ms=_optional_int(obj["wake_at_ms"]),
-                outbox=tuple(Outgoing(str(s), str(i), _envelope(e)) for s, i, e in obj["outbox"]),
+                outbox=_outbox(obj["outbox"]),
                 calls=int(obj["calls"]),
                 saved_at_ms=_optional_int(obj.get("saved_at_ms")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise MalformedEnvelope(f"agent record is unreadable: {exc}") from exc
+        return record, parts
+
+
+def _outbox_items(outbox: Iterable[Outgoing]) -> str:
+    """The outbox as the items of a JSON list."""
+    return ",".join(map(_outbox_item, outbox))
+
+
+def _outbox_item(outgoing: Outgoing) -> str:
+    """``[subject, id, envelope in base64]``, in ASCII (one character, one byte)."""
+    return (
+        f"[{json.dumps(outgoing.subject)},{json.dumps(outgoing.msg_id)},"
+        f'"{base64.b64encode(outgoing.envelope).decode()}"]'
+    )
+
+
+def _outbox(saved: object) -> tuple[Outgoing, ...]:
+    if not isinstance(saved, list):
+        raise TypeError(f"an outbox must be a list, not {type(saved).__name__}")
+    return tuple(Outgoing(str(s), str(i), _envelope(e)) for s, i, e in saved)
+
+
+def encode_parts(outbox: Iterable[Outgoing], max_bytes: int) -> list[bytes]:
+    """The outbox as JSON lists of at most ``max_bytes`` each, in order. Raises
+    ValueError if one envelope alone does not fit."""
+    parts: list[bytes] = []
+    items: list[str] = []
+    size = 2  # the brackets
+    for item in map(_outbox_item, outbox):
+        if len(item) + 2 > max_bytes:
+            raise ValueError(f"an outbox envelope takes {len(item)} bytes saved")
+        if items and size + 1 + len(item) > max_bytes:
+            parts.append(f"[{','.join(items)}]".encode())
+            items, size = [], 2
+        size += len(item) + (1 if items else 0)
+        items.append(item)
+    if items:
+        parts.append(f"[{','.join(items)}]".encode())
+    return parts
+
+
+def decode_part(data: bytes) -> tuple[Outgoing, ...]:
+    try:
+        return _outbox(json.loads(data))
+    except (ValueError, TypeError) as exc:
+        raise MalformedEnvelope(f"an outbox part is unreadable: {exc}") from exc
+
+
+def _key(saved: object) -> str:
+    if not (isinstance(saved, str) and saved):
+        raise TypeError(f"an outbox part's key must be a string, not {saved!r:.80}")
+    return saved
+
+
+def _digest(saved: object) -> str:
+    if not (isinstance(saved, str) and len(saved) == 64):
+        raise TypeError(f"an outbox part's digest must be 64 hex digits, not {saved!r:.80}")
+    return saved
 
 
 def _name_list(names: Iterable[str]) -> str:
@@ -303,29 +381,45 @@ def _updated(old: dict[str, V], new: Mapping[str, V], limit: int) -> dict[str, V
 class RecordStore:
     """Load and compare-and-set save one agent's record, of at most ``max_bytes``,
     signed with the agent's ``key``: the record's JSON, a newline, and the signature
-    (base64) over :func:`signed_part` of the JSON."""
+    (base64) over :func:`signed_part` of the JSON. An outbox that does not fit goes in
+    up to :data:`MAX_OUTBOX_PARTS` parts under keys named after their digest, put
+    before the record (the record's signature covers each part's digest)."""
 
     def __init__(self, kv: KeyValue, agent: str, *, max_bytes: int, key: SigningKey) -> None:
         self._kv = kv
         self._key = agent
         self._signer = key
         self._revision = 0
+        self._parts: frozenset[str] = frozenset()  # the keys the saved record names
         self.max_bytes = max_bytes
 
     async def load(self) -> AgentRecord:
-        try:
-            entry = await self._kv.get(self._key)
-        except KeyNotFoundError:
-            self._revision = 0
-            return AgentRecord()
-        try:
-            record = self._read(entry.value or b"")
-        except MalformedEnvelope as exc:
-            raise type(exc)(f"agent {self._key!r}: {exc}") from exc  # untrusted stays so
-        self._revision = entry.revision or 0  # only a record a host wrote is saved over
-        return record
+        gone = ""
+        for _ in range(LOAD_ATTEMPTS):
+            try:
+                entry = await self._kv.get(self._key)
+            except KeyNotFoundError:
+                self._revision = 0
+                self._parts = frozenset()
+                return AgentRecord()
+            try:
+                record, parts = self._read(entry.value or b"")
+                outbox = await self._read_parts(parts)
+            except _PartGone as exc:
+                gone = exc.key
+                continue  # deleted by the host that saved after this record: read again
+            except MalformedEnvelope as exc:
+                raise type(exc)(f"agent {self._key!r}: {exc}") from exc  # untrusted stays so
+            self._revision = entry.revision or 0  # only a record a host wrote is saved over
+            self._parts = frozenset(p.key for p in parts)
+            return replace(record, outbox=record.outbox + outbox)
+        raise UntrustedRecord(
+            f"agent {self._key!r}: its saved outbox part {gone!r} is gone: something "
+            f"other than a host deleted it; delete the key {self._key!r} in the agents "
+            "bucket to start the agent afresh"
+        )
 
-    def _read(self, stored: bytes) -> AgentRecord:
+    def _read(self, stored: bytes) -> tuple[AgentRecord, tuple[OutboxPart, ...]]:
         body, newline, signature = stored.rpartition(b"\n")
         if not newline:
             raise UntrustedRecord(
@@ -348,22 +442,78 @@ class RecordStore:
                 f"wrote it; delete the key {self._key!r} in the agents bucket to start the "
                 "agent afresh"
             )
-        return AgentRecord.decode(body)
+        return AgentRecord.decode_with_parts(body)
+
+    async def _read_parts(self, parts: tuple[OutboxPart, ...]) -> tuple[Outgoing, ...]:
+        outbox: list[Outgoing] = []
+        for part in parts:
+            try:
+                entry = await self._kv.get(part.key)
+            except KeyNotFoundError:
+                raise _PartGone(part.key) from None
+            data = entry.value or b""
+            if hashlib.sha256(data).hexdigest() != part.digest:
+                raise UntrustedRecord(
+                    f"its saved outbox part {part.key!r} is not the one its record names: "
+                    f"something other than a host wrote it; delete the key {self._key!r} in "
+                    "the agents bucket to start the agent afresh"
+                )
+            outbox += decode_part(data)
+        return tuple(outbox)
 
     async def save(self, record: AgentRecord) -> None:
         """Raises :class:`RecordConflict`, or :class:`RecordTooLarge` before sending."""
-        body = record.encode()
-        signature = base64.b64encode(self._signer.sign(signed_part(body)))
-        data = body + b"\n" + signature
+        data = self._signed(record.encode())
+        placed: dict[str, bytes] = {}
+        if len(data) > self.max_bytes and record.outbox:
+            placed = self._placed(record.outbox)
+            parts = [OutboxPart(k, hashlib.sha256(v).hexdigest()) for k, v in placed.items()]
+            data = self._signed(replace(record, outbox=()).encode(parts))
         if len(data) > self.max_bytes:
             raise RecordTooLarge(self._key, len(data), self.max_bytes)
+        for key, part in placed.items():
+            if key not in self._parts:  # named by its digest: one already there is this
+                await self._kv.put(key, part)
         try:
             if self._revision == 0:
                 self._revision = await self._kv.create(self._key, data)
             else:
                 self._revision = await self._kv.update(self._key, data, last=self._revision)
         except KeyWrongLastSequenceError as exc:
+            for key in placed.keys() - self._parts:  # named by no record
+                await self._forget(key)
             raise RecordConflict(
                 f"agent {self._key!r} was saved by another host since this one read it: "
                 "run each agent on one host at a time"
             ) from exc
+        unnamed, self._parts = self._parts - placed.keys(), frozenset(placed)
+        for key in unnamed:
+            await self._forget(key)
+
+    def _signed(self, body: bytes) -> bytes:
+        return body + b"\n" + base64.b64encode(self._signer.sign(signed_part(body)))
+
+    def _placed(self, outbox: tuple[Outgoing, ...]) -> dict[str, bytes]:
+        """The outbox in parts, each under the key it is saved at."""
+        try:
+            parts = encode_parts(outbox, self.max_bytes)
+        except ValueError:
+            parts = []
+        if not parts or len(parts) > MAX_OUTBOX_PARTS:
+            size = sum(len(o.envelope) * 4 // 3 for o in outbox)
+            raise RecordTooLarge(self._key, size, self.max_bytes * MAX_OUTBOX_PARTS)
+        return {f"{self._key}.outbox.{hashlib.sha256(p).hexdigest()[:32]}": p for p in parts}
+
+    async def _forget(self, key: str) -> None:
+        """Delete a part no saved record names (a host that read the record before may
+        still look for it: it then reads the record again)."""
+        try:
+            await self._kv.delete(key)
+        except NatsError as exc:  # left behind: it takes room, and nothing reads it
+            log.warning("agent %s: outbox part %s not deleted: %s", self._key, key, exc)
+
+
+class _PartGone(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key

@@ -40,7 +40,15 @@ from agora.core.spine import (
     read_in_order,
 )
 from agora.host import runner as runner_module
-from agora.host.agent_record import RECORD_TYPE, AgentRecord, Outgoing
+from agora.host.agent_record import (
+    MAX_OUTBOX_PARTS,
+    RECORD_TYPE,
+    AgentRecord,
+    Outgoing,
+    RecordStore,
+    RecordTooLarge,
+    UntrustedRecord,
+)
 from agora.host.nats_server import EmbeddedNats
 from tests.harness import Harness, running_host
 
@@ -534,6 +542,57 @@ async def test_a_record_is_signed_by_its_agent_and_one_written_by_others_is_not_
     assert request.id in {f.id for f in h.facts()}
     [fault] = h.events(EventKind.FAULT, agent="synth-agent")
     assert fault.reason == "record" and "unsigned" in fault.detail
+
+
+async def test_an_outbox_too_large_for_one_record_is_saved_in_parts_it_names(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        await h.inject("build-coord", "hello", hops=1)
+        await h.settle()
+        await h.stop_host()
+        kv = await h.js.key_value(AGENTS_BUCKET)
+        key = h.session.key("synth-agent")
+
+        def store() -> RecordStore:  # a host whose server takes 4 KiB per message
+            return RecordStore(kv, "synth-agent", max_bytes=4096, key=key)
+
+        async def parts() -> list[str]:
+            return sorted(k for k in await kv.keys() if k.startswith("synth-agent.outbox."))
+
+        writer = store()
+        saved = await writer.load()
+        outbox = tuple(
+            Outgoing("agora.ch.build-coord", f"act-{n}", b'{"n":%d,"pad":"%s"}' % (n, b"z" * 600))
+            for n in range(12)
+        )
+        big = replace(saved, outbox=outbox)
+        await writer.save(big)
+        put = await parts()
+        assert len(put) >= 3  # some 10 KB of outbox in parts of at most 4 KiB
+        sizes = [len((await kv.get(k)).value or b"") for k in put]
+        assert max(sizes) <= 4096
+        assert await store().load() == big  # read back whole, in order, by another host
+        # a part changed, or gone, and the record is not one a host wrote
+        first = (await kv.get(put[0])).value or b""
+        await kv.put(put[0], first.replace(b"act-", b"act_"))
+        with pytest.raises(UntrustedRecord, match="not the one its record names"):
+            await store().load()
+        await kv.delete(put[0])
+        with pytest.raises(UntrustedRecord, match="is gone"):
+            await store().load()
+        await kv.put(put[0], first)
+        # the next save, its outbox small, deletes the parts nothing names any more
+        await writer.save(replace(big, outbox=outbox[:1]))
+        assert await parts() == []
+        assert (await store().load()).outbox == outbox[:1]
+        # more than the parts allowed is refused before anything is put
+        with pytest.raises(RecordTooLarge) as refused:
+            await writer.save(replace(big, outbox=outbox * 10))
+        assert refused.value.limit == 4096 * MAX_OUTBOX_PARTS
+        assert await parts() == []
+        assert (await store().load()).outbox == outbox[:1]
 
 
 async def test_a_record_spoiled_while_its_agent_runs_quarantines_it(

@@ -18,7 +18,9 @@ import pytest
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
 from agora.core.envelope import Act, EventKind
-from agora.core.spine import CONTROL_BUCKET
+from agora.core.spine import AGENTS_BUCKET, CONTROL_BUCKET
+from agora.host import service
+from agora.host.agent_record import MAX_OUTBOX_PARTS
 from agora.host.runner import MIN_WAKE_MS
 from tests.harness import Harness, running_host
 
@@ -231,11 +233,32 @@ async def test_a_flood_is_cut_off(tmp_path: Path, components: dict[str, Path]) -
     assert "10000 messages in one call" in fault.detail
 
 
-async def test_output_too_large_to_save_is_dropped_and_the_batch_still_processed(
+async def test_outputs_larger_than_one_record_are_saved_in_parts_and_all_published(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
     # 20 replies of 60,000 characters fit every per-message limit, but not one record.
     async with running_host(tmp_path, components, agents=agents("bulky", ROOMY)) as h:
+        seed = await provoke(h, hops=32)
+        await h.settle()
+        runner = h.running().runners["hostile-agent"]
+        assert runner.counters["faults"] == 0
+        assert runner.counters["emitted"] == 20
+        kv = await h.js.key_value(AGENTS_BUCKET)
+        keys = await kv.keys()
+        assert not [k for k in keys if ".outbox." in k]  # gone with the outbox
+    replies = [a for a in h.acts_by("hostile-agent") if a.in_reply_to == seed.id]
+    assert len(replies) == 20 and all(len(a.payload) == 60_000 for a in replies)
+
+
+async def test_output_too_large_to_save_is_dropped_and_the_batch_still_processed(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 20 replies of 60,000 characters fit every per-message limit, but not the parts of
+    # an outbox when the server takes 256 KiB per message (some 2 MB in all)
+    async with running_host(tmp_path, components, agents=agents("bulky", ROOMY), start=False) as h:
+        max_bytes = 256 * 1024
+        monkeypatch.setattr(service, "HEADROOM", h.client.max_payload - max_bytes)
+        await h.start_host()
         seed = await provoke(h, hops=32)
         host = h.running()
         runner = host.runners["hostile-agent"]
@@ -245,7 +268,7 @@ async def test_output_too_large_to_save_is_dropped_and_the_batch_still_processed
         witness_went_on(h, seed)
     assert not h.acts_by("hostile-agent")
     [fault] = h.events(EventKind.FAULT, agent="hostile-agent")
-    assert "takes" in fault.detail and "bytes to save" in fault.detail
+    assert f"the limit is {MAX_OUTBOX_PARTS * max_bytes}" in fault.detail
     [(_, handed)] = h.per_subject(EventKind.DELIVERED, agent="hostile-agent")
     assert handed == seed.id
 

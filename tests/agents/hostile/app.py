@@ -12,7 +12,8 @@ Modes (any other value, including none, is ``stop-ignorer``):
 ``forge-sender``   replies as ``maintainer``
 ``oversized``      replies with a payload of 200,000 characters
 ``flood``          sends 10,000 replies for each message
-``bulky``          sends 20 replies of 60,000 characters for each message (too much to save)
+``bulky``          sends 20 replies of 60,000 characters to each message that answers none
+                   (more than one record holds), and none to answers
 ``raise-hops``     asks for 255 hops on its replies
 ``bad-reply``      replies "in reply to" ``no-such-id``
 ``print``          writes a line to stdout and one to stderr, then replies normally
@@ -56,6 +57,8 @@ class WitWorld(wit_world.WitWorld):
         if mode == "spin":
             return spin(ctx, state, inbox)
         misbehave(mode, ctx)
+        if mode == "bulky":
+            inbox = [message for message in inbox if message.in_reply_to is None]
         outbox = [bent for message in inbox for bent in bend(mode, answer(ctx, message))]
         if mode == "probe":
             outbox = [replace(message, payload=probe(ctx)) for message in outbox]

@@ -36,6 +36,7 @@ lint: setup
 bench: agents
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_host.py
+	$(BIN)/python bench/bench_publish.py
 	$(BIN)/python bench/bench_bridge.py
 
 clean:

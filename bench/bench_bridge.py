@@ -74,7 +74,8 @@ from agora.cli.session import connected, open_session
 from agora.cli.up_cmd import prepare_host
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.keys import Role
-from agora.core.spine import MSG_ID_HEADER, channel_subject, ensure_spine
+from agora.core.received import MSG_ID_HEADER
+from agora.core.spine import channel_subject, ensure_spine
 from agora.host.nats_server import EmbeddedNats
 from agora.host.runner import Delivery
 

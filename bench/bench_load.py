@@ -30,7 +30,7 @@ from typing import Any, Final
 import nats
 from nats.js import JetStreamContext
 
-from agora.core.spine import MSG_ID_HEADER
+from agora.core.received import MSG_ID_HEADER
 
 WINDOW: Final = 1024  # publishes in flight at once in a burst
 READY: Final = "ready"  # the first line printed, once connected: publishing starts now

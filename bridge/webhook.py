@@ -37,7 +37,7 @@ from nats.js.errors import KeyNotFoundError
 
 from agora.bridge.config import Secret
 from agora.bridge.streams import DELIVERIES_BUCKET, WEBHOOK_STREAM, WEBHOOK_SUBJECT_PREFIX, Buckets
-from agora.core.spine import MSG_ID_HEADER
+from agora.core.received import MSG_ID_HEADER
 
 log = logging.getLogger(__name__)
 

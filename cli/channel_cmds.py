@@ -31,10 +31,10 @@ from agora.core.errors import InputError
 from agora.core.factlog import LOG_FILE, read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry
+from agora.core.received import MSG_ID_HEADER
 from agora.core.signing import sign_fact
 from agora.core.spine import (
     FRESH_FOR_MS,
-    MSG_ID_HEADER,
     STREAM,
     WINDOW_MS,
     channel_of,

@@ -10,6 +10,10 @@ the wire's bytes, synchronously, and builds a :class:`Received`, which has what 
 host reads of a message (subject, reply, data, headers) and acknowledges it the way
 nats-py's ``Msg`` does. Every other subscription goes through nats-py as before.
 
+JetStream's acknowledgements of the host's publishes come the same way
+(:meth:`RawClient.publish_acked`): nats-py's ``publish_async`` spends a timer, a
+semaphore and random bytes on each message, and queues each acknowledgement for a task.
+
 The header block is ``NATS/1.0[ <status>[ <description>]]\\r\\n`` then ``Name: Value``
 lines; a status (100 heartbeat, 404/408/409 for an ended pull request, 503 for no
 responders) comes in ``Status`` and ``Description``, as nats-py reports them.
@@ -17,11 +21,15 @@ responders) comes in ``Status`` and ``Description``, as nats-py reports them.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
 from nats.aio.client import Client
+from nats.js.errors import APIError, NoStreamResponseError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,9 @@ DESCRIPTION_HEADER: Final = "Description"
 _VERSION_LINE: Final = b"NATS/1.0"
 _ACK: Final = b"+ACK"
 _NAK: Final = b"-NAK"
+MSG_ID_HEADER: Final = "Nats-Msg-Id"
+PUBLISH_TIMEOUT_S: Final = 5.0  # nats-py's own default for one JetStream publish
+_NO_RESPONDERS: Final = "503"
 
 RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
 
@@ -119,6 +130,58 @@ class RawClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self._raw: dict[int, RawHandler] = {}
+        self._acks_prefix: bytes | None = None  # the inbox JetStream acknowledges to
+        self._acks_ready = asyncio.Lock()
+        self._tokens = itertools.count()
+        self._awaiting: dict[int, asyncio.Future[Exception | None]] = {}
+
+    async def publish_acked(
+        self,
+        items: Iterable[tuple[str, str, bytes]],
+        *,
+        timeout_s: float = PUBLISH_TIMEOUT_S,
+    ) -> None:
+        """Publish to JetStream each ``(subject, msg_id, data)``, pipelined in order, with
+        ``msg_id`` as ``Nats-Msg-Id``, and wait until the stream acknowledged every one
+        (a repeat of an id counts as acknowledged). Raises what the server refused the
+        first refused one with, or TimeoutError; as nats-py's ``publish_async`` would."""
+        prefix = await self._acks_inbox()
+        loop = asyncio.get_running_loop()
+        tokens: list[int] = []
+        answers: list[asyncio.Future[Exception | None]] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                for subject, msg_id, data in items:
+                    token = next(self._tokens)
+                    answer: asyncio.Future[Exception | None] = loop.create_future()
+                    self._awaiting[token] = answer
+                    tokens.append(token)
+                    answers.append(answer)
+                    reply = (prefix + b"%d" % token).decode()
+                    await self.publish(subject, data, reply=reply, headers={MSG_ID_HEADER: msg_id})
+                refusals = await asyncio.gather(*answers)
+        finally:
+            for token in tokens:  # what never came back frees its place
+                self._awaiting.pop(token, None)
+        for refusal in refusals:
+            if refusal is not None:
+                raise refusal
+
+    async def _acks_inbox(self) -> bytes:
+        async with self._acks_ready:
+            if self._acks_prefix is None:
+                prefix = self.new_inbox() + "."
+                await self.subscribe_raw(prefix + "*", self._on_ack)
+                self._acks_prefix = prefix.encode()
+        return self._acks_prefix
+
+    def _on_ack(self, subject: bytes, _reply: bytes, data: bytes, raw: bytes | None) -> None:
+        prefix = self._acks_prefix or b""
+        token = subject[len(prefix) :]
+        answer = self._awaiting.pop(int(token), None) if token.isdigit() else None
+        if answer is None or answer.done():
+            return  # given up on already
+        answer.set_result(_refusal(data, raw))
 
     async def subscribe_raw(self, subject: str, handler: RawHandler) -> int:
         """Subscribe ``subject``; ``handler(subject, reply, data, headers)`` is called
@@ -149,3 +212,25 @@ class RawClient(Client):
         except Exception as exc:  # nats-py's read loop stops for good on an exception
             log.exception("a message on %r could not be taken; it is dropped", subject[:200])
             await self._error_cb(exc)
+
+
+def _refusal(data: bytes, raw: bytes | None) -> Exception | None:
+    """What JetStream's answer to a publish refuses it with, or None for an ack."""
+    headers = parse_headers(raw)
+    if headers is not None and headers.get(STATUS_HEADER) == _NO_RESPONDERS:
+        return NoStreamResponseError()
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return APIError(description=f"the server's answer is not JSON: {data[:200]!r}")
+    if not isinstance(answer, dict):
+        return APIError(description=f"the server's answer is not an object: {data[:200]!r}")
+    if "error" not in answer:
+        return None
+    try:
+        APIError.from_error(answer["error"])  # raises the error's own class, as nats-py does
+    except APIError as refused:
+        return refused
+    except (KeyError, TypeError):
+        pass
+    return APIError(description=f"the server's refusal is unreadable: {data[:200]!r}")

@@ -39,7 +39,7 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from agora.core.acts import check_channel, check_name
-from agora.core.received import JetStreamMessage
+from agora.core.received import MSG_ID_HEADER, PUBLISH_TIMEOUT_S, JetStreamMessage
 
 STREAM: Final = "AGORA"
 CHANNEL_SUBJECT_PREFIX: Final = "agora.ch."
@@ -52,8 +52,6 @@ FRESH_FOR_MS: Final = WINDOW_MS * 3 // 4
 # Publishing a fact again under its own id is safe without a look in the stream while
 # the duplicate window still covers a first publish (with a margin for clock skew).
 SAFE_REPUBLISH_MS: Final = WINDOW_MS // 2
-MSG_ID_HEADER: Final = "Nats-Msg-Id"
-PUBLISH_TIMEOUT_S: Final = 5.0  # nats-py's own default for one JetStream publish
 SCAN_QUIET_S: Final = 5.0  # a server slow to answer after a restart is not 'nothing'
 CONTROL_BUCKET: Final = "agora-control"
 AGENTS_BUCKET: Final = "agora-agents"

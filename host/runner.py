@@ -49,11 +49,10 @@ from agora.core.errors import InputError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry, Role, SigningKey
 from agora.core.pull import PullFeed
-from agora.core.received import JetStreamMessage
+from agora.core.received import MSG_ID_HEADER, JetStreamMessage, RawClient
 from agora.core.signing import sign_fact, verify_envelope
 from agora.core.spine import (
     FRESH_FOR_MS,
-    MSG_ID_HEADER,
     SAFE_REPUBLISH_MS,
     STREAM,
     WINDOW_MS,
@@ -734,7 +733,11 @@ class AgentRunner:
             await self._reload()
 
     async def _publish(self, outgoing: tuple[Outgoing, ...]) -> None:
-        await publish_all(self._js, ((o.subject, o.msg_id, o.envelope) for o in outgoing))
+        items = [(o.subject, o.msg_id, o.envelope) for o in outgoing]
+        if isinstance(self._client, RawClient):
+            await self._client.publish_acked(items)
+        else:
+            await publish_all(self._js, items)
 
 
 def _no_sooner(wake_at_ms: int | None) -> int | None:

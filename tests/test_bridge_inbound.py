@@ -18,7 +18,8 @@ from agora.bridge.webhook import signature_of
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
 from agora.core.envelope import Act, EventKind
-from agora.core.spine import MSG_ID_HEADER, STREAM, channel_subject, read_in_order
+from agora.core.received import MSG_ID_HEADER
+from agora.core.spine import STREAM, channel_subject, read_in_order
 from tests.bridge_harness import HUMAN, REPO, SECRET, Loop, github_loop
 
 SYNTH = {"synth-agent": AgentPlan("chatty", ("build-coord",))}

@@ -25,10 +25,10 @@ from agora.core.envelope import Act, EventKind
 from agora.core.errors import InternalError, MalformedEnvelope
 from agora.core.factlog import POSITION_FILE, FactLog
 from agora.core.ids import new_id, now_ms
+from agora.core.received import MSG_ID_HEADER
 from agora.core.signing import pae, sign_fact
 from agora.core.spine import (
     AGENTS_BUCKET,
-    MSG_ID_HEADER,
     STREAM,
     agent_consumer_config,
     agent_consumer_name,

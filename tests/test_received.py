@@ -11,12 +11,14 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.errors import APIError, NoStreamResponseError
 
 from agora.core.received import RawClient, Received, parse_headers
 from agora.host.nats_server import EmbeddedNats
 
 STREAM = "RAWTEST"
 SUBJECT = "raw.test"
+BIG_MESSAGE_ERR_CODE = 10054  # JetStream: message size exceeds maximum allowed
 
 
 @pytest.mark.parametrize(
@@ -123,3 +125,44 @@ async def test_a_raw_message_is_acknowledged_and_given_back_as_nats_py_does(
     await redelivered.ack_sync()
     info = await js.consumer_info(STREAM, "c")
     assert info.num_ack_pending == 0 and info.num_pending == 0  # "kept" is not coming back
+
+
+async def test_publishes_are_acknowledged_in_order_a_repeat_too(
+    clients: tuple[RawClient, Client],
+) -> None:
+    raw, plain = clients
+    js = plain.jetstream()
+    await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT]))
+    items = [(SUBJECT, f"m-{n}", b"%d" % n) for n in range(300)]
+    await raw.publish_acked(items)
+    await raw.publish_acked(items[:5])  # ids the stream saw already: acknowledged, dropped
+    sub = await js.pull_subscribe(SUBJECT, "reader", stream=STREAM)
+    stored = await sub.fetch(300, timeout=2)
+    assert [m.data for m in stored] == [data for _, _, data in items]
+    assert [(m.headers or {}).get("Nats-Msg-Id") for m in stored[:2]] == ["m-0", "m-1"]
+    assert (await js.stream_info(STREAM)).state.messages == 300
+    assert not raw._awaiting  # every acknowledgement was taken
+
+
+async def test_a_publish_the_server_refuses_raises_what_nats_py_raises(
+    clients: tuple[RawClient, Client],
+) -> None:
+    raw, plain = clients
+    js = plain.jetstream()
+    await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT], max_msg_size=100))
+    with pytest.raises(APIError) as refused:
+        await raw.publish_acked([(SUBJECT, "small", b"ok"), (SUBJECT, "big", b"x" * 500)])
+    assert refused.value.err_code == BIG_MESSAGE_ERR_CODE
+    assert (await js.stream_info(STREAM)).state.messages == 1  # the first went in
+    with pytest.raises(NoStreamResponseError):  # no stream takes that subject
+        await raw.publish_acked([("no.stream.here", "lost", b"x")])
+    # something that answers no acknowledgement: the wait ends, its place is freed
+    await plain.subscribe("silent.subject", cb=_ignore)
+    await plain.flush()
+    with pytest.raises(TimeoutError):
+        await raw.publish_acked([("silent.subject", "unheard", b"x")], timeout_s=0.3)
+    assert not raw._awaiting
+
+
+async def _ignore(_: Msg) -> None:
+    return None

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
 
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -61,6 +62,7 @@ from agora.core import ed25519
 from agora.core.errors import AgoraError, MalformedEnvelope
 from agora.core.keys import SigningKey
 from agora.core.signing import pae
+from agora.core.spine import AGENTS_BUCKET
 from agora.host.controls import Handed
 
 log = logging.getLogger(__name__)
@@ -383,9 +385,14 @@ class RecordStore:
     signed with the agent's ``key``: the record's JSON, a newline, and the signature
     (base64) over :func:`signed_part` of the JSON. An outbox that does not fit goes in
     up to :data:`MAX_OUTBOX_PARTS` parts under keys named after their digest, put
-    before the record (the record's signature covers each part's digest)."""
+    before the record (the record's signature covers each part's digest). A part left
+    behind by a crash between a save and the purge of what it replaced stays in the
+    bucket, read by nothing."""
 
-    def __init__(self, kv: KeyValue, agent: str, *, max_bytes: int, key: SigningKey) -> None:
+    def __init__(
+        self, js: JetStreamContext, kv: KeyValue, agent: str, *, max_bytes: int, key: SigningKey
+    ) -> None:
+        self._js = js
         self._kv = kv
         self._key = agent
         self._signer = key
@@ -506,9 +513,10 @@ class RecordStore:
 
     async def _forget(self, key: str) -> None:
         """Delete a part no saved record names (a host that read the record before may
-        still look for it: it then reads the record again)."""
+        still look for it: it then reads the record again). Purged from the bucket's
+        stream, so that no delete marker is left behind for each part ever saved."""
         try:
-            await self._kv.delete(key)
+            await self._js.purge_stream(f"KV_{AGENTS_BUCKET}", subject=f"$KV.{AGENTS_BUCKET}.{key}")
         except NatsError as exc:  # left behind: it takes room, and nothing reads it
             log.warning("agent %s: outbox part %s not deleted: %s", self._key, key, exc)
 

@@ -134,6 +134,7 @@ class Host:
         agents_kv = await js.key_value(AGENTS_BUCKET)
         for agent in self.config.agents.values():
             records = RecordStore(
+                js,
                 agents_kv,
                 agent.name,
                 max_bytes=nc.max_payload - HEADROOM,

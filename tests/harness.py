@@ -136,7 +136,7 @@ class Harness:
         """The agent's saved record, as its host reads and writes it."""
         kv = await self.js.key_value(AGENTS_BUCKET)
         return RecordStore(
-            kv, agent, max_bytes=self.client.max_payload, key=self.session.key(agent)
+            self.js, kv, agent, max_bytes=self.client.max_payload, key=self.session.key(agent)
         )
 
     async def record(self, agent: str) -> AgentRecord:

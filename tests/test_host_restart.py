@@ -556,7 +556,7 @@ async def test_an_outbox_too_large_for_one_record_is_saved_in_parts_it_names(
         key = h.session.key("synth-agent")
 
         def store() -> RecordStore:  # a host whose server takes 4 KiB per message
-            return RecordStore(kv, "synth-agent", max_bytes=4096, key=key)
+            return RecordStore(h.js, kv, "synth-agent", max_bytes=4096, key=key)
 
         async def parts() -> list[str]:
             return sorted(k for k in await kv.keys() if k.startswith("synth-agent.outbox."))
@@ -586,6 +586,8 @@ async def test_an_outbox_too_large_for_one_record_is_saved_in_parts_it_names(
         # the next save, its outbox small, deletes the parts nothing names any more
         await writer.save(replace(big, outbox=outbox[:1]))
         assert await parts() == []
+        bucket = await h.js.stream_info(f"KV_{AGENTS_BUCKET}")
+        assert bucket.state.messages == 1  # the record alone: the parts left no marker
         assert (await store().load()).outbox == outbox[:1]
         # more than the parts allowed is refused before anything is put
         with pytest.raises(RecordTooLarge) as refused:

@@ -22,47 +22,29 @@
   re-decides them; the next batch's save replaces them, and an idle agent's record
   drops them. An outbox too large to go in one message to the server is saved in parts
   (:class:`OutboxPart`) under keys of their own, before the record that names them by
-  their SHA-256 digest; a part is deleted once no saved record names it.
+  their SHA-256 digest; a part is purged once no saved record names it.
 
-Saving is compare-and-set on the bucket's revision: a second host running the same
-agent cannot silently overwrite the first's progress; it gets :class:`RecordConflict`,
-reloads, and redoes its batch on the fresh record.
-
-Each saved record is signed with the agent's key (which every host running the agent
-holds), so what is read back is what a host wrote: a record whose signature does not
-verify, or that has none, is refused (whoever can write the bucket could otherwise
-plant hop budgets, processed ids, state or old acts of the agent in it). One limit: a
-record the agent's key once signed can be put back in place of a newer one by whoever
-can write the bucket; the NATS server's permissions are what keeps that out.
-
-The signature covers the SHA-256 digest of the record's JSON (a record is saved with
-every batch and runs to 100 KB or more: Ed25519 hashes what it signs twice, SHA-512
-each time, where the digest is one pass of SHA-256); a record signed over its whole
-JSON, as saved before, still reads.
+This module is the record and its JSON; :mod:`agora.host.record_store` saves and loads
+it. Each saved record is signed with the agent's key, over :func:`signed_part`: the
+SHA-256 digest of the record's JSON (a record is saved with every batch and runs to 100
+KB or more: Ed25519 hashes what it signs twice, SHA-512 each time, where the digest is
+one pass of SHA-256); a record signed over its whole JSON, as saved before, still reads.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import logging
+import re
 import string
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
 
-from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
-
-from agora.core import ed25519
 from agora.core.errors import AgoraError, MalformedEnvelope
-from agora.core.keys import SigningKey
 from agora.core.signing import pae
-from agora.core.spine import AGENTS_BUCKET
 from agora.host.controls import Handed
 
 log = logging.getLogger(__name__)
@@ -74,8 +56,8 @@ MAX_UNACKED: Final = 4096  # 16 batches of 256 whose acknowledgements went uncon
 V = TypeVar("V")
 MAX_PARENTS: Final = 256
 MAX_CONVERSATIONS: Final = 128
-MAX_OUTBOX_PARTS: Final = 8  # of the server's message size each: some 8 MB of outputs
-LOAD_ATTEMPTS: Final = 3  # a part deleted under a load: another host saved meanwhile
+_PART_KEY: Final = re.compile(r"[A-Za-z0-9_-]+\.outbox\.[0-9a-f]{32}")
+_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
 
 class RecordConflict(AgoraError):
@@ -241,6 +223,11 @@ def _outbox_item(outgoing: Outgoing) -> str:
     )
 
 
+def outbox_bytes(outbox: Iterable[Outgoing]) -> int:
+    """What the outbox takes saved, as one JSON list."""
+    return len(_outbox_items(outbox)) + 2
+
+
 def _outbox(saved: object) -> tuple[Outgoing, ...]:
     if not isinstance(saved, list):
         raise TypeError(f"an outbox must be a list, not {type(saved).__name__}")
@@ -273,14 +260,19 @@ def decode_part(data: bytes) -> tuple[Outgoing, ...]:
         raise MalformedEnvelope(f"an outbox part is unreadable: {exc}") from exc
 
 
+def part_key(agent: str, digest: str) -> str:
+    """The key an outbox part of ``agent``'s is saved under: named by its digest."""
+    return f"{agent}.outbox.{digest[:32]}"
+
+
 def _key(saved: object) -> str:
-    if not (isinstance(saved, str) and saved):
-        raise TypeError(f"an outbox part's key must be a string, not {saved!r:.80}")
+    if not (isinstance(saved, str) and _PART_KEY.fullmatch(saved)):
+        raise TypeError(f"an outbox part's key must be AGENT.outbox.HEX32, not {saved!r:.80}")
     return saved
 
 
 def _digest(saved: object) -> str:
-    if not (isinstance(saved, str) and len(saved) == 64):
+    if not (isinstance(saved, str) and _DIGEST.fullmatch(saved)):
         raise TypeError(f"an outbox part's digest must be 64 hex digits, not {saved!r:.80}")
     return saved
 
@@ -378,150 +370,3 @@ def _updated(old: dict[str, V], new: Mapping[str, V], limit: int) -> dict[str, V
     if len(merged) <= limit:
         return merged
     return dict(list(merged.items())[-limit:])
-
-
-class RecordStore:
-    """Load and compare-and-set save one agent's record, of at most ``max_bytes``,
-    signed with the agent's ``key``: the record's JSON, a newline, and the signature
-    (base64) over :func:`signed_part` of the JSON. An outbox that does not fit goes in
-    up to :data:`MAX_OUTBOX_PARTS` parts under keys named after their digest, put
-    before the record (the record's signature covers each part's digest). A part left
-    behind by a crash between a save and the purge of what it replaced stays in the
-    bucket, read by nothing."""
-
-    def __init__(
-        self, js: JetStreamContext, kv: KeyValue, agent: str, *, max_bytes: int, key: SigningKey
-    ) -> None:
-        self._js = js
-        self._kv = kv
-        self._key = agent
-        self._signer = key
-        self._revision = 0
-        self._parts: frozenset[str] = frozenset()  # the keys the saved record names
-        self.max_bytes = max_bytes
-
-    async def load(self) -> AgentRecord:
-        gone = ""
-        for _ in range(LOAD_ATTEMPTS):
-            try:
-                entry = await self._kv.get(self._key)
-            except KeyNotFoundError:
-                self._revision = 0
-                self._parts = frozenset()
-                return AgentRecord()
-            try:
-                record, parts = self._read(entry.value or b"")
-                outbox = await self._read_parts(parts)
-            except _PartGone as exc:
-                gone = exc.key
-                continue  # deleted by the host that saved after this record: read again
-            except MalformedEnvelope as exc:
-                raise type(exc)(f"agent {self._key!r}: {exc}") from exc  # untrusted stays so
-            self._revision = entry.revision or 0  # only a record a host wrote is saved over
-            self._parts = frozenset(p.key for p in parts)
-            return replace(record, outbox=record.outbox + outbox)
-        raise UntrustedRecord(
-            f"agent {self._key!r}: its saved outbox part {gone!r} is gone: something "
-            f"other than a host deleted it; delete the key {self._key!r} in the agents "
-            "bucket to start the agent afresh"
-        )
-
-    def _read(self, stored: bytes) -> tuple[AgentRecord, tuple[OutboxPart, ...]]:
-        body, newline, signature = stored.rpartition(b"\n")
-        if not newline:
-            raise UntrustedRecord(
-                "its saved record is unsigned: it was saved before records were signed, "
-                "or by something other than a host (which could plant hop budgets, ids "
-                f"and state in it); delete the key {self._key!r} in the agents bucket to "
-                "start the agent afresh"
-            )
-        try:
-            signed = base64.b64decode(signature, validate=True)
-        except binascii.Error:
-            signed = b""
-        public_key = self._signer.public_key
-        if not (
-            ed25519.verifies(public_key, signed, signed_part(body))
-            or ed25519.verifies(public_key, signed, pae(RECORD_TYPE, body))  # saved before
-        ):
-            raise UntrustedRecord(
-                "its saved record is not signed by its key: something other than a host "
-                f"wrote it; delete the key {self._key!r} in the agents bucket to start the "
-                "agent afresh"
-            )
-        return AgentRecord.decode_with_parts(body)
-
-    async def _read_parts(self, parts: tuple[OutboxPart, ...]) -> tuple[Outgoing, ...]:
-        outbox: list[Outgoing] = []
-        for part in parts:
-            try:
-                entry = await self._kv.get(part.key)
-            except KeyNotFoundError:
-                raise _PartGone(part.key) from None
-            data = entry.value or b""
-            if hashlib.sha256(data).hexdigest() != part.digest:
-                raise UntrustedRecord(
-                    f"its saved outbox part {part.key!r} is not the one its record names: "
-                    f"something other than a host wrote it; delete the key {self._key!r} in "
-                    "the agents bucket to start the agent afresh"
-                )
-            outbox += decode_part(data)
-        return tuple(outbox)
-
-    async def save(self, record: AgentRecord) -> None:
-        """Raises :class:`RecordConflict`, or :class:`RecordTooLarge` before sending."""
-        data = self._signed(record.encode())
-        placed: dict[str, bytes] = {}
-        if len(data) > self.max_bytes and record.outbox:
-            placed = self._placed(record.outbox)
-            parts = [OutboxPart(k, hashlib.sha256(v).hexdigest()) for k, v in placed.items()]
-            data = self._signed(replace(record, outbox=()).encode(parts))
-        if len(data) > self.max_bytes:
-            raise RecordTooLarge(self._key, len(data), self.max_bytes)
-        for key, part in placed.items():
-            if key not in self._parts:  # named by its digest: one already there is this
-                await self._kv.put(key, part)
-        try:
-            if self._revision == 0:
-                self._revision = await self._kv.create(self._key, data)
-            else:
-                self._revision = await self._kv.update(self._key, data, last=self._revision)
-        except KeyWrongLastSequenceError as exc:
-            for key in placed.keys() - self._parts:  # named by no record
-                await self._forget(key)
-            raise RecordConflict(
-                f"agent {self._key!r} was saved by another host since this one read it: "
-                "run each agent on one host at a time"
-            ) from exc
-        unnamed, self._parts = self._parts - placed.keys(), frozenset(placed)
-        for key in unnamed:
-            await self._forget(key)
-
-    def _signed(self, body: bytes) -> bytes:
-        return body + b"\n" + base64.b64encode(self._signer.sign(signed_part(body)))
-
-    def _placed(self, outbox: tuple[Outgoing, ...]) -> dict[str, bytes]:
-        """The outbox in parts, each under the key it is saved at."""
-        try:
-            parts = encode_parts(outbox, self.max_bytes)
-        except ValueError:
-            parts = []
-        if not parts or len(parts) > MAX_OUTBOX_PARTS:
-            size = sum(len(o.envelope) * 4 // 3 for o in outbox)
-            raise RecordTooLarge(self._key, size, self.max_bytes * MAX_OUTBOX_PARTS)
-        return {f"{self._key}.outbox.{hashlib.sha256(p).hexdigest()[:32]}": p for p in parts}
-
-    async def _forget(self, key: str) -> None:
-        """Delete a part no saved record names (a host that read the record before may
-        still look for it: it then reads the record again). Purged from the bucket's
-        stream, so that no delete marker is left behind for each part ever saved."""
-        try:
-            await self._js.purge_stream(f"KV_{AGENTS_BUCKET}", subject=f"$KV.{AGENTS_BUCKET}.{key}")
-        except NatsError as exc:  # left behind: it takes room, and nothing reads it
-            log.warning("agent %s: outbox part %s not deleted: %s", self._key, key, exc)
-
-
-class _PartGone(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key

@@ -49,7 +49,7 @@ from agora.core.errors import InputError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry, Role, SigningKey
 from agora.core.pull import PullFeed
-from agora.core.received import MSG_ID_HEADER, JetStreamMessage, RawClient
+from agora.core.received import MSG_ID_HEADER, PUBLISH_TIMEOUT_S, JetStreamMessage, RawClient
 from agora.core.signing import sign_fact, verify_envelope
 from agora.core.spine import (
     FRESH_FOR_MS,
@@ -68,7 +68,6 @@ from agora.host.agent_record import (
     AgentRecord,
     Outgoing,
     RecordConflict,
-    RecordStore,
     RecordTooLarge,
     UntrustedRecord,
 )
@@ -81,6 +80,7 @@ from agora.host.controls import (
     screen_replay,
 )
 from agora.host.killswitch import KillSwitch
+from agora.host.record_store import RecordStore
 from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome
 from agora.host.tasks import finish
 from agora.host.vouched import Vouched
@@ -95,6 +95,7 @@ ACK_CONFIRM_S: Final = 5.0
 # arrived (the server's clock for it started a little earlier, when it handed it over)
 ACK_WAIT_MARGIN: Final = 0.8
 MIN_WAKE_MS: Final = 250  # the soonest a timer call follows a call: no agent spins on timers
+PUBLISH_BYTES_PER_S: Final = 1_000_000  # the slowest link a host is given time for
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,13 @@ class AgentRunner:
 
     async def start(self) -> None:
         await self._reload()  # an untrusted record: the host quarantines the agent
+        try:
+            swept = await self._records.sweep()
+        except (NatsError, TimeoutError) as exc:  # left for a later start
+            log.warning("agent %s: left-over outbox parts not swept: %s", self.spec.name, exc)
+        else:
+            if swept:
+                log.info("agent %s: %d left-over outbox parts purged", self.spec.name, swept)
         self._feed = await self._open_feed()
         self._task = asyncio.create_task(self._run(), name=f"agent-{self.spec.name}")
 
@@ -176,6 +184,7 @@ class AgentRunner:
             confirming.cancel()
         await asyncio.gather(*self._confirming, return_exceptions=True)
         self._guest.close()
+        await self._records.close()
         if self._feed is not None:
             await self._feed.stop(give_back=graceful)
 
@@ -734,10 +743,12 @@ class AgentRunner:
 
     async def _publish(self, outgoing: tuple[Outgoing, ...]) -> None:
         items = [(o.subject, o.msg_id, o.envelope) for o in outgoing]
+        # an outbox of several megabytes gets time to cross a slow link too
+        timeout_s = PUBLISH_TIMEOUT_S + sum(len(o.envelope) for o in outgoing) / PUBLISH_BYTES_PER_S
         if isinstance(self._client, RawClient):
-            await self._client.publish_acked(items)
+            await self._client.publish_acked(items, timeout_s=timeout_s)
         else:
-            await publish_all(self._js, items)
+            await publish_all(self._js, items, timeout_s=timeout_s)
 
 
 def _no_sooner(wake_at_ms: int | None) -> int | None:

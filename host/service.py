@@ -40,9 +40,10 @@ from agora.core.spine import (
     ensure_consumer,
     ensure_spine,
 )
-from agora.host.agent_record import RecordStore, UntrustedRecord
+from agora.host.agent_record import UntrustedRecord
 from agora.host.config import AgentConfig, Config
 from agora.host.killswitch import KillSwitch
+from agora.host.record_store import RecordStore
 from agora.host.recorder import Recorder
 from agora.host.runner import AgentRunner, AgentSpec
 from agora.host.sandbox import (

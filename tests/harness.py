@@ -27,9 +27,10 @@ from agora.core.keys import Role
 from agora.core.signing import sign_fact
 from agora.core.spine import AGENTS_BUCKET, publish_envelope
 from agora.core.verify import verify_directory
-from agora.host.agent_record import AgentRecord, RecordStore
+from agora.host.agent_record import AgentRecord
 from agora.host.config import with_agents
 from agora.host.nats_server import EmbeddedNats
+from agora.host.record_store import RecordStore
 from agora.host.runner import Delivery
 from agora.host.service import Host, HostKeys
 

@@ -41,15 +41,15 @@ from agora.core.spine import (
 )
 from agora.host import runner as runner_module
 from agora.host.agent_record import (
-    MAX_OUTBOX_PARTS,
     RECORD_TYPE,
     AgentRecord,
     Outgoing,
-    RecordStore,
     RecordTooLarge,
     UntrustedRecord,
+    part_key,
 )
 from agora.host.nats_server import EmbeddedNats
+from agora.host.record_store import MAX_OUTBOX_PARTS, RecordStore
 from tests.harness import Harness, running_host
 
 VOTERS = {
@@ -595,6 +595,52 @@ async def test_an_outbox_too_large_for_one_record_is_saved_in_parts_it_names(
         assert refused.value.limit == 4096 * MAX_OUTBOX_PARTS
         assert await parts() == []
         assert (await store().load()).outbox == outbox[:1]
+        # a part a crash left behind is swept once it is old enough to be no save under
+        # way; a part the record names never is
+        await writer.save(big)
+        named = await parts()
+        left = part_key("synth-agent", "ab" * 32)
+        await kv.put(left, b"[]")
+        assert await writer.sweep() == 0  # young: maybe another host's save under way
+        assert await writer.sweep(older_than_s=0) == 1
+        assert await parts() == named
+        assert await store().load() == big
+
+
+async def test_a_load_that_meets_a_part_just_purged_reads_the_newer_record(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        kv = await h.js.key_value(AGENTS_BUCKET)
+        key = h.session.key("synth-agent")
+        writer = RecordStore(h.js, kv, "ghost", max_bytes=4096, key=key)  # no agent's record
+        first = AgentRecord(outbox=_padded("first", 12))
+        second = AgentRecord(outbox=_padded("second", 12), calls=2)
+        await writer.save(first)
+
+        class Racing:
+            """The bucket as a second host sees it while the writer saves meanwhile:
+            between its read of the record and of the record's first part."""
+
+            raced = False
+
+            async def get(self, wanted: str) -> Any:
+                if ".outbox." in wanted and not self.raced:
+                    self.raced = True
+                    await writer.save(second)  # and purges the first record's parts
+                    await writer.close()
+                return await kv.get(wanted)
+
+        reader = RecordStore(h.js, Racing(), "ghost", max_bytes=4096, key=key)  # type: ignore[arg-type]
+        assert await reader.load() == second
+
+
+def _padded(name: str, count: int) -> tuple[Outgoing, ...]:
+    return tuple(
+        Outgoing("agora.ch.build-coord", f"act-{name}-{n}", b'{"pad":"%s"}' % (b"z" * 600))
+        for n in range(count)
+    )
 
 
 async def test_a_record_spoiled_while_its_agent_runs_quarantines_it(

@@ -18,7 +18,15 @@ from agora.core.factlog import FactLog
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import sign_fact
 from agora.core.verify import verify_directory
-from agora.host.agent_record import MAX_RECENT, AgentRecord, Outgoing
+from agora.host.agent_record import (
+    MAX_RECENT,
+    AgentRecord,
+    OutboxPart,
+    Outgoing,
+    decode_part,
+    encode_parts,
+    part_key,
+)
 from agora.host.controls import Handed
 from agora.host.killswitch import KillState
 from agora.host.sandbox import classify_fault
@@ -150,6 +158,31 @@ def test_an_agent_record_with_an_id_that_is_no_name_still_round_trips(
 def test_an_agent_record_whose_budgets_do_not_line_up_is_refused(parents: object) -> None:
     saved = json.loads(AgentRecord().encode())
     saved["parents"] = parents
+    with pytest.raises(MalformedEnvelope, match="agent record is unreadable"):
+        AgentRecord.decode(json.dumps(saved).encode())
+
+
+def test_an_outbox_in_parts_round_trips_in_order_within_the_size() -> None:
+    outbox = tuple(
+        Outgoing("agora.ch.c", f"act-{n}", bytes([n]) * (100 + 37 * n)) for n in range(20)
+    )
+    parts = encode_parts(outbox, 1500)
+    assert len(parts) > 1 and all(len(part) <= 1500 for part in parts)
+    assert tuple(o for part in parts for o in decode_part(part)) == outbox
+    with pytest.raises(ValueError, match="outbox envelope takes"):
+        encode_parts(outbox, 200)  # the last envelope alone does not fit
+    place = OutboxPart(part_key("echo-agent", "0f" * 32), "0f" * 32)
+    record, parts_named = AgentRecord.decode_with_parts(AgentRecord(calls=3).encode([place]))
+    assert record == AgentRecord(calls=3) and parts_named == (place,)
+
+
+@pytest.mark.parametrize(
+    "place",
+    [["a.outbox.>", "0" * 64], ["a.*", "0" * 64], ["a.outbox." + "0" * 32, "0" * 63], "a", [1, 2]],
+)
+def test_an_agent_record_naming_a_part_wrongly_is_refused(place: object) -> None:
+    saved = json.loads(AgentRecord().encode())
+    saved["outbox_parts"] = [place]
     with pytest.raises(MalformedEnvelope, match="agent record is unreadable"):
         AgentRecord.decode(json.dumps(saved).encode())
 

@@ -20,7 +20,7 @@ from agora.core.acts import Performative
 from agora.core.envelope import Act, EventKind
 from agora.core.spine import AGENTS_BUCKET, CONTROL_BUCKET
 from agora.host import service
-from agora.host.agent_record import MAX_OUTBOX_PARTS
+from agora.host.record_store import MAX_OUTBOX_PARTS
 from agora.host.runner import MIN_WAKE_MS
 from tests.harness import Harness, running_host
 

@@ -6,8 +6,8 @@ bridge's or another host's acts would, so its cost is not counted against the pr
 measured.
 
 1. raw: nats-py JetStream alone on a plain stream (pipelined publish from the load
-   process, pull fetch of 64 and ack here), 500-byte messages; the baseline the host is
-   compared with, measured in the same run;
+   process, pull fetch of an agent's default batch and ack here), 500-byte messages;
+   the baseline the host is compared with, measured in the same run;
 2. throughput: signed acts from ``maintainer`` through the whole host (verify, screen,
    the agent's call, stamp and sign its reply, publish, record and fsync), counted when
    the recorder has appended every reply, and again when the host has settled (the
@@ -74,7 +74,7 @@ from agora.core.spine import (
     publish_fact,
 )
 from agora.host.builder import build_agents
-from agora.host.config import with_agents
+from agora.host.config import DEFAULT_BATCH, with_agents
 from agora.host.killswitch import KillState
 from agora.host.nats_server import EmbeddedNats
 from agora.host.runner import Delivery
@@ -95,7 +95,7 @@ RAW_PAYLOAD_BYTES: Final = 500
 RAW_STREAM: Final = "RAW"
 RAW_SUBJECT: Final = "raw.bench"
 PUBLISH_WINDOW: Final = 256  # publishes in flight at once, gathered like the host's outbox
-FETCH_BATCH: Final = 64  # an agent's default batch
+FETCH_BATCH: Final = DEFAULT_BATCH  # as an agent's batch, by default
 FETCH_WAIT_S: Final = 1.0
 
 WARMUP_ACTS: Final = 200
@@ -771,7 +771,7 @@ def show_throughput(results: dict[str, Any]) -> None:
     raw = results["raw_msgs_per_s"]
     line("raw JetStream publish alone (pipelined)", f"{results['raw_publish_per_s']:,.0f} /s")
     line(
-        "raw JetStream publish + fetch 64 + ack",
+        f"raw JetStream publish + fetch {FETCH_BATCH} + ack",
         f"{raw:,.0f} /s",
         f"(the baseline; {RAW_PAYLOAD_BYTES}-byte messages)",
     )

@@ -607,6 +607,39 @@ async def test_an_outbox_too_large_for_one_record_is_saved_in_parts_it_names(
         assert await store().load() == big
 
 
+async def test_an_outbox_saved_in_parts_before_a_crash_goes_out_once_on_restart(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        await h.inject("build-coord", "hello", hops=16)
+        await h.settle()
+        [reply] = h.acts_by("synth-agent")
+        await h.stop_host()
+        # The host "crashed" right after saving a batch's outbox, too large for one
+        # message to the server (4 KiB here), in parts, before publishing any of it
+        kv = await h.js.key_value(AGENTS_BUCKET)
+        key = h.session.key("synth-agent")
+        store = RecordStore(h.js, kv, "synth-agent", max_bytes=4096, key=key)
+        saved = await store.load()
+        more = [
+            replace(reply, id=new_id("act"), payload=f"more {n} " + "z" * 500, time_ms=now_ms())
+            for n in range(12)
+        ]
+        subject = channel_subject("build-coord")
+        outbox = tuple(Outgoing(subject, a.id, sign_fact(a, key)) for a in more)
+        await store.save(replace(saved, outbox=outbox, saved_at_ms=now_ms()))
+        assert len([k for k in await kv.keys() if ".outbox." in k]) >= 3
+        await h.start_host()
+        await h.settle()
+        for act in more:
+            assert len(await _copies(h.js, subject, act.id)) == 1
+        await h.stop_host()  # the agent idle, its record drops the outbox and its parts
+        assert not [k for k in await kv.keys() if ".outbox." in k]
+    recorded = [f.id for f in h.facts()]
+    assert all(recorded.count(act.id) == 1 for act in more)
+
+
 async def test_a_load_that_meets_a_part_just_purged_reads_the_newer_record(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:

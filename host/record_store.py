@@ -252,7 +252,9 @@ class RecordStore:
 
     async def _purge(self, key: str) -> None:
         """Purged from the bucket's stream, so that no delete marker is left behind for
-        each part ever saved."""
+        each part ever saved; unless a later save named it again (the same bytes)."""
+        if key in self._parts:
+            return
         try:
             await self._js.purge_stream(f"KV_{AGENTS_BUCKET}", subject=f"$KV.{AGENTS_BUCKET}.{key}")
         except (NatsError, TimeoutError) as exc:  # swept at a later start

@@ -33,7 +33,7 @@ from typing import Final
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from agora.core import ed25519
@@ -63,6 +63,7 @@ LOAD_ATTEMPTS: Final = 10  # reads of a record whose parts another host keeps re
 LOAD_PAUSE_S: Final = 0.01  # after the first such read; longer after each
 SWEEP_AFTER_S: Final = 600.0  # a part put longer ago than this is no save under way
 CLOSE_WAIT_S: Final = 2.0
+_KV_STREAM: Final = f"KV_{AGENTS_BUCKET}"
 
 
 class RecordStore:
@@ -199,28 +200,34 @@ class RecordStore:
         """Purge the parts of this agent's outboxes that the saved record does not name
         and that were put more than ``older_than_s`` ago: left behind by a crash, a
         failed save or purge. A younger one may be another host's save under way.
-        Returns how many were purged."""
+        Returns how many were purged. Requests and answers only (no watcher, which a
+        purge under way could keep waiting for good)."""
         try:
             revision = (await self._kv.get(self._key)).revision or 0
         except KeyNotFoundError:  # deleted, to start afresh: its parts are named by nothing
             revision = 0
         if revision != self._revision:
             return 0  # saved by another host since this one read it: not ours to judge
+        prefix = f"$KV.{AGENTS_BUCKET}."
+        found = await self._js.stream_info(
+            _KV_STREAM, subjects_filter=f"{prefix}{self._key}.outbox.>"
+        )
+        unnamed = [
+            subject[len(prefix) :]
+            for subject in found.state.subjects or {}
+            if subject[len(prefix) :] not in self._parts
+        ]
         cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than_s)
-        watcher = await self._kv.watch(f"{self._key}.outbox.>", meta_only=True, ignore_deletes=True)
-        stale: list[str] = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break  # every key seen
-                created = entry.created
-                if entry.key not in self._parts and created is not None and created < cutoff:
-                    stale.append(entry.key)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        for key in stale:
-            await self._purge(key)
-        return len(stale)
+        swept = 0
+        for key in unnamed:
+            try:
+                put = await self._js.get_msg(_KV_STREAM, subject=prefix + key)
+            except NotFoundError:
+                continue  # purged meanwhile
+            if put.time is not None and put.time < cutoff:
+                await self._purge(key)
+                swept += 1
+        return swept
 
     async def close(self) -> None:
         """Wait for the purges under way (a part a stop leaves is swept at a later start)."""
@@ -256,7 +263,7 @@ class RecordStore:
         if key in self._parts:
             return
         try:
-            await self._js.purge_stream(f"KV_{AGENTS_BUCKET}", subject=f"$KV.{AGENTS_BUCKET}.{key}")
+            await self._js.purge_stream(_KV_STREAM, subject=f"$KV.{AGENTS_BUCKET}.{key}")
         except (NatsError, TimeoutError) as exc:  # swept at a later start
             log.warning("agent %s: outbox part %s not purged: %s", self._key, key, exc)
 

@@ -140,6 +140,15 @@ class Harness:
             self.js, kv, agent, max_bytes=self.client.max_payload, key=self.session.key(agent)
         )
 
+    async def outbox_parts(self, agent: str) -> list[str]:
+        """The keys of ``agent``'s outbox parts in the bucket (asked of the stream: a
+        key-value watcher can wait for good on a purge under way)."""
+        prefix = f"$KV.{AGENTS_BUCKET}."
+        info = await self.js.stream_info(
+            f"KV_{AGENTS_BUCKET}", subjects_filter=f"{prefix}{agent}.outbox.>"
+        )
+        return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
+
     async def record(self, agent: str) -> AgentRecord:
         return await (await self.record_store(agent)).load()
 

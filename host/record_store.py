@@ -64,6 +64,7 @@ LOAD_PAUSE_S: Final = 0.01  # after the first such read; longer after each
 SWEEP_AFTER_S: Final = 600.0  # a part put longer ago than this is no save under way
 CLOSE_WAIT_S: Final = 2.0
 _KV_STREAM: Final = f"KV_{AGENTS_BUCKET}"
+_KV_PREFIX: Final = f"$KV.{AGENTS_BUCKET}."  # a key's subject, less the key
 
 
 class RecordStore:
@@ -152,8 +153,8 @@ class RecordStore:
     async def _read_parts(self, parts: tuple[OutboxPart, ...]) -> tuple[Outgoing, ...]:
         outbox: list[Outgoing] = []
         for part in parts:
-            if not part.key.startswith(f"{self._key}.outbox."):  # only a host signs records
-                raise UntrustedRecord(f"its record names another agent's part {part.key!r}")
+            if part.key != part_key(self._key, part.digest):  # only a host signs records
+                raise UntrustedRecord(f"its record names a part under a wrong key: {part.key!r}")
             try:
                 entry = await self._kv.get(part.key)
             except KeyNotFoundError:
@@ -171,17 +172,16 @@ class RecordStore:
     async def save(self, record: AgentRecord) -> None:
         """Raises :class:`RecordConflict`, or :class:`RecordTooLarge` before sending."""
         data = self._signed(record.encode())
-        placed: list[tuple[str, bytes]] = []
+        placed: list[tuple[OutboxPart, bytes]] = []
         if len(data) > self.max_bytes and record.outbox:
             placed = self._placed(record.outbox)
-            parts = [OutboxPart(k, hashlib.sha256(v).hexdigest()) for k, v in placed]
-            data = self._signed(replace(record, outbox=()).encode(parts))
+            data = self._signed(replace(record, outbox=()).encode(p for p, _ in placed))
         if len(data) > self.max_bytes:
             raise RecordTooLarge(self._key, len(data), self.max_bytes)
-        named = frozenset(key for key, _ in placed)
-        for key, part in placed:
-            if key not in self._parts:  # named by its digest: one already there is this
-                await self._kv.put(key, part)
+        named = frozenset(part.key for part, _ in placed)
+        for part, value in placed:
+            if part.key not in self._parts:  # named by its digest: one already there is it
+                await self._kv.put(part.key, value)
         try:
             if self._revision == 0:
                 self._revision = await self._kv.create(self._key, data)
@@ -208,26 +208,26 @@ class RecordStore:
             revision = 0
         if revision != self._revision:
             return 0  # saved by another host since this one read it: not ours to judge
-        prefix = f"$KV.{AGENTS_BUCKET}."
-        found = await self._js.stream_info(
-            _KV_STREAM, subjects_filter=f"{prefix}{self._key}.outbox.>"
-        )
-        unnamed = [
-            subject[len(prefix) :]
-            for subject in found.state.subjects or {}
-            if subject[len(prefix) :] not in self._parts
-        ]
+        unnamed = [key for key in await self.part_keys() if key not in self._parts]
         cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than_s)
         swept = 0
         for key in unnamed:
             try:
-                put = await self._js.get_msg(_KV_STREAM, subject=prefix + key)
+                put = await self._js.get_msg(_KV_STREAM, subject=_KV_PREFIX + key)
             except NotFoundError:
                 continue  # purged meanwhile
             if put.time is not None and put.time < cutoff:
                 await self._purge(key)
                 swept += 1
         return swept
+
+    async def part_keys(self) -> list[str]:
+        """The keys of every outbox part of this agent's in the bucket, named or not
+        (asked of the stream)."""
+        found = await self._js.stream_info(
+            _KV_STREAM, subjects_filter=f"{_KV_PREFIX}{self._key}.outbox.>"
+        )
+        return sorted(subject[len(_KV_PREFIX) :] for subject in found.state.subjects or {})
 
     async def close(self) -> None:
         """Wait for the purges under way (a part a stop leaves is swept at a later start)."""
@@ -237,8 +237,8 @@ class RecordStore:
     def _signed(self, body: bytes) -> bytes:
         return body + b"\n" + base64.b64encode(self._signer.sign(signed_part(body)))
 
-    def _placed(self, outbox: tuple[Outgoing, ...]) -> list[tuple[str, bytes]]:
-        """The outbox in parts, each with the key it is saved under."""
+    def _placed(self, outbox: tuple[Outgoing, ...]) -> list[tuple[OutboxPart, bytes]]:
+        """The outbox in parts, each with where it is saved and its digest."""
         try:
             parts = encode_parts(outbox, self.max_bytes)
         except ValueError:
@@ -246,7 +246,11 @@ class RecordStore:
         if not parts or len(parts) > MAX_OUTBOX_PARTS:
             size = outbox_bytes(outbox)
             raise RecordTooLarge(self._key, size, self.max_bytes * MAX_OUTBOX_PARTS)
-        return [(part_key(self._key, hashlib.sha256(p).hexdigest()), p) for p in parts]
+        placed = []
+        for value in parts:
+            digest = hashlib.sha256(value).hexdigest()
+            placed.append((OutboxPart(part_key(self._key, digest), digest), value))
+        return placed
 
     def _forget(self, keys: Iterable[str]) -> None:
         """Purge parts no saved record names, in the background: the outputs go out
@@ -263,7 +267,7 @@ class RecordStore:
         if key in self._parts:
             return
         try:
-            await self._js.purge_stream(_KV_STREAM, subject=f"$KV.{AGENTS_BUCKET}.{key}")
+            await self._js.purge_stream(_KV_STREAM, subject=_KV_PREFIX + key)
         except (NatsError, TimeoutError) as exc:  # swept at a later start
             log.warning("agent %s: outbox part %s not purged: %s", self._key, key, exc)
 

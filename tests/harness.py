@@ -133,21 +133,16 @@ class Harness:
     async def settle(self) -> None:
         await self.running().settle(quiet_s=0.3)
 
-    async def record_store(self, agent: str) -> RecordStore:
-        """The agent's saved record, as its host reads and writes it."""
+    async def record_store(self, agent: str, *, max_bytes: int | None = None) -> RecordStore:
+        """The agent's saved record, as its host reads and writes it (``max_bytes``: as
+        a host whose server takes that much per message would)."""
         kv = await self.js.key_value(AGENTS_BUCKET)
-        return RecordStore(
-            self.js, kv, agent, max_bytes=self.client.max_payload, key=self.session.key(agent)
-        )
+        limit = self.client.max_payload if max_bytes is None else max_bytes
+        return RecordStore(self.js, kv, agent, max_bytes=limit, key=self.session.key(agent))
 
     async def outbox_parts(self, agent: str) -> list[str]:
-        """The keys of ``agent``'s outbox parts in the bucket (asked of the stream: a
-        key-value watcher can wait for good on a purge under way)."""
-        prefix = f"$KV.{AGENTS_BUCKET}."
-        info = await self.js.stream_info(
-            f"KV_{AGENTS_BUCKET}", subjects_filter=f"{prefix}{agent}.outbox.>"
-        )
-        return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
+        """The keys of ``agent``'s outbox parts in the bucket."""
+        return await (await self.record_store(agent)).part_keys()
 
     async def record(self, agent: str) -> AgentRecord:
         return await (await self.record_store(agent)).load()

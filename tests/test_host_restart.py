@@ -564,10 +564,7 @@ async def test_an_outbox_too_large_for_one_record_is_saved_in_parts_it_names(
 
         writer = store()
         saved = await writer.load()
-        outbox = tuple(
-            Outgoing("agora.ch.build-coord", f"act-{n}", b'{"n":%d,"pad":"%s"}' % (n, b"z" * 600))
-            for n in range(12)
-        )
+        outbox = _padded("n", 12)
         big = replace(saved, outbox=outbox)
         await writer.save(big)
         put = await parts()
@@ -619,15 +616,14 @@ async def test_an_outbox_saved_in_parts_before_a_crash_goes_out_once_on_restart(
         await h.stop_host()
         # The host "crashed" right after saving a batch's outbox, too large for one
         # message to the server (4 KiB here), in parts, before publishing any of it
-        kv = await h.js.key_value(AGENTS_BUCKET)
-        key = h.session.key("synth-agent")
-        store = RecordStore(h.js, kv, "synth-agent", max_bytes=4096, key=key)
+        store = await h.record_store("synth-agent", max_bytes=4096)
         saved = await store.load()
         more = [
             replace(reply, id=new_id("act"), payload=f"more {n} " + "z" * 500, time_ms=now_ms())
             for n in range(12)
         ]
         subject = channel_subject("build-coord")
+        key = h.session.key("synth-agent")
         outbox = tuple(Outgoing(subject, a.id, sign_fact(a, key)) for a in more)
         await store.save(replace(saved, outbox=outbox, saved_at_ms=now_ms()))
         assert len(await h.outbox_parts("synth-agent")) >= 3

@@ -176,22 +176,37 @@ class Recorder:
         )
 
     async def record(self, messages: list[Msg]) -> None:
-        """Append a batch in stream order (made durable later, by the group commit)."""
+        """Append a batch in stream order (made durable later, by the group commit).
+
+        The batch's first messages that this process already signed or verified (its
+        agents' replies, above all) are appended and written at once: they do not wait
+        for the signatures of the messages after them to be checked."""
         refusals: list[Event] = []
-        appended = self._unsynced
-        admitted = await self._vouched.admit_all(
-            [(message.data, message.subject) for message in messages]
-        )
-        for message, found in zip(messages, admitted, strict=True):
-            self._append(message, found, appended=appended, refusals=refusals)
-        # the ordered consumer hands messages over in stream order: the last is the highest
-        self._unsynced_position = max(self._unsynced_position, stream_sequence(messages[-1]))
+        arrivals = [(message.data, message.subject) for message in messages]
+        ready = self._vouched.admit_known(arrivals)
+        if ready:
+            self._append_all(messages[: len(ready)], ready, refusals)
+            self._write()
+        if len(ready) < len(messages):
+            admitted = await self._vouched.admit_all(arrivals[len(ready) :])
+            self._append_all(messages[len(ready) :], admitted, refusals)
         for event in refusals:
             envelope = sign_fact(event, self._key)
             self._vouched.add(envelope, event, self._key.name)
             await publish_fact(
                 self._js, subject=event_subject(self._key.name), msg_id=event.id, envelope=envelope
             )
+
+    def _append_all(
+        self,
+        messages: list[Msg],
+        admitted: list[tuple[Fact, str] | InputError],
+        refusals: list[Event],
+    ) -> None:
+        for message, found in zip(messages, admitted, strict=True):
+            self._append(message, found, appended=self._unsynced, refusals=refusals)
+        # the ordered consumer hands messages over in stream order: the last is the highest
+        self._unsynced_position = max(self._unsynced_position, stream_sequence(messages[-1]))
 
     def _write(self) -> None:
         """Hand what was appended to the operating system: it is in the log file now

@@ -10,14 +10,20 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import pytest
+from nats.aio.msg import Msg
 
+from agora.cli.session import connected
 from agora.core.envelope import Act, Fact
 from agora.core.errors import InputError
+from agora.core.factlog import FactLog
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import Signed, read_envelope, sign_fact
-from agora.core.spine import channel_subject, event_subject
+from agora.core.spine import STREAM, channel_subject, event_subject
+from agora.host.nats_server import EmbeddedNats
+from agora.host.recorder import Recorder
 from agora.host.signature_checks import InlineChecks, WorkerChecks, check_here
 from agora.host.signature_helper import encode_request, serve
 from agora.host.vouched import Vouched
@@ -302,3 +308,73 @@ async def test_an_act_refused_for_its_channel_is_not_grounded(
     [admitted] = await vouched.admit_all([(envelope, channel_subject("build-coord"))])
     assert admitted == (act, "maintainer")
     assert vouched.grounded(act.id)
+
+
+async def test_what_is_known_is_admitted_up_to_the_first_envelope_that_is_not(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    vouched = Vouched(registry)
+    signed = make_act(sender="synth-agent")
+    envelope = sign_fact(signed, keys["synth-agent"])
+    vouched.add(envelope, signed, "synth-agent")
+    unknown = sign_fact(make_act(sender="maintainer"), keys["maintainer"])
+    arrivals = [
+        (envelope, channel_subject("build-coord")),
+        (envelope, channel_subject("release")),  # known, but on another channel
+        (unknown, channel_subject("build-coord")),
+        (envelope, channel_subject("build-coord")),  # after the first unknown: not taken
+    ]
+    known = vouched.admit_known(arrivals)
+    assert len(known) == 2
+    assert known[0] == (signed, "synth-agent")
+    assert isinstance(known[1], InputError) and "published on 'release'" in str(known[1])
+    assert vouched.admit_known(arrivals[2:]) == []
+
+
+def _stored(envelope: bytes, sequence: int) -> Msg:
+    """A channel message as the recorder's ordered consumer hands it over."""
+    reply = f"$JS.ACK.{STREAM}.recorder.1.{sequence}.{sequence}.1700000000000000000.0"
+    return Msg(None, subject=channel_subject("build-coord"), reply=reply, data=envelope)  # type: ignore[arg-type]
+
+
+async def test_the_recorder_writes_what_it_knows_while_later_signatures_are_checked(
+    tmp_path: Path,
+    keys: dict[str, SigningKey],
+    registry: KeyRegistry,
+    nats_server: EmbeddedNats,
+) -> None:
+    # An agent's reply, signed in this process, is written to the log at once, not
+    # after the check of a stranger's act that the stream took after it.
+    checks = CountingChecks()
+    checks.go.clear()
+    vouched = Vouched(registry, checks=checks)
+    reply = make_act(sender="synth-agent")
+    signed = sign_fact(reply, keys["synth-agent"])
+    vouched.add(signed, reply, "synth-agent")
+    later = make_act(sender="maintainer")
+    unknown = sign_fact(later, keys["maintainer"])
+    written: list[str] = []
+    async with connected(nats_server.url) as client:
+        with FactLog.open(tmp_path / "facts", signer=keys["host"]) as log:
+            recorder = Recorder(
+                js=client.jetstream(),
+                factlog=log,
+                host_key=keys["host"],
+                vouched=vouched,
+                checkpoint_every=100,
+            )
+            recorder.observers.append(lambda fact: written.append(fact.id))
+            recording = asyncio.create_task(
+                recorder.record([_stored(signed, 1), _stored(unknown, 2)])
+            )
+            for _ in range(100):
+                if written:
+                    break
+                await asyncio.sleep(0.01)
+            assert written == [reply.id]
+            assert checks.checked == 1 and not recording.done()  # the stranger's waits
+            checks.go.set()
+            await recording
+            recorder.make_durable()
+            assert written == [reply.id, later.id]
+            assert recorder.position == 2

@@ -76,8 +76,8 @@ from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.keys import Role
 from agora.core.received import MSG_ID_HEADER
 from agora.core.spine import channel_subject, ensure_spine
+from agora.host.batch import Delivery
 from agora.host.nats_server import EmbeddedNats
-from agora.host.runner import Delivery
 
 CORES: Final = os.cpu_count() or 1
 SECRET: Final = "webhook-secret-for-the-benchmark"  # noqa: S105 - a fixture, not a credential

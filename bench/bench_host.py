@@ -73,11 +73,11 @@ from agora.core.spine import (
     publish_envelope,
     publish_fact,
 )
+from agora.host.batch import Delivery
 from agora.host.builder import build_agents
 from agora.host.config import DEFAULT_BATCH, with_agents
 from agora.host.killswitch import KillState
 from agora.host.nats_server import EmbeddedNats
-from agora.host.runner import Delivery
 from agora.host.sandbox import load_component, make_engine
 from agora.host.service import Host
 from agora.host.signature_checks import HELPER_MODULE

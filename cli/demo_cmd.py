@@ -43,9 +43,9 @@ from agora.core.keys import KeyRegistry, Role
 from agora.core.signing import sign_fact
 from agora.core.spine import publish_envelope
 from agora.core.verify import verify_directory
+from agora.host.batch import Delivery
 from agora.host.nats_server import EmbeddedNats
 from agora.host.reference import run_reference
-from agora.host.runner import Delivery
 from agora.host.service import Host
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from agora.bridge.service import Bridge
 from agora.bridge.standin import GitHubStandIn
 from agora.cli.session import Session
 from agora.core.verify import verify_directory
-from agora.host.runner import Delivery
+from agora.host.batch import Delivery
 from agora.host.service import Host
 
 REPO: Final = "octo/agora-demo"

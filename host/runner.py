@@ -35,7 +35,7 @@ import logging
 import random
 import time
 from collections import ChainMap, Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -71,6 +71,7 @@ from agora.host.agent_record import (
     RecordTooLarge,
     UntrustedRecord,
 )
+from agora.host.batch import COPIES, REFUSAL_DETAIL, SETTLED, Batch, Delivery, StreamPlaces
 from agora.host.controls import (
     EmitVerdict,
     Handed,
@@ -108,18 +109,6 @@ class AgentSpec:
     batch: int
     outbox_limit: int
     ack_wait_s: float = 30.0  # the consumer's: past it, the server hands a message over again
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One act handed to the agent (for observers such as the demo and the benchmarks).
-
-    ``at_ns`` (``time.perf_counter_ns``) is when the call that handed it over began.
-    """
-
-    agent: str
-    act: Act
-    at_ns: int
 
 
 class AgentRunner:
@@ -280,7 +269,7 @@ class AgentRunner:
         for key, ids in batch.refused.items():
             batch.outgoing.append(self._refusal(key, tuple(ids), batch.refused_from[key]))
         wake_due = self._record.wake_at_ms is not None and self._record.wake_at_ms <= now_ms()
-        settled = all(v in _SETTLED for v, _, _ in batch.refused)
+        settled = all(v in SETTLED for v, _, _ in batch.refused)
         if messages and settled and not (batch.inbox or wake_due):
             await self._refused_all(messages, batch)
             return
@@ -423,7 +412,7 @@ class AgentRunner:
                 fresh_for_ms=FRESH_FOR_MS,
                 window_ms=WINDOW_MS,
             )
-        if verdict not in _COPIES:  # a copy's refusal must not mark the act processed
+        if verdict not in COPIES:  # a copy's refusal must not mark the act processed
             batch.ids.append(fact.id)
         if verdict == Verdict.DELIVER:
             stopped = self._killswitch.state.stopped_by(self.spec.name, channel)
@@ -593,7 +582,7 @@ class AgentRunner:
             reason=verdict,
             subjects=ids,
             channel=channel,
-            detail=_REFUSAL_DETAIL.get(verdict, verdict),
+            detail=REFUSAL_DETAIL.get(verdict, verdict),
             ident=f"ev-refused-{digest[:32]}",
             at_ms=came.latest_ms,
         )
@@ -756,82 +745,3 @@ def _no_sooner(wake_at_ms: int | None) -> int | None:
     if wake_at_ms is None:
         return None
     return max(wake_at_ms, now_ms() + MIN_WAKE_MS)
-
-
-_COPIES: Final = frozenset({Verdict.REPLAYED, Verdict.STALE})
-# Verdicts that would be the same for the same message at any later time (unlike a
-# kill's, which a resume lifts): a batch refused only by these need not be saved.
-# (Not scope: which channels an agent is granted comes from the configuration.)
-_SETTLED: Final = frozenset(
-    {Verdict.SELF_ECHO, Verdict.DUPLICATE, Verdict.NO_HOPS, Verdict.REPLAYED, Verdict.STALE}
-)
-_REFUSAL_DETAIL: Final = {
-    Verdict.SCOPE_BLOCKED: "the agent was not granted this channel",
-    Verdict.SELF_ECHO: "the agent's own message is never delivered back to it",
-    Verdict.DUPLICATE: "the agent already processed this message",
-    Verdict.NO_HOPS: "the message has no hop budget left",
-    Verdict.REPLAYED: "a copy of the message, published again under another message id",
-    Verdict.STALE: "stored too long after it was signed to be told from a copy published again",
-    "killed": "a kill is in force for this agent or channel",
-    "quarantined": "the agent is quarantined after a fault",
-}
-
-
-@dataclass(slots=True)
-class StreamPlaces:
-    """Where the messages one refusal covers are in the stream."""
-
-    sequences: list[int] = dataclasses.field(default_factory=list)
-    latest_ms: int = 0  # when the latest of them was stored
-
-
-class Batch:
-    """What one batch gathers as it is screened: the inbox, and what to publish."""
-
-    def __init__(self, agent: str, *, processed: Iterable[str]) -> None:
-        self.agent = agent
-        self.last_seq = 0
-        self.handed_at_ns = 0
-        self.ids: list[str] = []
-        self.inbox: list[GuestMessage] = []
-        self.delivered: list[Act] = []
-        self.handed: list[Delivery] = []  # for the observers, once the batch is saved
-        # budgets handed over, then spent, in this batch (laid over the record's)
-        self.parents: dict[str, Handed] = {}
-        self.conversations: dict[str, int] = {}
-        self.outgoing: list[Outgoing] = []
-        self.emitted = 0  # of the outgoing, the agent's acts
-        # the ids refused (each once, in order) by control and channel; an act that gets
-        # an event of its own (see Vouched.grounded) also has its id in the key
-        self.refused: dict[tuple[str, str, str], dict[str, None]] = {}
-        # where in the stream what each refused came from: its sequences, and when the
-        # latest of them was stored
-        self.refused_from: dict[tuple[str, str, str], StreamPlaces] = {}
-        # ids the agent finished with, plus those delivered in this batch: one set
-        # lookup per message instead of a scan of the record's recent ids
-        self.processed: set[str] = set(processed)
-
-    def refuse(self, key: tuple[str, str, str], act_id: str, sequence: int, stored_ms: int) -> None:
-        self.refused.setdefault(key, {})[act_id] = None
-        places = self.refused_from.setdefault(key, StreamPlaces())
-        places.sequences.append(sequence)
-        places.latest_ms = max(places.latest_ms, stored_ms)
-
-    def deliver(self, act: Act) -> None:
-        self.processed.add(act.id)
-        self.delivered.append(act)
-        self.inbox.append(
-            GuestMessage(
-                id=act.id,
-                conversation_id=act.conversation,
-                in_reply_to=act.in_reply_to,
-                sender=act.sender,
-                channel=act.channel,
-                act=act.act.value,
-                payload=act.payload,
-                hops=act.hops,
-            )
-        )
-        self.parents[act.id] = Handed(act.hops, act.conversation)
-        self.conversations.pop(act.conversation, None)  # the newest last
-        self.conversations[act.conversation] = act.hops

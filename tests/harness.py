@@ -28,10 +28,10 @@ from agora.core.signing import sign_fact
 from agora.core.spine import AGENTS_BUCKET, publish_envelope
 from agora.core.verify import verify_directory
 from agora.host.agent_record import AgentRecord
+from agora.host.batch import Delivery
 from agora.host.config import with_agents
 from agora.host.nats_server import EmbeddedNats
 from agora.host.record_store import RecordStore
-from agora.host.runner import Delivery
 from agora.host.service import Host, HostKeys
 
 

@@ -180,13 +180,18 @@ class Recorder:
 
         The batch's first messages that this process already signed or verified (its
         agents' replies, above all) are appended and written at once: they do not wait
-        for the signatures of the messages after them to be checked."""
+        for the signatures of the messages after them to be checked. Unless one of them
+        is refused: the position (from which a restart reads again) passes a refused
+        message only once its refusal is published, or a crash, or a failed publish,
+        would lose the refusal for good."""
         refusals: list[Event] = []
         arrivals = [(message.data, message.subject) for message in messages]
         ready = self._vouched.admit_known(arrivals)
         if ready:
             self._append_all(messages[: len(ready)], ready, refusals)
-            self._write()
+            if not refusals:
+                self._reached(messages[len(ready) - 1])
+                self._write()
         if len(ready) < len(messages):
             admitted = await self._vouched.admit_all(arrivals[len(ready) :])
             self._append_all(messages[len(ready) :], admitted, refusals)
@@ -196,6 +201,7 @@ class Recorder:
             await publish_fact(
                 self._js, subject=event_subject(self._key.name), msg_id=event.id, envelope=envelope
             )
+        self._reached(messages[-1])
 
     def _append_all(
         self,
@@ -205,8 +211,12 @@ class Recorder:
     ) -> None:
         for message, found in zip(messages, admitted, strict=True):
             self._append(message, found, appended=self._unsynced, refusals=refusals)
-        # the ordered consumer hands messages over in stream order: the last is the highest
-        self._unsynced_position = max(self._unsynced_position, stream_sequence(messages[-1]))
+
+    def _reached(self, message: Msg) -> None:
+        """Everything up to ``message`` is appended or refused (and the refusal published):
+        a write may move the position past it. The ordered consumer hands messages over
+        in stream order."""
+        self._unsynced_position = max(self._unsynced_position, stream_sequence(message))
 
     def _write(self) -> None:
         """Hand what was appended to the operating system: it is in the log file now

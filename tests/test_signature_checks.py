@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from agora.core.errors import InputError
 from agora.core.factlog import FactLog
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import Signed, read_envelope, sign_fact
-from agora.core.spine import STREAM, channel_subject, event_subject
+from agora.core.spine import STREAM, channel_subject, ensure_spine, event_subject
 from agora.host.nats_server import EmbeddedNats
 from agora.host.recorder import Recorder
 from agora.host.signature_checks import InlineChecks, WorkerChecks, check_here
@@ -331,10 +332,27 @@ async def test_what_is_known_is_admitted_up_to_the_first_envelope_that_is_not(
     assert vouched.admit_known(arrivals[2:]) == []
 
 
-def _stored(envelope: bytes, sequence: int) -> Msg:
+def _stored(envelope: bytes, sequence: int, channel: str = "build-coord") -> Msg:
     """A channel message as the recorder's ordered consumer hands it over."""
     reply = f"$JS.ACK.{STREAM}.recorder.1.{sequence}.{sequence}.1700000000000000000.0"
-    return Msg(None, subject=channel_subject("build-coord"), reply=reply, data=envelope)  # type: ignore[arg-type]
+    return Msg(None, subject=channel_subject(channel), reply=reply, data=envelope)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def _recorder(
+    directory: Path, keys: dict[str, SigningKey], vouched: Vouched, server: EmbeddedNats
+) -> AsyncIterator[Recorder]:
+    """A recorder over a real spine, not started: the test hands it batches."""
+    async with connected(server.url) as client:
+        await ensure_spine(client.jetstream())
+        with FactLog.open(directory, signer=keys["host"]) as log:
+            yield Recorder(
+                js=client.jetstream(),
+                factlog=log,
+                host_key=keys["host"],
+                vouched=vouched,
+                checkpoint_every=100,
+            )
 
 
 async def test_the_recorder_writes_what_it_knows_while_later_signatures_are_checked(
@@ -354,27 +372,51 @@ async def test_the_recorder_writes_what_it_knows_while_later_signatures_are_chec
     later = make_act(sender="maintainer")
     unknown = sign_fact(later, keys["maintainer"])
     written: list[str] = []
-    async with connected(nats_server.url) as client:
-        with FactLog.open(tmp_path / "facts", signer=keys["host"]) as log:
-            recorder = Recorder(
-                js=client.jetstream(),
-                factlog=log,
-                host_key=keys["host"],
-                vouched=vouched,
-                checkpoint_every=100,
-            )
-            recorder.observers.append(lambda fact: written.append(fact.id))
-            recording = asyncio.create_task(
-                recorder.record([_stored(signed, 1), _stored(unknown, 2)])
-            )
-            for _ in range(100):
-                if written:
-                    break
-                await asyncio.sleep(0.01)
-            assert written == [reply.id]
-            assert checks.checked == 1 and not recording.done()  # the stranger's waits
-            checks.go.set()
-            await recording
-            recorder.make_durable()
-            assert written == [reply.id, later.id]
-            assert recorder.position == 2
+    async with _recorder(tmp_path / "facts", keys, vouched, nats_server) as recorder:
+        recorder.observers.append(lambda fact: written.append(fact.id))
+        recording = asyncio.create_task(recorder.record([_stored(signed, 1), _stored(unknown, 2)]))
+        for _ in range(100):
+            if written:
+                break
+            await asyncio.sleep(0.01)
+        assert written == [reply.id]
+        assert checks.checked == 1 and not recording.done()  # the stranger's waits
+        checks.go.set()
+        await recording
+        recorder.make_durable()
+        assert written == [reply.id, later.id]
+        assert recorder.position == 2
+
+
+async def test_a_refusal_at_the_head_of_a_batch_holds_back_the_write_until_it_is_published(
+    tmp_path: Path,
+    keys: dict[str, SigningKey],
+    registry: KeyRegistry,
+    nats_server: EmbeddedNats,
+) -> None:
+    # A known envelope published again on a channel it does not belong to is refused;
+    # nothing after it may be written (and so made durable, moving the position past
+    # it) before the refusal is in the stream.
+    checks = CountingChecks()
+    checks.go.clear()
+    vouched = Vouched(registry, checks=checks)
+    acts = [make_act(sender="synth-agent") for _ in range(2)]
+    signed = [sign_fact(act, keys["synth-agent"]) for act in acts]
+    for act, envelope in zip(acts, signed, strict=True):
+        vouched.add(envelope, act, "synth-agent")
+    stranger = make_act(sender="maintainer")
+    unknown = sign_fact(stranger, keys["maintainer"])
+    written: list[str] = []
+    async with _recorder(tmp_path / "facts", keys, vouched, nats_server) as recorder:
+        recorder.observers.append(lambda fact: written.append(fact.id))
+        batch = [_stored(signed[0], 1, "release"), _stored(signed[1], 2), _stored(unknown, 3)]
+        recording = asyncio.create_task(recorder.record(batch))
+        await asyncio.sleep(0.1)
+        assert recorder.counters.refused == 1 and not recording.done()
+        recorder.make_durable()  # what a group commit would do meanwhile
+        assert written == [] and recorder.position == 0
+        checks.go.set()
+        await recording
+        recorder.make_durable()
+        assert written == [acts[1].id, stranger.id]
+        assert recorder.position == 3

@@ -215,7 +215,9 @@ class RawClient(Client):
 
 
 def _refusal(data: bytes, raw: bytes | None) -> Exception | None:
-    """What JetStream's answer to a publish refuses it with, or None for an ack."""
+    """What JetStream's answer to a publish refuses it with, or None for an ack: an
+    object naming the stream and the sequence the message was stored at, as nats-py's
+    ``PubAck`` requires."""
     headers = parse_headers(raw)
     if headers is not None and headers.get(STATUS_HEADER) == _NO_RESPONDERS:
         return NoStreamResponseError()
@@ -225,12 +227,23 @@ def _refusal(data: bytes, raw: bytes | None) -> Exception | None:
         return APIError(description=f"the server's answer is not JSON: {data[:200]!r}")
     if not isinstance(answer, dict):
         return APIError(description=f"the server's answer is not an object: {data[:200]!r}")
-    if "error" not in answer:
+    if "error" in answer:
+        return _refused(answer["error"], data)
+    if isinstance(answer.get("stream"), str) and type(answer.get("seq")) is int:
         return None
-    try:
-        APIError.from_error(answer["error"])  # raises the error's own class, as nats-py does
-    except APIError as refused:
-        return refused
-    except (KeyError, TypeError):
-        pass
+    # something other than a stream answered first (a plain subscriber, say)
+    return APIError(
+        description=f"the answer names no stream and sequence it was stored at: {data[:200]!r}"
+    )
+
+
+def _refused(error: object, data: bytes) -> APIError:
+    """The exception of nats-py's own class for a stream's refusal."""
+    if isinstance(error, dict):
+        try:
+            APIError.from_error(error)  # raises the error's own class
+        except APIError as refused:
+            return refused
+        except (KeyError, TypeError):
+            pass
     return APIError(description=f"the server's refusal is unreadable: {data[:200]!r}")

@@ -164,5 +164,22 @@ async def test_a_publish_the_server_refuses_raises_what_nats_py_raises(
     assert not raw._awaiting
 
 
+async def test_an_answer_from_anything_but_a_stream_is_no_acknowledgement(
+    clients: tuple[RawClient, Client],
+) -> None:
+    # A plain subscriber on a subject no stream takes answers first: the publish is
+    # not taken as stored (nats-py's PubAck needs the stream and sequence too).
+    raw, plain = clients
+
+    async def answer(message: Msg) -> None:
+        await message.respond(b'{"ok": true}')
+
+    await plain.subscribe("answered.subject", cb=answer)
+    await plain.flush()
+    with pytest.raises(APIError, match="names no stream and sequence"):
+        await raw.publish_acked([("answered.subject", "fake", b"x")])
+    assert not raw._awaiting
+
+
 async def _ignore(_: Msg) -> None:
     return None

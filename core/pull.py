@@ -56,6 +56,9 @@ REQUEST_ENDED: Final = frozenset({"404", "408", "409"})
 LOST_GRACE_S: Final = 1.0
 # a 409 that ends the consumer, not just one request: asking again cannot help
 FATAL_409: Final = ("consumer deleted", "consumer is push based")
+# a 409 that refuses the request itself, for a limit of the consumer's (such as
+# "Exceeded MaxRequestBatch of 4"): every request like it is refused again
+REFUSED_409: Final = "exceeded maxrequest"
 
 
 class PullFeedError(AgoraError):
@@ -159,6 +162,11 @@ class PullFeed:
             self._asked = max(0, self._asked - int(unused)) if counted else 0
             if status == "409" and description.lower().startswith(FATAL_409):
                 self._failure = f"the consumer is gone: {description}"
+            elif status == "409" and description.lower().startswith(REFUSED_409):
+                self._failure = (
+                    f"the consumer {self._consumer!r} refuses pull requests for {self._batch} "
+                    f"messages: {description}; its limits must allow the agent's batch"
+                )
             elif status != EXPIRED:
                 return  # asked again at the next take
         elif status == NO_RESPONDERS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -125,6 +126,25 @@ async def test_a_missing_consumer_is_an_error_not_silence(client: Client) -> Non
     await client.jetstream().delete_consumer(STREAM, CONSUMER)
     pulled = await feed(client, batch=4, expires_s=5.0)
     with pytest.raises(PullFeedError, match="no one answered"):
+        await pulled.take(4, 2.0)
+    await pulled.stop()
+
+
+async def test_a_consumer_whose_limits_refuse_the_batch_is_an_error_not_silence(
+    client: Client,
+) -> None:
+    # Every request for more than max_batch is refused outright (409 and no pending
+    # count): asking again forever would hand the agent nothing and say nothing.
+    config = {"durable_name": "limited", "ack_policy": "explicit", "max_batch": 2}
+    created = await client.request(  # nats-py's ConsumerConfig has no max_batch
+        f"$JS.API.CONSUMER.CREATE.{STREAM}.limited",
+        json.dumps({"stream_name": STREAM, "config": config}).encode(),
+    )
+    assert b'"error"' not in created.data
+    await publish(client, 3)
+    pulled = PullFeed(client, stream=STREAM, consumer="limited", batch=4)
+    await pulled.start()
+    with pytest.raises(PullFeedError, match="refuses pull requests for 4 messages: Exceeded Max"):
         await pulled.take(4, 2.0)
     await pulled.stop()
 

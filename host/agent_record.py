@@ -70,10 +70,13 @@ class UntrustedRecord(MalformedEnvelope):
 
 
 class RecordTooLarge(AgoraError):
-    """The record would not fit in one message to the server. Nothing was saved."""
+    """The record, with its outbox in parts, would not fit in what the server takes.
+    Nothing was saved. ``what`` says what did not fit, ``size`` how large it is and
+    ``limit`` what it may take."""
 
-    def __init__(self, agent: str, size: int, limit: int) -> None:
-        super().__init__(f"agent {agent!r}: its record is {size} bytes; the limit is {limit}")
+    def __init__(self, agent: str, size: int, limit: int, what: str = "its record") -> None:
+        super().__init__(f"agent {agent!r}: {what} takes {size} bytes; the limit is {limit}")
+        self.what = what
         self.size = size
         self.limit = limit
 
@@ -260,9 +263,16 @@ def decode_part(data: bytes) -> tuple[Outgoing, ...]:
         raise MalformedEnvelope(f"an outbox part is unreadable: {exc}") from exc
 
 
-def part_key(agent: str, digest: str) -> str:
-    """The key an outbox part of ``agent``'s is saved under: named by its digest."""
-    return f"{agent}.outbox.{digest[:32]}"
+def part_key(agent: str, name: str) -> str:
+    """The key an outbox part of ``agent``'s is saved under: ``name`` is 32 hex digits,
+    drawn at random for each part a save puts (records saved before named a part by
+    the first 32 digits of its digest: they still read)."""
+    return f"{agent}.outbox.{name}"
+
+
+def is_part_of(agent: str, key: str) -> bool:
+    """Whether ``key`` (a part key, as a record names it) is one of ``agent``'s."""
+    return key.startswith(f"{agent}.outbox.")
 
 
 def _key(saved: object) -> str:

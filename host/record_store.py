@@ -12,11 +12,19 @@ record the agent's key once signed can be put back in place of a newer one by wh
 can write the bucket; the NATS server's permissions are what keeps that out.
 
 An outbox too large for one message to the server goes in up to
-:data:`MAX_OUTBOX_PARTS` parts, put before the record under keys named after their
-digest; the record names each part by its SHA-256 digest, under the signature. A part
-no saved record names any more is purged from the bucket's stream in the background
-(so no delete marker stays behind for each), and one that a crash left is swept when
-the agent starts again.
+:data:`MAX_OUTBOX_PARTS` parts, put before the record, each under a key of its own
+drawn at random; the record names each part by its key and its SHA-256 digest, under
+the signature. A part already saved is named again rather than put again. A part no
+saved record names any more is purged from the bucket's stream in the background (so
+no delete marker stays behind for each), and one that a crash left is swept when the
+agent starts again.
+
+Why keys drawn at random, not named after the content: two hosts may put the very
+same bytes (an outbox both issue again after a crash), and a purge of one host's part
+would then take away the part the other's record names. A random key is named by the
+record of the save that put it, or by none: the host whose save made a record naming
+it no longer is the only one that ever purges it, and only after that save; a save
+that lost to another host's purges only the keys it put itself.
 """
 
 from __future__ import annotations
@@ -24,9 +32,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import datetime
 import hashlib
 import logging
+import secrets
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Final
@@ -51,6 +59,7 @@ from agora.host.agent_record import (
     UntrustedRecord,
     decode_part,
     encode_parts,
+    is_part_of,
     outbox_bytes,
     part_key,
     signed_part,
@@ -61,7 +70,6 @@ log = logging.getLogger(__name__)
 MAX_OUTBOX_PARTS: Final = 8  # of the server's message size each: some 8 MB of outputs
 LOAD_ATTEMPTS: Final = 10  # reads of a record whose parts another host keeps replacing
 LOAD_PAUSE_S: Final = 0.01  # after the first such read; longer after each
-SWEEP_AFTER_S: Final = 600.0  # a part put longer ago than this is no save under way
 CLOSE_WAIT_S: Final = 2.0
 _KV_STREAM: Final = f"KV_{AGENTS_BUCKET}"
 _KV_PREFIX: Final = f"$KV.{AGENTS_BUCKET}."  # a key's subject, less the key
@@ -71,10 +79,9 @@ class RecordStore:
     """Load and compare-and-set save one agent's record, of at most ``max_bytes``,
     signed with the agent's ``key``: the record's JSON, a newline, and the signature
     (base64) over :func:`signed_part` of the JSON. An outbox that does not fit goes in
-    up to :data:`MAX_OUTBOX_PARTS` parts under keys named after their digest, put
-    before the record (the record's signature covers each part's digest). A part left
-    behind (a crash between a save and the purge of what it replaced, a failed save) is
-    purged by :meth:`sweep` once it is old enough to be no save under way."""
+    up to :data:`MAX_OUTBOX_PARTS` parts, put before the record (the record's signature
+    covers each part's key and digest). A part left behind (a crash between a save and
+    the purge of what it replaced, a failed save) is purged by :meth:`sweep`."""
 
     def __init__(
         self, js: JetStreamContext, kv: KeyValue, agent: str, *, max_bytes: int, key: SigningKey
@@ -84,7 +91,8 @@ class RecordStore:
         self._key = agent
         self._signer = key
         self._revision = 0
-        self._parts: frozenset[str] = frozenset()  # the keys the saved record names
+        self._named: frozenset[str] = frozenset()  # the keys of the saved record's parts
+        self._parts: dict[str, str] = {}  # and each one's key by its digest
         self._purging: set[asyncio.Task[None]] = set()
         self.max_bytes = max_bytes
 
@@ -99,7 +107,7 @@ class RecordStore:
                 entry = await self._kv.get(self._key)
             except KeyNotFoundError:
                 self._revision = 0
-                self._parts = frozenset()
+                self._named, self._parts = frozenset(), {}
                 return AgentRecord()
             revision = entry.revision or 0
             try:
@@ -115,14 +123,20 @@ class RecordStore:
                 gone_from = revision
                 await asyncio.sleep(LOAD_PAUSE_S * (attempt + 1))
                 continue
-            except MalformedEnvelope as exc:
-                raise type(exc)(f"agent {self._key!r}: {exc}") from exc  # untrusted stays so
+            except UntrustedRecord as exc:
+                raise UntrustedRecord(f"agent {self._key!r}: {exc}") from exc
+            except MalformedEnvelope as exc:  # signed by its key, but no record this host reads
+                raise UntrustedRecord(
+                    f"agent {self._key!r}: its saved record cannot be read ({exc}); delete "
+                    f"the key {self._key!r} in the agents bucket to start the agent afresh"
+                ) from exc
             self._revision = revision  # only a record a host wrote is saved over
-            self._parts = frozenset(p.key for p in parts)
+            self._named = frozenset(p.key for p in parts)
+            self._parts = {p.digest: p.key for p in parts}
             return replace(record, outbox=record.outbox + outbox)
         raise RecordConflict(
-            f"agent {self._key!r}: its record changed under each of {LOAD_ATTEMPTS} reads: "
-            "run each agent on one host at a time"
+            f"agent {self._key!r}: its record changed under each of {LOAD_ATTEMPTS} reads "
+            "(other hosts running it saved it faster than it could be read)"
         )
 
     def _read(self, stored: bytes) -> tuple[AgentRecord, tuple[OutboxPart, ...]]:
@@ -153,8 +167,12 @@ class RecordStore:
     async def _read_parts(self, parts: tuple[OutboxPart, ...]) -> tuple[Outgoing, ...]:
         outbox: list[Outgoing] = []
         for part in parts:
-            if part.key != part_key(self._key, part.digest):  # only a host signs records
-                raise UntrustedRecord(f"its record names a part under a wrong key: {part.key!r}")
+            if not is_part_of(self._key, part.key):  # only a host signs records
+                raise UntrustedRecord(
+                    f"its record names an outbox part under another agent's key: {part.key!r} "
+                    f"(its own are {self._key}.outbox.*); delete the key {self._key!r} in the "
+                    "agents bucket to start the agent afresh"
+                )
             try:
                 entry = await self._kv.get(part.key)
             except KeyNotFoundError:
@@ -178,45 +196,50 @@ class RecordStore:
             data = self._signed(replace(record, outbox=()).encode(p for p, _ in placed))
         if len(data) > self.max_bytes:
             raise RecordTooLarge(self._key, len(data), self.max_bytes)
-        named = frozenset(part.key for part, _ in placed)
+        put: list[str] = []
         for part, value in placed:
-            if part.key not in self._parts:  # named by its digest: one already there is it
+            if part.key not in self._named and part.key not in put:  # else there already
                 await self._kv.put(part.key, value)
+                put.append(part.key)
         try:
             if self._revision == 0:
                 self._revision = await self._kv.create(self._key, data)
             else:
                 self._revision = await self._kv.update(self._key, data, last=self._revision)
         except KeyWrongLastSequenceError as exc:
-            self._forget(named - self._parts)  # named by no record
+            self._forget(put)  # its keys drawn for this save: no record names them
             raise RecordConflict(
-                f"agent {self._key!r} was saved by another host since this one read it: "
-                "run each agent on one host at a time"
+                f"agent {self._key!r}: its record changed since this host read it (another "
+                "host running it saved it): the batch is done again on the newer record"
             ) from exc
-        unnamed, self._parts = self._parts - named, named
+        named = frozenset(part.key for part, _ in placed)
+        unnamed, self._named = self._named - named, named
+        self._parts = {part.digest: part.key for part, _ in placed}
         self._forget(unnamed)
 
-    async def sweep(self, *, older_than_s: float = SWEEP_AFTER_S) -> int:
+    async def sweep(self) -> int:
         """Purge the parts of this agent's outboxes that the saved record does not name
-        and that were put more than ``older_than_s`` ago: left behind by a crash, a
-        failed save or purge. A younger one may be another host's save under way.
-        Returns how many were purged. Requests and answers only (no watcher, which a
-        purge under way could keep waiting for good)."""
+        and that the bucket took before it: left behind by a crash, a failed save or
+        purge. A part taken after the record may be another host's save under way (it
+        puts its parts, then the record): it is left for a later sweep, which finds it
+        before a newer record if that save never came. Returns how many were purged.
+        Requests and answers only (no watcher, which a purge under way could keep
+        waiting for good)."""
         try:
             revision = (await self._kv.get(self._key)).revision or 0
         except KeyNotFoundError:  # deleted, to start afresh: its parts are named by nothing
             revision = 0
-        if revision != self._revision:
+        if revision != self._revision or revision == 0:
             return 0  # saved by another host since this one read it: not ours to judge
-        unnamed = [key for key in await self.part_keys() if key not in self._parts]
-        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than_s)
         swept = 0
-        for key in unnamed:
+        for key in await self.part_keys():
+            if key in self._named:
+                continue
             try:
                 put = await self._js.get_msg(_KV_STREAM, subject=_KV_PREFIX + key)
             except NotFoundError:
                 continue  # purged meanwhile
-            if put.time is not None and put.time < cutoff:
+            if put.seq is not None and put.seq < revision:
                 await self._purge(key)
                 swept += 1
         return swept
@@ -238,18 +261,22 @@ class RecordStore:
         return body + b"\n" + base64.b64encode(self._signer.sign(signed_part(body)))
 
     def _placed(self, outbox: tuple[Outgoing, ...]) -> list[tuple[OutboxPart, bytes]]:
-        """The outbox in parts, each with where it is saved and its digest."""
-        try:
-            parts = encode_parts(outbox, self.max_bytes)
-        except ValueError:
-            parts = []
-        if not parts or len(parts) > MAX_OUTBOX_PARTS:
+        """The outbox in parts, each with where it is saved (the saved record's key for
+        a part it names already, else one drawn now) and its digest."""
+        largest = max(outbox_bytes((o,)) for o in outbox)
+        if largest > self.max_bytes:
+            raise RecordTooLarge(self._key, largest, self.max_bytes, "one of its outputs")
+        parts = encode_parts(outbox, self.max_bytes)
+        if len(parts) > MAX_OUTBOX_PARTS:
             size = outbox_bytes(outbox)
-            raise RecordTooLarge(self._key, size, self.max_bytes * MAX_OUTBOX_PARTS)
+            limit = self.max_bytes * MAX_OUTBOX_PARTS
+            raise RecordTooLarge(self._key, size, limit, f"its outbox ({len(outbox)} outputs)")
+        keys = dict(self._parts)  # the same bytes twice: one part, named twice
         placed = []
         for value in parts:
             digest = hashlib.sha256(value).hexdigest()
-            placed.append((OutboxPart(part_key(self._key, digest), digest), value))
+            key = keys.setdefault(digest, part_key(self._key, secrets.token_hex(16)))
+            placed.append((OutboxPart(key, digest), value))
         return placed
 
     def _forget(self, keys: Iterable[str]) -> None:
@@ -264,7 +291,7 @@ class RecordStore:
     async def _purge(self, key: str) -> None:
         """Purged from the bucket's stream, so that no delete marker is left behind for
         each part ever saved; unless a later save named it again (the same bytes)."""
-        if key in self._parts:
+        if key in self._named:
             return
         try:
             await self._js.purge_stream(_KV_STREAM, subject=_KV_PREFIX + key)

@@ -305,7 +305,8 @@ class AgentRunner:
             self.counters["emitted"] -= batch.emitted
             await self._quarantine(
                 "flood",
-                f"what one call returned takes {exc.size} bytes to save; the limit is {exc.limit}",
+                f"what one call returned cannot be saved: {exc.what} takes {exc.size} bytes; "
+                f"the limit is {exc.limit}",
             )
             kept = tuple(batch.outgoing[:before_outputs])
             record = finished(state=self._record.state, wake_at_ms=None, outbox=kept)

@@ -44,9 +44,11 @@ from agora.host.agent_record import (
     RECORD_TYPE,
     AgentRecord,
     Outgoing,
+    RecordConflict,
     RecordTooLarge,
     UntrustedRecord,
     part_key,
+    signed_part,
 )
 from agora.host.nats_server import EmbeddedNats
 from agora.host.record_store import MAX_OUTBOX_PARTS, RecordStore
@@ -526,6 +528,13 @@ async def test_a_record_is_signed_by_its_agent_and_one_written_by_others_is_not_
         await kv.put("synth-agent", body.replace(b'"calls":', b'"calls":9') + b"\n" + older)
         with pytest.raises(MalformedEnvelope, match="not signed by its key"):
             await store.load()
+        # A record signed by its key that this host cannot read (another version's, say):
+        # nothing in it can be used either
+        broken = b'{"state":"", "calls": 1'
+        signature = base64.b64encode(h.session.key("synth-agent").sign(signed_part(broken)))
+        await kv.put("synth-agent", broken + b"\n" + signature)
+        with pytest.raises(UntrustedRecord, match="cannot be read"):
+            await store.load()
         # An unsigned record (whoever wrote it could plant budgets, ids and state in it)
         # is refused too: a host starts, but not that agent, which it quarantines
         planted = replace(saved, conversations={"conv-x": 1_000_000})
@@ -587,20 +596,32 @@ async def test_an_outbox_too_large_for_one_record_is_saved_in_parts_it_names(
         bucket = await h.js.stream_info(f"KV_{AGENTS_BUCKET}")
         assert bucket.state.messages == 1  # the record alone: the parts left no marker
         assert (await store().load()).outbox == outbox[:1]
-        # more than the parts allowed is refused before anything is put
-        with pytest.raises(RecordTooLarge) as refused:
+        # more than the parts allowed is refused before anything is put, and so is one
+        # output larger than a part, each saying what did not fit
+        with pytest.raises(RecordTooLarge, match="its outbox \\(120 outputs\\)") as refused:
             await writer.save(replace(big, outbox=outbox * 10))
         assert refused.value.limit == 4096 * MAX_OUTBOX_PARTS
+        huge = Outgoing("agora.ch.build-coord", "act-huge", b'{"pad":"%s"}' % (b"z" * 5000))
+        with pytest.raises(RecordTooLarge, match="one of its outputs takes 6") as refused:
+            await writer.save(replace(big, outbox=(*outbox, huge)))
+        assert refused.value.limit == 4096
         assert await parts() == []
         assert (await store().load()).outbox == outbox[:1]
-        # a part a crash left behind is swept once it is old enough to be no save under
-        # way; a part the record names never is
+        # a part the saved record names already is named again, not put again
         await writer.save(big)
         named = await parts()
-        left = part_key("synth-agent", "ab" * 32)
+        messages = (await h.js.stream_info(f"KV_{AGENTS_BUCKET}")).state.messages
+        await writer.save(replace(big, calls=big.calls + 1))
+        assert await parts() == named
+        assert (await h.js.stream_info(f"KV_{AGENTS_BUCKET}")).state.messages == messages
+        # a part a crash left behind is swept once the bucket took a record after it
+        # (before, it may be another host's save under way); a part the record names
+        # never is
+        left = part_key("synth-agent", "ab" * 16)
         await kv.put(left, b"[]")
-        assert await writer.sweep() == 0  # young: maybe another host's save under way
-        assert await writer.sweep(older_than_s=0) == 1
+        assert await writer.sweep() == 0  # maybe another host's save under way
+        await writer.save(big)
+        assert await writer.sweep() == 1
         assert await parts() == named
         assert await store().load() == big
 
@@ -664,6 +685,42 @@ async def test_a_load_that_meets_a_part_just_purged_reads_the_newer_record(
 
         reader = RecordStore(h.js, Racing(), "ghost", max_bytes=4096, key=key)  # type: ignore[arg-type]
         assert await reader.load() == second
+
+
+async def test_a_save_that_loses_to_another_hosts_purges_nothing_the_winner_names(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # Two hosts issue the very same outbox (as after a crash, both publishing it again)
+    # and save it at the same revision: the loser's conflict must leave the parts the
+    # winner's record names.
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        kv = await h.js.key_value(AGENTS_BUCKET)
+        key = h.session.key("synth-agent")
+
+        def store() -> RecordStore:
+            return RecordStore(h.js, kv, "ghost", max_bytes=4096, key=key)
+
+        first, second = store(), store()
+        await first.save(AgentRecord(calls=1))
+        await first.load()
+        await second.load()
+        same = AgentRecord(outbox=_padded("same", 12), calls=2)
+        await first.save(same)
+        with pytest.raises(RecordConflict, match="changed since this host read it"):
+            await second.save(same)
+        await second.close()  # its purges done
+        assert await store().load() == same
+        # the same bytes twice in one outbox: one part, put once, named twice
+        twin = Outgoing("agora.ch.build-coord", "act-twin", b'{"pad":"%s"}' % (b"z" * 1150))
+        twins = AgentRecord(outbox=(twin, twin, twin, twin), calls=3)
+        await first.save(twins)
+        await first.close()  # the purges of the parts it no longer names done
+        assert len(await first.part_keys()) == 1
+        assert await store().load() == twins
+        await first.save(AgentRecord(calls=4))
+        await first.close()
+        assert await first.part_keys() == []
 
 
 def _padded(name: str, count: int) -> tuple[Outgoing, ...]:

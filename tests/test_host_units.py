@@ -171,7 +171,7 @@ def test_an_outbox_in_parts_round_trips_in_order_within_the_size() -> None:
     assert tuple(o for part in parts for o in decode_part(part)) == outbox
     with pytest.raises(ValueError, match="outbox envelope takes"):
         encode_parts(outbox, 200)  # the last envelope alone does not fit
-    place = OutboxPart(part_key("echo-agent", "0f" * 32), "0f" * 32)
+    place = OutboxPart(part_key("echo-agent", "0f" * 16), "0f" * 32)
     record, parts_named = AgentRecord.decode_with_parts(AgentRecord(calls=3).encode([place]))
     assert record == AgentRecord(calls=3) and parts_named == (place,)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from agora.cli.session import connected, open_session
 from agora.cli.workspace import AgentPlan, create_workspace
@@ -664,8 +665,7 @@ async def test_a_load_that_meets_a_part_just_purged_reads_the_newer_record(
     one = {"synth-agent": PAIR["synth-agent"]}
     async with running_host(tmp_path, components, agents=one) as h:
         kv = await h.js.key_value(AGENTS_BUCKET)
-        key = h.session.key("synth-agent")
-        writer = RecordStore(h.js, kv, "ghost", max_bytes=4096, key=key)  # no agent's record
+        writer = _ghost_store(h, kv)
         first = AgentRecord(outbox=_padded("first", 12))
         second = AgentRecord(outbox=_padded("second", 12), calls=2)
         await writer.save(first)
@@ -683,7 +683,7 @@ async def test_a_load_that_meets_a_part_just_purged_reads_the_newer_record(
                     await writer.close()
                 return await kv.get(wanted)
 
-        reader = RecordStore(h.js, Racing(), "ghost", max_bytes=4096, key=key)  # type: ignore[arg-type]
+        reader = _ghost_store(h, Racing())  # type: ignore[arg-type]
         assert await reader.load() == second
 
 
@@ -696,12 +696,7 @@ async def test_a_save_that_loses_to_another_hosts_purges_nothing_the_winner_name
     one = {"synth-agent": PAIR["synth-agent"]}
     async with running_host(tmp_path, components, agents=one) as h:
         kv = await h.js.key_value(AGENTS_BUCKET)
-        key = h.session.key("synth-agent")
-
-        def store() -> RecordStore:
-            return RecordStore(h.js, kv, "ghost", max_bytes=4096, key=key)
-
-        first, second = store(), store()
+        first, second = _ghost_store(h, kv), _ghost_store(h, kv)
         await first.save(AgentRecord(calls=1))
         await first.load()
         await second.load()
@@ -710,17 +705,22 @@ async def test_a_save_that_loses_to_another_hosts_purges_nothing_the_winner_name
         with pytest.raises(RecordConflict, match="changed since this host read it"):
             await second.save(same)
         await second.close()  # its purges done
-        assert await store().load() == same
+        assert await _ghost_store(h, kv).load() == same
         # the same bytes twice in one outbox: one part, put once, named twice
         twin = Outgoing("agora.ch.build-coord", "act-twin", b'{"pad":"%s"}' % (b"z" * 1150))
         twins = AgentRecord(outbox=(twin, twin, twin, twin), calls=3)
         await first.save(twins)
         await first.close()  # the purges of the parts it no longer names done
         assert len(await first.part_keys()) == 1
-        assert await store().load() == twins
+        assert await _ghost_store(h, kv).load() == twins
         await first.save(AgentRecord(calls=4))
         await first.close()
         assert await first.part_keys() == []
+
+
+def _ghost_store(h: Harness, kv: KeyValue) -> RecordStore:
+    """A store, on a server taking 4 KiB per message, for an agent no host runs."""
+    return RecordStore(h.js, kv, "ghost", max_bytes=4096, key=h.session.key("synth-agent"))
 
 
 def _padded(name: str, count: int) -> tuple[Outgoing, ...]:

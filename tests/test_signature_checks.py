@@ -338,6 +338,23 @@ def _stored(envelope: bytes, sequence: int, channel: str = "build-coord") -> Msg
     return Msg(None, subject=channel_subject(channel), reply=reply, data=envelope)  # type: ignore[arg-type]
 
 
+def _held_checks(
+    keys: dict[str, SigningKey], registry: KeyRegistry, *, known: int
+) -> tuple[CountingChecks, Vouched, list[tuple[Act, bytes]]]:
+    """Checks that wait for a go, and ``known`` acts of synth-agent's, signed in this
+    process (so known without a check)."""
+    checks = CountingChecks()
+    checks.go.clear()
+    vouched = Vouched(registry, checks=checks)
+    signed = []
+    for _ in range(known):
+        act = make_act(sender="synth-agent")
+        envelope = sign_fact(act, keys["synth-agent"])
+        vouched.add(envelope, act, "synth-agent")
+        signed.append((act, envelope))
+    return checks, vouched, signed
+
+
 @asynccontextmanager
 async def _recorder(
     directory: Path, keys: dict[str, SigningKey], vouched: Vouched, server: EmbeddedNats
@@ -363,12 +380,7 @@ async def test_the_recorder_writes_what_it_knows_while_later_signatures_are_chec
 ) -> None:
     # An agent's reply, signed in this process, is written to the log at once, not
     # after the check of a stranger's act that the stream took after it.
-    checks = CountingChecks()
-    checks.go.clear()
-    vouched = Vouched(registry, checks=checks)
-    reply = make_act(sender="synth-agent")
-    signed = sign_fact(reply, keys["synth-agent"])
-    vouched.add(signed, reply, "synth-agent")
+    checks, vouched, [(reply, signed)] = _held_checks(keys, registry, known=1)
     later = make_act(sender="maintainer")
     unknown = sign_fact(later, keys["maintainer"])
     written: list[str] = []
@@ -397,13 +409,8 @@ async def test_a_refusal_at_the_head_of_a_batch_holds_back_the_write_until_it_is
     # A known envelope published again on a channel it does not belong to is refused;
     # nothing after it may be written (and so made durable, moving the position past
     # it) before the refusal is in the stream.
-    checks = CountingChecks()
-    checks.go.clear()
-    vouched = Vouched(registry, checks=checks)
-    acts = [make_act(sender="synth-agent") for _ in range(2)]
-    signed = [sign_fact(act, keys["synth-agent"]) for act in acts]
-    for act, envelope in zip(acts, signed, strict=True):
-        vouched.add(envelope, act, "synth-agent")
+    checks, vouched, known = _held_checks(keys, registry, known=2)
+    acts, signed = [act for act, _ in known], [envelope for _, envelope in known]
     stranger = make_act(sender="maintainer")
     unknown = sign_fact(stranger, keys["maintainer"])
     written: list[str] = []

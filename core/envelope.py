@@ -234,10 +234,10 @@ def parse_json(data: bytes, *, what: str) -> object:
     """Parse untrusted JSON, refusing duplicate keys and invalid UTF-8."""
     try:
         return _strict_decoder.decode(data.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedEnvelope(f"{what} is not valid UTF-8 JSON: {exc}") from exc
     except _DuplicateKeyError as exc:
         raise MalformedEnvelope(f"{what} has the key {shown(exc.args[0])} twice") from exc
+    except ValueError as exc:  # not UTF-8, not JSON, or a number past Python's digit limit
+        raise MalformedEnvelope(f"{what} is not valid UTF-8 JSON: {exc}") from exc
     except RecursionError as exc:
         raise MalformedEnvelope(f"{what} is JSON nested too deeply") from exc
 

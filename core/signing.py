@@ -112,7 +112,7 @@ def read_envelope(data: bytes, registry: KeyRegistry) -> Signed:
         )
     try:
         envelope = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or a number past Python's digit limit
         raise MalformedEnvelope(f"envelope is not valid UTF-8 JSON: {exc}") from exc
     except RecursionError as exc:  # "[[[[..." nested deeper than the parser goes
         raise MalformedEnvelope("envelope is JSON nested too deeply to be an envelope") from exc

@@ -82,6 +82,8 @@ def _act_json(**changes: object) -> bytes:
     [
         (b"{not json", "not valid UTF-8 JSON"),
         (b"\xff\xfe", "not valid UTF-8 JSON"),
+        (b'{"hops": ' + b"9" * 5000 + b"}", "not valid UTF-8 JSON: Exceeds the limit"),
+        (b"[" * 100_000, "nested too deeply"),
         (b"[]", "must be a JSON object"),
         (_act_json(extra=1), "unexpected \\[\"'extra'\"\\]"),
         (_act_json(act="shout"), "'shout' is not a FIPA performative"),

@@ -129,6 +129,18 @@ def test_oversized_envelope_is_refused_before_parsing(registry: KeyRegistry) -> 
         verify_envelope(b" " * (MAX_ENVELOPE_BYTES + 1), registry)
 
 
+@pytest.mark.parametrize(
+    "data", [b"1" * 5000, b'{"payloadType": ' + b"7" * 5000 + b"}"], ids=["number", "field"]
+)
+def test_an_envelope_with_a_number_too_long_to_read_is_malformed(
+    data: bytes, registry: KeyRegistry
+) -> None:
+    # Python refuses to read integers of more than 4,300 digits (a ValueError that is
+    # no JSONDecodeError): it is refused as any bad envelope is, not raised past it
+    with pytest.raises(MalformedEnvelope, match="not valid UTF-8 JSON"):
+        verify_envelope(data, registry)
+
+
 def test_garbage_body_under_a_valid_signature_is_malformed(
     keys: dict[str, SigningKey], registry: KeyRegistry
 ) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 from nats.js import JetStreamContext
@@ -54,6 +55,7 @@ FRESH_FOR_MS: Final = WINDOW_MS * 3 // 4
 SAFE_REPUBLISH_MS: Final = WINDOW_MS // 2
 SCAN_QUIET_S: Final = 5.0  # a server slow to answer after a restart is not 'nothing'
 CONTROL_BUCKET: Final = "agora-control"
+CONTROL_HISTORY: Final = 64  # values kept per key: the most a key-value bucket keeps
 AGENTS_BUCKET: Final = "agora-agents"
 STATUS_BUCKET: Final = "agora-status"
 DEAD_STREAM: Final = "AGORA_DEAD"
@@ -148,13 +150,18 @@ async def ensure_spine(js: JetStreamContext, *, replicas: int = 1) -> None:
             num_replicas=replicas,
         ),
     )
-    for bucket, history in ((CONTROL_BUCKET, 16), (AGENTS_BUCKET, 1), (STATUS_BUCKET, 1)):
+    buckets = ((CONTROL_BUCKET, CONTROL_HISTORY), (AGENTS_BUCKET, 1), (STATUS_BUCKET, 1))
+    for bucket, history in buckets:
         try:
             await js.key_value(bucket)
         except BucketNotFoundError:
             await js.create_key_value(
                 KeyValueConfig(bucket=bucket, history=history, replicas=replicas)
             )
+            continue
+        kept = await js.stream_info(f"KV_{bucket}")  # made by an older version: keep more
+        if (kept.config.max_msgs_per_subject or 0) < history:
+            await js.update_stream(replace(kept.config, max_msgs_per_subject=history))
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

@@ -2,12 +2,26 @@
 
 Keys are ``all``, ``agent.<name>`` and ``channel.<name>``. Each value is a signed
 event: ``killed`` (by an operator, the bridge or the host), ``quarantined`` (by the host,
-after an agent faulted) or ``resumed``. The host watches the bucket and keeps the latest
-verified value of each key in memory, so checking before a delivery costs a dictionary
-lookup. A value that does not verify, or whose key does not match what it says, is
-ignored and logged: writing to the bucket is not enough to stop anything, a key is needed
-too. Agents hold no NATS connection at all, and no channel name can reach the bucket's
-subjects (``$KV.agora-control.*``), so no agent can touch it.
+after an agent faulted) or ``resumed``. The host watches the bucket and keeps, for each
+key, the switch event in force, so checking before a delivery costs a dictionary
+lookup. Writing to the bucket is not enough to change anything, a key is needed too:
+
+- a value that does not verify, whose key does not match what it says, or whose actor
+  is not its signer is ignored and logged;
+- an event signed earlier than the one in force (an old ``resumed`` put back after a
+  newer kill, say) is ignored: what is in force only moves forward in signed time;
+- a deletion or a purge carries no signature and lifts nothing; at start each key's
+  whole history is read, so a deletion after a kill does not hide it either;
+- a ``resumed`` from the bridge (a kill label taken off an issue) lifts only a kill the
+  bridge set: an operator's kill is lifted by an operator.
+
+A limit: what the bucket no longer holds cannot be read back at start. A purge of a key,
+or more writes to it than the bucket's history keeps (:data:`~agora.core.spine.CONTROL_HISTORY`), by
+whoever may write the bucket, leaves a host that starts afterwards without that key's
+kill (hosts already running keep it): the NATS server's permissions must keep the
+bucket to operators, the bridge and hosts. Agents hold no NATS connection at all, and
+no channel name can reach the bucket's subjects (``$KV.agora-control.*``), so no agent
+can touch it.
 
 Nothing said on a channel affects this state: "stop" in a message is just a message.
 """
@@ -21,14 +35,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from agora.core.admission import admit
 from agora.core.control import ALL_KEY, key_of_event
-from agora.core.envelope import Event, EventKind
+from agora.core.envelope import Event, EventKind, Fact
 from agora.core.errors import InputError
-from agora.core.keys import KeyRegistry
+from agora.core.keys import Identity, KeyRegistry, Role
 from agora.core.spine import CONTROL_BUCKET
 
 log = logging.getLogger(__name__)
@@ -70,6 +86,8 @@ class KillSwitch:
         self._ready = asyncio.Event()
         self.listeners: list[Callable[[str, Event], None]] = []
         self._changed = asyncio.Condition()
+        # each key's switch event in force (a resume too), and its signer's role
+        self._in_force: dict[str, tuple[Event, Role]] = {}
 
     async def start(self, js: JetStreamContext) -> None:
         self._kv = await js.key_value(CONTROL_BUCKET)
@@ -89,16 +107,13 @@ class KillSwitch:
                 if update is None:  # the initial values have all been seen
                     self._ready.set()
                     continue
-                entry = update
                 try:
-                    if not self._ready.is_set() and entry.operation not in ("DEL", "PURGE"):
-                        # At start, a value that does not verify must not lift a kill
-                        # written before it: use the newest one in the key's history
-                        # that does.
-                        entry = await self._newest_verified(update)
-                    self._apply(entry.key, entry.value or b"", entry.operation)
+                    if self._ready.is_set():
+                        self._consider(update.key, update.value or b"", update.operation)
+                    else:  # at start: the key's whole history, in signed time
+                        await self._read_history(update)
                 except Exception:
-                    log.exception("ignored control value under %r", entry.key)
+                    log.exception("ignored control value under %r", update.key)
                 async with self._changed:
                     self._changed.notify_all()
         finally:
@@ -113,25 +128,68 @@ class KillSwitch:
         async with asyncio.timeout(timeout_s), self._changed:
             await self._changed.wait_for(lambda: predicate(self.state))
 
-    async def _newest_verified(self, entry: KeyValue.Entry) -> KeyValue.Entry:
-        if self._verified_event(entry.key, entry.value or b"", quiet=True) is not None:
-            return entry
+    async def _read_history(self, latest: KeyValue.Entry) -> None:
+        """Every verified switch event the bucket still holds under the key of its
+        ``latest`` entry, taken in the order they were signed (a value put back later
+        is no newer for that)."""
         assert self._kv is not None  # noqa: S101 - set in start()
-        with contextlib.suppress(Exception):
-            for older in reversed(await self._kv.history(entry.key)):
-                if self._verified_event(older.key, older.value or b"", quiet=True) is not None:
-                    return older
-        return entry
+        key = latest.key
+        try:
+            entries = await self._kv.history(key)
+        except NoKeysError:  # purged meanwhile
+            entries = []
+        except (NatsError, TimeoutError):
+            log.exception("control key %r: its history is out of reach; its value alone", key)
+            entries = [latest]
+        found: list[tuple[Event, Role]] = []
+        for entry in entries:
+            if entry.operation not in _DELETIONS:
+                verified = self._verified_event(key, entry.value or b"", quiet=True)
+                if verified is not None:
+                    found.append(verified)
+        for event, role in sorted(found, key=lambda item: (item[0].time_ms, item[0].id)):
+            self._take(key, event, role, quiet=True)
 
-    def _apply(self, key: str, value: bytes, operation: str | None) -> None:
-        stopped = dict(self.state.stopped)
-        if operation in ("DEL", "PURGE"):
+    def _consider(self, key: str, value: bytes, operation: str | None) -> None:
+        if operation in _DELETIONS:
             # A deletion carries no signature: only a signed resume lifts a kill.
             log.warning("ignored the deletion of control key %r: resume with a signed event", key)
             return
-        event = self._verified_event(key, value)
-        if event is None:
-            return
+        verified = self._verified_event(key, value)
+        if verified is not None:
+            self._take(key, *verified)
+
+    def _take(self, key: str, event: Event, role: Role, *, quiet: bool = False) -> None:
+        """Put ``event`` in force under ``key``, unless the one in force outranks it."""
+        current = self._in_force.get(key)
+        if current is not None:
+            held, held_by = current
+            if (event.time_ms, event.id) <= (held.time_ms, held.id):
+                if event.id != held.id and not quiet:
+                    log.warning(
+                        "ignored control value under %r: %s %s was signed before the %s %s "
+                        "in force",
+                        key,
+                        event.kind.value,
+                        event.id,
+                        held.kind.value,
+                        held.id,
+                    )
+                return
+            if event.kind is EventKind.RESUMED and _lifts_only_its_own(role, held_by):
+                log.warning(
+                    "ignored control value under %r: a %s's resume does not lift the %s %s "
+                    "of %s (%s)",
+                    key,
+                    role.value,
+                    held.kind.value,
+                    held.id,
+                    held.actor,
+                    held_by.value,
+                )
+                return
+        self._in_force[key] = (event, role)
+        stopped = dict(self.state.stopped)
         if event.kind in BLOCKING_KINDS:
             stopped[key] = event
         else:
@@ -140,22 +198,42 @@ class KillSwitch:
         for listener in self.listeners:
             listener(key, event)
 
-    def _verified_event(self, key: str, value: bytes, *, quiet: bool = False) -> Event | None:
+    def _verified_event(
+        self, key: str, value: bytes, *, quiet: bool = False
+    ) -> tuple[Event, Role] | None:
+        """The switch event ``value`` carries under ``key``, and its signer's role, if it
+        may be in force there (else None, and why is logged unless ``quiet``)."""
         try:
-            fact = admit(value, self._registry).fact
+            problem = self._problem(key, *_admitted(value, self._registry))
         except InputError as exc:
+            problem = str(exc)
+        if isinstance(problem, str):
             if not quiet:
-                log.warning("ignored control value under %r: %s", key, exc)
+                log.warning("ignored control value under %r: %s", key, problem)
             return None
+        return problem
+
+    @staticmethod
+    def _problem(key: str, fact: Fact, signer: Identity) -> tuple[Event, Role] | str:
         if not isinstance(fact, Event) or fact.kind not in SWITCH_KINDS:
-            log.warning("ignored control value under %r: not a kill, quarantine or resume", key)
-            return None
-        try:
-            expected = key_of_event(fact)
-        except InputError as exc:
-            log.warning("ignored control value under %r: %s", key, exc)
-            return None
+            return "not a kill, quarantine or resume"
+        if fact.actor != signer.name:
+            return f"it names {fact.actor!r} as its actor but {signer.name!r} signed it"
+        expected = key_of_event(fact)
         if expected != key:
-            log.warning("ignored control value under %r: it is about %r", key, expected)
-            return None
-        return fact
+            return f"it is about {expected!r}"
+        return fact, signer.role
+
+
+_DELETIONS: Final = ("DEL", "PURGE")
+
+
+def _admitted(value: bytes, registry: KeyRegistry) -> tuple[Fact, Identity]:
+    verified = admit(value, registry)
+    return verified.fact, verified.signer
+
+
+def _lifts_only_its_own(resumer: Role, killer: Role) -> bool:
+    """Whether a resume signed by ``resumer`` is refused for a kill ``killer`` set: the
+    bridge (a label taken off an issue) lifts only its own kills."""
+    return resumer is Role.BRIDGE and killer is not Role.BRIDGE

@@ -52,11 +52,13 @@ from agora.core.pull import PullFeed
 from agora.core.received import MSG_ID_HEADER, PUBLISH_TIMEOUT_S, JetStreamMessage, RawClient
 from agora.core.signing import sign_fact, verify_envelope
 from agora.core.spine import (
+    CHANNEL_SUBJECT_PREFIX,
     FRESH_FOR_MS,
     SAFE_REPUBLISH_MS,
     STREAM,
     WINDOW_MS,
     agent_consumer_name,
+    channel_of,
     channel_subject,
     delivery_count,
     ids_in_stream,
@@ -652,6 +654,7 @@ class AgentRunner:
             self.busy = False
 
     async def _publish_outbox(self, record: AgentRecord) -> None:
+        record = await self._without_killed(record)
         outbox = record.outbox
         age_ms = now_ms() - (record.saved_at_ms or 0)
         if SAFE_REPUBLISH_MS < age_ms <= WINDOW_MS:
@@ -685,6 +688,35 @@ class AgentRunner:
                 await self._save(reissued, dropped=confirmed)
         await self._publish(outbox)
         self._outbox_published = True
+
+    async def _without_killed(self, record: AgentRecord) -> AgentRecord:
+        """The saved outbox less the agent's messages that a kill now in force stops (to
+        a killed channel, or from a killed agent), with an event saying so, saved before
+        anything of it goes out: a kill that landed since the outbox was saved (the host
+        crashed, or could not publish) discards them as it discards a running call's."""
+        state = self._killswitch.state
+        kept = tuple(
+            o
+            for o in record.outbox
+            if not (
+                o.subject.startswith(CHANNEL_SUBJECT_PREFIX)
+                and state.blocks(self.spec.name, channel_of(o.subject))
+            )
+        )
+        discarded = len(record.outbox) - len(kept)
+        if not discarded:
+            return record
+        self.counters["discarded-by-kill"] += discarded
+        notice = self._event(
+            EventKind.REFUSED,
+            reason="discarded-by-kill",
+            detail=f"a kill landed before the agent's saved messages went out; {discarded} "
+            "of them are dropped",
+        )
+        confirmed = frozenset(self._confirmed)
+        trimmed = dataclasses.replace(record.forgetting(confirmed), outbox=(*kept, notice))
+        await self._save(trimmed, dropped=confirmed)
+        return trimmed
 
     def _taken(self, outgoing: Outgoing, stored_ms: int) -> bool:
         """Whether a copy of ``outgoing`` stored at ``stored_ms`` reaches the hosts: an

@@ -22,10 +22,11 @@ from nats.js.kv import KeyValue
 from agora.cli.session import connected, open_session
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
-from agora.core.envelope import Act, EventKind
+from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import InternalError, MalformedEnvelope
 from agora.core.factlog import POSITION_FILE, FactLog
 from agora.core.ids import new_id, now_ms
+from agora.core.keys import Role
 from agora.core.received import MSG_ID_HEADER
 from agora.core.signing import pae, sign_fact
 from agora.core.spine import (
@@ -659,6 +660,34 @@ async def test_an_outbox_saved_in_parts_before_a_crash_goes_out_once_on_restart(
     assert all(recorded.count(act.id) == 1 for act in more)
 
 
+async def test_an_outbox_saved_before_a_kill_goes_out_without_what_the_kill_stops(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        await h.inject("build-coord", "hello", hops=16)
+        await h.settle()
+        [reply] = h.acts_by("synth-agent")
+        await h.stop_host()
+        # The host "crashed" right after saving a batch's outbox, before publishing it;
+        # an operator killed the channel before it came back
+        store = await h.record_store("synth-agent")
+        saved = await store.load()
+        unsent = replace(reply, id=new_id("act"), payload="after the kill?", time_ms=now_ms())
+        subject = channel_subject("build-coord")
+        envelope = sign_fact(unsent, h.session.key("synth-agent"))
+        await store.save(
+            replace(saved, outbox=(Outgoing(subject, unsent.id, envelope),), saved_at_ms=now_ms())
+        )
+        await h.switch(EventKind.KILLED, channel="build-coord")
+        host = await h.start_host()
+        await h.settle()
+        assert await _copies(h.js, subject, unsent.id) == []
+        assert host.runners["synth-agent"].counters["discarded-by-kill"] == 1
+    [notice] = [e for e in h.events(EventKind.REFUSED) if e.reason == "discarded-by-kill"]
+    assert notice.agent == "synth-agent" and "1 of them" in notice.detail
+
+
 async def test_a_load_that_meets_a_part_just_purged_reads_the_newer_record(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
@@ -823,17 +852,93 @@ async def test_deleting_or_spoiling_a_kill_does_not_lift_it(
 ) -> None:
     async with running_host(tmp_path, components, agents=PAIR) as h:
         await h.switch(EventKind.KILLED, channel="build-coord")
-        host = h.running()
-        await host.killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
+        await h.running().killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
         control = await h.js.key_value("agora-control")
-        await control.delete("channel.build-coord")  # no key needed to delete ...
-        await control.put("channel.build-coord", b"junk")  # ... or to spoil
-        await h.stop_host()
-        host = await h.start_host()
-        assert host.killswitch.state.blocks("synth-agent", "build-coord")
+        # no key is needed to delete a value, or to put another: each is seen running,
+        # and again by a host that starts afterwards (a number too long for Python to
+        # read too)
+        for spoiled in (None, b"junk", b"1" * 5000):
+            if spoiled is None:
+                await control.delete("channel.build-coord")
+            else:
+                await control.put("channel.build-coord", spoiled)
+            await asyncio.sleep(0.2)
+            assert h.running().killswitch.state.blocks("synth-agent", "build-coord")
+            await h.stop_host()
+            host = await h.start_host()
+            assert host.killswitch.state.blocks("synth-agent", "build-coord"), spoiled
         await h.inject("build-coord", "still killed?", hops=1)
         await h.settle()
         assert h.deliveries == []
+
+
+async def test_an_old_switch_put_back_or_one_under_another_name_changes_nothing(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        control = await h.js.key_value("agora-control")
+        key = "agent.relay-agent"
+        await h.switch(EventKind.KILLED, agent="relay-agent")
+        await h.switch(EventKind.RESUMED, agent="relay-agent")
+        await h.switch(EventKind.KILLED, agent="relay-agent")
+        host = h.running()
+        await host.killswitch.wait_for(lambda s: s.blocks_agent("relay-agent"))
+        [first_kill, resume, _] = [entry.value or b"" for entry in await control.history(key)]
+        # a resume signed before the kill in force, put back by anyone who can write
+        await control.put(key, resume)
+        await asyncio.sleep(0.3)
+        assert host.killswitch.state.blocks_agent("relay-agent")
+        await h.stop_host()
+        host = await h.start_host()
+        assert host.killswitch.state.blocks_agent("relay-agent")
+        # once resumed, an old kill put back stops nothing either
+        await h.switch(EventKind.RESUMED, agent="relay-agent")
+        await host.killswitch.wait_for(lambda s: not s.stopped)
+        await control.put(key, first_kill)
+        await asyncio.sleep(0.3)
+        assert not host.killswitch.state.stopped
+        # a kill whose actor is not its signer (the host signing for the operator)
+        forged = Event(
+            id=new_id("ev"),
+            kind=EventKind.KILLED,
+            actor="maintainer",
+            time_ms=now_ms(),
+            reason="kill",
+            agent="relay-agent",
+        )
+        await control.put(key, sign_fact(forged, h.session.key("host")))
+        await asyncio.sleep(0.3)
+        assert not host.killswitch.state.stopped
+        await h.stop_host()
+        host = await h.start_host()
+        assert not host.killswitch.state.stopped
+        heard = await h.inject("build-coord", "back?", hops=1)
+        await h.settle()
+        assert {d.agent for d in h.deliveries if d.act.id == heard.id} == set(PAIR)
+
+
+async def test_the_bridge_lifts_its_own_kills_not_an_operators(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # A kill label taken off an issue resumes what the label killed, never a kill
+    # an operator set from the command line.
+    bridge = {"bridge": (Role.BRIDGE, ["build-coord"])}
+    async with running_host(tmp_path, components, agents=PAIR, others=bridge) as h:
+        host = h.running()
+        await h.switch(EventKind.KILLED, channel="build-coord")
+        await host.killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
+        await h.switch(EventKind.RESUMED, channel="build-coord", by="bridge")
+        await asyncio.sleep(0.3)
+        assert host.killswitch.state.blocks("synth-agent", "build-coord")
+        await h.stop_host()
+        host = await h.start_host()
+        assert host.killswitch.state.blocks("synth-agent", "build-coord")
+        await h.switch(EventKind.RESUMED, channel="build-coord")  # the operator's
+        await host.killswitch.wait_for(lambda s: not s.stopped)
+        await h.switch(EventKind.KILLED, channel="build-coord", by="bridge")
+        await host.killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
+        await h.switch(EventKind.RESUMED, channel="build-coord", by="bridge")
+        await host.killswitch.wait_for(lambda s: not s.stopped)
 
 
 async def test_a_message_nested_too_deeply_is_refused_and_the_record_goes_on(

@@ -628,27 +628,36 @@ async def test_an_outbox_too_large_for_one_record_is_saved_in_parts_it_names(
         assert await store().load() == big
 
 
+async def _crashed_with_unsent(
+    h: Harness, payloads: list[str], *, max_bytes: int | None = None
+) -> list[Act]:
+    """synth-agent replies once, its host stops, and its record is saved as a host that
+    crashed before publishing would have left it: with replies carrying ``payloads`` in
+    its outbox (``max_bytes``: a server that takes that much per message)."""
+    await h.inject("build-coord", "hello", hops=16)
+    await h.settle()
+    [reply] = h.acts_by("synth-agent")
+    await h.stop_host()
+    store = await h.record_store("synth-agent", max_bytes=max_bytes)
+    saved = await store.load()
+    unsent = [replace(reply, id=new_id("act"), payload=p, time_ms=now_ms()) for p in payloads]
+    subject = channel_subject("build-coord")
+    key = h.session.key("synth-agent")
+    outbox = tuple(Outgoing(subject, a.id, sign_fact(a, key)) for a in unsent)
+    await store.save(replace(saved, outbox=outbox, saved_at_ms=now_ms()))
+    return unsent
+
+
 async def test_an_outbox_saved_in_parts_before_a_crash_goes_out_once_on_restart(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
     one = {"synth-agent": PAIR["synth-agent"]}
     async with running_host(tmp_path, components, agents=one) as h:
-        await h.inject("build-coord", "hello", hops=16)
-        await h.settle()
-        [reply] = h.acts_by("synth-agent")
-        await h.stop_host()
         # The host "crashed" right after saving a batch's outbox, too large for one
         # message to the server (4 KiB here), in parts, before publishing any of it
-        store = await h.record_store("synth-agent", max_bytes=4096)
-        saved = await store.load()
-        more = [
-            replace(reply, id=new_id("act"), payload=f"more {n} " + "z" * 500, time_ms=now_ms())
-            for n in range(12)
-        ]
+        payloads = [f"more {n} " + "z" * 500 for n in range(12)]
+        more = await _crashed_with_unsent(h, payloads, max_bytes=4096)
         subject = channel_subject("build-coord")
-        key = h.session.key("synth-agent")
-        outbox = tuple(Outgoing(subject, a.id, sign_fact(a, key)) for a in more)
-        await store.save(replace(saved, outbox=outbox, saved_at_ms=now_ms()))
         assert len(await h.outbox_parts("synth-agent")) >= 3
         await h.start_host()
         await h.settle()
@@ -665,20 +674,10 @@ async def test_an_outbox_saved_before_a_kill_goes_out_without_what_the_kill_stop
 ) -> None:
     one = {"synth-agent": PAIR["synth-agent"]}
     async with running_host(tmp_path, components, agents=one) as h:
-        await h.inject("build-coord", "hello", hops=16)
-        await h.settle()
-        [reply] = h.acts_by("synth-agent")
-        await h.stop_host()
         # The host "crashed" right after saving a batch's outbox, before publishing it;
         # an operator killed the channel before it came back
-        store = await h.record_store("synth-agent")
-        saved = await store.load()
-        unsent = replace(reply, id=new_id("act"), payload="after the kill?", time_ms=now_ms())
+        [unsent] = await _crashed_with_unsent(h, ["after the kill?"])
         subject = channel_subject("build-coord")
-        envelope = sign_fact(unsent, h.session.key("synth-agent"))
-        await store.save(
-            replace(saved, outbox=(Outgoing(subject, unsent.id, envelope),), saved_at_ms=now_ms())
-        )
         await h.switch(EventKind.KILLED, channel="build-coord")
         host = await h.start_host()
         await h.settle()

@@ -251,12 +251,14 @@ def check_payload(payload: object) -> str:
     if not isinstance(payload, str):
         raise MalformedEnvelope(f"payload must be a string, not {type(payload).__name__}")
     size = len(_utf8(payload, "payload"))
-    if size > MAX_PAYLOAD_BYTES // MAX_JSON_BYTES_PER_BYTE:  # only then can escapes matter
-        size = len(json.dumps(payload, ensure_ascii=False).encode()) - 2
+    at_least = size > MAX_PAYLOAD_BYTES  # too large already: not written out to count
+    if MAX_PAYLOAD_BYTES // MAX_JSON_BYTES_PER_BYTE < size <= MAX_PAYLOAD_BYTES:
+        size = len(json.dumps(payload, ensure_ascii=False).encode()) - 2  # escapes count
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(
-            f"payload is {size} bytes written as JSON (a quote or backslash takes 2 bytes, "
-            f"a control character 6): the limit is {MAX_PAYLOAD_BYTES} bytes"
+            f"payload is {'at least ' * at_least}{size} bytes written as JSON (a quote or "
+            f"backslash takes 2 bytes, a control character 6): the limit is "
+            f"{MAX_PAYLOAD_BYTES} bytes"
         )
     return payload
 

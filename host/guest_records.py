@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import sys
+from dataclasses import dataclass
 from typing import Any, Final
 
 from wasmtime import _ffi as ffi
@@ -72,6 +73,42 @@ _VEC_CELL: Final = struct.Struct(f"@B{_UNION_AT - 1}xNP{CELL - _UNION_AT - _VEC.
 _LAYOUT_KNOWN: Final = (
     _NAME_AT == 0 and KIND_AT == 0 and _VEC.size == _VALUE_AT and _VEC_CELL.size == CELL
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnLimits:
+    """The most a list of records a guest returns may hold, checked before any of it is
+    copied into Python: ``items`` records, ``text`` bytes in one string, ``total``
+    bytes of strings in all."""
+
+    items: int
+    text: int
+    total: int
+
+
+class ReturnedTooMuch(AgoraError):
+    """A guest returned more than :class:`ReturnLimits` allows. Nothing was copied."""
+
+
+class _Budget:
+    """What is left of a returned list's :class:`ReturnLimits` as its strings are read."""
+
+    __slots__ = ("left", "limits")
+
+    def __init__(self, limits: ReturnLimits) -> None:
+        self.limits = limits
+        self.left = limits.total
+
+    def take(self, name: str, size: int) -> None:
+        if size > self.limits.text:
+            raise ReturnedTooMuch(
+                f"a {name} of {size} bytes in one call; the limit is {self.limits.text}"
+            )
+        self.left -= size
+        if self.left < 0:
+            raise ReturnedTooMuch(
+                f"more than {self.limits.total} bytes of text in one call; that is the limit"
+            )
 
 
 def _c_function(name: str, argtypes: list[Any], restype: Any = None) -> Any:
@@ -158,8 +195,9 @@ class FlatRecord(RecordType):
                 values.append(value.to_bytes(width, sys.byteorder))
         return values
 
-    def lift(self, size: int, entries: int) -> Record:
-        """The record whose ``size`` entries start at address ``entries`` (not freed)."""
+    def lift(self, size: int, entries: int, budget: _Budget | None = None) -> Record:
+        """The record whose ``size`` entries start at address ``entries`` (not freed),
+        its strings counted against ``budget`` before each is copied."""
         if size != len(self.flat):
             raise AgoraError(f"expected a record of {len(self.flat)} fields, got {size}")
         raw = ctypes.string_at(entries, size * _ENTRY)
@@ -173,20 +211,25 @@ class FlatRecord(RecordType):
                 if found != _OPTION:
                     raise AgoraError(f"field {name!r}: expected an option, got kind {found}")
                 boxed = _POINTER.unpack_from(raw, union)[0]
-                values[name] = None if not boxed else _lift_boxed_string(name, boxed)
+                values[name] = None if not boxed else _lift_boxed_string(name, boxed, budget)
             elif found != kind:
                 raise AgoraError(f"field {name!r}: expected value kind {kind}, got {found}")
             elif kind in (_STRING, _ENUM):
-                values[name] = _text(*_VEC.unpack_from(raw, union))
+                size, data = _VEC.unpack_from(raw, union)
+                if budget is not None:
+                    budget.take(name, size)
+                values[name] = _text(size, data)
             else:
                 values[name] = int.from_bytes(raw[union : union + width], sys.byteorder)
         return record
 
 
 class FlatRecordList(ListType):
-    """A list of :class:`FlatRecord` values, converted in bulk."""
+    """A list of :class:`FlatRecord` values, converted in bulk; one returned is held to
+    ``limits`` (if set) before it is copied."""
 
     resolved: FlatRecord
+    limits: ReturnLimits | None = None
 
     @property
     def element(self) -> ValType:
@@ -207,13 +250,18 @@ class FlatRecordList(ListType):
         address = ctypes.addressof(c) + _UNION_AT
         try:
             count, cells = _VEC.unpack(ctypes.string_at(address, _VEC.size))
+            limits = self.limits
+            if limits is not None and count > limits.items:
+                raise ReturnedTooMuch(f"{count} messages in one call; the limit is {limits.items}")
+            budget = None if limits is None else _Budget(limits)
             raw = ctypes.string_at(cells, count * CELL) if count else b""
             lifted: list[Record] = []
             for index in range(count):
                 at = index * CELL
                 if raw[at + KIND_AT] != _RECORD:
                     raise AgoraError(f"expected a record value, got kind {raw[at + KIND_AT]}")
-                lifted.append(self.resolved.lift(*_VEC.unpack_from(raw, at + _UNION_AT)))
+                size, entries = _VEC.unpack_from(raw, at + _UNION_AT)
+                lifted.append(self.resolved.lift(size, entries, budget))
             return lifted
         finally:
             _delete_list(address)
@@ -223,11 +271,14 @@ def _view(address: int, size: int) -> memoryview:
     return memoryview((ctypes.c_char * size).from_address(address)).cast("B")
 
 
-def _lift_boxed_string(name: str, boxed: int) -> str:
+def _lift_boxed_string(name: str, boxed: int, budget: _Budget | None) -> str:
     raw = ctypes.string_at(boxed, CELL)
     if raw[KIND_AT] != _STRING:
         raise AgoraError(f"field {name!r}: expected an option of a string, got {raw[KIND_AT]}")
-    return _text(*_VEC.unpack_from(raw, _UNION_AT))
+    size, data = _VEC.unpack_from(raw, _UNION_AT)
+    if budget is not None:
+        budget.take(name, size)
+    return _text(size, data)
 
 
 def _text(size: int, data: int) -> str:

@@ -41,6 +41,7 @@ from agora.host.guest_records import (
     FlatRecord,
     FlatRecordList,
     RecordLayout,
+    ReturnLimits,
     flat_fields,
     write_list_cell,
 )
@@ -60,34 +61,44 @@ class ListTooLong(AgoraError):
         self.limit = limit
 
 
-def resolve_types(func: Func, store: Storelike, *, max_bytes: int | None = None) -> None:
+def resolve_types(
+    func: Func,
+    store: Storelike,
+    *,
+    max_bytes: int | None = None,
+    returns: ReturnLimits | None = None,
+) -> None:
     """Make ``func`` convert its parameters and result with types read once, now.
 
     A ``list<u8>`` the guest returns that is longer than ``max_bytes`` raises
-    :class:`ListTooLong` before it is copied into Python."""
+    :class:`ListTooLong`, and a list of records past ``returns`` raises
+    :class:`~agora.host.guest_records.ReturnedTooMuch`, before it is copied into
+    Python."""
     signature = func.type(store)
-    params = [(name, _resolved(ty, max_bytes)) for name, ty in signature.params]
+    params = [(name, _resolved(ty, max_bytes, returns)) for name, ty in signature.params]
     result = signature.result
     signature.__class__ = _ResolvedFuncType
-    signature.resolved = (params, None if result is None else _resolved(result, max_bytes))  # type: ignore[attr-defined]
+    resolved_result = None if result is None else _resolved(result, max_bytes, returns)
+    signature.resolved = (params, resolved_result)  # type: ignore[attr-defined]
     signature.lenders = [ty if isinstance(ty, Lending) else None for _, ty in params]  # type: ignore[attr-defined]
     func.__class__ = _ResolvedFunc
     func.signature = signature  # type: ignore[attr-defined]
 
 
-def _resolved(ty: ValType, max_bytes: int | None) -> ValType:
+def _resolved(ty: ValType, max_bytes: int | None, returns: ReturnLimits | None) -> ValType:
     if isinstance(ty, ListType):
-        element = _resolved(ty.element, max_bytes)
+        element = _resolved(ty.element, max_bytes, returns)
         if isinstance(element, U8):
             ty.__class__ = _Bytes
             ty.limit = max_bytes  # type: ignore[attr-defined]
         elif isinstance(element, FlatRecord):
             ty.__class__ = FlatRecordList
+            ty.limits = returns  # type: ignore[attr-defined]
         else:
             ty.__class__ = _List
         ty.resolved = element  # type: ignore[attr-defined]
     elif isinstance(ty, RecordType):
-        fields = [(name, _resolved(field, max_bytes)) for name, field in ty.fields]
+        fields = [(name, _resolved(field, max_bytes, returns)) for name, field in ty.fields]
         ty.__class__ = _Record
         ty.resolved = fields  # type: ignore[attr-defined]
         flat = flat_fields(ty)
@@ -96,11 +107,11 @@ def _resolved(ty: ValType, max_bytes: int | None) -> ValType:
             ty.flat = flat  # type: ignore[attr-defined]
             ty.layout = RecordLayout(flat)  # type: ignore[attr-defined]
     elif isinstance(ty, TupleType):
-        elements = [_resolved(element, max_bytes) for element in ty.elements]
+        elements = [_resolved(element, max_bytes, returns) for element in ty.elements]
         ty.__class__ = _Tuple
         ty.resolved = elements  # type: ignore[attr-defined]
     elif isinstance(ty, OptionType):
-        payload = _resolved(ty.payload, max_bytes)
+        payload = _resolved(ty.payload, max_bytes, returns)
         ty.__class__ = _Option
         ty.resolved = payload  # type: ignore[attr-defined]
     return ty  # anything else converts as wasmtime-py does it (slower, still right)

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ import wasmtime
 from wasmtime import component as wc
 
 from agora.core.errors import AgoraError, shown
+from agora.core.signing import MAX_ENVELOPE_BYTES
+from agora.host.config import MAX_MESSAGES_PER_CALL
+from agora.host.contract import MESSAGE_FIELDS, contract_problem
+from agora.host.guest_records import ReturnedTooMuch, ReturnLimits
 from agora.host.guest_types import ListTooLong, resolve_types
 
 log = logging.getLogger(__name__)
@@ -50,18 +55,14 @@ MAX_TABLES: Final = 8
 MAX_TABLE_ELEMENTS: Final = 100_000
 MAX_MEMORIES: Final = 1
 MAX_STATE_BYTES: Final = 256 * 1024
+# what one call's outbox may hold, refused before it is copied: no string longer than an
+# envelope can be (nothing longer could ever be published), and all of them together no
+# more than an agent's record can keep of an outbox (8 parts of at most 1 MiB, in base64)
+MAX_RETURNED_TEXT_BYTES: Final = 6 * 1024 * 1024
 MAX_LOG_BYTES_PER_CALL: Final = 64 * 1024  # of stdout, and of stderr; the rest is dropped
 MAX_LOG_LINE_CHARS: Final = 1000
-MESSAGE_FIELDS: Final = (
-    "id",
-    "conversation-id",
-    "in-reply-to",
-    "sender",
-    "channel",
-    "act",
-    "payload",
-    "hops",
-)
+MAX_LOG_LINES_PER_CALL: Final = 100  # of stdout, and of stderr: a line each is a record
+_UNPRINTABLE: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # a tab stays
 
 
 class AgentFault(AgoraError):
@@ -79,6 +80,7 @@ class SandboxLimits:
     fuel: int
     timeout_ms: int
     memory_bytes: int
+    outbox: int = MAX_MESSAGES_PER_CALL  # most messages one call may return
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,14 +212,24 @@ class GuestLog:
             self._kept += data[:room]
 
     def drain(self) -> None:
-        """Copy what the guest wrote since the last drain into the host log."""
+        """Copy what the guest wrote since the last drain into the host log: its first
+        :data:`MAX_LOG_LINES_PER_CALL` lines, each cut and with its control characters
+        escaped (an agent cannot clear an operator's terminal). The last lines are kept
+        for a fault's report (what a guest says before it dies comes last)."""
         if not self._kept:
             return
         lines = self._kept.decode("utf-8", errors="replace").splitlines()
         self._kept.clear()
-        self.last_lines = lines
-        for line in lines:
-            self._logger.log(self._level, "%s", line[:MAX_LOG_LINE_CHARS])
+        self.last_lines = lines[-MAX_LOG_LINES_PER_CALL:]
+        for line in lines[:MAX_LOG_LINES_PER_CALL]:
+            self._logger.log(self._level, "%s", _printable(line[:MAX_LOG_LINE_CHARS]))
+        if len(lines) > MAX_LOG_LINES_PER_CALL:
+            dropped = len(lines) - MAX_LOG_LINES_PER_CALL
+            self._logger.log(self._level, "(%d more lines of this call dropped)", dropped)
+
+
+def _printable(line: str) -> str:
+    return _UNPRINTABLE.sub(lambda found: f"\\x{ord(found.group()):02x}", line)
 
 
 def _record(fields: dict[str, Any]) -> wc.Record:
@@ -294,9 +306,18 @@ class Sandbox:
         except wasmtime.WasmtimeError as exc:
             raise self._fault(exc) from exc
         handle = instance.get_func(self._store, "handle")
-        if handle is None:
-            raise AgoraError(f"agent {agent!r}: its component exports no `handle` function")
-        resolve_types(handle, self._store, max_bytes=MAX_STATE_BYTES)
+        problem = (
+            "its component exports no `handle` function"
+            if handle is None
+            else contract_problem(handle.type(self._store))
+        )
+        if handle is None or problem is not None:
+            self.dead = True
+            raise AgentFault(agent, "contract", f"{problem} (see wit/agent.wit)")
+        returns = ReturnLimits(
+            items=limits.outbox, text=MAX_ENVELOPE_BYTES, total=MAX_RETURNED_TEXT_BYTES
+        )
+        resolve_types(handle, self._store, max_bytes=MAX_STATE_BYTES, returns=returns)
         self._handle = handle
 
     def call(
@@ -307,6 +328,7 @@ class Sandbox:
             raise AgoraError(f"agent {self.agent!r}: its sandbox faulted and cannot run")
         self._store.set_fuel(self._limits.fuel)
         self._store.set_epoch_deadline(ticks_for(self._limits.timeout_ms))
+        self._stderr.last_lines = []  # a fault quotes this call's words, no other's
         ctx = _record(
             {
                 "agent": context.agent,
@@ -325,6 +347,12 @@ class Sandbox:
             raise AgentFault(
                 self.agent, "state", f"its state is {exc.length} bytes; the limit is {exc.limit}"
             ) from exc
+        except ReturnedTooMuch as exc:  # its outbox: nothing of it was copied
+            self.dead = True
+            raise AgentFault(self.agent, "flood", str(exc)) from exc
+        except (AgoraError, TypeError, ValueError) as exc:  # not the shape the WIT gives
+            self.dead = True
+            raise AgentFault(self.agent, "contract", f"its call could not be read: {exc}") from exc
         finally:
             self._stdout.drain()
             self._stderr.drain()
@@ -373,7 +401,9 @@ def _python_error_lines(lines: list[str]) -> list[str]:
 
 
 def classify_fault(message: str, guest_stderr: str) -> str:
-    """Name a fault: ``fuel``, ``timeout``, ``limits``, ``flood``, ``memory`` or ``trap``."""
+    """Name a fault: ``fuel``, ``timeout``, ``limits``, ``flood``, ``memory`` or ``trap``,
+    from wasmtime's words for it (not the backtrace, whose frames the guest names)."""
+    message = _cause(message)
     if "all fuel consumed" in message:
         return "fuel"
     if "interrupt" in message:
@@ -385,6 +415,15 @@ def classify_fault(message: str, guest_stderr: str) -> str:
     if "MemoryError" in guest_stderr or "memory" in message.lower():
         return "memory"
     return "trap"
+
+
+def _cause(message: str) -> str:
+    """A wasmtime error without its backtrace: what follows the last "Caused by:" (the
+    guest may name a function so, but the real one comes after every frame)."""
+    if "wasm backtrace:" not in message:
+        return message
+    _, caused, cause = message.rpartition("Caused by:")
+    return cause if caused else message.split("\n", 1)[0]
 
 
 def make_linker(engine: wasmtime.Engine) -> wc.Linker:

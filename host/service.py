@@ -158,6 +158,7 @@ class Host:
             fuel=agent.limits.fuel,
             timeout_ms=agent.limits.timeout_ms,
             memory_bytes=agent.limits.memory_mb * 1024 * 1024,
+            outbox=agent.limits.outbox,
         )
         linker = self._linker
         engine = self._engine

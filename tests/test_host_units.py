@@ -234,6 +234,20 @@ def test_kill_state_blocks_by_agent_channel_or_all() -> None:
             "",
             "flood",
         ),
+        # the guest names its own functions: a frame called so names no fault
+        (
+            "error while executing at wasm backtrace:\n    0:     0x98 - m!all fuel consumed\n"
+            "    1:     0x9e - m!interrupt memory\n\nCaused by:\n    wasm trap: wasm "
+            "`unreachable` instruction executed\n",
+            "",
+            "trap",
+        ),
+        (
+            "error while executing at wasm backtrace:\n    0:     0x98 - m!Caused by:\n\n"
+            "Caused by:\n    wasm trap: all fuel consumed by WebAssembly\n",
+            "",
+            "fuel",
+        ),
     ],
 )
 def test_faults_are_named(message: str, stderr: str, kind: str) -> None:

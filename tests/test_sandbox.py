@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 from wasmtime import component as wc
 
+from agora.core.signing import MAX_ENVELOPE_BYTES
 from agora.host.sandbox import (
     MAX_LOG_BYTES_PER_CALL,
+    MAX_LOG_LINES_PER_CALL,
     MAX_STATE_BYTES,
     MAX_TABLE_ELEMENTS,
     AgentFault,
     EpochTicker,
     GuestContext,
+    GuestLog,
     GuestMessage,
     Sandbox,
     SandboxLimits,
@@ -25,6 +28,9 @@ from agora.host.sandbox import (
 )
 
 CHATTER_BYTES = 256 * 1024  # what the hostile agent's ``chatter`` mode prints per call
+
+
+MESSAGE = GuestMessage("act-1", "conv-1", None, "someone", "c", "inform", "hi", 3)
 
 
 @pytest.fixture
@@ -38,10 +44,77 @@ def chatterbox(components: dict[str, Path]) -> Iterator[Sandbox]:
             engine=engine,
             linker=make_linker(engine),
             component=load_component(engine, components["hostile"]),
-            limits=SandboxLimits(fuel=10**10, timeout_ms=2000, memory_bytes=64 << 20),
+            limits=SandboxLimits(fuel=10**10, timeout_ms=2000, memory_bytes=64 << 20, outbox=100),
         )
     finally:
         ticker.stop()
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [
+        ("flood", "10000 messages in one call; the limit is 100"),
+        ("huge", f"a payload of 1000000 bytes in one call; the limit is {MAX_ENVELOPE_BYTES}"),
+    ],
+)
+def test_an_outbox_past_its_limits_faults_before_it_is_copied(
+    chatterbox: Sandbox, mode: str, said: str
+) -> None:
+    context = GuestContext("chatterbox", ("c",), 0, (("mode", mode),))
+    with pytest.raises(AgentFault) as fault:
+        chatterbox.call(context, b"", (MESSAGE,))
+    assert (fault.value.kind, fault.value.detail) == ("flood", said)
+    assert chatterbox.dead
+
+
+def test_a_guest_log_keeps_a_bounded_number_of_lines_and_no_control_characters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 64 KiB of newlines would be 65,536 records; an escape sequence reaches no terminal
+    logger = logging.getLogger("agora.agent.talker")
+    caplog.set_level(logging.INFO, logger=logger.name)
+    log = GuestLog(logger, logging.INFO)
+    log.write(b"\x1b[2Jcleared?\tand a tab\n" + b"\n" * 70_000)
+    log.drain()
+    copied = [r.getMessage() for r in caplog.records if r.name == logger.name]
+    assert len(copied) == MAX_LOG_LINES_PER_CALL + 1
+    assert copied[0] == "\\x1b[2Jcleared?\tand a tab"
+    kept = MAX_LOG_BYTES_PER_CALL - len("\x1b[2Jcleared?\tand a tab\n") + 1  # lines in 64 KiB
+    assert copied[-1] == f"({kept - MAX_LOG_LINES_PER_CALL} more lines of this call dropped)"
+
+
+@pytest.mark.parametrize(
+    ("wat", "said"),
+    [
+        ("(component)", "exports no `handle` function"),
+        (
+            '(component (core module $m (func (export "f") (param i32) (result i32) '
+            'local.get 0)) (core instance $i (instantiate $m)) (func (export "handle") '
+            '(param "x" u32) (result u32) (canon lift (core func $i "f"))))',
+            "its handle takes 1 parameters; the contract has 3",
+        ),
+    ],
+)
+def test_a_component_whose_handle_is_not_the_contracts_is_refused_as_it_loads(
+    wat: str, said: str
+) -> None:
+    refused = _refused_as_it_loads(wat)
+    assert refused.kind == "contract"
+    assert said in refused.detail
+
+
+def _refused_as_it_loads(wat: str) -> AgentFault:
+    """The fault a sandbox of the component ``wat`` raises as it is made."""
+    engine = make_engine()
+    with pytest.raises(AgentFault) as refused:
+        Sandbox(
+            agent="odd",
+            engine=engine,
+            linker=make_linker(engine),
+            component=wc.Component(engine, wat),
+            limits=SandboxLimits(fuel=10**9, timeout_ms=1000, memory_bytes=16 << 20),
+        )
+    return refused.value
 
 
 def test_what_an_agent_prints_reaches_the_host_log_up_to_a_cap_per_call(
@@ -96,16 +169,8 @@ def test_a_component_past_the_store_limits_is_refused_with_the_limit_named(
     tmp_path: Path, core_module: str, named: str
 ) -> None:
     # A second memory would double what memory_mb allows; a huge table is memory too.
-    engine = make_engine()
     wat = f"(component (core module $m {core_module}) (core instance (instantiate $m)))"
-    with pytest.raises(AgentFault) as refused:
-        Sandbox(
-            agent="greedy",
-            engine=engine,
-            linker=make_linker(engine),
-            component=wc.Component(engine, wat),
-            limits=SandboxLimits(fuel=10**9, timeout_ms=1000, memory_bytes=16 << 20),
-        )
-    assert refused.value.kind == "limits"
-    assert named in refused.value.detail
-    assert "at most 1 memory" in refused.value.detail
+    refused = _refused_as_it_loads(wat)
+    assert refused.kind == "limits"
+    assert named in refused.detail
+    assert "at most 1 memory" in refused.detail

@@ -10,7 +10,10 @@ Modes (any other value, including none, is ``stop-ignorer``):
 ``emit-control``   replies on ``$KV.AGORA_CONTROL.all``
 ``emit-malformed`` replies on ``build-coord.>``
 ``forge-sender``   replies as ``maintainer``
-``oversized``      replies with a payload of 200,000 characters
+``oversized``      replies with a payload of 100,000 characters (past the payload limit,
+                   within what an envelope may hold)
+``huge``           replies with a payload of 1,000,000 characters (more than any envelope
+                   holds)
 ``flood``          sends 10,000 replies for each message
 ``bulky``          sends 20 replies of 60,000 characters to each message that answers none
                    (more than one record holds), and none to answers
@@ -41,7 +44,8 @@ from pathlib import Path
 import wit_world
 from wit_world.imports.types import Context, Message, Outcome, Performative
 
-OVERSIZED_CHARS = 200_000
+OVERSIZED_CHARS = 100_000
+HUGE_CHARS = 1_000_000
 FLOOD_COPIES = 10_000
 BULKY_COPIES = 20
 BULKY_CHARS = 60_000
@@ -101,6 +105,8 @@ def bend(mode: str, message: Message) -> list[Message]:  # noqa: PLR0911 - one m
         return [replace(message, sender="maintainer")]
     if mode == "oversized":
         return [replace(message, payload="x" * OVERSIZED_CHARS)]
+    if mode == "huge":
+        return [replace(message, payload="x" * HUGE_CHARS)]
     if mode == "flood":
         return [replace(message, payload=f"{message.payload} #{n}") for n in range(FLOOD_COPIES)]
     if mode == "bulky":

@@ -22,10 +22,11 @@ is a forgery; a malformed channel or conversation id is refused, then a channel 
 agent was not granted, then an oversized payload, then a reply to a message the agent
 was never handed or in another conversation than that message's. The host, not the
 agent, sets the hop budget: one less than what the message draws on (the message it
-answers, or for a message that answers none, the conversation). Each message sent
-spends one hop of that budget, so one message handed to an agent can beget at most as
-many as its budget, and a spent budget begets none: no agent keeps a conversation
-going on its own.
+answers, or for a message that answers none, the conversation, whose budget is the
+newest message's handed in it). Each message sent spends one hop of that budget, so one
+message handed to an agent with h hops can beget at most h replies and h messages more
+in its conversation, each with fewer hops than it had, and a spent budget begets none:
+no agent keeps a conversation going on its own.
 """
 
 from __future__ import annotations

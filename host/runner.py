@@ -281,7 +281,6 @@ class AgentRunner:
             outcome = await self._call(batch)
         record = self._record
         state, wake_at_ms = record.state, record.wake_at_ms
-        before_outputs = len(batch.outgoing)
         if outcome is not None:
             self._take(outcome, batch)
             state, wake_at_ms = outcome.state, _no_sooner(outcome.wake_at_ms)
@@ -303,14 +302,15 @@ class AgentRunner:
             await self._save(record, dropped=confirmed)
         except RecordTooLarge as exc:
             # What the call returned cannot be saved with the batch: it is dropped, as
-            # after any fault, and the batch is saved as processed without it.
+            # after any fault, and the batch is saved as processed without it (with the
+            # host's events, its refusals of what the call returned included).
             self.counters["emitted"] -= batch.emitted
             await self._quarantine(
                 "flood",
                 f"what one call returned cannot be saved: {exc.what} takes {exc.size} bytes; "
                 f"the limit is {exc.limit}",
             )
-            kept = tuple(batch.outgoing[:before_outputs])
+            kept = tuple(o for o in batch.outgoing if not _is_act(o))
             record = finished(state=self._record.state, wake_at_ms=None, outbox=kept)
             await self._save(record, dropped=confirmed)
         self._report(batch)
@@ -485,15 +485,15 @@ class AgentRunner:
         return "" if self._vouched.grounded(act_id) else act_id
 
     def _take(self, outcome: GuestOutcome, batch: Batch) -> None:
-        """Screen, stamp and sign what the agent emitted."""
+        """Screen, stamp and sign what the agent emitted. Refusals are recorded one
+        event per control and call (however many messages a call makes it refuse, its
+        facts stay few); what passes them but a kill stops is discarded."""
         # the batch's budgets over the record's; a spent hop is written to the batch's
         parents = ChainMap(batch.parents, self._record.parents)
         conversations = ChainMap(batch.conversations, self._record.conversations)
+        refused: dict[str, list[str]] = {}  # by control, why each was refused
         discarded = 0
         for message in outcome.outbox:
-            if self._killswitch.state.blocks(self.spec.name, message.channel):
-                discarded += 1
-                continue
             decision = screen_emit(
                 agent=self.spec.name,
                 granted=self._granted,
@@ -507,9 +507,10 @@ class AgentRunner:
             )
             if decision.verdict != EmitVerdict.EMIT:
                 self.counters[decision.verdict] += 1
-                batch.outgoing.append(
-                    self._event(EventKind.REFUSED, reason=decision.verdict, detail=decision.detail)
-                )
+                refused.setdefault(decision.verdict, []).append(decision.detail)
+                continue
+            if self._killswitch.state.blocks(self.spec.name, message.channel):
+                discarded += 1
                 continue
             if message.hops > decision.hops:
                 self.counters["hops-lowered"] += 1
@@ -519,6 +520,11 @@ class AgentRunner:
                 parents[message.in_reply_to] = Handed(decision.hops, message.conversation_id)
             else:
                 conversations[message.conversation_id] = decision.hops
+        for verdict, details in refused.items():
+            many = f"{len(details)} messages refused; the first: " if len(details) > 1 else ""
+            batch.outgoing.append(
+                self._event(EventKind.REFUSED, reason=verdict, detail=many + details[0])
+            )
         if discarded:
             self.counters["discarded-by-kill"] += discarded
             batch.outgoing.append(
@@ -698,10 +704,7 @@ class AgentRunner:
         kept = tuple(
             o
             for o in record.outbox
-            if not (
-                o.subject.startswith(CHANNEL_SUBJECT_PREFIX)
-                and state.blocks(self.spec.name, channel_of(o.subject))
-            )
+            if not (_is_act(o) and state.blocks(self.spec.name, channel_of(o.subject)))
         )
         discarded = len(record.outbox) - len(kept)
         if not discarded:
@@ -771,6 +774,11 @@ class AgentRunner:
             await self._client.publish_acked(items, timeout_s=timeout_s)
         else:
             await publish_all(self._js, items, timeout_s=timeout_s)
+
+
+def _is_act(outgoing: Outgoing) -> bool:
+    """Whether ``outgoing`` is one of the agent's acts (on a channel), not a host's event."""
+    return outgoing.subject.startswith(CHANNEL_SUBJECT_PREFIX)
 
 
 def _no_sooner(wake_at_ms: int | None) -> int | None:

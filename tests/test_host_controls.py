@@ -17,10 +17,10 @@ import pytest
 
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
-from agora.core.envelope import Act, EventKind
+from agora.core.envelope import Act, Event, EventKind
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import SigningKey
-from agora.core.signing import sign_fact
+from agora.core.signing import sign_fact, verify_envelope
 from agora.core.spine import (
     MSG_ID_HEADER,
     STREAM,
@@ -30,6 +30,8 @@ from agora.core.spine import (
     ensure_spine,
 )
 from agora.host import runner as runner_module
+from agora.host.batch import Batch
+from agora.host.sandbox import GuestMessage, GuestOutcome
 from tests.harness import running_host
 
 PAIR = {
@@ -383,3 +385,28 @@ async def test_a_batch_redone_after_a_save_conflict_is_counted_and_reported_once
         assert (counters["delivered"], counters["calls"], counters["emitted"]) == (1, 1, 1)
     assert [d.act.id for d in h.deliveries] == [request.id]
     assert [a.in_reply_to for a in h.acts_by("synth-agent")] == [request.id]
+
+
+async def test_a_refused_emit_is_named_for_its_control_even_under_a_kill(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # What the agent returned is screened before the kill is: a forgery is recorded as
+    # one even when a kill landed during the call (only what passed is discarded), and
+    # many refusals by one control in one call are one event.
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        host = h.running()
+        await h.switch(EventKind.KILLED, channel="build-coord")
+        await host.killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
+        runner = host.runners["synth-agent"]
+        forged = GuestMessage("", "conv-1", None, "maintainer", "build-coord", "inform", "hi", 1)
+        fine = replace(forged, sender="synth-agent")
+        outcome = GuestOutcome(outbox=(forged, forged, forged, fine), state=b"", wake_at_ms=None)
+        batch = Batch("synth-agent", processed=())
+        batch.conversations["conv-1"] = 3  # a budget to draw on, as if handed a message
+        runner._take(outcome, batch)
+    events = [verify_envelope(o.envelope, h.session.registry).fact for o in batch.outgoing]
+    reasons = [(e.reason, e.detail) for e in events if isinstance(e, Event)]
+    assert [r for r, _ in reasons] == ["forged-sender", "discarded-by-kill"]
+    assert reasons[0][1].startswith("3 messages refused; the first: ")
+    assert "1 of its messages" in reasons[1][1]
+    assert runner.counters["forged-sender"] == 3

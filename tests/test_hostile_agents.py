@@ -145,6 +145,10 @@ async def test_an_agent_cannot_keep_a_conversation_going_on_its_own(
     # same again drawing on the conversation.
     assert sorted(a.hops for a in spoken if a.in_reply_to == seed.id) == [0, 1, 2]
     assert sorted(a.hops for a in spoken if a.in_reply_to is None) == [0, 1, 2]
+    # what each call had no budget left for is one fact per call, not one per message
+    spent = [e for e in h.events(EventKind.REFUSED) if e.reason == "hops-spent"]
+    assert len(spent) <= runner.counters["calls"] < runner.counters["hops-spent"]
+    assert all(e.detail.startswith("2 messages refused; the first: ") for e in spent[1:])
     assert len(spoken) == 6
     refused = {e.reason for e in h.events(EventKind.REFUSED, agent="hostile-agent")}
     assert refused == {"hops-spent", "self-echo"}  # its own messages are not handed back

@@ -67,9 +67,21 @@ def run_new(arguments: argparse.Namespace) -> int:
     key = SigningKey.generate(arguments.name)
     identity = key.identity(Role(arguments.role), arguments.channels)
     updated = registry.with_identity(identity)  # validates before anything is written
-    _protect(arguments.keys_dir)
+    if not arguments.registry.parent.is_dir():
+        raise ConfigError(
+            f"key registry {arguments.registry}: its folder {arguments.registry.parent} "
+            "does not exist"
+        )
+    try:
+        _protect(arguments.keys_dir)
+    except OSError as exc:
+        raise ConfigError(f"private keys cannot be kept in {arguments.keys_dir}: {exc}") from exc
     path = write_private_key(key, arguments.keys_dir)
-    updated.save(arguments.registry)
+    try:
+        updated.save(arguments.registry)
+    except OSError as exc:  # the key is of no use unregistered: nothing is left behind
+        path.unlink()
+        raise ConfigError(f"key registry {arguments.registry} cannot be written: {exc}") from exc
     channels = ", ".join(sorted(identity.channels)) or "none"
     print(f"made key {identity.name!r} ({identity.role.value}; channels: {channels})")
     print(f"  private key: {path} (mode 0600, keep it secret)")

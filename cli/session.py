@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client
 
@@ -27,7 +26,7 @@ from agora.core.keys import (
     read_private_key_file,
 )
 from agora.core.received import RawClient
-from agora.host.config import Config, check_against_registry, load_config
+from agora.host.config import Config, check_against_registry, load_config, without_credentials
 
 DEFAULT_CONFIG: Final = Path("agora.yaml")
 
@@ -101,22 +100,12 @@ def running_url(config: Config) -> str:
     for path in sorted(ports_dir.glob("*.ports")) if ports_dir.is_dir() else []:
         try:
             return str(json.loads(path.read_text())["nats"][0])
-        except (OSError, ValueError, KeyError, IndexError):
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
             continue
     raise ConfigError(
         f"no agora is running with its embedded NATS server in {config.nats.data_dir}: "
         "start one with `agora up`, or set nats.url in the configuration"
     )
-
-
-def without_credentials(url: str) -> str:
-    """``url`` with any user and password replaced by ``***``, fit for a log."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"***@{host}{port}"))
 
 
 @asynccontextmanager

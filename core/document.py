@@ -12,12 +12,14 @@ both built from :class:`Node` and :class:`Fields`.
 from __future__ import annotations
 
 import difflib
-import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+import yaml
 
 from agora.core.acts import MAX_CHANNEL_CHARS, MAX_NAME_CHARS, check_channel, check_name
 from agora.core.errors import ConfigError, InvalidChannel, InvalidName, shown
@@ -102,10 +104,11 @@ class Fields:
         if node is None:
             return default
         value = node.value
+        # the range first: it also refuses NaN and infinity, and an integer too large to
+        # be a float is compared exactly rather than converted
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
-            or not math.isfinite(value)
             or not low <= value <= high
         ):
             raise node.error(f"a number of seconds from {low:g} to {high:g}")
@@ -129,8 +132,8 @@ class Fields:
         node = self.get(key)
         if node is None:
             return resolve_path(root, default)
-        if not isinstance(node.value, str) or not node.value:
-            raise node.error("a path (a non-empty string)")
+        if not isinstance(node.value, str) or not node.value or "\0" in node.value:
+            raise node.error("a path (a non-empty string with no NUL character)")
         return resolve_path(root, node.value)
 
 
@@ -150,3 +153,89 @@ def check_channel_at(node: Node, value: object) -> str:
 
 def resolve_path(root: Path, value: str) -> Path:
     return Path(os.path.normpath(root / value))
+
+
+# -- reading YAML -------------------------------------------------------------------------
+
+_INT_TAG: Final = "tag:yaml.org,2002:int"
+_FLOAT_TAG: Final = "tag:yaml.org,2002:float"
+_BOOL_TAG: Final = "tag:yaml.org,2002:bool"
+
+
+class WrittenInt(int):
+    """An integer as the file wrote it (``written``), for a value handed on as text."""
+
+    written: str
+
+
+class WrittenFloat(float):
+    """A number with a fraction as the file wrote it (``written``)."""
+
+    written: str
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML
+    keeps the last of two equal keys, so a second agent or identity under one name
+    would silently replace the first), and reads only what a reader of the file would
+    take for a number or a flag: ``true`` and ``false``, whole numbers in decimal with
+    no leading zero. ``yes``, ``0755``, ``1:30`` or ``0x1F`` are text, kept as written,
+    so nothing a file says is turned into something else on the way (a value that must
+    be a number says so when it is not one). Numbers keep how they were written."""
+
+    def construct_mapping(
+        self, node: yaml.MappingNode, deep: bool = False
+    ) -> dict[Hashable, object]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses it with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found the key {shown(key)} twice",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_written_int(self, node: yaml.ScalarNode) -> WrittenInt:
+        value = WrittenInt(self.construct_yaml_int(node))
+        value.written = str(node.value)
+        return value
+
+    def construct_written_float(self, node: yaml.ScalarNode) -> WrittenFloat:
+        value = WrittenFloat(self.construct_yaml_float(node))
+        value.written = str(node.value)
+        return value
+
+
+UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT_TAG, _BOOL_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+UniqueKeyLoader.add_implicit_resolver(
+    _INT_TAG, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")
+)
+UniqueKeyLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+UniqueKeyLoader.add_constructor(_INT_TAG, UniqueKeyLoader.construct_written_int)
+UniqueKeyLoader.add_constructor(_FLOAT_TAG, UniqueKeyLoader.construct_written_float)
+
+
+def parse_yaml(text: str, *, source: str) -> object:
+    """A YAML document read by :class:`UniqueKeyLoader`; any problem with it is a
+    :class:`ConfigError` that names ``source``."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    except (ValueError, OverflowError) as exc:  # a date that is none, a number too long
+        raise ConfigError(f"{source}: a value cannot be read: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested deeper than a configuration goes") from None

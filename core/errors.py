@@ -23,17 +23,28 @@ a log through an error message.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Final
 
 SHOWN_VALUE_CHARS: Final = 80
 
 
 def shown(value: object) -> str:
-    """``repr`` of a value, cut to a length that is safe to log."""
-    text = repr(value)
+    """``repr`` of a value, cut to a length that is safe to log. A container is shown by
+    its first few items, levels deep (a YAML file's aliases can make one of a few
+    lines hold a billion items), and an integer too long to write as its size."""
+    if isinstance(value, int) and value.bit_length() > _LONGEST_SHOWN_INT_BITS:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = repr(value) if isinstance(value, str | bytes | int | float) else _SHORT.repr(value)
     if len(text) <= SHOWN_VALUE_CHARS:
         return text
     return f"{text[:SHOWN_VALUE_CHARS]}... ({len(text)} chars)"
+
+
+_LONGEST_SHOWN_INT_BITS: Final = 1000
+_SHORT: Final = reprlib.Repr()
+_SHORT.maxlevel = 3
+_SHORT.maxstring = _SHORT.maxother = 200
 
 
 class AgoraError(Exception):

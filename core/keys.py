@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agora.core import ed25519
 from agora.core.acts import check_channel, check_name
+from agora.core.document import parse_yaml
 from agora.core.errors import ConfigError, InvalidChannel, InvalidName, UnknownKey, shown
 
 ALL_CHANNELS: Final = "*"
@@ -129,10 +130,10 @@ class KeyRegistry:
             raise ConfigError(
                 f"key registry {path} does not exist: create it with `agora keys new NAME`"
             ) from exc
-        try:
-            document = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"key registry {path} is not valid YAML: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:  # a folder, unreadable, not UTF-8
+            raise ConfigError(f"key registry {path} cannot be read: {exc}") from exc
+        # an identity given twice is refused, not the first silently replaced
+        document = parse_yaml(text, source=f"key registry {path}")
         return cls.from_document(document, source=str(path))
 
     @classmethod
@@ -297,6 +298,11 @@ def read_private_key_file(path: Path, name: str) -> SigningKey:
         raise ConfigError(f"private key {path} cannot be read: {exc.strerror}") from exc
     except ValueError as exc:
         raise ConfigError(f"private key {path} is not a PKCS#8 PEM key") from exc
+    except TypeError as exc:  # encrypted: a password would be needed
+        raise ConfigError(
+            f"private key {path} is encrypted: agora reads unencrypted PKCS#8 keys, kept "
+            "safe by the file's mode (0600)"
+        ) from exc
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ConfigError(f"private key {path} is not an Ed25519 key")
     return SigningKey(name, loaded)

@@ -15,20 +15,19 @@ the GitHub bridge, which checks it with its own loader; it is kept as given.
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 from urllib.parse import urlsplit
 
-import yaml
-
 from agora.core.document import (
     Fields,
     Node,
     check_channel_at,
     check_name_at,
+    parse_yaml,
     resolve_path,
 )
 from agora.core.errors import ConfigError, shown
@@ -245,10 +244,16 @@ def _nats(fields: Fields, root: Path) -> NatsConfig:
     node = fields.get("url")
     if node is not None and node.value is not None:
         url = _nats_url(node)
+    replicas = fields.integer("replicas", default=1, low=1, high=MAX_REPLICAS)
+    if url is None and replicas > 1:
+        raise (fields.get("replicas") or fields.missing("replicas")).error(
+            "1 with the embedded server (url: null), which is one node: more replicas "
+            "need a NATS cluster's url"
+        )
     return NatsConfig(
         url=url,
         data_dir=fields.path("data_dir", root=root, default=DEFAULT_NATS_DATA_DIR),
-        replicas=fields.integer("replicas", default=1, low=1, high=MAX_REPLICAS),
+        replicas=replicas,
     )
 
 
@@ -259,24 +264,36 @@ def _nats_url(node: Node) -> str:
     value = node.value
     if not isinstance(value, str):
         raise node.error(expected)
+    masked = shown(without_credentials(value))
     try:
         parts = urlsplit(value)
     except ValueError:
-        raise node.error(expected, shown(_without_password(value))) from None
+        raise node.error(expected, masked) from None
     if parts.scheme not in NATS_URL_SCHEMES or not value.startswith(f"{parts.scheme}://"):
-        raise node.error(expected, shown(_without_password(value)))
-    if not parts.hostname:
-        raise node.error("a URL with a host name", shown(_without_password(value)))
+        raise node.error(expected, masked)
+    if "@" in value[len(parts.scheme) + 3 + len(parts.netloc) :]:
+        # a "/", "?" or "#" in a user name or password ends the host part early
+        raise node.error(
+            "a user name and password with '/', '?', '#' and '@' written %2F, %3F, %23 and %40",
+            masked,
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise node.error("a URL with a port from 1 to 65535", masked) from None
+    if not parts.hostname or port == 0:
+        raise node.error("a URL with a host name (and a port from 1 to 65535)", masked)
     return value
 
 
-def _without_password(url: str) -> str:
-    """``url`` with any user:password part hidden, so an error never shows a credential."""
+def without_credentials(url: str) -> str:
+    """``url`` with everything before its last "@" (a user name, a password, a token)
+    hidden, so that neither an error nor a log ever shows a credential, however the
+    URL is written."""
     scheme, separator, rest = url.rpartition("://")
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{scheme}{separator}{authority}{slash}{path}"
+    if "@" not in rest:
+        return url
+    return f"{scheme}{separator}***@{rest.rpartition('@')[2]}"
 
 
 def _consumer(fields: Fields) -> ConsumerConfig:
@@ -373,7 +390,7 @@ def _scalar(node: Node, value: object) -> str:
     if isinstance(value, bool):  # before int: YAML true is a bool, and bool is an int
         return "true" if value else "false"
     if isinstance(value, str | int | float):
-        return str(value)
+        return getattr(value, "written", str(value))  # a number as the file wrote it
     raise node.error("a string, number or boolean, or a list of those (quote dates and nulls)")
 
 
@@ -391,34 +408,6 @@ def _bridge(node: Node | None) -> Mapping[str, object]:
 # -- the file ---------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
-
-    Plain YAML keeps the last of two equal keys, so a second agent under the same name
-    would silently replace the first.
-    """
-
-    def construct_mapping(
-        self, node: yaml.MappingNode, deep: bool = False
-    ) -> dict[Hashable, object]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):
-                continue  # the base class refuses it with its own message
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping",
-                    node.start_mark,
-                    f"found the key {shown(key)} twice",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_config(path: Path) -> Config:
     """Read and check ``path``. Any problem is a :class:`ConfigError` that names the file."""
     try:
@@ -427,11 +416,7 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: no such file: copy agora.example.yaml to start one") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from None
-    try:
-        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(document, path=path)
+    return parse_config(parse_yaml(text, source=str(path)), path=path)
 
 
 # -- the key registry -------------------------------------------------------------------

@@ -22,6 +22,7 @@ from agora.host.config import (
     check_against_registry,
     load_config,
     parse_config,
+    without_credentials,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "agora.example.yaml"
@@ -260,10 +261,18 @@ def test_an_error_has_the_file_the_key_path_the_expectation_and_the_value() -> N
         (("consumer", "ack_wait_s"), float("nan"), "from 1 to 3600, got nan"),
         (("consumer", "max_deliver"), 0, "max_deliver: expected an integer from 1 to 100, got 0"),
         (("consumer", "max_deliver"), 101, "consumer.max_deliver: expected an integer from 1"),
-        (("facts",), 3, "facts: expected a path (a non-empty string), got 3"),
-        (("facts",), "", "facts: expected a path (a non-empty string), got ''"),
+        (("facts",), 3, "facts: expected a path (a non-empty string with no NUL character)"),
+        (
+            ("facts",),
+            "",
+            "facts: expected a path (a non-empty string with no NUL character), got ''",
+        ),
         (("keys", "registry"), None, "keys.registry: expected a path"),
-        (("keys", "dir"), ["a"], "keys.dir: expected a path (a non-empty string), got ['a']"),
+        (
+            ("keys", "dir"),
+            ["a"],
+            "keys.dir: expected a path (a non-empty string with no NUL character), got ['a']",
+        ),
         (("agents_dir",), False, "agents_dir: expected a path"),
         (("build_dir",), {}, "build_dir: expected a path"),
         (("nats", "data_dir"), 1, "nats.data_dir: expected a path"),
@@ -440,6 +449,66 @@ def test_settings_become_strings_in_file_order() -> None:
     )
 
 
+def test_settings_reach_the_agent_as_the_file_writes_them(tmp_path: Path) -> None:
+    # read from the file: YAML 1.1 would make 00123 an octal 83, 1:30 a 90, yes a true
+    path = tmp_path / "agora.yaml"
+    path.write_text(
+        "channels: {build-coord: {}}\n"
+        "agents:\n"
+        "  synth-agent:\n"
+        "    component: chatty\n"
+        "    channels: [build-coord]\n"
+        "    settings: {id: 00123, version: 1.10, at: 1:30, mode: 0755, flag: yes, "
+        "n: 5, big: 1_000, t: true, hex: 0x1F}\n",
+        encoding="utf-8",
+    )
+    (agent,) = load_config(path).agents.values()
+    assert dict(agent.settings) == {
+        "id": "00123",
+        "version": "1.10",
+        "at": "1:30",
+        "mode": "0755",
+        "flag": "yes",
+        "n": "5",
+        "big": "1_000",
+        "t": "true",
+        "hex": "0x1F",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("consumer: {ack_wait_s: " + "9" * 400 + "}", "consumer.ack_wait_s: expected a number"),
+        ("consumer: {max_deliver: " + "9" * 5000 + "}", "a value cannot be read"),
+        ("agents: {a: {settings: {x: 2024-13-45}}}", "a value cannot be read"),
+        ("channels: " + "[" * 20_000, "nested deeper than a configuration goes"),
+        ('facts: "a\\0b"', "facts: expected a path (a non-empty string with no NUL"),
+        ("defaults: {limits: {memory_mb: 0755}}", "memory_mb: expected an integer"),
+    ],
+)
+def test_a_file_python_cannot_read_as_written_is_refused_with_its_name(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    path = tmp_path / "agora.yaml"
+    path.write_text(text + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value).startswith(str(path))
+    assert said in str(refused.value)
+
+
+def test_a_value_whose_aliases_hold_a_billion_items_is_refused_at_once(tmp_path: Path) -> None:
+    # nine lines of anchors, each ten of the one before: the error shows its first few
+    levels = ["&l0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"&l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, 9)]
+    path = tmp_path / "agora.yaml"
+    path.write_text(f"operator: [{', '.join(levels)}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="operator: expected") as refused:
+        load_config(path)
+    assert len(str(refused.value)) < 400
+
+
 def test_no_settings_is_an_empty_tuple() -> None:
     (agent,) = parse_config(_document(), path=FILE).agents.values()
     assert agent.settings == ()
@@ -502,6 +571,40 @@ def test_a_refused_nats_url_does_not_show_its_password() -> None:
     message = _refusal(_with(("nats", "url"), "https://user:hunter2@host:4222/x"))
     assert "hunter2" not in message
     assert "'https://***@host:4222/x'" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        # a "/" or "#" in a token or password would make the user name the host
+        ("nats://tok/en3cret@127.0.0.1:4222", "written %2F, %3F, %23 and %40"),
+        ("nats://user:pa#ss3cret@127.0.0.1:4222", "written %2F, %3F, %23 and %40"),
+        ("nats://user:s3cret@127.0.0.1:99999", "a port from 1 to 65535"),
+        ("nats://user:s3cret@127.0.0.1:abc", "a port from 1 to 65535"),
+    ],
+)
+def test_a_nats_url_that_would_be_misread_is_refused_without_its_secret(
+    url: str, said: str
+) -> None:
+    message = _refusal(_with(("nats", "url"), url))
+    assert said in message
+    assert "3cret" not in message and "@127.0.0.1" in message
+
+
+def test_a_url_is_shown_without_what_comes_before_its_last_at() -> None:
+    assert without_credentials("nats://tok/en3cret@127.0.0.1:4222") == "nats://***@127.0.0.1:4222"
+    assert without_credentials("nats://u:p@x@host") == "nats://***@host"
+
+
+def test_replicas_need_a_cluster() -> None:
+    message = _refusal(_with(("nats",), {"url": None, "replicas": 3}))
+    assert "nats.replicas: expected 1 with the embedded server" in message
+    assert (
+        parse_config(
+            _with(("nats",), {"url": "nats://a:4222", "replicas": 3}), path=FILE
+        ).nats.replicas
+        == 3
+    )
 
 
 # -- the key registry -----------------------------------------------------------------------

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agora.cli.session import without_credentials
 from agora.core.control import control_key
 from agora.core.envelope import Event, EventKind
 from agora.core.errors import InputError, InvalidChannel, MalformedEnvelope
@@ -27,6 +26,7 @@ from agora.host.agent_record import (
     encode_parts,
     part_key,
 )
+from agora.host.config import without_credentials
 from agora.host.controls import Handed
 from agora.host.killswitch import KillState
 from agora.host.sandbox import classify_fault

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agora.core.errors import ConfigError, UnknownKey
-from agora.core.keys import KeyRegistry, Role, read_private_key
+from agora.core.keys import KeyRegistry, Role, read_private_key, read_private_key_file
 
 AGORA = Path(sys.executable).parent / "agora"
 
@@ -85,6 +87,41 @@ def test_a_readable_private_key_is_refused(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         read_private_key(tmp_path / ".agora" / "keys", "synth-agent")
+
+
+def test_keys_new_into_a_missing_folder_leaves_nothing_behind(tmp_path: Path) -> None:
+    result = _agora(tmp_path, "keys", "new", "z", "--registry", "nodir/keys.yaml")
+    assert result.returncode == 1
+    assert "agora: key registry nodir/keys.yaml: its folder nodir does not exist" in result.stderr
+    assert not (tmp_path / ".agora" / "keys" / "z.key").exists()
+    assert "Traceback" not in result.stderr
+
+
+def test_an_encrypted_private_key_is_refused_with_why(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "locked.key"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass"),
+        )
+    )
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="is encrypted: agora reads unencrypted"):
+        read_private_key_file(path, "locked")
+
+
+def test_a_registry_naming_an_identity_twice_or_unreadable_is_refused(tmp_path: Path) -> None:
+    _agora(tmp_path, "keys", "new", "synth-agent")
+    registry = tmp_path / "keys.yaml"
+    text = registry.read_text()
+    entry = text[text.index("  synth-agent:") :]
+    registry.write_text(text + entry.replace("synth-agent:", "synth-agent:", 1))
+    with pytest.raises(ConfigError, match="found the key 'synth-agent' twice"):
+        KeyRegistry.load(registry)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        KeyRegistry.load(tmp_path)  # a folder
 
 
 def test_a_missing_private_key_says_how_to_make_one(tmp_path: Path) -> None:

@@ -204,33 +204,31 @@ class KillSwitch:
         """The switch event ``value`` carries under ``key``, and its signer's role, if it
         may be in force there (else None, and why is logged unless ``quiet``)."""
         try:
-            problem = self._problem(key, *_admitted(value, self._registry))
+            verified = admit(value, self._registry)
+            found = _switch_of(key, verified.fact, verified.signer)
         except InputError as exc:
-            problem = str(exc)
-        if isinstance(problem, str):
+            found = str(exc)
+        if isinstance(found, str):
             if not quiet:
-                log.warning("ignored control value under %r: %s", key, problem)
+                log.warning("ignored control value under %r: %s", key, found)
             return None
-        return problem
+        return found
 
-    @staticmethod
-    def _problem(key: str, fact: Fact, signer: Identity) -> tuple[Event, Role] | str:
-        if not isinstance(fact, Event) or fact.kind not in SWITCH_KINDS:
-            return "not a kill, quarantine or resume"
-        if fact.actor != signer.name:
-            return f"it names {fact.actor!r} as its actor but {signer.name!r} signed it"
-        expected = key_of_event(fact)
-        if expected != key:
-            return f"it is about {expected!r}"
-        return fact, signer.role
+
+def _switch_of(key: str, fact: Fact, signer: Identity) -> tuple[Event, Role] | str:
+    """``fact`` and its signer's role if it is a switch event that may be in force under
+    ``key``, else why not."""
+    if not isinstance(fact, Event) or fact.kind not in SWITCH_KINDS:
+        return "not a kill, quarantine or resume"
+    if fact.actor != signer.name:
+        return f"it names {fact.actor!r} as its actor but {signer.name!r} signed it"
+    expected = key_of_event(fact)
+    if expected != key:
+        return f"it is about {expected!r}"
+    return fact, signer.role
 
 
 _DELETIONS: Final = ("DEL", "PURGE")
-
-
-def _admitted(value: bytes, registry: KeyRegistry) -> tuple[Fact, Identity]:
-    verified = admit(value, registry)
-    return verified.fact, verified.signer
 
 
 def _lifts_only_its_own(resumer: Role, killer: Role) -> bool:

@@ -216,9 +216,7 @@ class FlatRecord(RecordType):
                 raise AgoraError(f"field {name!r}: expected value kind {kind}, got {found}")
             elif kind in (_STRING, _ENUM):
                 size, data = _VEC.unpack_from(raw, union)
-                if budget is not None:
-                    budget.take(name, size)
-                values[name] = _text(size, data)
+                values[name] = _text(name, size, data, budget)
             else:
                 values[name] = int.from_bytes(raw[union : union + width], sys.byteorder)
         return record
@@ -276,12 +274,14 @@ def _lift_boxed_string(name: str, boxed: int, budget: _Budget | None) -> str:
     if raw[KIND_AT] != _STRING:
         raise AgoraError(f"field {name!r}: expected an option of a string, got {raw[KIND_AT]}")
     size, data = _VEC.unpack_from(raw, _UNION_AT)
+    return _text(name, size, data, budget)
+
+
+def _text(name: str, size: int, data: int, budget: _Budget | None) -> str:
+    """The string field ``name`` of ``size`` bytes at ``data``, counted against
+    ``budget`` before it is copied."""
     if budget is not None:
         budget.take(name, size)
-    return _text(size, data)
-
-
-def _text(size: int, data: int) -> str:
     return ctypes.string_at(data, size).decode("utf-8") if size else ""
 
 

@@ -91,8 +91,7 @@ class RecordStore:
         self._key = agent
         self._signer = key
         self._revision = 0
-        self._named: frozenset[str] = frozenset()  # the keys of the saved record's parts
-        self._parts: dict[str, str] = {}  # and each one's key by its digest
+        self._parts: dict[str, str] = {}  # the saved record's parts: digest -> key
         self._purging: set[asyncio.Task[None]] = set()
         self.max_bytes = max_bytes
 
@@ -107,7 +106,7 @@ class RecordStore:
                 entry = await self._kv.get(self._key)
             except KeyNotFoundError:
                 self._revision = 0
-                self._named, self._parts = frozenset(), {}
+                self._parts = {}
                 return AgentRecord()
             revision = entry.revision or 0
             try:
@@ -131,7 +130,6 @@ class RecordStore:
                     f"the key {self._key!r} in the agents bucket to start the agent afresh"
                 ) from exc
             self._revision = revision  # only a record a host wrote is saved over
-            self._named = frozenset(p.key for p in parts)
             self._parts = {p.digest: p.key for p in parts}
             return replace(record, outbox=record.outbox + outbox)
         raise RecordConflict(
@@ -212,10 +210,15 @@ class RecordStore:
                 f"agent {self._key!r}: its record changed since this host read it (another "
                 "host running it saved it): the batch is done again on the newer record"
             ) from exc
-        named = frozenset(part.key for part, _ in placed)
-        unnamed, self._named = self._named - named, named
+        unnamed = self._named
         self._parts = {part.digest: part.key for part, _ in placed}
-        self._forget(unnamed)
+        self._forget(unnamed - self._named)
+
+    @property
+    def _named(self) -> frozenset[str]:
+        """The keys of the saved record's parts (one a digest: a host names the same
+        bytes twice under one key)."""
+        return frozenset(self._parts.values())
 
     async def sweep(self) -> int:
         """Purge the parts of this agent's outboxes that the saved record does not name

@@ -52,13 +52,12 @@ from agora.core.pull import PullFeed
 from agora.core.received import MSG_ID_HEADER, PUBLISH_TIMEOUT_S, JetStreamMessage, RawClient
 from agora.core.signing import sign_fact, verify_envelope
 from agora.core.spine import (
-    CHANNEL_SUBJECT_PREFIX,
     FRESH_FOR_MS,
     SAFE_REPUBLISH_MS,
     STREAM,
     WINDOW_MS,
     agent_consumer_name,
-    channel_of,
+    arrival_channel,
     channel_subject,
     delivery_count,
     ids_in_stream,
@@ -310,7 +309,7 @@ class AgentRunner:
                 f"what one call returned cannot be saved: {exc.what} takes {exc.size} bytes; "
                 f"the limit is {exc.limit}",
             )
-            kept = tuple(o for o in batch.outgoing if not _is_act(o))
+            kept = tuple(o for o in batch.outgoing if arrival_channel(o.subject) is None)
             record = finished(state=self._record.state, wake_at_ms=None, outbox=kept)
             await self._save(record, dropped=confirmed)
         self._report(batch)
@@ -701,11 +700,12 @@ class AgentRunner:
         anything of it goes out: a kill that landed since the outbox was saved (the host
         crashed, or could not publish) discards them as it discards a running call's."""
         state = self._killswitch.state
-        kept = tuple(
-            o
-            for o in record.outbox
-            if not (_is_act(o) and state.blocks(self.spec.name, channel_of(o.subject)))
-        )
+
+        def stopped(outgoing: Outgoing) -> bool:  # a host's event goes to no channel
+            channel = arrival_channel(outgoing.subject)
+            return channel is not None and state.blocks(self.spec.name, channel)
+
+        kept = tuple(o for o in record.outbox if not stopped(o))
         discarded = len(record.outbox) - len(kept)
         if not discarded:
             return record
@@ -774,11 +774,6 @@ class AgentRunner:
             await self._client.publish_acked(items, timeout_s=timeout_s)
         else:
             await publish_all(self._js, items, timeout_s=timeout_s)
-
-
-def _is_act(outgoing: Outgoing) -> bool:
-    """Whether ``outgoing`` is one of the agent's acts (on a channel), not a host's event."""
-    return outgoing.subject.startswith(CHANNEL_SUBJECT_PREFIX)
 
 
 def _no_sooner(wake_at_ms: int | None) -> int | None:

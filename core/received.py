@@ -8,7 +8,8 @@ reply come back to the agent's consumer and to the recorder), so :class:`RawClie
 lets a subscription take them as they are parsed instead: its handler is called with
 the wire's bytes, synchronously, and builds a :class:`Received`, which has what the
 host reads of a message (subject, reply, data, headers) and acknowledges it the way
-nats-py's ``Msg`` does. Every other subscription goes through nats-py as before.
+nats-py's ``Msg`` does. Every other subscription goes through nats-py as before, but
+with its header blocks read by :func:`parse_headers`.
 
 JetStream's acknowledgements of the host's publishes come the same way
 (:meth:`RawClient.publish_acked`): nats-py's ``publish_async`` spends a timer, a
@@ -196,6 +197,13 @@ class RawClient(Client):
         subscription = self._subs.get(sid)
         if subscription is not None:
             await subscription.unsubscribe()
+
+    async def _process_headers(self, headers: bytes | None) -> dict[str, str] | None:
+        """The header block of a message nats-py still handles, read as
+        :func:`parse_headers` reads it: several times faster than nats-py's own reading
+        (which tests each character of each name in a generator), and a publisher's own
+        ``Status`` field no longer passes for the server's."""
+        return parse_headers(headers) or None
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None

@@ -10,6 +10,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError
 
@@ -94,6 +95,30 @@ async def test_a_raw_subscription_sees_what_nats_py_sees(
             break
         await asyncio.sleep(0.01)
     assert len(seen) == 3 and len(taken) == 2  # the raw one is gone, the other is not
+
+
+async def test_a_plain_subscription_reads_headers_as_the_raw_ones_do(
+    clients: tuple[RawClient, Client],
+) -> None:
+    raw, plain = clients
+    seen: list[Msg] = []
+
+    async def callback(message: Msg) -> None:
+        seen.append(message)
+
+    await raw.subscribe("plain.>", cb=callback)
+    await raw.flush()
+    await plain.publish("plain.one", b"a", headers={"Status": "503", "Nats-Msg-Id": "m-2"})
+    await plain.publish("plain.two", b"b", headers={})
+    await plain.flush()
+    for _ in range(500):
+        if len(seen) == 2:
+            break
+        await asyncio.sleep(0.01)
+    # a publisher's "Status" is no status; an empty block is no headers, as nats-py says
+    assert [m.headers for m in seen] == [{"Nats-Msg-Id": "m-2"}, None]
+    with pytest.raises(NoRespondersError):  # the server's 503 status line still counts
+        await raw.request("nobody.listens", b"?", timeout=2)
 
 
 async def test_a_raw_message_is_acknowledged_and_given_back_as_nats_py_does(

@@ -6,7 +6,8 @@ recorded that verification would later refuse, and nothing refused is ever deliv
 
 - An act's sender (its signer) must be granted the act's channel.
 - An event is recorded by the host or the bridge; an operator's key may also sign the
-  two out-of-band control events, ``killed`` and ``resumed``.
+  two out-of-band control events, ``killed`` and ``resumed``. An event's actor is its
+  signer: no one signs an event in another's name.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def check_signer_may_say(signer: Identity, fact: Fact) -> None:
         if not signer.may_use(fact.channel):
             raise SignatureError(f"sender {signer.name!r} is not granted channel {fact.channel!r}")
         return
+    if fact.actor != signer.name:
+        raise SignatureError(
+            f"{fact.kind.value} event by {fact.actor!r} signed by {signer.name!r}: an "
+            "event's actor must be its signer"
+        )
     allowed = CONTROL_SIGNER_ROLES if fact.kind in CONTROL_EVENT_KINDS else CHECKPOINT_SIGNER_ROLES
     if signer.role not in allowed:
         raise SignatureError(

@@ -26,6 +26,7 @@ MAX_SUBJECTS: Final = 1024  # an agent's largest batch: one event covers a whole
 
 ACT_PAYLOAD_TYPE: Final = "application/vnd.agora.act+json"
 EVENT_PAYLOAD_TYPE: Final = "application/vnd.agora.event+json"
+PAYLOAD_TYPES: Final = frozenset({ACT_PAYLOAD_TYPE, EVENT_PAYLOAD_TYPE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +209,11 @@ def decode_fact(payload_type: str, body: bytes) -> Fact:
         return Act.decode(body)
     if payload_type == EVENT_PAYLOAD_TYPE:
         return Event.decode(body)
-    raise MalformedEnvelope(
+    raise unknown_payload_type(payload_type)
+
+
+def unknown_payload_type(payload_type: str) -> MalformedEnvelope:
+    return MalformedEnvelope(
         f"payloadType {shown(payload_type)} is unknown: expected "
         f"{ACT_PAYLOAD_TYPE!r} or {EVENT_PAYLOAD_TYPE!r}"
     )

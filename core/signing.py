@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from agora.core import ed25519
-from agora.core.envelope import Act, Fact, decode_fact, payload_type_of
+from agora.core.envelope import (
+    PAYLOAD_TYPES,
+    Act,
+    Fact,
+    decode_fact,
+    payload_type_of,
+    unknown_payload_type,
+)
 from agora.core.errors import (
     MalformedEnvelope,
     PayloadTooLarge,
@@ -162,6 +169,8 @@ def _unpack(envelope: object) -> tuple[str, bytes, str, bytes]:
     payload_type = envelope["payloadType"]
     if not isinstance(payload_type, str):
         raise MalformedEnvelope(f"payloadType must be a string, got {shown(payload_type)}")
+    if payload_type not in PAYLOAD_TYPES:  # refused before its bytes are signed over
+        raise unknown_payload_type(payload_type)
     signatures = envelope["signatures"]
     if not isinstance(signatures, list) or len(signatures) != 1:
         raise MalformedEnvelope("signatures must be a list of exactly one signature")

@@ -26,25 +26,27 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 
 from agora.core.envelope import Event, EventKind, Fact, references_of
 from agora.core.errors import ConfigError, InputError, InternalError
 from agora.core.factlog import POSITION_FILE, FactLog, FactsSnapshot, envelope_digest
 from agora.core.keys import SigningKey
+from agora.core.ordered import OrderedFeed
+from agora.core.received import JetStreamMessage
 from agora.core.signing import sign_fact
 from agora.core.spine import (
     CHANNEL_SUBJECT_PREFIX,
     EVENT_SUBJECT_PREFIX,
+    STREAM,
     event_subject,
     publish_fact,
-    read_in_order,
+    stream_place,
     stream_sequence,
 )
 from agora.host.tasks import finish
@@ -58,7 +60,6 @@ FETCH_WAIT_S: Final = 0.25
 SYNC_EVERY_S: Final = 0.002  # the shortest time between two group commits
 POSITION_EVERY_S: Final = 1.0
 HEARTBEAT_S: Final = 1.0
-QUEUE_LIMIT: Final = 8192
 
 
 @dataclass(slots=True)
@@ -66,6 +67,7 @@ class RecorderCounters:
     recorded: int = 0
     repeated: int = 0
     refused: int = 0
+    reread: int = 0  # ordered consumers made again, after a gap, a stall or silence
 
 
 class Recorder:
@@ -74,13 +76,14 @@ class Recorder:
     def __init__(
         self,
         *,
-        js: JetStreamContext,
+        client: Client,
         factlog: FactLog,
         host_key: SigningKey,
         vouched: Vouched,
         checkpoint_every: int,
     ) -> None:
-        self._js = js
+        self._client = client
+        self._js = client.jetstream()
         self._log = factlog
         self._key = host_key
         self._vouched = vouched
@@ -144,38 +147,29 @@ class Recorder:
 
     async def _follow(self) -> None:
         """Record from ``position + 1`` on, through an ordered consumer (no gaps, in order)."""
-        arrived: asyncio.Queue[Msg] = asyncio.Queue(maxsize=QUEUE_LIMIT)
-
-        async def take(message: Msg) -> None:
-            await arrived.put(message)
-
-        subscription = await self._subscribe(take)
+        feed = OrderedFeed(
+            self._client,
+            stream=STREAM,
+            subjects=(CHANNEL_SUBJECT_PREFIX + "*", EVENT_SUBJECT_PREFIX + "*"),
+            after_seq=self.position,
+            heartbeat_s=HEARTBEAT_S,  # a lost server is noticed in two heartbeats
+        )
+        await feed.start()
+        reread = self.counters.reread
         try:
             while not self._stopping.is_set():
-                try:
-                    first = await asyncio.wait_for(arrived.get(), timeout=FETCH_WAIT_S)
-                except TimeoutError:
+                batch = await feed.take(FETCH_BATCH, FETCH_WAIT_S)
+                self.counters.reread = reread + feed.restarts
+                if not batch:
                     self._save_position(force=False)  # idle: let the saved position catch up
                     continue
-                batch = [first]
-                while len(batch) < FETCH_BATCH and not arrived.empty():
-                    batch.append(arrived.get_nowait())
                 await self.record(batch)
                 self._write()
         finally:
             with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+                await feed.stop()
 
-    async def _subscribe(self, take: Callable[[Msg], Awaitable[None]]) -> Any:
-        return await read_in_order(
-            self._js,
-            subjects=(CHANNEL_SUBJECT_PREFIX + "*", EVENT_SUBJECT_PREFIX + "*"),
-            after_seq=self.position,
-            idle_heartbeat=HEARTBEAT_S,  # a lost server is noticed in three heartbeats
-            cb=take,
-        )
-
-    async def record(self, messages: list[Msg]) -> None:
+    async def record(self, messages: Sequence[JetStreamMessage]) -> None:
         """Append a batch in stream order (made durable later, by the group commit).
 
         The batch's first messages that this process already signed or verified (its
@@ -205,14 +199,14 @@ class Recorder:
 
     def _append_all(
         self,
-        messages: list[Msg],
+        messages: Sequence[JetStreamMessage],
         admitted: list[tuple[Fact, str] | InputError],
         refusals: list[Event],
     ) -> None:
         for message, found in zip(messages, admitted, strict=True):
             self._append(message, found, appended=self._unsynced, refusals=refusals)
 
-    def _reached(self, message: Msg) -> None:
+    def _reached(self, message: JetStreamMessage) -> None:
         """Everything up to ``message`` is appended or refused (and the refusal published):
         a write may move the position past it. The ordered consumer hands messages over
         in stream order."""
@@ -349,7 +343,7 @@ class Recorder:
 
     def _append(
         self,
-        message: Msg,
+        message: JetStreamMessage,
         found: tuple[Fact, str] | InputError,
         *,
         appended: list[Fact],
@@ -386,10 +380,12 @@ class Recorder:
         appended.append(fact)
 
 
-def _unverified(message: Msg, problem: InputError, host: str) -> Event:
-    # The id and the time follow from the refused message (its bytes, and when the
-    # stream took it), so reading it again refuses it in the very same envelope.
-    digest = hashlib.sha256(message.data).hexdigest()[:32]
+def _unverified(message: JetStreamMessage, problem: InputError, host: str) -> Event:
+    # The id and the time follow from the refused message (its bytes, its place in the
+    # stream and when the stream took it), so reading it again refuses it in the very
+    # same envelope, and the same bytes published twice are refused twice.
+    place = b"%d:" % stream_sequence(message)
+    digest = hashlib.sha256(place + message.data).hexdigest()[:32]
     return Event(
         id=f"ev-unverified-{digest}",
         kind=EventKind.REFUSED,
@@ -401,9 +397,9 @@ def _unverified(message: Msg, problem: InputError, host: str) -> Event:
     )
 
 
-def _stream_time_ms(message: Msg) -> int:
+def _stream_time_ms(message: JetStreamMessage) -> int:
     """When JetStream stored the message, in ms since the epoch."""
-    return int(message.metadata.timestamp.timestamp() * 1000)
+    return stream_place(message)[1]
 
 
 def read_position(path: Path) -> int:

@@ -125,7 +125,7 @@ class Host:
         if self._record:
             factlog = FactLog.open(self.config.facts_dir, signer=self._keys.host)
             self.recorder = Recorder(
-                js=js,
+                client=nc,
                 factlog=factlog,
                 host_key=self._keys.host,
                 vouched=self.vouched,

@@ -4,6 +4,7 @@ admission that uses them (each envelope once, each reader its own verdict)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -364,7 +365,7 @@ async def _recorder(
         await ensure_spine(client.jetstream())
         with FactLog.open(directory, signer=keys["host"]) as log:
             yield Recorder(
-                js=client.jetstream(),
+                client=client,
                 factlog=log,
                 host_key=keys["host"],
                 vouched=vouched,
@@ -427,3 +428,58 @@ async def test_a_refusal_at_the_head_of_a_batch_holds_back_the_write_until_it_is
         recorder.make_durable()
         assert written == [acts[1].id, stranger.id]
         assert recorder.position == 3
+
+
+def _unsignable(keys: dict[str, SigningKey]) -> bytes:
+    """An envelope in the right shape whose payloadType no signature can cover: it is
+    not text that encodes (a lone surrogate)."""
+    return json.dumps(
+        {
+            "payload": "e30=",
+            "payloadType": "\ud800",
+            "signatures": [{"keyid": keys["maintainer"].keyid, "sig": "A" * 86 + "=="}],
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize("where", ["here", "helper"])
+async def test_an_envelope_no_signature_can_cover_is_refused_and_what_follows_recorded(
+    tmp_path: Path,
+    keys: dict[str, SigningKey],
+    registry: KeyRegistry,
+    nats_server: EmbeddedNats,
+    worker: WorkerChecks,
+    where: str,
+) -> None:
+    """One such message once stopped the recorder for good: reading it again after
+    every failure, it never got past it."""
+    vouched = Vouched(registry, checks=worker if where == "helper" else InlineChecks())
+    after = make_act(sender="maintainer")
+    written: list[str] = []
+    async with _recorder(tmp_path / "facts", keys, vouched, nats_server) as recorder:
+        recorder.observers.append(lambda fact: written.append(fact.id))
+        batch = [_stored(_unsignable(keys), 1), _stored(sign_fact(after, keys["maintainer"]), 2)]
+        await recorder.record(batch)
+        recorder.make_durable()
+        assert recorder.counters.refused == 1 and written == [after.id]
+        assert recorder.position == 2
+
+
+async def test_the_same_bad_bytes_published_twice_are_refused_twice(
+    tmp_path: Path,
+    keys: dict[str, SigningKey],
+    registry: KeyRegistry,
+    nats_server: EmbeddedNats,
+) -> None:
+    """Each refusal's id follows from the message's place in the stream as well as its
+    bytes: the second is neither dropped as a repeat of the first nor refused itself."""
+    bad = _forged(sign_fact(make_act(sender="maintainer"), keys["maintainer"]))
+    async with _recorder(tmp_path / "facts", keys, Vouched(registry), nats_server) as recorder:
+        await recorder.record([_stored(bad, 1), _stored(bad, 2)])
+        js = recorder._js
+        info = await js.stream_info(STREAM)
+        published = [await js.get_msg(STREAM, seq) for seq in range(1, info.state.last_seq + 1)]
+    ids = {
+        json.loads(base64.b64decode(json.loads(m.data or b"")["payload"]))["id"] for m in published
+    }
+    assert recorder.counters.refused == 2 and len(published) == 2 and len(ids) == 2

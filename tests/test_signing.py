@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 
 import pytest
 from securesystemslib.dsse import Envelope as ReferenceEnvelope
 from securesystemslib.signer import SSlibKey
 
-from agora.core.envelope import ACT_PAYLOAD_TYPE, MAX_PAYLOAD_BYTES
+from agora.core.admission import admit
+from agora.core.envelope import ACT_PAYLOAD_TYPE, MAX_PAYLOAD_BYTES, EventKind
 from agora.core.errors import MalformedEnvelope, PayloadTooLarge, SignatureError, UnknownKey
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import MAX_ENVELOPE_BYTES, pae, sign_body, sign_fact, verify_envelope
-from tests.factories import make_act
+from tests.factories import make_act, make_event
 
 
 def test_pae_matches_the_dsse_spec() -> None:
@@ -147,3 +149,25 @@ def test_garbage_body_under_a_valid_signature_is_malformed(
     envelope = sign_body(b"{]", ACT_PAYLOAD_TYPE, keys["synth-agent"])
     with pytest.raises(MalformedEnvelope, match="not valid UTF-8 JSON"):
         verify_envelope(envelope, registry)
+
+
+def test_a_payload_type_no_signature_can_cover_is_malformed(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    envelope = json.loads(sign_fact(make_act(), keys["synth-agent"]))
+    for payload_type in ("\ud800", "application/x-other"):
+        envelope["payloadType"] = payload_type
+        with pytest.raises(MalformedEnvelope, match="payloadType .* is unknown"):
+            verify_envelope(json.dumps(envelope).encode(), registry)
+
+
+def test_an_event_signed_in_another_name_is_refused(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    """An operator may sign a kill, but only as itself: the record must not say that
+    someone else killed something."""
+    kill = replace(make_event(actor="host"), kind=EventKind.KILLED, reason="by-hand")
+    with pytest.raises(SignatureError, match="actor must be its signer"):
+        admit(sign_fact(kill, keys["maintainer"]), registry)
+    admitted = admit(sign_fact(replace(kill, actor="maintainer"), keys["maintainer"]), registry)
+    assert admitted.fact.actor == "maintainer"

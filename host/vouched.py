@@ -25,6 +25,7 @@ from agora.core.spine import arrival_channel
 from agora.host.signature_checks import InlineChecks, SignatureChecks
 
 VOUCHED_MAX: Final = 65536
+VOUCHED_MAX_BYTES: Final = 64 * 1024 * 1024  # of envelopes: a flood of large acts stays bounded
 GROUNDED_MAX: Final = 65536
 
 
@@ -36,20 +37,24 @@ class Vouched:
         registry: KeyRegistry,
         limit: int = VOUCHED_MAX,
         *,
+        limit_bytes: int = VOUCHED_MAX_BYTES,
         checks: SignatureChecks | None = None,
     ) -> None:
         self._registry = registry
         self._checks = checks or InlineChecks()
         self._checking: dict[bytes, asyncio.Future[tuple[Fact, str]]] = {}
         self._facts: OrderedDict[bytes, tuple[Fact, str]] = OrderedDict()
+        self._sizes: dict[bytes, int] = {}  # each cached envelope's length
+        self._cached_bytes = 0
         self._limit = limit
+        self._limit_bytes = limit_bytes
         # act id -> envelope digest, for acts whose reply chain this process has seen
         self._grounded: OrderedDict[str, bytes] = OrderedDict()
 
     def add(self, envelope: bytes, fact: Fact, signer: str) -> None:
         """An envelope this process signed: known, and grounded if it is an act."""
         digest = hashlib.sha256(envelope).digest()
-        self._cache(digest, (fact, signer))
+        self._cache(digest, (fact, signer), len(envelope))
         self._ground(fact, digest)
 
     def grounded(self, act_id: str) -> bool:
@@ -144,7 +149,7 @@ class Vouched:
                     future.exception()  # retrieved: nobody need be waiting for it
                     continue
                 known = (fact, signed.signer.name)
-                self._cache(digest, known)
+                self._cache(digest, known, len(signed.body))
                 results[index] = known
                 future.set_result(known)
         finally:
@@ -153,10 +158,21 @@ class Vouched:
                 if not future.done():
                     future.cancel()  # anyone waiting on it checks it again
 
-    def _cache(self, digest: bytes, known: tuple[Fact, str]) -> None:
+    def _cache(self, digest: bytes, known: tuple[Fact, str], size: int) -> None:
+        """Keep what was verified, the oldest going first past either limit (a fact is
+        about as large as its envelope)."""
+        if digest in self._facts:
+            return
         self._facts[digest] = known
-        if len(self._facts) > self._limit:
-            self._facts.popitem(last=False)
+        self._sizes[digest] = size
+        self._cached_bytes += size
+        while len(self._facts) > self._limit or self._cached_bytes > self._limit_bytes:
+            oldest, _ = self._facts.popitem(last=False)
+            self._cached_bytes -= self._sizes.pop(oldest)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
 
     def _ground(self, fact: Fact, digest: bytes) -> None:
         """Note an act admitted (or signed) here, for :meth:`grounded`."""

@@ -448,6 +448,7 @@ async def test_an_envelope_no_signature_can_cover_is_refused_and_what_follows_re
     keys: dict[str, SigningKey],
     registry: KeyRegistry,
     nats_server: EmbeddedNats,
+    *,
     worker: WorkerChecks,
     where: str,
 ) -> None:
@@ -483,3 +484,20 @@ async def test_the_same_bad_bytes_published_twice_are_refused_twice(
         json.loads(base64.b64decode(json.loads(m.data or b"")["payload"]))["id"] for m in published
     }
     assert recorder.counters.refused == 2 and len(published) == 2 and len(ids) == 2
+
+
+def test_what_is_kept_as_verified_is_bounded_in_bytes_as_well_as_in_number(
+    keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    """A flood of large acts cannot make the cache hold gigabytes: past its bytes the
+    oldest go first, to be checked again if they come back."""
+    vouched = Vouched(registry, limit_bytes=100_000)
+    signed = []
+    for n in range(10):
+        act = make_act(sender="synth-agent", payload=f"{n}" + "x" * 30_000)
+        envelope = sign_fact(act, keys["synth-agent"])
+        vouched.add(envelope, act, "synth-agent")
+        signed.append((envelope, channel_subject(act.channel)))
+    assert 60_000 < vouched.cached_bytes <= 100_000
+    assert vouched.admit_known(signed[:1]) == []  # the oldest went
+    assert len(vouched.admit_known(signed[-2:])) == 2  # the newest are kept

@@ -38,7 +38,7 @@ from typing import Final, Self
 
 from agora.core.checkpoint import Checkpoint
 from agora.core.envelope import Fact, decode_fact, parse_json
-from agora.core.errors import ConfigError, InternalError, MalformedEnvelope
+from agora.core.errors import ConfigError, InputError, InternalError, MalformedEnvelope
 from agora.core.keys import SigningKey
 from agora.core.merkle import Frontier, leaf_hash
 from agora.core.rivet import VIEW_HEADER, artifact
@@ -135,17 +135,35 @@ class FactLog:
             raise ConfigError(
                 f"facts directory {directory} is being written by another process"
             ) from exc
-        log_path = directory / LOG_FILE
-        data = _trim_incomplete_line(log_path)
+        try:
+            return cls._read(directory, signer=signer, origin=origin, lock_fd=lock_fd)
+        except BaseException as exc:
+            os.close(lock_fd)  # the lock goes with it: the directory can be opened again
+            if isinstance(exc, InputError) and not isinstance(exc, ConfigError):
+                raise ConfigError(
+                    f"facts directory {directory}: its log cannot be read ({exc}); "
+                    "`agora verify` says more"
+                ) from exc
+            raise
+
+    @classmethod
+    def _read(cls, directory: Path, *, signer: SigningKey, origin: str, lock_fd: int) -> FactLog:
+        """The writer of a locked directory, its log read (a torn last line cut)."""
+        data = _trim_incomplete_line(directory / LOG_FILE)
         last_checkpoint_size = _latest_checkpoint_size(directory)
         view_is_current = _view_is_current(
             directory / VIEW_FILE, data, synced=max(0, last_checkpoint_size)
         )
         log = cls(directory, origin=origin, signer=signer, lock_fd=lock_fd)
-        for line in log_lines(data):
-            log._frontier.append(leaf_hash(line))
-        if not view_is_current:
-            log._rebuild_view()
+        try:
+            for line in log_lines(data):
+                log._frontier.append(leaf_hash(line))
+            if not view_is_current:
+                log._rebuild_view()
+        except BaseException:
+            log._log.close()
+            log._view.close()
+            raise
         log._last_checkpoint_size = last_checkpoint_size
         return log
 
@@ -283,7 +301,14 @@ def _fact_in(line: bytes, index: int) -> Fact:
     envelope = envelope_of(line, index)
     if not isinstance(envelope, dict):
         raise MalformedEnvelope(f"entry {index} holds no envelope object")
-    return decode_fact(envelope["payloadType"], base64.b64decode(envelope["payload"]))
+    payload_type, payload = envelope.get("payloadType"), envelope.get("payload")
+    if not (isinstance(payload_type, str) and isinstance(payload, str)):
+        raise MalformedEnvelope(f"entry {index}'s envelope has no payloadType and payload")
+    try:
+        body = base64.b64decode(payload, validate=True)
+    except ValueError as exc:
+        raise MalformedEnvelope(f"entry {index}'s payload is not base64: {exc}") from exc
+    return decode_fact(payload_type, body)
 
 
 def _trim_incomplete_line(path: Path) -> bytes:
@@ -328,8 +353,14 @@ def _view_is_current(view_path: Path, data: bytes, *, synced: int) -> bool:
 
 
 def _latest_checkpoint_size(directory: Path) -> int:
-    names = sorted((directory / CHECKPOINT_DIR).glob(f"*{CHECKPOINT_SUFFIX}"))
-    return int(names[-1].name.removesuffix(CHECKPOINT_SUFFIX)) if names else -1
+    """The size of the newest checkpoint, -1 for none (a note not named by its size is
+    not a checkpoint of the writer's)."""
+    sizes = [
+        int(stem)
+        for path in (directory / CHECKPOINT_DIR).glob(f"*{CHECKPOINT_SUFFIX}")
+        if (stem := path.name.removesuffix(CHECKPOINT_SUFFIX)).isascii() and stem.isdigit()
+    ]
+    return max(sizes, default=-1)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -182,3 +182,32 @@ def test_checkpoint_is_written_durably_and_only_when_the_log_grew(
         log.checkpoint()
     names = sorted(path.name for path in (tmp_path / "facts" / "checkpoints").iterdir())
     assert names == ["0000000000000001.note"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"index":3,"envelope":{"payload":"e30="}}\n', b'{"index":3,"envelope":[]}\n'],
+    ids=["no-payload-type", "no-object"],
+)
+def test_a_damaged_line_is_named_and_the_directory_left_unlocked(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], damage: bytes
+) -> None:
+    directory = build_facts(6)
+    log_file = directory / LOG_FILE
+    lines = log_file.read_bytes().splitlines(keepends=True)
+    log_file.write_bytes(b"".join([*lines[:3], damage, *lines[4:]]))
+    (directory / VIEW_FILE).unlink()  # the view is read again from the log
+    with pytest.raises(ConfigError, match=f"facts directory {directory}: .*entry 3"):
+        FactLog.open(directory, signer=keys["host"])
+    log_file.write_bytes(b"".join(lines))  # put right, it opens in the same process
+    with FactLog.open(directory, signer=keys["host"]) as log:
+        assert log.size == 6
+
+
+def test_a_note_not_named_by_its_size_is_no_checkpoint(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey]
+) -> None:
+    directory = build_facts(6, every=3)
+    (directory / CHECKPOINT_DIR / "latest.note").write_text("not a checkpoint\n")
+    with FactLog.open(directory, signer=keys["host"]) as log:
+        assert log.size == 6

@@ -151,6 +151,13 @@ class FactLog:
         """The writer of a locked directory, its log read (a torn last line cut)."""
         data = _trim_incomplete_line(directory / LOG_FILE)
         last_checkpoint_size = _latest_checkpoint_size(directory)
+        entries = data.count(b"\n")
+        if entries < last_checkpoint_size:
+            raise ConfigError(
+                f"facts directory {directory}: its log holds {entries} entries, but a "
+                f"checkpoint was signed over {last_checkpoint_size}: the log was cut short "
+                "or rolled back; put the whole log back, or move the directory aside"
+            )
         view_is_current = _view_is_current(
             directory / VIEW_FILE, data, synced=max(0, last_checkpoint_size)
         )
@@ -246,6 +253,9 @@ class FactLog:
         return FactsSnapshot(files=files, checkpoint=checkpoint)
 
     def close(self) -> None:
+        """Checkpoint, then :meth:`release`; once only (a second close does nothing)."""
+        if self._lock_fd < 0:
+            return
         try:
             self.checkpoint()
         finally:
@@ -253,14 +263,18 @@ class FactLog:
 
     def release(self) -> None:
         """Close the files and let go of the directory, with no checkpoint. The lock goes
-        whatever closing a file raises (a flush that fails again on a full disk)."""
+        whatever closing a file raises (a flush that fails again on a full disk); once
+        only, so that a descriptor number the system has since reused is never closed."""
+        lock_fd, self._lock_fd = self._lock_fd, -1
+        if lock_fd < 0:
+            return
         try:
             try:
                 self._log.close()
             finally:
                 self._view.close()
         finally:
-            os.close(self._lock_fd)
+            os.close(lock_fd)
 
     def __enter__(self) -> Self:
         return self

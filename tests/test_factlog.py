@@ -211,3 +211,19 @@ def test_a_note_not_named_by_its_size_is_no_checkpoint(
     (directory / CHECKPOINT_DIR / "latest.note").write_text("not a checkpoint\n")
     with FactLog.open(directory, signer=keys["host"]) as log:
         assert log.size == 6
+
+
+def test_a_log_shorter_than_its_newest_checkpoint_is_not_written_to(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey]
+) -> None:
+    """Facts a checkpoint covered are gone (a log rolled back, with its checkpoints
+    kept): appending would hide the loss under new entries."""
+    directory = build_facts(6, every=3)
+    log_file = directory / LOG_FILE
+    whole = log_file.read_bytes()
+    log_file.write_bytes(b"".join(whole.splitlines(keepends=True)[:4]))
+    with pytest.raises(ConfigError, match="holds 4 entries, but a checkpoint was signed over 6"):
+        FactLog.open(directory, signer=keys["host"])
+    log_file.write_bytes(whole)
+    with FactLog.open(directory, signer=keys["host"]) as log:
+        assert log.size == 6

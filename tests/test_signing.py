@@ -157,7 +157,7 @@ def test_a_payload_type_no_signature_can_cover_is_malformed(
     envelope = json.loads(sign_fact(make_act(), keys["synth-agent"]))
     for payload_type in ("\ud800", "application/x-other"):
         envelope["payloadType"] = payload_type
-        with pytest.raises(MalformedEnvelope, match="payloadType .* is unknown"):
+        with pytest.raises(MalformedEnvelope, match=r"payloadType .* is unknown"):
             verify_envelope(json.dumps(envelope).encode(), registry)
 
 

@@ -1,7 +1,8 @@
 """``agora agents``: build the agents into wasm components and show which are built.
 
 A component is built again only when its Python sources, the WIT contract or the
-componentize-py version changed (see :mod:`agora.host.builder`).
+componentize-py version changed (see :mod:`agora.host.builder`). The contract is the
+folder's own ``wit/`` if it has one, else agora's, as ``agora up`` uses it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from agora.host.builder import agent_statuses, build_agents
 
 DEFAULT_SOURCE: Final = Path("agents")
 DEFAULT_BUILD_DIR: Final = Path("agents/build")
-DEFAULT_WIT: Final = Path("wit")
+OWN_WIT: Final = Path("wit")
+SOURCE_WIT: Final = Path(__file__).resolve().parent.parent / "wit"
+
+
+def contract_in(folder: Path) -> Path:
+    """The WIT contract to build against: ``folder``'s own ``wit/``, else agora's."""
+    own = folder / OWN_WIT
+    return own if own.is_dir() else SOURCE_WIT
 
 
 def register(commands: Any) -> None:
@@ -47,15 +55,22 @@ def _folder_options(parser: argparse.ArgumentParser) -> None:
         help="where components are written (default: agents/build)",
     )
     parser.add_argument(
-        "--wit", type=Path, default=DEFAULT_WIT, help="the WIT contract (default: wit)"
+        "--wit",
+        type=Path,
+        help="the WIT contract (default: wit if there is one here, else agora's own)",
     )
+
+
+def _contract(arguments: argparse.Namespace) -> Path:
+    wit: Path | None = arguments.wit
+    return contract_in(Path()) if wit is None else wit
 
 
 def run_build(arguments: argparse.Namespace) -> int:
     build_agents(
         arguments.source,
         arguments.build_dir,
-        arguments.wit,
+        _contract(arguments),
         arguments.names or None,
         log=print,
     )
@@ -63,7 +78,7 @@ def run_build(arguments: argparse.Namespace) -> int:
 
 
 def run_list(arguments: argparse.Namespace) -> int:
-    for status in agent_statuses(arguments.source, arguments.build_dir, arguments.wit):
+    for status in agent_statuses(arguments.source, arguments.build_dir, _contract(arguments)):
         if not status.built:
             state = "not built"
         elif status.up_to_date:

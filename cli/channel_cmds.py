@@ -19,15 +19,15 @@ from nats.js.errors import FetchTimeoutError
 
 from agora.cli.session import (
     add_config_option,
-    connected,
+    agora_connection,
     declared_channel,
     open_session,
-    running_url,
 )
+from agora.cli.terminal import terminal_safe
 from agora.core.acts import parse_act
 from agora.core.admission import admit
 from agora.core.envelope import Act
-from agora.core.errors import InputError
+from agora.core.errors import AgoraError, InputError
 from agora.core.factlog import LOG_FILE, read_facts
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry
@@ -72,13 +72,14 @@ def register(commands: Any) -> None:
 
 
 def describe(data: bytes, subject: str, registry: KeyRegistry) -> tuple[str, dict[str, Any] | None]:
-    """A readable line for one channel message, and its JSON form if it verified."""
+    """A readable line for one channel message, safe to show on a terminal (whatever the
+    sender put in it, it is one line), and its JSON form if it verified."""
     try:
         fact = admit(data, registry, channel=channel_of(subject)).fact
     except InputError as exc:
-        return f"REFUSED on {subject}: {exc}", None
+        return terminal_safe(f"REFUSED on {subject}: {exc}"), None
     if not isinstance(fact, Act):  # pragma: no cover - admit refuses events on channels
-        return f"REFUSED on {subject}: not an act", None
+        return terminal_safe(f"REFUSED on {subject}: not an act"), None
     when = dt.datetime.fromtimestamp(fact.time_ms / 1000, tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]
     reply = f" re {fact.in_reply_to}" if fact.in_reply_to else ""
     payload = (
@@ -90,17 +91,22 @@ def describe(data: bytes, subject: str, registry: KeyRegistry) -> tuple[str, dic
         f"{when} #{fact.channel} {fact.sender} {fact.act.value} "
         f"(hops {fact.hops}, {fact.id}{reply}): {payload}"
     )
-    return line, fact.to_json()
+    return terminal_safe(line), fact.to_json()
 
 
 def run_watch(arguments: argparse.Namespace) -> int:
     session = open_session(arguments.config)
-    channels = [declared_channel(session.config, c) for c in arguments.channels]
+    # a channel named twice is watched once: each act is shown once
+    channels = list(dict.fromkeys(declared_channel(session.config, c) for c in arguments.channels))
 
     async def watch() -> None:
-        async with connected(running_url(session.config)) as client:
+        done = asyncio.Event()  # the reader went away, or the connection did
+
+        async def closed() -> None:
+            done.set()
+
+        async with agora_connection(session.config, on_close=closed) as client:
             js = client.jetstream()
-            done = asyncio.Event()
             lost: list[BrokenPipeError] = []  # the reader went away: stop watching
             for channel in channels:
 
@@ -121,7 +127,11 @@ def run_watch(arguments: argparse.Namespace) -> int:
                 )
             print(f"watching {', '.join('#' + c for c in channels)} (Ctrl-C to stop)", flush=True)
             await done.wait()
-            raise lost[0]
+            if lost:
+                raise lost[0]
+            raise AgoraError(
+                "lost the connection to NATS: the watch ended (is the server still running?)"
+            )
 
     asyncio.run(watch())
     return 0
@@ -132,7 +142,7 @@ def run_log(arguments: argparse.Namespace) -> int:
     channel = declared_channel(session.config, arguments.channel)
 
     async def history() -> None:
-        async with connected(running_url(session.config)) as client:
+        async with agora_connection(session.config) as client:
             js = client.jetstream()
             subscription = await js.pull_subscribe(
                 channel_subject(channel),
@@ -198,7 +208,7 @@ def run_inject(arguments: argparse.Namespace) -> int:
 
     async def send() -> int | None:
         """Publish; when the stream stored the act (ms since the epoch), if it says."""
-        async with connected(running_url(config)) as client:
+        async with agora_connection(config) as client:
             js = client.jetstream()
             ack = await js.publish(
                 channel_subject(channel), envelope, headers={MSG_ID_HEADER: act.id}

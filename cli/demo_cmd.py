@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 from nats.js import JetStreamContext
 
 from agora.cli.session import Session, connected, open_session
+from agora.cli.terminal import terminal_safe
 from agora.cli.up_cmd import prepare_host
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
@@ -167,33 +168,50 @@ async def run_demo(
     config = session.config
     say("Building the agents into WebAssembly components (only what changed)...")
     host = prepare_host(session, log_line=lambda line: say(f"  {line}"))
-    deliveries: list[Delivery] = []
     async with (
         EmbeddedNats(data_dir=config.nats.data_dir) as server,
         connected(server.url) as client,
     ):
         say(f"Started nats-server with JetStream at {server.url}.")
-        await host.start(client)
-        for runner in host.runners.values():
-            runner.observers.append(deliveries.append)
-        say(f"The host runs {len(host.runners)} agents, each in its own wasm sandbox.")
-        run = DemoRun(session, client.jetstream(), host, deliveries, report, say)
-        await _spike(run)
-        await _agreement(run)
-        await _stop_and_kill(run)
-        from agora.cli.demo_github import github_part  # noqa: PLC0415
-
-        report.github = await github_part(
-            session=session,
-            host=host,
-            standin=standin,
-            deliveries=deliveries,
-            channel="release",
-            say=say,
-        )
-        await host.stop()
+        try:  # the host stops before its connection closes, also on Ctrl-C
+            await host.start(client)
+            await _scenes(
+                session, client.jetstream(), host, standin=standin, report=report, say=say
+            )
+        finally:
+            await host.stop()
     _verify(config.facts_dir, session.registry, report, say)
     return report
+
+
+async def _scenes(
+    session: Session,
+    js: JetStreamContext,
+    host: Host,
+    *,
+    standin: StandInGitHub,
+    report: Report,
+    say: Callable[[str], None],
+) -> None:
+    """Everything the demo shows while the host runs."""
+    deliveries: list[Delivery] = []
+    for runner in host.runners.values():
+        runner.observers.append(deliveries.append)
+    say(f"The host runs {len(host.runners)} agents, each in its own wasm sandbox.")
+    run = DemoRun(session, js, host, deliveries, report, say)
+    await _spike(run)
+    await _agreement(run)
+    await _stop_and_kill(run)
+    from agora.cli.demo_github import github_part  # noqa: PLC0415
+
+    report.github = await github_part(
+        session=session,
+        host=host,
+        standin=standin,
+        deliveries=deliveries,
+        channel="release",
+        say=say,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,9 +354,10 @@ def _read_outcome(facts_dir: Path, report: Report, say: Callable[[str], None]) -
     if report.decision:
         cast: dict[str, str] = body_votes
         votes = ", ".join(f"{k} {v}" for k, v in sorted(cast.items()))
-        say(f"   The coordinator counted: {votes}; outcome: {report.decision['outcome']}.")
+        outcome = report.decision["outcome"]
+        say(terminal_safe(f"   The coordinator counted: {votes}; outcome: {outcome}."))
     if report.summary:
-        say(f"   The summarizer wrote: {report.summary}")
+        say(terminal_safe(f"   The summarizer wrote: {report.summary}"))  # an agent's words
 
 
 def _verify(

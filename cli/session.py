@@ -8,13 +8,15 @@ without being told where the server is.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from agora.core.acts import check_channel
 from agora.core.errors import AgoraError, ConfigError, InputError
@@ -26,6 +28,7 @@ from agora.core.keys import (
     read_private_key_file,
 )
 from agora.core.received import RawClient
+from agora.core.spine import STREAM
 from agora.host.config import Config, check_against_registry, load_config, without_credentials
 
 DEFAULT_CONFIG: Final = Path("agora.yaml")
@@ -108,15 +111,21 @@ def running_url(config: Config) -> str:
     )
 
 
+OnClose = Callable[[], Awaitable[None]]
+
+
 @asynccontextmanager
-async def connected(url: str, *, reconnect: bool = False) -> AsyncIterator[Client]:
+async def connected(
+    url: str, *, reconnect: bool = False, on_close: OnClose | None = None
+) -> AsyncIterator[Client]:
     """A NATS connection. A command fails fast if the server is not there; a
-    long-running process (``reconnect=True``) rides out a server restart."""
+    long-running process (``reconnect=True``) rides out a server restart. ``on_close``
+    is awaited when the connection closes, whether it was closed or lost."""
 
     async def quiet(_: Exception) -> None:
         return None
 
-    async def connect(*, reconnect: bool) -> Client:
+    async def connect(*, reconnect: bool, on_close: OnClose | None) -> Client:
         # nats-py never gives up on a first connection with 0 attempts or with -1: one
         # attempt more, then an error; -1 only once connected, to ride out restarts
         client = RawClient()  # the host's busiest subscriptions read off the wire
@@ -127,16 +136,52 @@ async def connected(url: str, *, reconnect: bool = False) -> AsyncIterator[Clien
             max_reconnect_attempts=-1 if reconnect else 1,
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; typed int
             error_cb=None if reconnect else quiet,
+            closed_cb=on_close,
         )
         return client
 
     try:
         if reconnect:  # a server that is not there at all is an error, at once
-            await (await connect(reconnect=False)).close()
-        client = await connect(reconnect=reconnect)
+            await (await connect(reconnect=False, on_close=None)).close()
+        client = await connect(reconnect=reconnect, on_close=on_close)
     except Exception as exc:
         raise ConfigError(f"cannot reach NATS at {without_credentials(url)}: {exc}") from exc
     try:
         yield client
     finally:
         await client.close()
+
+
+@asynccontextmanager
+async def agora_connection(
+    config: Config, *, on_close: OnClose | None = None
+) -> AsyncIterator[Client]:
+    """A command's connection to the NATS server of the running agora. What goes wrong
+    with NATS inside the block ends the command with one line naming the server (never
+    its credentials): a server on which no host has made agora's stream yet says so."""
+    url = running_url(config)
+    async with connected(url, on_close=on_close) as client:
+        try:
+            yield client
+        except (NotFoundError, NoStreamResponseError) as exc:
+            raise await _missing(client, url, exc) from None
+        except NatsError as exc:
+            raise AgoraError(f"NATS at {without_credentials(url)}: {_said(exc)}") from None
+
+
+async def _missing(client: Client, url: str, exc: NatsError) -> AgoraError:
+    """The error for something NATS did not find: agora's stream itself (no host has run
+    on this server), or something else it names."""
+    where = without_credentials(url)
+    try:
+        await client.jetstream().stream_info(STREAM)
+    except NotFoundError:
+        return ConfigError(f"no agora stream on this NATS server at {where}: run `agora up` first")
+    except (NatsError, TimeoutError):
+        pass  # the original error is the one to show
+    return AgoraError(f"NATS at {where}: {_said(exc)}")
+
+
+def _said(exc: NatsError) -> str:
+    """What a NATS error says, or its name when it says nothing."""
+    return str(exc).strip() or type(exc).__name__

@@ -3,10 +3,15 @@
 What is stopped is read from the control bucket itself, as every host reads it (only
 values that verify count), with who stopped it, when, and the reason they gave.
 
-Every host writes its report to the status bucket once a second while it runs. A report
-is only what was true when it was written: one older than a few report intervals is
-from a host that stopped (or cannot reach NATS), so that host is shown as not running,
-and so are its agents, whatever they were doing when it last reported.
+Every host process writes its report to the status bucket once a second while it runs,
+under a key of its own (several processes may run as one host, each with some of the
+agents), and the reports are shown grouped by host. A report is only what was true when
+it was written: one older than a few report intervals is from a process that stopped (or
+cannot reach NATS), so that process is shown as not running, and so are its agents,
+whatever they were doing when it last reported.
+
+What a host reports (agent names, a recorder's failure) and what an operator said when
+killing are shown made safe for a terminal (:mod:`agora.cli.terminal`).
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ import asyncio
 import json
 from typing import Any, Final
 
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
 from agora.cli.control_cmds import switches_in_force
-from agora.cli.session import Session, add_config_option, connected, open_session, running_url
+from agora.cli.session import Session, add_config_option, agora_connection, open_session
+from agora.cli.terminal import show
 from agora.core.envelope import EventKind
 from agora.core.ids import now_ms
 from agora.core.spine import CONTROL_BUCKET, DEAD_STREAM, STATUS_BUCKET, STREAM
 from agora.host.controls import EmitVerdict, Verdict
-from agora.host.service import CLOCK_WARN_MS, STATUS_EVERY_S
+from agora.host.service import CLOCK_WARN_MS, STALE_AFTER_S
 
 # Every control's counter, in the order a message meets them: shown for every agent,
 # zeros included, so that what is counted is plain; anything else a host counts follows.
@@ -40,8 +47,6 @@ CONTROL_COUNTERS: Final = (
     "hops-lowered",
     "faults",
 )
-STALE_AFTER_REPORTS: Final = 5
-STALE_AFTER_S: Final = STALE_AFTER_REPORTS * STATUS_EVERY_S
 NOT_RUNNING: Final = "not running"
 
 
@@ -79,17 +84,46 @@ def with_liveness(report: dict[str, Any], now: int) -> dict[str, Any]:
     return {**report, "agents": agents, "running": running, "report_age_s": round(age_s, 1)}
 
 
-async def gather_status(session: Session) -> dict[str, Any]:
-    async with connected(running_url(session.config)) as client:
-        js = client.jetstream()
-        reports: dict[str, Any] = {}
-        status_kv = await js.key_value(STATUS_BUCKET)
+def by_host(reports: dict[str, dict[str, Any]], now: int) -> dict[str, dict[str, Any]]:
+    """The reports grouped by the host they name: for each, whether any of its processes
+    runs, and each process's report with its liveness, by instance id."""
+    instances: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, report in sorted(reports.items()):
+        name = str(report.get("host") or key)
+        instance = str(report.get("instance") or key)
+        process = {**with_liveness(report, now), "instance": instance}
+        instances.setdefault(name, {})[instance] = process
+    return {
+        name: {
+            "running": any(process["running"] for process in processes.values()),
+            "instances": processes,
+        }
+        for name, processes in sorted(instances.items())
+    }
+
+
+async def _reports(js: JetStreamContext) -> dict[str, dict[str, Any]]:
+    """Every report in the status bucket, by key (one that is not a JSON object skipped)."""
+    status_kv = await js.key_value(STATUS_BUCKET)
+    try:
+        keys = await status_kv.keys()
+    except NoKeysError:
+        return {}
+    reports: dict[str, dict[str, Any]] = {}
+    for key in keys:
         try:
-            for key in await status_kv.keys():
-                entry = await status_kv.get(key)
-                reports[key] = json.loads(entry.value or b"{}")
-        except NoKeysError:
-            pass
+            report = json.loads((await status_kv.get(key)).value or b"{}")
+        except (KeyNotFoundError, ValueError):
+            continue  # gone meanwhile, or not a report
+        if isinstance(report, dict):
+            reports[key] = report
+    return reports
+
+
+async def gather_status(session: Session) -> dict[str, Any]:
+    async with agora_connection(session.config) as client:
+        js = client.jetstream()
+        reports = await _reports(js)
         stream = await js.stream_info(STREAM)
         try:
             dead = (await js.stream_info(DEAD_STREAM)).state.messages
@@ -101,9 +135,8 @@ async def gather_status(session: Session) -> dict[str, Any]:
         except NoKeysError:
             control_keys = []
         in_force = await switches_in_force(js, session.registry)
-    now = now_ms()
     return {
-        "hosts": {name: with_liveness(report, now) for name, report in reports.items()},
+        "hosts": by_host(reports, now_ms()),
         "stopped": {
             key: {
                 "kind": event.kind.value,
@@ -140,30 +173,61 @@ def run_status(arguments: argparse.Namespace) -> int:
         return 0
     stream = status["stream"]
     print(f"stream: {stream['messages']} messages, {stream['dead_letters']} dead letters")
-    for name, host in sorted(status["hosts"].items()):
-        when = age(host["report_age_s"])
-        if host["running"]:
-            print(f"host {name}: running (reported {when} ago)")
-        else:
-            print(f"host {name}: {NOT_RUNNING} (last report {when} ago)")
-        offset_s = (host.get("clock_offset_ms") or 0) / 1000
-        if abs(offset_s) > CLOCK_WARN_MS / 1000:
-            side = "ahead of" if offset_s > 0 else "behind"
-            print(f"  clock {abs(offset_s):.1f} s {side} the NATS server's: set it right")
-        recorder = host.get("recorder")
-        if recorder:
-            print(f"  recorder: {recorder['recorded']} recorded, {recorder['refused']} refused")
-            if recorder.get("failure"):
-                print(f"  recorder STOPPED: {recorder['failure']}")
-        for agent, info in sorted(host.get("agents", {}).items()):
-            counters = ", ".join(f"{k} {v}" for k, v in info["counters"].items())
-            print(f"  {agent} [{info['state']}] on {', '.join(info['channels'])}: {counters}")
-    if status["stopped"]:
-        print("stopped:")
-        for key, info in status["stopped"].items():
-            when = age(max(now_ms() - info["time_ms"], 0) / 1000)
-            said = info["detail"] or info["reason"]
-            print(f"  {key}: {info['kind']} by {info['by']} {when} ago: {said}")
-    else:
-        print("nothing is killed")
+    for name, host in status["hosts"].items():
+        processes = host["instances"]
+        show(f"host {name}: {_how_many_run(processes)}")
+        for process in processes.values():
+            _show_process(process)
+    _show_stopped(status["stopped"])
     return 0
+
+
+def _how_many_run(processes: dict[str, dict[str, Any]]) -> str:
+    """``running``, ``not running``, ``running (2 processes)`` or ``1 of 2 processes
+    running``."""
+    running = sum(1 for process in processes.values() if process["running"])
+    total = len(processes)
+    if running == 0:
+        return NOT_RUNNING
+    if running < total:
+        return f"{running} of {total} processes running"
+    return "running" if total == 1 else f"running ({total} processes)"
+
+
+def _process_label(process: dict[str, Any]) -> str:
+    """``box (pid 4242)``: where a host process runs; an older report's key otherwise."""
+    if process.get("machine") and process.get("pid"):
+        return f"{process['machine']} (pid {process['pid']})"
+    return f"process {process['instance']}"
+
+
+def _show_process(process: dict[str, Any]) -> None:
+    when = age(process["report_age_s"])
+    label = _process_label(process)
+    if process["running"]:
+        show(f"  {label}: running (reported {when} ago)")
+    else:
+        show(f"  {label}: {NOT_RUNNING} (last report {when} ago)")
+    offset_s = (process.get("clock_offset_ms") or 0) / 1000
+    if abs(offset_s) > CLOCK_WARN_MS / 1000:
+        side = "ahead of" if offset_s > 0 else "behind"
+        print(f"    clock {abs(offset_s):.1f} s {side} the NATS server's: set it right")
+    recorder = process.get("recorder")
+    if recorder:
+        show(f"    recorder: {recorder['recorded']} recorded, {recorder['refused']} refused")
+        if recorder.get("failure"):
+            show(f"    recorder STOPPED: {recorder['failure']}")
+    for agent, info in sorted(process.get("agents", {}).items()):
+        counters = ", ".join(f"{k} {v}" for k, v in info["counters"].items())
+        show(f"    {agent} [{info['state']}] on {', '.join(info['channels'])}: {counters}")
+
+
+def _show_stopped(stopped: dict[str, dict[str, Any]]) -> None:
+    if not stopped:
+        print("nothing is killed")
+        return
+    print("stopped:")
+    for key, info in stopped.items():
+        when = age(max(now_ms() - info["time_ms"], 0) / 1000)
+        said = info["detail"] or info["reason"]
+        show(f"  {key}: {info['kind']} by {info['by']} {when} ago: {said}")

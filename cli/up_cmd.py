@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agora.bridge.config import BridgeConfig, bridge_config
+from agora.cli.agents_cmd import (  # SOURCE_WIT: the benchmarks build with it
+    SOURCE_WIT,  # noqa: F401
+    contract_in,
+)
 from agora.cli.session import Session, add_config_option, connected, open_session
 from agora.core.document import Node
 from agora.host.builder import build_agents, find_agents
@@ -32,8 +36,6 @@ if TYPE_CHECKING:
     from agora.bridge.service import Bridge
 
 log = logging.getLogger("agora.up")
-
-SOURCE_WIT = Path(__file__).resolve().parent.parent / "wit"
 
 
 def register(commands: Any) -> None:
@@ -72,8 +74,7 @@ def run_up(arguments: argparse.Namespace) -> int:
 
 def wit_dir(config: Config) -> Path:
     """The contract to build against: the project's own ``wit/``, else agora's."""
-    own = config.root / "wit"
-    return own if own.is_dir() else SOURCE_WIT
+    return contract_in(config.root)
 
 
 def check_sources(config: Config) -> None:

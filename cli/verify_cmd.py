@@ -9,11 +9,24 @@ from pathlib import Path
 from typing import Any, Final
 
 from agora.cli.keys_cmd import DEFAULT_REGISTRY
+from agora.cli.terminal import show
 from agora.core.errors import AgoraError
 from agora.core.keys import KeyRegistry
 from agora.core.verify import Problem, Report, verify_directory
 
 DEFAULT_FACTS_DIR: Final = Path("facts")
+MAX_JOBS: Final = 64  # processes checking signatures: past the cores, each only costs memory
+
+
+def job_count(text: str) -> int:
+    """``--jobs``: an integer from 1 to :data:`MAX_JOBS`."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if not 1 <= jobs <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_JOBS}, got {text!r}")
+    return jobs
 
 
 def register(commands: Any) -> None:
@@ -34,9 +47,9 @@ def register(commands: Any) -> None:
     )
     verify.add_argument(
         "--jobs",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="processes that check signatures (default: one per core)",
+        type=job_count,
+        default=min(os.cpu_count() or 1, MAX_JOBS),
+        help=f"processes that check signatures, 1 to {MAX_JOBS} (default: one per core)",
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(run=run)
@@ -48,6 +61,9 @@ def run(arguments: argparse.Namespace) -> int:
         report = verify_directory(arguments.facts_dir, registry, jobs=arguments.jobs)
     except AgoraError as exc:
         report = Report(problem=Problem(str(arguments.keys), str(exc)))
+    except OSError as exc:  # a file in the facts directory that cannot be read
+        where = str(exc.filename or arguments.facts_dir)
+        report = Report(problem=Problem(where, f"cannot be read: {exc.strerror or exc}"))
     if arguments.json:
         print(json.dumps(report.to_json(), sort_keys=True))
     elif report.problem is None:
@@ -57,5 +73,5 @@ def run(arguments: argparse.Namespace) -> int:
             f"tree size {report.size}, root {report.root}"
         )
     else:
-        print(f"FAIL {arguments.facts_dir}: {report.problem}")
+        show(f"FAIL {arguments.facts_dir}: {report.problem}")  # it may quote the log
     return 0 if report.ok else 1

@@ -16,6 +16,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import re
+import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ from typing import Final
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 from wasmtime import component as wc
 
@@ -62,11 +67,27 @@ from agora.host.watchdog import WatchedSandbox
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S: Final = 1.0
+# A report older than this many intervals is the last word of a process that stopped.
+STALE_AFTER_REPORTS: Final = 5
+STALE_AFTER_S: Final = STALE_AFTER_REPORTS * STATUS_EVERY_S
+MACHINE_NAME_CHARS: Final = 64
 CLOCK_CHECK_EVERY: Final = 60  # reports: the clock is compared once a minute
 CLOCK_WARN_MS: Final = 10_000
 CLOCK_CHECK_TIMEOUT_S: Final = 1.0
 HEADROOM: Final = 4096  # of the server's message size, for a key-value put's subject and headers
 SETTLE_POLL_S: Final = 0.05
+
+
+def machine_name() -> str:
+    """This machine's host name in the characters a status key may hold (no dots)."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:MACHINE_NAME_CHARS]
+    return name or "unknown"
+
+
+def is_stale(report: Mapping[str, object], now_ms: int) -> bool:
+    """Whether a status report is too old to be from a process still running."""
+    time_ms = report.get("time_ms")
+    return not isinstance(time_ms, int) or now_ms - time_ms > STALE_AFTER_S * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +125,10 @@ class Host:
         self._linker: wc.Linker | None = None
         self._loaded: dict[str, wc.Component] = {}
         self._status_task: asyncio.Task[None] | None = None
+        # this process among every host process (several may share one host key): its
+        # report is kept under a key of its own, "<host>.<machine>.<pid>-<random>"
+        self.machine = machine_name()
+        self.instance = f"{self.machine}.{os.getpid()}-{secrets.token_hex(2)}"
         self._stopping = asyncio.Event()
         self._js: JetStreamContext | None = None
         self.client: Client | None = None
@@ -111,6 +136,11 @@ class Host:
     @property
     def name(self) -> str:
         return self._keys.host.name
+
+    @property
+    def status_key(self) -> str:
+        """Where this process reports in the status bucket."""
+        return f"{self.name}.{self.instance}"
 
     async def start(self, nc: Client) -> None:
         """Prepare the spine, load every agent, and start them all."""
@@ -248,6 +278,9 @@ class Host:
         recorder = self.recorder
         return {
             "host": self.name,
+            "instance": self.instance,
+            "machine": self.machine,
+            "pid": os.getpid(),
             "time_ms": now_ms(),
             "clock_offset_ms": self.clock_offset_ms,
             "agents": agents,
@@ -272,11 +305,15 @@ class Host:
 
     async def _report_status(self, js: JetStreamContext) -> None:
         reports = 0
+        cleared = False
         while not self._stopping.is_set():
             try:
                 kv = await js.key_value(STATUS_BUCKET)
+                if not cleared:
+                    await self._clear_earlier_runs(kv)
+                    cleared = True
                 sent_ms = now_ms()
-                revision = await kv.put(self.name, json.dumps(self.status()).encode())
+                revision = await kv.put(self.status_key, json.dumps(self.status()).encode())
                 answered_ms = now_ms()
             except Exception:
                 log.warning("could not publish host status", exc_info=True)
@@ -286,6 +323,26 @@ class Host:
                 reports += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), STATUS_EVERY_S)
+
+    async def _clear_earlier_runs(self, kv: KeyValue) -> None:
+        """Delete the stale reports of this host's earlier runs on this machine (and one
+        under the host's bare name, as earlier versions wrote): this run supersedes
+        them. Another machine's stay, shown as not running until it reports again."""
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return
+        own_runs = f"{self.name}.{self.machine}."
+        for key in keys:
+            if key == self.status_key or not (key == self.name or key.startswith(own_runs)):
+                continue
+            try:
+                entry = await kv.get(key)
+                report = json.loads(entry.value or b"{}")
+            except (KeyNotFoundError, ValueError):
+                continue
+            if not isinstance(report, dict) or is_stale(report, now_ms()):
+                await kv.delete(key)
 
     async def _measure_clock(
         self, js: JetStreamContext, kv: KeyValue, revision: int, put_ms: tuple[int, int]

@@ -34,7 +34,9 @@ from agora.core.acts import Performative
 from agora.core.envelope import Act
 from agora.core.errors import ConfigError
 from agora.core.keys import Role
+from agora.core.spine import STATUS_BUCKET, ensure_spine
 from agora.host.nats_server import EmbeddedNats
+from agora.host.service import machine_name
 
 AGORA = Path(sys.executable).parent / "agora"
 PAIR = {
@@ -92,6 +94,13 @@ def _status(config: Path) -> dict[str, Any] | None:
     return status if status["hosts"] else None
 
 
+def _processes(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every host process's report in ``agora status --json``, whatever host it runs as,
+    the running ones first (a stopped one may linger, not yet stale, after a restart)."""
+    processes = [p for host in status["hosts"].values() for p in host["instances"].values()]
+    return sorted(processes, key=lambda process: not process["running"])
+
+
 def _acts(config: Path, channel: str) -> list[dict[str, Any]]:
     out = agora("log", channel, "--json", "-c", config).stdout
     return [json.loads(line) for line in out.splitlines()]
@@ -99,7 +108,7 @@ def _acts(config: Path, channel: str) -> list[dict[str, Any]]:
 
 def test_the_commands_drive_a_running_host(workspace: Path, up: subprocess.Popen[str]) -> None:
     status = eventually(lambda: _status(workspace))
-    [host] = status["hosts"].values()
+    [host] = _processes(status)
     assert set(host["agents"]) == set(PAIR)
     assert host["agents"]["synth-agent"]["channels"] == ["build-coord"]
 
@@ -114,10 +123,7 @@ def test_the_commands_drive_a_running_host(workspace: Path, up: subprocess.Popen
     counters = eventually(
         lambda: (
             (s := _status(workspace))
-            and (c := next(iter(s["hosts"].values()))["agents"]["synth-agent"]["counters"]).get(
-                "self-echo"
-            )
-            == 3
+            and (c := _processes(s)[0]["agents"]["synth-agent"]["counters"]).get("self-echo") == 3
             and c
         )
     )
@@ -133,7 +139,7 @@ def test_the_commands_drive_a_running_host(workspace: Path, up: subprocess.Popen
     eventually(
         lambda: (
             (s := _status(workspace))
-            and next(iter(s["hosts"].values()))["agents"]["synth-agent"]["counters"].get("killed")
+            and _processes(s)[0]["agents"]["synth-agent"]["counters"].get("killed")
         )
     )
     agora("resume", "--channel", "build-coord", "-c", workspace)
@@ -241,8 +247,7 @@ def test_resume_all_lifts_every_kill_in_force_and_says_which(
         lambda: (
             (s := _status(workspace))
             and not s["stopped"]
-            and {a["state"] for a in next(iter(s["hosts"].values()))["agents"].values()}
-            == {"running"}
+            and {a["state"] for a in _processes(s)[0]["agents"].values()} == {"running"}
             and s
         )
     )
@@ -261,12 +266,13 @@ async def test_status_shows_a_stopped_host_as_not_running(
         AGORA, "up", "-c", str(config), stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        [host] = (await _eventually_async(lambda: _status(config)))["hosts"].values()
+        [host] = _processes(await _eventually_async(lambda: _status(config)))
         assert host["running"] is True
         assert host["report_age_s"] < STALE_AFTER_S
         assert {a["state"] for a in host["agents"].values()} == {"running"}
         text = (await asyncio.to_thread(agora, "status", "-c", config)).stdout
-        assert "host host: running (reported " in text
+        assert "host host: running\n" in text
+        assert re.search(r"\n  \S+ \(pid [0-9]+\): running \(reported ", text), text
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0
@@ -274,15 +280,16 @@ async def test_status_shows_a_stopped_host_as_not_running(
 
     def stale() -> dict[str, Any] | None:
         status = _status(config)
-        return status and next(iter(status["hosts"].values()))["running"] is False and status
+        return status and _processes(status)[0]["running"] is False and status
 
     status = await _eventually_async(stale, timeout_s=STALE_AFTER_S + 10)
-    [host] = status["hosts"].values()
+    [host] = _processes(status)
     assert host["report_age_s"] >= STALE_AFTER_S  # (shown to a tenth of a second)
     assert {a["state"] for a in host["agents"].values()} == {"not running"}
     assert {a["last_state"] for a in host["agents"].values()} == {"running"}
     text = (await asyncio.to_thread(agora, "status", "-c", config)).stdout
-    assert "host host: not running (last report " in text
+    assert "host host: not running\n" in text
+    assert re.search(r"\n  \S+ \(pid [0-9]+\): not running \(last report ", text), text
     assert "[running]" not in text and "[not running]" in text
 
 
@@ -337,7 +344,7 @@ def test_a_reader_that_goes_away_ends_log_and_watch_quietly(
 def test_status_shows_every_control_counter_zeros_included(
     workspace: Path, up: subprocess.Popen[str]
 ) -> None:
-    [host] = eventually(lambda: _status(workspace))["hosts"].values()
+    [host] = _processes(eventually(lambda: _status(workspace)))
     counters = host["agents"]["synth-agent"]["counters"]
     assert {counters[name] for name in CONTROL_COUNTERS} == {0}  # every one, zeros included
     assert {"self-echo", "scope-blocked", "killed", "hops-spent", "faults"} <= set(counters)
@@ -591,7 +598,7 @@ def test_up_runs_only_the_agents_it_is_given(workspace: Path) -> None:
     )
     try:
         status = eventually(lambda: _status(workspace))
-        [host] = status["hosts"].values()
+        [host] = _processes(status)
         assert list(host["agents"]) == ["relay-agent"]
     finally:
         process.send_signal(signal.SIGTERM)
@@ -631,3 +638,70 @@ def test_inject_says_when_every_host_will_refuse_its_act_as_stale(
     assert _judged_fresh(act, stored_ms) == status
     err = capsys.readouterr().err
     assert (said in err and "refuses it as stale" in err) if said else err == ""
+
+
+def _stale_report(host: str, instance: str, machine: str) -> bytes:
+    report = {"host": host, "instance": instance, "machine": machine, "pid": 7, "time_ms": 1000}
+    return json.dumps({**report, "agents": {}}).encode()
+
+
+async def _seed_stale_reports(url: str) -> None:
+    """Reports of processes gone long ago: an earlier run on this machine, one an earlier
+    version wrote under the host's bare name, and one from another machine."""
+    async with connected(url) as client:
+        js = client.jetstream()
+        await ensure_spine(js)
+        kv = await js.key_value(STATUS_BUCKET)
+        here = machine_name()
+        await kv.put(f"host.{here}.7-dead", _stale_report("host", f"{here}.7-dead", here))
+        await kv.put("host", json.dumps({"host": "host", "time_ms": 1000}).encode())
+        await kv.put(
+            "host.elsewhere.7-beef", _stale_report("host", "elsewhere.7-beef", "elsewhere")
+        )
+
+
+async def test_status_shows_every_process_of_a_host_grouped(
+    tmp_path: Path, components: dict[str, Path], nats_server: EmbeddedNats
+) -> None:
+    assert "chatty" in components
+    config = create_workspace(
+        tmp_path, channels=("build-coord",), agents=PAIR, extra={"nats": {"url": nats_server.url}}
+    )
+    await _seed_stale_reports(nats_server.url)
+    log = (tmp_path / "up.log").open("w")
+    processes = [
+        await asyncio.create_subprocess_exec(
+            AGORA, "up", "-c", str(config), *options, stdout=log, stderr=subprocess.STDOUT
+        )
+        for options in (
+            ("--agent", "synth-agent"),
+            ("--agent", "relay-agent", "--no-record"),
+        )
+    ]
+    try:
+
+        def both_running() -> dict[str, Any] | None:
+            status = _status(config)
+            running = status and [p for p in _processes(status) if p["running"]]
+            return status if running and len(running) == 2 else None
+
+        status = await _eventually_async(both_running)
+        text = (await asyncio.to_thread(agora, "status", "-c", config)).stdout
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        log.close()
+    [host] = status["hosts"].values()
+    assert host["running"] is True
+    here = machine_name()
+    by_agents = {tuple(p["agents"]): p for p in host["instances"].values()}
+    assert set(by_agents) == {("synth-agent",), ("relay-agent",), ()}
+    assert {p["machine"] for p in by_agents.values()} == {here, "elsewhere"}
+    assert by_agents[()]["running"] is False  # the other machine's stays, not running
+    assert f"{here}.7-dead" not in host["instances"]  # this machine's earlier run: cleared
+    assert "host" not in host["instances"]  # and the report under the bare name
+    assert "host host: 2 of 3 processes running\n" in text
+    assert re.search(r"\n  elsewhere \(pid 7\): not running \(last report ", text), text
+    assert text.count("): running (reported ") == 2

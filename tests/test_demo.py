@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +94,27 @@ def test_a_demo_folder_the_user_added_to_is_left_alone(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").unlink()
     prepare_workspace(facts)  # only what the demo made: cleared for the next run
     assert sorted(p.name for p in tmp_path.iterdir()) == [DEMO_MARKER]
+
+
+def test_ctrl_c_during_the_demo_stops_the_host_quietly(tmp_path: Path) -> None:
+    demo = subprocess.Popen(
+        [AGORA, "demo", "--facts-dir", tmp_path / "demo" / "facts"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a group of its own, as a terminal's foreground job
+    )
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # the agents are busy with the vote from here on
+            if line.startswith("2. An agreement"):
+                os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
+                break
+        _, errors = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 130  # 128 + SIGINT
+    assert "Traceback" not in errors, errors
+    assert "connection closed" not in errors, errors

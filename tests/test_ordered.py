@@ -105,8 +105,7 @@ LOST_ON_THE_WAY = {
     "heartbeat": (
         b"",
         "",
-        b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 999\r\n"
-        b"Nats-Last-Stream: 999\r\n\r\n",
+        b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 999\r\nNats-Last-Stream: 999\r\n\r\n",
     ),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
 from agora.core.keys import KeyRegistry
-from agora.host.builder import build_agents
+from agora.host.builder import component_path
 from tests.harness import running_host
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,18 @@ async def test_readme_example_agent_builds_and_answers(
     agent_dir = tmp_path / "agents" / "oracle"
     agent_dir.mkdir(parents=True)
     (agent_dir / "app.py").write_text(textwrap.dedent(source))
-    built = build_agents(tmp_path / "agents", tmp_path / "build", ROOT / "wit", ["oracle"])
+    # step 2 as written, outside the source checkout: no wit/ here, agora's own is used
+    step = re.search(r"`(agora agents build oracle)`", section)
+    assert step is not None
+    build = await asyncio.create_subprocess_exec(
+        Path(sys.executable).parent / "agora",
+        *step.group(1).split()[1:],
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, errors = await build.communicate()
+    assert build.returncode == 0, errors.decode()
+    built = {"oracle": component_path(tmp_path / "agents" / "build", "oracle")}
     plan = AgentPlan("oracle", ("build-coord",), {"facts": "ci is green, main is frozen"})
     async with running_host(tmp_path / "ws", {**components, **built}, agents={"oracle": plan}) as h:
         yes = await h.inject("build-coord", "CI is green", act=Performative.QUERY_IF, hops=2)

@@ -133,7 +133,8 @@ class EpochTicker:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started (a host that failed to start may not be)
+            self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.wait(EPOCH_TICK_S):

@@ -143,7 +143,19 @@ class Host:
         return f"{self.name}.{self.instance}"
 
     async def start(self, nc: Client) -> None:
-        """Prepare the spine, load every agent, and start them all."""
+        """Prepare the spine, load every agent, and start them all. If any of it fails,
+        what was started is stopped again (the fact log checkpointed, the helper ended)
+        before the failure is raised."""
+        try:
+            await self._start(nc)
+        except BaseException:
+            try:
+                await self.stop(graceful=False)
+            except Exception:
+                log.exception("the host could not be stopped after it failed to start")
+            raise
+
+    async def _start(self, nc: Client) -> None:
         js = nc.jetstream()
         self._js = js
         self.client = nc
@@ -154,13 +166,17 @@ class Host:
         await self.killswitch.start(js)
         if self._record:
             factlog = FactLog.open(self.config.facts_dir, signer=self._keys.host)
-            self.recorder = Recorder(
-                client=nc,
-                factlog=factlog,
-                host_key=self._keys.host,
-                vouched=self.vouched,
-                checkpoint_every=self.config.checkpoint_every,
-            )
+            try:
+                self.recorder = Recorder(
+                    client=nc,
+                    factlog=factlog,
+                    host_key=self._keys.host,
+                    vouched=self.vouched,
+                    checkpoint_every=self.config.checkpoint_every,
+                )
+            except BaseException:
+                factlog.release()  # the directory is not left locked by a recorder never made
+                raise
             await self.recorder.start()
         agents_kv = await js.key_value(AGENTS_BUCKET)
         for agent in self.config.agents.values():

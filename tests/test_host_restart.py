@@ -990,3 +990,24 @@ async def test_the_host_rides_out_a_nats_server_restart(
         await server.stop()
     h.verify()
     assert after.id in {f.id for f in h.facts()}  # the recorder rode it out too
+
+
+async def test_a_host_that_fails_to_start_stops_what_it_started(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    """The relay's component cannot be loaded: by then the recorder, the kill switch and
+    the signature helper run. They are stopped again and the facts directory unlocked,
+    so the host can start again in the same process once it is put right."""
+    broken = tmp_path / "broken.wasm"
+    broken.write_bytes(b"\0asm not a component")
+    async with running_host(tmp_path, components, agents=PAIR, start=False) as h:
+        h.components = {**components, "chatty": broken}
+        with pytest.raises(Exception, match=r"broken\.wasm"):
+            await h.start_host()
+        with FactLog.open(h.facts_dir, signer=h.session.key("host")):
+            pass  # not locked by the recorder of the failed start
+        h.components = components
+        await h.start_host()
+        await h.inject("build-coord", "after the failed start")
+        await h.settle()
+        assert len(h.acts_by("relay-agent")) >= 1

@@ -1,15 +1,18 @@
 """The bridge's hands on GitHub: githubkit, paced and retried by GitHub's own rules.
 
 Every write waits for :class:`~agora.bridge.pacing.WritePacer` (80 a minute, 500 an
-hour, or less if configured). A refused request (403, 429, 5xx) is retried after the
-wait :func:`~agora.bridge.pacing.retry_delay` computes: ``retry-after``, then the
-rate-limit reset, then at least a minute, doubling. githubkit's own retrying is off, so
-these rules are the only ones.
+hour, or less if configured). A rate limit (429, or a 403 that says it is one) blocks
+every request, reads too, until the wait :func:`~agora.bridge.pacing.retry_delay`
+computes is over: ``retry-after``, then the rate-limit reset, then at least a minute,
+doubling. A 5xx or a dropped connection is retried after that wait by the request that
+met it. Any other refusal (a 404, a 422, a 403 that is no rate limit) is final, and so is
+the last of :data:`MAX_ATTEMPTS`: nothing waits after it. githubkit's own retrying is
+off, so these rules are the only ones.
 
 Creating a comment is made safe to retry: each comment carries a hidden marker, and
-after a failure whose outcome is unknown (a dropped connection, a 5xx) the issue's recent
-comments are searched for the marker before anything is posted again, so a crash or a
-retry never leaves a duplicate.
+after a failure whose outcome is unknown (a dropped connection, a 5xx) the issue's
+newest comments by the bridge itself are searched for the marker before anything is
+posted again, so a crash or a retry never leaves a duplicate.
 
 Authentication is a token, or a GitHub App: githubkit signs the App JWT and exchanges it
 for an installation token, which it renews before it expires.
@@ -24,33 +27,66 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from githubkit import AppInstallationAuthStrategy, GitHub, TokenAuthStrategy
+import httpx
+from githubkit import AppInstallationAuthStrategy, GitHub, Response, TokenAuthStrategy
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import RequestError, RequestFailed
 
 from agora.bridge.config import BridgeConfig
-from agora.bridge.pacing import WritePacer, retry_delay
-from agora.core.errors import AgoraError
+from agora.bridge.pacing import WritePacer, is_rate_limited, retry_delay
+from agora.core.errors import AgoraError, InternalError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_ATTEMPTS: Final = 8
 SEARCH_PAGES: Final = 3
+PER_PAGE: Final = 100
+MESSAGE_CHARS: Final = 200
+DROPPED: Final = 502  # a dropped connection is retried as a bad gateway is
 
 
 class GitHubUnavailable(AgoraError):
-    """GitHub refused a request for good (``status``), or kept refusing it."""
+    """GitHub refused a request for good (``status``, GitHub's ``reason``), or kept
+    refusing it."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
 class PostedComment:
     id: int
     url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the bridge is on GitHub: its login, and its App if it acts as one."""
+
+    login: str | None = None
+    app_id: int | None = None
+
+    def wrote(self, comment: Any) -> bool:
+        """Whether a comment (githubkit's model) was written by the bridge itself."""
+        user = getattr(comment, "user", None)
+        if self.login is not None and getattr(user, "login", None) == self.login:
+            return True
+        app = getattr(comment, "performed_via_github_app", None)
+        return self.app_id is not None and getattr(app, "id", None) == self.app_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    status: int
+    headers: dict[str, str]
+    message: str
+
+    @classmethod
+    def of(cls, response: Response[Any, Any]) -> _Refusal:
+        return cls(response.status_code, dict(response.headers), _message_of(response))
 
 
 Clock = Callable[[], float]
@@ -79,6 +115,10 @@ def make_client(config: BridgeConfig) -> GitHub[Any]:
 
 
 class GitHubWriter:
+    """Every call the bridge makes to GitHub. ``clock`` is wall-clock time (seconds since
+    the epoch, to read ``x-ratelimit-reset``); ``monotonic`` paces (by default the
+    system's monotonic clock, or ``clock`` when a test supplies its own)."""
+
     def __init__(
         self,
         client: GitHub[Any],
@@ -87,18 +127,23 @@ class GitHubWriter:
         per_hour: int,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        monotonic: Clock | None = None,
     ) -> None:
         self._gh = client
         self._pacer = WritePacer(per_minute=per_minute, per_hour=per_hour)
         self._clock = clock
+        self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self._sleep = sleep
         self.writes = 0
         self.retries = 0
 
     # -- writes -------------------------------------------------------------------------
 
-    async def create_comment(self, repo: str, number: int, body: str, marker: str) -> PostedComment:
-        """Post ``body`` (which must contain ``marker``) once, whatever fails on the way."""
+    async def create_comment(
+        self, repo: str, number: int, body: str, marker: str, *, author: Identity
+    ) -> PostedComment:
+        """Post ``body`` (which must contain ``marker``) once, whatever fails on the way;
+        ``author`` is the bridge, whose comments alone are looked at after a failure."""
         owner, name = repo.split("/", 1)
 
         async def post() -> PostedComment:
@@ -109,7 +154,7 @@ class GitHubWriter:
             return PostedComment(data.id, data.html_url)
 
         async def already() -> PostedComment | None:
-            return await self.find_comment(repo, number, marker)
+            return await self.find_comment(repo, number, marker, author=author)
 
         return await self._write(post, check_first=already)
 
@@ -131,27 +176,33 @@ class GitHubWriter:
 
     # -- reads --------------------------------------------------------------------------
 
-    async def find_comment(self, repo: str, number: int, marker: str) -> PostedComment | None:
-        """The newest comment on an issue carrying ``marker``, among its latest pages."""
+    async def find_comment(
+        self, repo: str, number: int, marker: str, *, author: Identity
+    ) -> PostedComment | None:
+        """The newest comment by ``author`` on an issue carrying ``marker``, among the
+        issue's newest :data:`SEARCH_PAGES` pages (GitHub lists comments oldest first,
+        so the search starts from the last page its ``Link`` header names)."""
         owner, name = repo.split("/", 1)
 
-        async def search() -> PostedComment | None:
-            found: PostedComment | None = None
-            page = 1
-            while page <= SEARCH_PAGES * 10:
-                response = await self._gh.rest.issues.async_list_comments(
-                    owner, name, number, per_page=100, page=page
-                )
-                comments: list[Any] = list(response.parsed_data)
-                for comment in comments:
-                    if marker in (comment.body or ""):
-                        found = PostedComment(comment.id, comment.html_url)
-                if len(comments) < 100:
-                    return found
-                page += 1
-            return found
+        def page(at: int) -> Callable[[], Awaitable[Response[Any, Any]]]:
+            return lambda: self._gh.rest.issues.async_list_comments(
+                owner, name, number, per_page=PER_PAGE, page=at
+            )
 
-        return await self._read(search)
+        first = await self._read(page(1))
+        last = _last_page(first)
+        for at in range(last, max(last - SEARCH_PAGES, 0), -1):
+            response = first if at == 1 else await self._read(page(at))
+            for comment in reversed(list(response.parsed_data)):
+                if marker in (comment.body or "") and author.wrote(comment):
+                    return PostedComment(comment.id, comment.html_url)
+        return None
+
+    async def authenticated_login(self) -> str:
+        """The login of the user whose token the bridge holds (an App's installation
+        token is refused by GitHub here: the App is known from the configuration)."""
+        response = await self._read(self._gh.rest.users.async_get_authenticated)
+        return str(response.parsed_data.login)
 
     async def issue(self, repo: str, number: int) -> Any:
         owner, name = repo.split("/", 1)
@@ -166,7 +217,7 @@ class GitHubWriter:
             found: list[Any] = []
             page = 1
             while True:
-                arguments: dict[str, Any] = {"per_page": 100, "page": page}
+                arguments: dict[str, Any] = {"per_page": PER_PAGE, "page": page}
                 if since is not None:
                     arguments["since"] = since
                 response = await self._gh.rest.issues.async_list_comments(
@@ -174,7 +225,7 @@ class GitHubWriter:
                 )
                 batch: list[Any] = list(response.parsed_data)
                 found.extend(batch)
-                if len(batch) < 100:
+                if len(batch) < PER_PAGE:
                     return found
                 page += 1
 
@@ -194,41 +245,88 @@ class GitHubWriter:
                 done = await check_first()
                 if done is not None:
                     return done
-            await self._paced()
+            await self._turn(write=True)
             try:
                 result = await call()
             except RequestFailed as exc:
-                status = exc.response.status_code
-                unsure = status >= 500
-                await self._back_off(status, dict(exc.response.headers), attempt)
-                continue
+                refusal = _Refusal.of(exc.response)
+                unsure = refusal.status >= 500
             except RequestError:
-                unsure = True  # the connection dropped: it may have been applied
-                await self._back_off(502, {}, attempt)
-                continue
-            self.writes += 1
-            return result
-        raise GitHubUnavailable(f"GitHub refused a write {MAX_ATTEMPTS} times; giving up")
+                refusal = _Refusal(DROPPED, {}, "the connection dropped")
+                unsure = True  # it may have been applied
+            else:
+                self.writes += 1
+                return result
+            await self._after(refusal, attempt, "write")
+        raise InternalError("the last attempt raises")  # pragma: no cover
 
     async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            await self._turn(write=False)
             try:
                 return await call()
             except RequestFailed as exc:
-                await self._back_off(exc.response.status_code, dict(exc.response.headers), attempt)
+                refusal = _Refusal.of(exc.response)
             except RequestError:
-                await self._back_off(502, {}, attempt)
-        raise GitHubUnavailable(f"GitHub refused a read {MAX_ATTEMPTS} times; giving up")
+                refusal = _Refusal(DROPPED, {}, "the connection dropped")
+            await self._after(refusal, attempt, "read")
+        raise InternalError("the last attempt raises")  # pragma: no cover
 
-    async def _paced(self) -> None:
-        while (wait := self._pacer.wait_s(self._clock())) > 0:
+    async def _turn(self, *, write: bool) -> None:
+        """Wait out a rate limit (any request) and the write windows (a write)."""
+        while (wait := self._wait_s(write=write)) > 0:
             await self._sleep(wait)
-        self._pacer.record(self._clock())
+        if write:
+            self._pacer.record(self._monotonic())
 
-    async def _back_off(self, status: int, headers: dict[str, str], attempt: int) -> None:
-        delay = retry_delay(status, headers, failures=attempt, now_epoch_s=self._clock())
+    def _wait_s(self, *, write: bool) -> float:
+        now = self._monotonic()
+        return self._pacer.wait_s(now) if write else self._pacer.blocked_s(now)
+
+    async def _after(self, refusal: _Refusal, attempt: int, what: str) -> None:
+        """Wait as GitHub asks before the next attempt, or raise: a refusal for good, or
+        the last attempt (after which nothing waits)."""
+        status, message = refusal.status, refusal.message
+        delay = retry_delay(
+            status, refusal.headers, failures=attempt, now_epoch_s=self._clock(), message=message
+        )
         if delay is None:
-            raise GitHubUnavailable(f"GitHub answered {status}; not a request to retry", status)
+            raise GitHubUnavailable(
+                f"GitHub answered {status} ({message}); not a request to retry", status, message
+            )
+        if attempt >= MAX_ATTEMPTS:
+            raise GitHubUnavailable(
+                f"GitHub refused a {what} {MAX_ATTEMPTS} times, the last with {status} "
+                f"({message}); giving up",
+                status,
+                message,
+            )
         self.retries += 1
-        log.warning("GitHub answered %d; retrying in %.0f s", status, delay)
-        await self._sleep(delay)
+        log.warning("GitHub answered %d (%s); retrying in %.0f s", status, message, delay)
+        if is_rate_limited(status, refusal.headers, message):
+            self._pacer.block(self._monotonic(), delay)  # every request waits, not only this
+        else:
+            await self._sleep(delay)
+
+
+def _message_of(response: Response[Any, Any]) -> str:
+    """GitHub's ``message`` in a refusal's body (it never holds a secret), on one line and
+    cut short, or the status's reason phrase."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    text = " ".join(str(message or response.reason_phrase).split())
+    return text[:MESSAGE_CHARS]
+
+
+def _last_page(response: Response[Any, Any]) -> int:
+    """The last page a list response's ``Link`` header names (1 when there is one page)."""
+    last = response.raw_response.links.get("last", {}).get("url")
+    if last is None:
+        return 1
+    try:
+        return max(int(httpx.URL(last).params.get("page", "1")), 1)
+    except ValueError:
+        return 1

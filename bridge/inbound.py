@@ -7,26 +7,36 @@ with githubkit's webhook models, and acts:
   speech act on the linked channel, signed by the bridge, with its provenance (login,
   comment id and URL, delivery id, issue) and a fresh hop budget. Anything else said
   there (the bridge's own comment coming back, a bot, someone not allowed, a pull
-  request unless configured, a malformed command) is a signed ``refused`` fact;
-- ``issue_comment.edited`` / ``deleted``: an ``edited`` / ``deleted`` fact, pointing at
-  the act the comment became, if it became one;
-- ``issues.labeled`` with the kill label: the linked channel is killed through the
-  out-of-band control path; ``unlabeled`` resumes it; ``agora:channel:<name>`` links the
-  issue to a channel (``unlabeled`` unlinks it).
+  request unless configured, a malformed command, text that is not valid Unicode) is a
+  signed ``refused`` fact;
+- ``issue_comment.edited`` / ``deleted`` of a comment that became an act: an ``edited``
+  / ``deleted`` fact pointing at that act, if its author may still speak (else a
+  ``refused`` fact). Other comments' edits, the bridge's own status refreshes among
+  them, are not recorded;
+- ``issues.labeled`` / ``unlabeled`` with the kill label or a link label
+  (:mod:`agora.bridge.labels`): the channel killed or resumed, the issue linked or
+  unlinked, if the label's sender may (else a ``refused`` fact).
 
 Every id is derived from GitHub's (the comment id, the delivery id), so handling a
 delivery twice publishes the same facts under the same ids: the spine and the recorder
 drop the repeats. A delivery is marked handled only after its effects are published.
+
+No delivery is dropped. One that is bad input, the same however often it is read (a
+delivery id too long to make fact ids from, a payload GitHub's schema refuses, text
+that is not valid Unicode), is refused at once as a ``refused`` fact and marked
+handled. One whose handling fails (NATS or GitHub out of reach) is tried again later,
+further apart each time (:class:`Patience`: about an hour in all); then it is given up
+with a ``fault`` fact naming why, stays in ``AGORA_WEBHOOKS`` (the fact names its
+sequence) and is not marked handled, so a redelivery from GitHub is tried afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from githubkit.webhooks import parse_obj
@@ -44,17 +54,37 @@ from nats.js.errors import FetchTimeoutError, KeyNotFoundError
 from pydantic import ValidationError
 
 from agora.bridge.config import BridgeConfig
+from agora.bridge.deliveries import (
+    DEFAULT_PATIENCE,
+    TEXT_CHARS,
+    BadDelivery,
+    Patience,
+    about,
+    delivery_of,
+    digest,
+    parse_problem,
+    printable,
+    stored_json,
+    why,
+)
+from agora.bridge.labels import CurrentLabels, LabelHandler, Sender, SenderPermission
 from agora.bridge.links import Links
 from agora.bridge.once import OnceOut
-from agora.bridge.speech import Author, Refusal, Speech, screen_comment
+from agora.bridge.speech import (
+    MARKER_PREFIX,
+    Author,
+    Refusal,
+    Speech,
+    check_text,
+    screen_author,
+    screen_comment,
+)
 from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM, Buckets
-from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER
-from agora.core.acts import check_channel
-from agora.core.control import record_and_switch
+from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER, delivery_problem
 from agora.core.envelope import Act, Event, EventKind
-from agora.core.errors import InputError
+from agora.core.errors import InputError, shown
 from agora.core.keys import KeyRegistry, SigningKey
-from agora.core.signing import sign_fact, verify_envelope
+from agora.core.signing import sign_fact
 from agora.core.spine import channel_subject, event_subject
 
 log = logging.getLogger(__name__)
@@ -62,9 +92,9 @@ log = logging.getLogger(__name__)
 INBOUND_CONSUMER: Final = "bridge-inbound"
 FETCH_BATCH: Final = 32
 FETCH_WAIT_S: Final = 0.25
-MAX_DELIVER: Final = 5
+ACK_WAIT_S: Final = 30.0
+UNLIMITED: Final = -1  # the worker, not the server, decides when a delivery is given up
 RETRY_S: Final = 1.0
-TEXT_CHARS: Final = 1000
 
 
 def act_id_for_comment(comment_id: int) -> str:
@@ -109,6 +139,8 @@ class InboundCounters:
     resumed: int = 0
     ignored: int = 0
     malformed: int = 0
+    retried: int = 0  # handlings that failed and were put off
+    failed: int = 0  # deliveries given up after every attempt
 
 
 class InboundWorker:
@@ -120,7 +152,9 @@ class InboundWorker:
         key: SigningKey,
         registry: KeyRegistry,
         links: Links,
-        current_labels: Callable[[str, int], Awaitable[set[str]]] | None = None,
+        current_labels: CurrentLabels | None = None,
+        sender_permission: SenderPermission | None = None,
+        patience: Patience = DEFAULT_PATIENCE,
     ) -> None:
         self._js = js
         self._buckets = Buckets(js)
@@ -129,8 +163,21 @@ class InboundWorker:
         self._key = key
         self._registry = registry
         self._links = links
-        self._current_labels = current_labels
+        self._patience = patience
         self.counters = InboundCounters()
+        self._labels = LabelHandler(
+            config=config,
+            key=key,
+            registry=registry,
+            links=links,
+            js=js,
+            out=self._out,
+            record=self._record,
+            counters=self.counters,
+            current_labels=current_labels,
+            sender_permission=sender_permission,
+            github_read_s=patience.github_read_s,
+        )
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._one_at_a_time = asyncio.Lock()
@@ -143,8 +190,8 @@ class InboundWorker:
             durable_name=INBOUND_CONSUMER,
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30.0,
-            max_deliver=MAX_DELIVER,
+            ack_wait=ACK_WAIT_S,
+            max_deliver=UNLIMITED,
             max_ack_pending=FETCH_BATCH * 2,
         )
         self._consumer = config
@@ -183,29 +230,101 @@ class InboundWorker:
                 continue
             self.healthy = True
             for message in messages:
-                try:
-                    await self.handle(message)
-                    await message.ack()
-                except Exception:
-                    log.exception("delivery not handled; it will be tried again")
+                await self._take(message)
 
-    # -- one delivery -------------------------------------------------------------------
+    # -- one delivery, to its end -------------------------------------------------------
+
+    async def _take(self, message: Msg) -> None:
+        """Handle one delivery, then acknowledge it, put it off, or end it as a fact."""
+        try:
+            await self.handle(message)
+        except InputError as exc:  # the same every time: refused at once
+            await self._end(message, self._refuse_delivery(message, exc))
+        except Exception as exc:
+            attempt = message.metadata.num_delivered
+            if attempt < self._patience.attempts:
+                await self._put_off(message, attempt, exc)
+            else:
+                await self._end(message, self._give_up(message, attempt, exc))
+        else:
+            await _settle(message.ack(), "acknowledge", message)
+
+    async def _put_off(self, message: Msg, attempt: int, exc: Exception) -> None:
+        delay = self._patience.retry_after_s(attempt)
+        self.counters.retried += 1
+        log.warning(
+            "delivery %s not handled (attempt %d of %d): %s; tried again in %.0f s",
+            delivery_of(message),
+            attempt,
+            self._patience.attempts,
+            why(exc),
+            delay,
+        )
+        await _settle(message.nak(delay=delay), "put off", message)
+
+    async def _end(self, message: Msg, record: Awaitable[None]) -> None:
+        """Record why a delivery ends unhandled, then stop its redelivery. If even that
+        record cannot be made, the delivery comes back later: it is never dropped."""
+        try:
+            await record
+        except Exception as exc:
+            log.warning(
+                "could not record why delivery %s ends (%s); it comes back later",
+                delivery_of(message),
+                why(exc),
+            )
+            delay = self._patience.longest_retry_s
+            await _settle(message.nak(delay=delay), "put off", message)
+            return
+        await _settle(message.term(), "end", message)
+
+    async def _refuse_delivery(self, message: Msg, exc: InputError) -> None:
+        delivery = delivery_of(message)
+        await self._record(
+            EventKind.REFUSED,
+            f"refused-{digest(message)}",
+            reason="bad-delivery",
+            detail=f"the delivery cannot be handled: {printable(str(exc))}",
+            data=about(message),
+        )
+        self.counters.refused += 1
+        if delivery_problem(delivery) is None:  # a key the deliveries bucket can hold
+            await (await self._buckets.get(DELIVERIES_BUCKET)).put(delivery, b"refused")
+
+    async def _give_up(self, message: Msg, attempts: int, exc: Exception) -> None:
+        minutes = self._patience.retrying_s() / 60
+        await self._record(
+            EventKind.FAULT,
+            f"failed-{digest(message)}",
+            reason="delivery-failed",
+            detail=(
+                f"given up after {attempts} attempts over about {minutes:.0f} min: "
+                f"{why(exc)}. The delivery stays in {WEBHOOK_STREAM} (sequence "
+                f"{message.metadata.sequence.stream}); a redelivery from GitHub is tried "
+                "afresh"
+            ),
+            data=about(message),
+        )
+        self.counters.failed += 1
+        log.error("delivery %s given up after %d attempts", delivery_of(message), attempts)
 
     async def handle(self, message: Msg) -> None:
         headers = message.headers or {}
         event = headers.get(EVENT_HEADER, "")
         delivery = headers.get(DELIVERY_HEADER, "")
+        problem = delivery_problem(delivery)
+        if problem is not None:
+            raise BadDelivery(f"{problem}; the stored one is {shown(delivery)}")
         deliveries = await self._buckets.get(DELIVERIES_BUCKET)
         with contextlib.suppress(KeyNotFoundError):
             await deliveries.get(delivery)
             return  # handled before (a redelivery, or a replay after a restart)
         try:
-            payload: Any = parse_obj(event, _json(message.data))
-        except (ValidationError, ValueError, InputError) as exc:
+            payload: Any = parse_obj(event, stored_json(message.data))
+        except (ValidationError, ValueError) as exc:
             self.counters.malformed += 1
-            log.warning("delivery %s (%s) does not parse: %s", delivery, event, exc)
-        else:
-            await self._dispatch(payload, delivery)
+            raise BadDelivery(parse_problem(event, exc)) from exc
+        await self._dispatch(payload, delivery)
         await deliveries.put(delivery, b"handled")
         self.counters.handled += 1
 
@@ -218,7 +337,7 @@ class InboundWorker:
                 delivery,
                 reason="unknown-repository",
                 detail="the delivery is about a repository the bridge is not configured for",
-                data={"repository": name[:200], "delivery": delivery},
+                data={"repository": printable(name[:200]), "delivery": delivery},
             )
             self.counters.refused += 1
             return
@@ -227,9 +346,11 @@ class InboundWorker:
         elif isinstance(payload, WebhookIssueCommentEdited | WebhookIssueCommentDeleted):
             await self._comment_changed(payload, delivery)
         elif isinstance(payload, WebhookIssuesLabeled | WebhookIssuesUnlabeled):
-            await self._label(payload, delivery)
+            await self._labels.handle(payload, delivery)
         else:
             self.counters.ignored += 1
+
+    # -- comments -----------------------------------------------------------------------
 
     async def _comment_created(self, payload: WebhookIssueCommentCreated, delivery: str) -> None:
         comment = payload.comment
@@ -328,137 +449,78 @@ class InboundWorker:
     async def _comment_changed(
         self, payload: WebhookIssueCommentEdited | WebhookIssueCommentDeleted, delivery: str
     ) -> None:
-        repo = payload.repository.full_name
-        channel = await self._links.channel_for(repo, payload.issue.number)
-        if channel is None:
+        comment = payload.comment
+        body = comment.body or ""
+        if self._is_own(body, payload.sender.login):  # e.g. its status comment refreshed
             self.counters.ignored += 1
             return
-        comment = payload.comment
-        bucket = await self._buckets.get(BRIDGE_BUCKET)
-        subjects: tuple[str, ...] = ()
-        with contextlib.suppress(KeyNotFoundError):
-            entry = await bucket.get(f"comment.{comment.id}")
-            act_id = (entry.value or b"").decode()
-            subjects = (act_id,) if act_id else ()
+        channel = await self._links.channel_for(payload.repository.full_name, payload.issue.number)
+        act_id = None if channel is None else await self._act_of(comment.id)
+        if channel is None or act_id is None:  # only what became an act is on the record
+            self.counters.ignored += 1
+            return
         edited = isinstance(payload, WebhookIssueCommentEdited)
+        data = {
+            "login": payload.sender.login,
+            "comment_id": str(comment.id),
+            "url": comment.html_url,
+            "delivery": delivery,
+        }
+        sender = Sender(payload.sender.login, str(payload.sender.type))
+        refused = self._screen_change(author_of(comment), sender, body if edited else "")
+        if refused is not None:
+            refusal, why = refused
+            await self._record(
+                EventKind.REFUSED,
+                delivery,
+                reason=refusal.value,
+                detail=why,
+                channel=channel,
+                subjects=(act_id,),
+                data=data,
+            )
+            self.counters.refused += 1
+            return
         await self._record(
             EventKind.EDITED if edited else EventKind.DELETED,
             delivery,
             reason="comment-edited" if edited else "comment-deleted",
-            detail=(comment.body or "")[:TEXT_CHARS] if edited else "",
+            detail=body[:TEXT_CHARS] if edited else "",
             channel=channel,
-            subjects=subjects,
-            data={
-                "login": payload.sender.login,
-                "comment_id": str(comment.id),
-                "url": comment.html_url,
-                "delivery": delivery,
-            },
+            subjects=(act_id,),
+            data=data,
         )
 
-    async def _label(
-        self, payload: WebhookIssuesLabeled | WebhookIssuesUnlabeled, delivery: str
-    ) -> None:
-        label = payload.label.name if present(payload.label) and payload.label else ""
-        repo = payload.repository.full_name
-        number = payload.issue.number
-        added = isinstance(payload, WebhookIssuesLabeled)
-        who = payload.sender.login
-        prefix = self._config.link_label_prefix
-        if label.startswith(prefix):
-            await self._link_label(label.removeprefix(prefix), repo, number, added, delivery)
-            return
-        if label != self._config.kill_label:
-            self.counters.ignored += 1
-            return
-        channel = await self._links.channel_for(repo, number)
-        if channel is None:
-            self.counters.ignored += 1
-            return
-        # Deliveries can arrive out of order (redeliveries, retries, replays): the switch
-        # follows whether the label is on the issue now, not what this event says.
-        added = await self._label_is_on(repo, number, label, default=added)
-        kind = EventKind.KILLED if added else EventKind.RESUMED
-        # one id per delivery and decision: handled again, the same decision is the
-        # very same fact (kept), a different one (the label moved since) a fact of its own
-        ident = f"ev-gh-{delivery}-{kind.value}"
-
-        def signed_at(at_ms: int) -> Event:
-            return Event(
-                id=ident,
-                kind=kind,
-                actor=self._key.name,
-                time_ms=at_ms,
-                reason="label",
-                detail=f"{who} {'added' if added else 'removed'} {label!r} on {repo}#{number}",
-                channel=channel,
-                data={"login": who, "issue": f"{repo}#{number}", "delivery": delivery},
-            )
-
-        def kept(envelope: bytes) -> Event | None:
-            """The switch event ``envelope`` carries, if it is the bridge's for this
-            delivery and decision (anything else kept under its id is not used)."""
-            try:
-                fact = verify_envelope(envelope, self._registry).fact
-            except InputError:
-                return None
-            if not isinstance(fact, Event) or replace(fact, time_ms=0) != signed_at(0):
-                return None
-            return fact
-
-        envelope = await self._out.envelope(
-            subject=event_subject(self._key.name),
-            ident=ident,
-            sign=lambda at_ms: sign_fact(signed_at(at_ms), self._key),
-            act=False,
-            meant=lambda envelope: kept(envelope) is not None,
+    def _is_own(self, body: str, login: str) -> bool:
+        return MARKER_PREFIX in body or (
+            self._config.login is not None and login == self._config.login
         )
-        event = kept(envelope or b"")
-        if envelope is None or event is None:  # pragma: no cover - signed just above
-            raise InputError(f"the bridge could not make its {kind.value} event {ident!r}")
-        await record_and_switch(self._js, event, envelope)
-        if added:
-            self.counters.killed += 1
-        else:
-            self.counters.resumed += 1
 
-    async def _label_is_on(self, repo: str, number: int, label: str, *, default: bool) -> bool:
-        if self._current_labels is None:
-            return default
+    async def _act_of(self, comment_id: int) -> str | None:
+        """The act a comment became, if it became one."""
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
         try:
-            return label in await self._current_labels(repo, number)
-        except Exception:
-            log.warning("could not read the labels of %s#%d; trusting the event", repo, number)
-            return default
+            entry = await bucket.get(f"comment.{comment_id}")
+        except KeyNotFoundError:
+            return None
+        return (entry.value or b"").decode() or None
 
-    async def _link_label(
-        self, name: str, repo: str, number: int, added: bool, delivery: str
-    ) -> None:
-        try:
-            channel = check_channel(name)
-            if added:
-                await self._links.link(repo, number, channel)
-        except InputError as exc:  # a malformed or undeclared channel
-            await self._record(
-                EventKind.REFUSED,
-                delivery,
-                reason="bad-link",
-                detail=str(exc),
-                data={"issue": f"{repo}#{number}"},
-            )
-            return
-        if added:
-            await self._links.start_watermark(repo, number)
-        else:
-            await self._links.unlink(repo, number, channel)
-        await self._record(
-            EventKind.NOTE,
-            delivery,
-            reason="linked" if added else "unlinked",
-            detail=f"{repo}#{number} {'linked to' if added else 'unlinked from'} {channel}",
-            channel=channel,
-            data={"issue": f"{repo}#{number}"},
+    def _screen_change(
+        self, author: Author, sender: Sender, new_body: str
+    ) -> tuple[Refusal, str] | None:
+        """Why an edit or deletion of an act's comment is not recorded, or None."""
+        if sender.kind == "Bot":
+            return Refusal.BOT, f"{sender.login} is a bot; bots are not recorded"
+        refused = screen_author(
+            body="",
+            author=author,
+            bridge_login=self._config.login,
+            associations=self._config.associations,
+            allowed_logins=self._config.logins,
         )
+        return refused if refused is not None else check_text(new_body)
+
+    # -- facts --------------------------------------------------------------------------
 
     async def _record(
         self,
@@ -492,11 +554,9 @@ class InboundWorker:
         )
 
 
-def _json(data: bytes) -> dict[str, Any]:
+async def _settle(answer: Awaitable[None], what: str, message: Msg) -> None:
+    """Send an acknowledgement; if the connection is gone, the server redelivers."""
     try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"the stored delivery is not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise InputError("the stored delivery is not a JSON object")
-    return value
+        await answer
+    except Exception as exc:
+        log.warning("could not %s delivery %s: %s", what, delivery_of(message), why(exc))

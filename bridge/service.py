@@ -10,15 +10,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any, Final
 
 from aiohttp import web
+from githubkit import GitHub
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agora.bridge.catchup import catch_up_comments, redeliver_failed
 from agora.bridge.commit import FactsCommitter, FactsSource
 from agora.bridge.config import BridgeConfig
-from agora.bridge.github import Clock, GitHubWriter, Sleep, make_client
+from agora.bridge.deliveries import DEFAULT_PATIENCE, Patience
+from agora.bridge.github import Clock, GitHubUnavailable, GitHubWriter, Sleep, make_client
 from agora.bridge.inbound import InboundWorker
 from agora.bridge.links import Links
 from agora.bridge.mirror import Mirror
@@ -28,6 +31,8 @@ from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.spine import ensure_spine
 
 log = logging.getLogger(__name__)
+
+NOT_FOUND: Final = 404
 
 
 class Bridge:
@@ -42,6 +47,7 @@ class Bridge:
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         facts: FactsSource | None = None,
+        patience: Patience = DEFAULT_PATIENCE,
     ) -> None:
         self.config = config
         self._channels = channels
@@ -53,6 +59,8 @@ class Bridge:
         self.mirror: Mirror | None = None
         self.committer: FactsCommitter | None = None
         self._facts = facts
+        self._patience = patience
+        self._github: GitHub[Any] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._catch_up_task: asyncio.Task[None] | None = None
         self.caught_up = asyncio.Event()
@@ -68,8 +76,9 @@ class Bridge:
         await ensure_spine(js, replicas=self._replicas)
         await ensure_bridge_streams(js, replicas=self._replicas)
         self.links = Links(js, self.config.links, self._channels)
+        self._github = make_client(self.config)
         self.writer = GitHubWriter(
-            make_client(self.config),
+            self._github,
             per_minute=self.config.per_minute,
             per_hour=self.config.per_hour,
             clock=self._clock,
@@ -82,6 +91,8 @@ class Bridge:
             registry=self._registry,
             links=self.links,
             current_labels=self._labels_of,
+            sender_permission=self._permission_of,
+            patience=self._patience,
         )
         await self.inbound.start()
         self.caught_up = asyncio.Event()
@@ -115,6 +126,23 @@ class Bridge:
         assert self.writer is not None  # noqa: S101 - made in start()
         issue = await self.writer.issue(repo, number)
         return {label if isinstance(label, str) else str(label.name) for label in issue.labels}
+
+    async def _permission_of(self, repo: str, login: str) -> str:
+        """``login``'s base role on ``repo`` (admin, write, read, none), from GitHub."""
+        assert self.writer is not None and self._github is not None  # noqa: S101 - made in start()
+        github = self._github
+        owner, name = repo.split("/", 1)
+        try:
+            response = await self.writer.read(
+                lambda: github.rest.repos.async_get_collaborator_permission_level(
+                    owner, name, login
+                )
+            )
+        except GitHubUnavailable as exc:
+            if exc.status == NOT_FOUND:  # no such user
+                return "none"
+            raise
+        return str(response.parsed_data.permission)
 
     async def _catch_up(self, js: JetStreamContext) -> None:
         assert self.writer is not None and self.links is not None and self.inbound is not None  # noqa: S101

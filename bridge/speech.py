@@ -8,7 +8,12 @@ Pure decisions over plain values, so every rule is testable without GitHub:
 - bots are not injected (another bridge's echo must not start a loop);
 - a person speaks if their author association is allowed (OWNER, MEMBER, COLLABORATOR
   by default) or their login is on the allow-list;
-- comments on pull requests are injected only when configured.
+- comments on pull requests are injected only when configured;
+- text that is not valid Unicode (a lone surrogate, which JSON can carry) is refused.
+
+A label event carries no author association, only its ``sender``: who may kill, resume,
+link or unlink by label (:func:`screen_labeller`) is decided by the sender's type, the
+allow-list, and the sender's permission on the repository as GitHub reports it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from agora.core.errors import InputError
 COMMAND: Final = "/agora"
 MARKER_PREFIX: Final = "<!-- agora:"
 DEFAULT_ASSOCIATIONS: Final = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
+# GitHub's legacy base roles (``maintain`` reads as write, ``triage`` as read) that may
+# change the bridge's labels: the people who could push to the repository.
+LABEL_PERMISSIONS: Final = frozenset({"admin", "write"})
 _COMMAND_LINE: Final = re.compile(r"^/agora(?:\s+(\S+))?(?:\s+(.*))?$")
 
 
@@ -39,6 +47,7 @@ class Refusal(StrEnum):
     BAD_COMMAND = "bad-command"
     EMPTY = "empty"
     TOO_LARGE = "payload-too-large"
+    BAD_TEXT = "bad-text"
     BRIDGE_NOT_GRANTED = "bridge-not-granted"
 
 
@@ -75,6 +84,40 @@ def parse_speech(body: str) -> Speech:
     return Speech(act, said)
 
 
+def screen_author(
+    *,
+    body: str,
+    author: Author,
+    bridge_login: str | None,
+    associations: Container[str] = DEFAULT_ASSOCIATIONS,
+    allowed_logins: Container[str] = (),
+) -> tuple[Refusal, str] | None:
+    """Why ``author`` may not speak through this comment, or None if they may."""
+    if MARKER_PREFIX in body or (bridge_login is not None and author.login == bridge_login):
+        return Refusal.OWN_COMMENT, "the bridge's own comment came back"
+    if author.kind == "Bot" or author.via_app:
+        return Refusal.BOT, f"{author.login} is a bot; bots are not injected"
+    if author.login not in allowed_logins and author.association not in associations:
+        return (
+            Refusal.NOT_ALLOWED,
+            f"{author.login} ({author.association}) is not allowed to speak here",
+        )
+    return None
+
+
+def check_text(text: str) -> tuple[Refusal, str] | None:
+    """Why ``text`` cannot be recorded (it is not valid Unicode), or None."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return (
+            Refusal.BAD_TEXT,
+            f"the text holds a lone surrogate at position {exc.start}: "
+            "expected valid Unicode (UTF-8)",
+        )
+    return None
+
+
 def screen_comment(  # noqa: PLR0911 - one return per rule, in order
     *,
     body: str,
@@ -86,19 +129,24 @@ def screen_comment(  # noqa: PLR0911 - one return per rule, in order
     allowed_logins: Container[str] = (),
 ) -> Speech | tuple[Refusal, str]:
     """The speech to inject, or why not (the refusal and a sentence for the record)."""
-    if MARKER_PREFIX in body or (bridge_login is not None and author.login == bridge_login):
-        return Refusal.OWN_COMMENT, "the bridge's own comment came back"
-    if author.kind == "Bot" or author.via_app:
-        return Refusal.BOT, f"{author.login} is a bot; bots are not injected"
+    refused = screen_author(
+        body=body,
+        author=author,
+        bridge_login=bridge_login,
+        associations=associations,
+        allowed_logins=allowed_logins,
+    )
+    if refused is not None and refused[0] is not Refusal.NOT_ALLOWED:
+        return refused
     if on_pull_request and not pull_requests_allowed:
         return Refusal.PULL_REQUEST, "comments on pull requests are not injected"
-    if author.login not in allowed_logins and author.association not in associations:
-        return (
-            Refusal.NOT_ALLOWED,
-            f"{author.login} ({author.association}) is not allowed to speak here",
-        )
+    if refused is not None:
+        return refused
     if not body.strip():
         return Refusal.EMPTY, "the comment is empty"
+    bad_text = check_text(body)
+    if bad_text is not None:
+        return bad_text
     try:
         speech = parse_speech(body)
     except InputError as exc:
@@ -108,3 +156,31 @@ def screen_comment(  # noqa: PLR0911 - one return per rule, in order
     except InputError as exc:
         return Refusal.TOO_LARGE, str(exc)
     return speech
+
+
+def screen_labeller(
+    *,
+    login: str,
+    kind: str,
+    permission: str | None,
+    stopping: bool,
+    allowed_logins: Container[str] = (),
+) -> tuple[Refusal, str] | None:
+    """Why the sender of a label event may not act through it, or None if they may.
+
+    ``kind`` is the sender's type (``Bot`` is refused: an auto-labeller must not kill or
+    resume a channel); ``permission`` their legacy base role on the repository (admin,
+    write, read, none), or None when it could not be read, which lets a kill through
+    (``stopping``: stopping a channel is always safe) and nothing else.
+    """
+    if kind == "Bot":
+        return Refusal.BOT, f"{login} is a bot; bots cannot change agora labels"
+    if login in allowed_logins or permission in LABEL_PERMISSIONS:
+        return None
+    if permission is None and stopping:
+        return None
+    return (
+        Refusal.NOT_ALLOWED,
+        f"{login} has {permission or 'unknown'} access: agora labels need write access "
+        "to the repository or a login on speakers.logins",
+    )

@@ -2,11 +2,17 @@
 
 ``POST /webhook`` checks, in this order, and changes nothing when a check fails:
 
-1. the body is no larger than the configured limit (413);
+1. the body is no larger than the configured limit, nor than what the NATS server
+   takes in one message (413);
 2. ``X-Hub-Signature-256`` is present (401) and is the HMAC-SHA256 of the exact body
-   under the shared secret, compared in constant time (401);
-3. ``X-GitHub-Event`` and ``X-GitHub-Delivery`` are present and well formed (400);
-4. the body is a JSON object (400).
+   under the shared secret, compared in constant time (401; a header that is not
+   ASCII is no signature either);
+3. ``X-GitHub-Event`` and ``X-GitHub-Delivery`` are present and well formed (400); a
+   delivery id is at most :data:`MAX_DELIVERY_CHARS` characters, so that every fact
+   id made from it is a valid id (GitHub's are 36-character GUIDs);
+4. the body is JSON: ``Content-Type: application/json`` (415 otherwise, e.g. for a
+   webhook set to ``application/x-www-form-urlencoded``);
+5. the body is a JSON object (400).
 
 ``ping`` is answered at once; events the bridge does not act on are acknowledged and
 ignored. A delivery already handled (a redelivery or a replay, also after a restart and
@@ -37,6 +43,7 @@ from nats.js.errors import KeyNotFoundError
 
 from agora.bridge.config import Secret
 from agora.bridge.streams import DELIVERIES_BUCKET, WEBHOOK_STREAM, WEBHOOK_SUBJECT_PREFIX, Buckets
+from agora.core.errors import shown
 from agora.core.received import MSG_ID_HEADER
 
 log = logging.getLogger(__name__)
@@ -45,12 +52,34 @@ HANDLED_EVENTS: Final = frozenset({"issue_comment", "issues"})
 SIGNATURE_HEADER: Final = "X-Hub-Signature-256"
 EVENT_HEADER: Final = "X-GitHub-Event"
 DELIVERY_HEADER: Final = "X-GitHub-Delivery"
-_DELIVERY: Final = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+JSON_TYPE: Final = "application/json"
+# The longest fact id made from a delivery id is ``ev-gh-<delivery>-resumed``, and ids
+# are at most 64 characters.
+MAX_DELIVERY_CHARS: Final = 50
+# Of the NATS server's message size, for the subject and the headers of a delivery.
+PUBLISH_HEADROOM_BYTES: Final = 4096
+_DELIVERY: Final = re.compile(rf"^[A-Za-z0-9-]{{1,{MAX_DELIVERY_CHARS}}}$")
 _EVENT: Final = re.compile(r"^[a-z_]{1,64}$")
 
 
 def signature_of(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def delivery_problem(delivery: str) -> str | None:
+    """What is wrong with a delivery id, or None if it is well formed."""
+    if _DELIVERY.match(delivery):
+        return None
+    return (
+        f"{DELIVERY_HEADER} must be 1 to {MAX_DELIVERY_CHARS} letters, digits or '-' "
+        "(GitHub sends a 36-character GUID)"
+    )
+
+
+def body_limit(configured: int, max_payload: int) -> int:
+    """The largest body the receiver takes: the configured limit, or less if the NATS
+    server could not store a body that large in one message."""
+    return min(configured, max_payload - PUBLISH_HEADROOM_BYTES)
 
 
 class _Refused(Exception):
@@ -62,6 +91,16 @@ class _Refused(Exception):
 
 def _refuse(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _check_content_type(request: web.Request) -> None:
+    found = request.headers.get("Content-Type")
+    if request.content_type != JSON_TYPE or found is None:
+        raise _Refused(
+            415,
+            f"the content type is {shown(found) if found else 'not given'}: set the "
+            f"webhook's content type to {JSON_TYPE} on GitHub",
+        )
 
 
 class WebhookReceiver:
@@ -78,7 +117,20 @@ class WebhookReceiver:
         self._nc = nc
         self._buckets = Buckets(nc.jetstream())
         self._secret = secret
-        self._max_body = max_body_bytes
+        self._max_body = body_limit(max_body_bytes, nc.max_payload)
+        self._why_limit = (
+            ""
+            if self._max_body == max_body_bytes
+            else f" (the NATS server takes {nc.max_payload} bytes per message, less "
+            f"{PUBLISH_HEADROOM_BYTES} for headers; raise its max_payload to take more)"
+        )
+        if max_body_bytes > nc.max_payload:  # not only the headroom: a setting to mend
+            log.warning(
+                "bridge.max_body_bytes is %d; bodies over %d bytes are refused%s",
+                max_body_bytes,
+                self._max_body,
+                self._why_limit,
+            )
         self._working = working
         self.accepted = 0
         self.refused = 0
@@ -119,26 +171,16 @@ class WebhookReceiver:
 
     async def _checked(self, request: web.Request) -> tuple[str, str, bytes]:
         """The event, the delivery id and the body, or :class:`_Refused` saying why not."""
-        if request.content_length is not None and request.content_length > self._max_body:
-            raise _Refused(
-                413, f"the body is {request.content_length} bytes; the limit is {self._max_body}"
-            )
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise _Refused(413, f"the body is over the limit of {self._max_body} bytes") from None
-        signature = request.headers.get(SIGNATURE_HEADER)
-        if signature is None:
-            raise _Refused(401, f"{SIGNATURE_HEADER} is missing: configure the webhook secret")
-        expected = signature_of(self._secret.reveal(), body)
-        if not hmac.compare_digest(signature.encode(), expected.encode()):
-            raise _Refused(401, f"{SIGNATURE_HEADER} does not match the body and the secret")
+        body = await self._body(request)
+        self._check_signature(request, body)
         event = request.headers.get(EVENT_HEADER, "")
         delivery = request.headers.get(DELIVERY_HEADER, "")
         if not _EVENT.match(event):
             raise _Refused(400, f"{EVENT_HEADER} is missing or malformed")
-        if not _DELIVERY.match(delivery):
-            raise _Refused(400, f"{DELIVERY_HEADER} is missing or malformed")
+        problem = delivery_problem(delivery)
+        if problem is not None:
+            raise _Refused(400, problem)
+        _check_content_type(request)
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -146,6 +188,30 @@ class WebhookReceiver:
         if not isinstance(payload, dict):
             raise _Refused(400, "the body must be a JSON object")
         return event, delivery, body
+
+    async def _body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise _Refused(
+                413,
+                f"the body is {request.content_length} bytes; the limit is "
+                f"{self._max_body}{self._why_limit}",
+            )
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _Refused(
+                413, f"the body is over the limit of {self._max_body} bytes{self._why_limit}"
+            ) from None
+
+    def _check_signature(self, request: web.Request, body: bytes) -> None:
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if signature is None:
+            raise _Refused(401, f"{SIGNATURE_HEADER} is missing: configure the webhook secret")
+        expected = signature_of(self._secret.reveal(), body)
+        if not signature.isascii() or not hmac.compare_digest(
+            signature.encode(), expected.encode()
+        ):
+            raise _Refused(401, f"{SIGNATURE_HEADER} does not match the body and the secret")
 
     async def _seen(self, delivery: str) -> bool:
         kv = await self._buckets.get(DELIVERIES_BUCKET)

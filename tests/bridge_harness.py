@@ -8,13 +8,14 @@ recorder writes the facts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from agora.bridge.config import BridgeConfig, bridge_config
+from agora.bridge.deliveries import DEFAULT_PATIENCE, Patience
 from agora.bridge.service import Bridge
 from agora.bridge.standin import GitHubStandIn
 from agora.cli.workspace import AgentPlan
@@ -48,26 +49,33 @@ class Loop:
     bridge: Bridge
     issue: int
     token: str
+    patience: Patience = DEFAULT_PATIENCE
 
     async def delivered(self) -> None:
         """Wait until the stand-in sent its webhooks and the host settled."""
         await self.github.drain()
         await self.host.settle()
 
-    async def restart_bridge(self) -> None:
-        """Stop the bridge and start a new one on the same address (GitHub's hook URL)."""
+    async def restart_bridge(self, **changes: Any) -> None:
+        """Stop the bridge and start a new one on the same address (GitHub's hook URL),
+        its configuration changed by ``changes``."""
         port = int(self.bridge.url.rsplit(":", 1)[1])
         await self.bridge.stop()
-        config = replace(self.bridge.config, listen_port=port)
-        self.bridge = await _start_bridge(self.host, config)
+        config = replace(self.bridge.config, listen_port=port, **changes)
+        self.bridge = await _start_bridge(self.host, config, patience=self.patience)
 
 
 async def _start_bridge(
-    host: Harness, config: BridgeConfig, clock: FakeClock | None = None
+    host: Harness,
+    config: BridgeConfig,
+    clock: FakeClock | None = None,
+    *,
+    patience: Patience = DEFAULT_PATIENCE,
 ) -> Bridge:
     timing: dict[str, Any] = {} if clock is None else {"clock": clock, "sleep": clock.sleep}
     bridge = Bridge(
         **timing,
+        patience=patience,
         config=config,
         channels=set(host.session.config.channels),
         key=host.session.key(config.identity),
@@ -86,6 +94,7 @@ async def github_loop(
     agents: Mapping[str, AgentPlan],
     bridge: Mapping[str, Any] | None = None,
     clock: FakeClock | None = None,
+    patience: Patience = DEFAULT_PATIENCE,
 ) -> AsyncIterator[Loop]:
     github = GitHubStandIn() if clock is None else GitHubStandIn(clock=clock)
     base_url = await github.start()
@@ -115,15 +124,26 @@ async def github_loop(
                 host.session.config, environ={"HOOK_SECRET": SECRET, "GH_TOKEN": token}
             )
             assert config is not None
-            running = await _start_bridge(host, config, clock)
+            running = await _start_bridge(host, config, clock, patience=patience)
             github.set_webhook(running.url + "/webhook", SECRET)
-            loop = Loop(host=host, github=github, bridge=running, issue=issue, token=token)
+            loop = Loop(host, github, running, issue, token, patience)
             try:
                 yield loop
             finally:
                 await loop.bridge.stop()
     finally:
         await github.stop()
+
+
+async def until(
+    holds: Callable[[], bool], *, timeout_s: float = 20.0, what: str = "the condition"
+) -> None:
+    """Wait until ``holds()`` is true (work the bridge puts off is not awaited by
+    :meth:`Loop.delivered`)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not holds():
+        assert asyncio.get_running_loop().time() < deadline, f"{what} never came true"
+        await asyncio.sleep(0.05)
 
 
 async def mirrored(loop: Loop, *, timeout_s: float = 20.0) -> None:

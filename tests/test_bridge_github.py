@@ -8,7 +8,7 @@ stand-in's own rate limiter judges the writer by the same minutes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -16,22 +16,37 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from githubkit import AppInstallationAuthStrategy, GitHub, TokenAuthStrategy
 from githubkit.cache import MemCacheStrategy
 
-from agora.bridge.github import GitHubUnavailable, GitHubWriter
+from agora.bridge.github import (
+    MAX_ATTEMPTS,
+    SEARCH_PAGES,
+    GitHubUnavailable,
+    GitHubWriter,
+    Identity,
+)
 from agora.bridge.standin import Fault, GitHubStandIn
 
 REPO = "octo/repo"
+BOT = "agora-bridge[bot]"
+ME = Identity(login=BOT)
 
 
 class FakeClock:
+    """Time that passes only when someone waits. ``meanwhile`` runs once, at the first
+    wait, before the time has passed: what another task does while one is waiting."""
+
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
         self.slept: list[float] = []
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
 
     def __call__(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            await meanwhile()
         self.now += seconds
         await asyncio.sleep(0)
 
@@ -78,7 +93,9 @@ async def test_a_burst_is_paced_to_80_a_minute_and_500_an_hour(
     standin, url, issue = github
     writer = writer_for(standin, url, clock)
     for n in range(520):
-        await writer.create_comment(REPO, issue, f"note {n} <!-- m{n} -->", f"<!-- m{n} -->")
+        await writer.create_comment(
+            REPO, issue, f"note {n} <!-- m{n} -->", f"<!-- m{n} -->", author=ME
+        )
     assert len(standin.comments(REPO, issue)) == 520  # nothing lost
     assert standin.peak_creations_per_minute() <= 80
     created = sorted(standin.creations())
@@ -93,7 +110,7 @@ async def test_403_with_retry_after_is_honoured(
     standin, url, issue = github
     standin.inject(Fault.secondary_rate_limit(retry_after=30, method="POST"))
     writer = writer_for(standin, url, clock)
-    await writer.create_comment(REPO, issue, "hello <!-- a -->", "<!-- a -->")
+    await writer.create_comment(REPO, issue, "hello <!-- a -->", "<!-- a -->", author=ME)
     assert clock.slept == [30.0]
     assert marked(standin, issue, "<!-- a -->") == 1
 
@@ -104,7 +121,7 @@ async def test_a_spent_rate_limit_waits_for_its_reset(
     standin, url, issue = github
     standin.inject(Fault.primary_rate_limit(reset_in_s=300, method="POST"))
     writer = writer_for(standin, url, clock)
-    await writer.create_comment(REPO, issue, "later <!-- b -->", "<!-- b -->")
+    await writer.create_comment(REPO, issue, "later <!-- b -->", "<!-- b -->", author=ME)
     assert 300 <= clock.slept[0] <= 302
     assert marked(standin, issue, "<!-- b -->") == 1
 
@@ -115,7 +132,7 @@ async def test_5xx_backs_off_at_least_a_minute_doubling(
     standin, url, issue = github
     standin.inject(Fault.server_error(502, method="POST", times=2))
     writer = writer_for(standin, url, clock)
-    await writer.create_comment(REPO, issue, "steady <!-- c -->", "<!-- c -->")
+    await writer.create_comment(REPO, issue, "steady <!-- c -->", "<!-- c -->", author=ME)
     assert clock.slept[:2] == [60.0, 120.0]
     assert marked(standin, issue, "<!-- c -->") == 1
 
@@ -127,7 +144,7 @@ async def test_a_crash_after_github_applied_a_post_leaves_no_duplicate(
     standin, url, issue = github
     standin.inject(Fault.crash_after_apply(method="POST", drop=drop))
     writer = writer_for(standin, url, clock)
-    posted = await writer.create_comment(REPO, issue, "decided <!-- d -->", "<!-- d -->")
+    posted = await writer.create_comment(REPO, issue, "decided <!-- d -->", "<!-- d -->", author=ME)
     assert marked(standin, issue, "<!-- d -->") == 1
     assert posted.id == next(c.id for c in standin.comments(REPO, issue) if "<!-- d -->" in c.body)
 
@@ -140,7 +157,7 @@ async def test_an_expired_token_is_not_retried_forever(
     clock.now += 60
     writer = writer_for(standin, url, clock, token=token)
     with pytest.raises(GitHubUnavailable, match="401"):
-        await writer.create_comment(REPO, issue, "x <!-- e -->", "<!-- e -->")
+        await writer.create_comment(REPO, issue, "x <!-- e -->", "<!-- e -->", author=ME)
 
 
 async def test_an_app_installation_token_is_renewed_before_it_expires() -> None:
@@ -169,11 +186,91 @@ async def test_an_app_installation_token_is_renewed_before_it_expires() -> None:
             cache_strategy=MemCacheStrategy(),
         )
         writer = GitHubWriter(client, per_minute=80, per_hour=500)
-        await writer.create_comment(REPO, issue, "one <!-- f1 -->", "<!-- f1 -->")
+        await writer.create_comment(REPO, issue, "one <!-- f1 -->", "<!-- f1 -->", author=ME)
         await asyncio.sleep(1.5)  # the first installation token is now past its renewal
-        await writer.create_comment(REPO, issue, "two <!-- f2 -->", "<!-- f2 -->")
+        await writer.create_comment(REPO, issue, "two <!-- f2 -->", "<!-- f2 -->", author=ME)
         assert len(standin.comments(REPO, issue)) == 2
         exchanges = [r for r in standin.request_log if r.path.endswith("/access_tokens")]
         assert len(exchanges) >= 2
     finally:
         await standin.stop()
+
+
+async def test_a_403_that_is_no_rate_limit_fails_at_once(
+    github: tuple[GitHubStandIn, str, int], clock: FakeClock
+) -> None:
+    standin, url, issue = github
+    refusal = Fault(403, "Resource not accessible by integration", method="POST", times=100)
+    standin.inject(refusal)
+    writer = writer_for(standin, url, clock)
+    with pytest.raises(GitHubUnavailable, match="403 \\(Resource not accessible by integration"):
+        await writer.create_comment(REPO, issue, "x <!-- h -->", "<!-- h -->", author=ME)
+    assert [r.method for r in standin.request_log] == ["POST"]
+    assert clock.slept == []
+
+
+async def test_nothing_waits_after_the_last_attempt(
+    github: tuple[GitHubStandIn, str, int], clock: FakeClock
+) -> None:
+    standin, url, issue = github
+    comment = standin.comment(REPO, issue, "status", by=BOT)
+    standin.inject(Fault.server_error(503, method="PATCH", times=MAX_ATTEMPTS))
+    writer = writer_for(standin, url, clock)
+    with pytest.raises(GitHubUnavailable, match=f"{MAX_ATTEMPTS} times, the last with 503"):
+        await writer.update_comment(REPO, comment, "edited")
+    assert len(clock.slept) == MAX_ATTEMPTS - 1
+
+
+async def test_a_rate_limit_holds_back_every_request_not_only_the_refused_one(
+    github: tuple[GitHubStandIn, str, int], clock: FakeClock
+) -> None:
+    standin, url, issue = github
+    standin.inject(Fault.secondary_rate_limit(retry_after=30, method="POST"))
+    writer = writer_for(standin, url, clock)
+    waited: list[float] = []
+
+    async def read_meanwhile() -> None:  # another task reads while the post waits
+        before = len(clock.slept)
+        await writer.issue(REPO, issue)
+        waited.extend(clock.slept[before:])
+
+    clock.meanwhile = read_meanwhile
+    await writer.create_comment(REPO, issue, "x <!-- g -->", "<!-- g -->", author=ME)
+    assert waited == [30.0]
+    refused = next(r for r in standin.request_log if r.status == 403)
+    read = next(r for r in standin.request_log if r.method == "GET")
+    assert read.time >= refused.time + 30
+
+
+async def test_the_marker_is_looked_for_among_the_bridges_own_comments_only(
+    github: tuple[GitHubStandIn, str, int], clock: FakeClock
+) -> None:
+    standin, url, issue = github
+    marker = "<!-- agora:fact act-1 -->"
+    writer = writer_for(standin, url, clock)
+    standin.comment(REPO, issue, f"quoting {marker}", by="mona")
+    assert await writer.find_comment(REPO, issue, marker, author=ME) is None
+    ours = standin.comment(REPO, issue, f"{marker} decided", by=BOT)
+    standin.comment(REPO, issue, f"{marker} planted later", by="mona")
+    found = await writer.find_comment(REPO, issue, marker, author=ME)
+    assert found is not None and found.id == ours
+
+
+async def test_the_marker_is_looked_for_on_the_newest_pages(
+    github: tuple[GitHubStandIn, str, int], clock: FakeClock
+) -> None:
+    standin, url, issue = github
+    for n in range(3100):  # GitHub lists comments oldest first, 100 to a page
+        standin.comment(REPO, issue, f"chatter {n}", by="mona")
+    ours = standin.comment(REPO, issue, "<!-- m --> the newest", by=BOT)
+    writer = writer_for(standin, url, clock)
+    found = await writer.find_comment(REPO, issue, "<!-- m -->", author=ME)
+    assert found is not None and found.id == ours
+    assert len(standin.request_log) <= 1 + SEARCH_PAGES  # the first page, then the last ones
+
+
+async def test_the_bridge_learns_its_login_from_its_token(
+    github: tuple[GitHubStandIn, str, int], clock: FakeClock
+) -> None:
+    standin, url, _ = github
+    assert await writer_for(standin, url, clock).authenticated_login() == BOT

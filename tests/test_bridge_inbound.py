@@ -8,21 +8,32 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
+import pytest
 from githubkit import GitHub, TokenAuthStrategy
 from githubkit.cache import MemCacheStrategy
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
-from agora.bridge.inbound import act_id_for_comment
-from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM
+from agora.bridge.deliveries import Patience
+from agora.bridge.inbound import INBOUND_CONSUMER, act_id_for_comment
+from agora.bridge.streams import (
+    BRIDGE_BUCKET,
+    DELIVERIES_BUCKET,
+    WEBHOOK_STREAM,
+    WEBHOOK_SUBJECT_PREFIX,
+    ensure_bridge_streams,
+)
 from agora.bridge.webhook import signature_of
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
-from agora.core.envelope import Act, EventKind
+from agora.core.envelope import Act, Event, EventKind
 from agora.core.received import MSG_ID_HEADER
 from agora.core.spine import STREAM, channel_subject, read_in_order
-from tests.bridge_harness import HUMAN, REPO, SECRET, Loop, github_loop
+from tests.bridge_harness import HUMAN, REPO, SECRET, Loop, github_loop, until
 
 SYNTH = {"synth-agent": AgentPlan("chatty", ("build-coord",))}
+QUIET = {"mirror": []}  # no status comments: only the inbound side at work
+FAST = Patience(attempts=10, first_retry_s=0.05, longest_retry_s=0.2, github_read_s=0.5)
 
 
 async def test_a_members_comment_becomes_a_signed_act_an_agent_answers(
@@ -52,7 +63,7 @@ async def test_comments_that_must_not_speak_are_refused_as_facts(
     async with github_loop(tmp_path, components, agents=SYNTH) as loop:
         loop.github.comment(REPO, loop.issue, "let me in", by="drive-by")
         pull = loop.github.create_issue(REPO, "A change", "", by=HUMAN, pull_request=True)
-        await loop.bridge.links.link(REPO, pull, "build-coord")  # type: ignore[union-attr]
+        await loop.bridge.links.link(REPO, pull, "secret-ops")  # type: ignore[union-attr]
         loop.github.comment(REPO, pull, "on the pull request", by=HUMAN)
         loop.github.comment(REPO, loop.issue, "/agora dance", by=HUMAN)
         # The bridge's own comment, posted through the API, comes back as a webhook.
@@ -134,7 +145,11 @@ async def test_bad_webhooks_are_refused_with_no_effect(
     async with github_loop(tmp_path, components, agents={}) as loop:
         url = loop.bridge.url + "/webhook"
         body = json.dumps({"action": "created"}).encode()
-        good = {"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": "d-1"}
+        good = {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "issue_comment",
+            "X-GitHub-Delivery": "d-1",
+        }
         cases = [
             ({**good}, body, 401),
             ({**good, "X-Hub-Signature-256": "sha256=" + "0" * 64}, body, 401),
@@ -149,7 +164,7 @@ async def test_bad_webhooks_are_refused_with_no_effect(
                 async with session.post(url, data=data, headers=headers) as response:
                     assert response.status == status
                     assert "error" in await response.json()
-            headers = {"X-GitHub-Event": "star", "X-GitHub-Delivery": "d-2"}
+            headers = {**good, "X-GitHub-Event": "star", "X-GitHub-Delivery": "d-2"}
             headers["X-Hub-Signature-256"] = signature_of(SECRET, body)
             async with session.post(url, data=body, headers=headers) as response:
                 assert response.status == 202
@@ -227,6 +242,7 @@ async def test_an_out_of_order_or_replayed_unlabel_cannot_resume_a_killed_channe
         # is genuine, but the label is on the issue, so the channel stays killed.
         [unlabeled] = [d for d in loop.github.deliveries if d.action == "unlabeled"]
         headers = {
+            "Content-Type": "application/json",
             "X-GitHub-Event": "issues",
             "X-GitHub-Delivery": "replayed-0001",
             "X-Hub-Signature-256": signature_of(SECRET, unlabeled.body),
@@ -304,3 +320,171 @@ async def _copies(js: JetStreamContext, subject: str, msg_id: str) -> list[bytes
                 found.append(message.data)
     finally:
         await subscription.unsubscribe()
+
+
+async def _deliveries_to_the_worker(loop: Loop) -> int:
+    """How many times JetStream has handed the inbound worker a delivery, retries too."""
+    info = await loop.host.js.consumer_info(WEBHOOK_STREAM, INBOUND_CONSUMER)
+    return info.delivered.consumer_seq
+
+
+def _refused(loop: Loop, reason: str) -> list[Event]:
+    return [e for e in loop.host.events(EventKind.REFUSED) if e.reason == reason]
+
+
+async def _post_webhook(loop: Loop, event: str, delivery: str, body: bytes) -> None:
+    """Send a delivery as GitHub would, signed with the webhook's secret."""
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": signature_of(SECRET, body),
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(loop.bridge.url + "/webhook", data=body, headers=headers) as response,
+    ):
+        assert response.status == 202
+
+
+def test_a_failing_delivery_is_retried_ever_further_apart_for_about_an_hour() -> None:
+    patience = Patience()
+    waits = [patience.retry_after_s(attempt) for attempt in range(1, patience.attempts)]
+    assert waits == sorted(waits)
+    assert (waits[0], waits[-1]) == (patience.first_retry_s, patience.longest_retry_s)
+    assert 45 * 60 < patience.retrying_s() < 75 * 60  # far past JetStream's 5 x 30 s
+
+
+async def test_a_delivery_that_fails_more_than_five_times_is_retried_until_handled(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET, patience=FAST) as loop:
+        inbound = loop.bridge.inbound
+        assert inbound is not None
+        await loop.bridge.caught_up.wait()
+        # A real outage: the bucket where the bridge notes what it did is gone.
+        await loop.host.js.delete_key_value(BRIDGE_BUCKET)
+        before = await _deliveries_to_the_worker(loop)
+        comment = loop.github.comment(REPO, loop.issue, "said during an outage", by=HUMAN)
+        await loop.github.drain()
+        deadline = asyncio.get_running_loop().time() + 20
+        while await _deliveries_to_the_worker(loop) < before + 7:  # JetStream's old limit: 5
+            assert asyncio.get_running_loop().time() < deadline, "not tried seven times"
+            await asyncio.sleep(0.05)
+        assert inbound.counters.injected == 0
+        await ensure_bridge_streams(loop.host.js)
+        await until(lambda: inbound.counters.injected == 1, what="the comment injected")
+        await loop.host.settle()
+        [act] = loop.host.acts_by("bridge")
+        assert act.id == act_id_for_comment(comment)
+        assert loop.host.events(EventKind.FAULT) == []
+
+
+async def test_a_delivery_that_never_succeeds_is_kept_and_recorded_as_a_fault(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    patience = replace(FAST, attempts=3)
+    async with github_loop(
+        tmp_path, components, agents={}, bridge=QUIET, patience=patience
+    ) as loop:
+        await loop.bridge.caught_up.wait()
+        await loop.host.js.delete_key_value(BRIDGE_BUCKET)
+        loop.github.comment(REPO, loop.issue, "never heard", by=HUMAN)
+        await loop.github.drain()
+        await until(lambda: bool(loop.host.events(EventKind.FAULT)), what="a fault fact")
+        [fault] = loop.host.events(EventKind.FAULT)
+        [delivery] = [d for d in loop.github.deliveries if d.event == "issue_comment"]
+        kept = await loop.host.js.get_msg(WEBHOOK_STREAM, int(fault.data["stream_seq"]))
+        handled = await loop.host.js.key_value(DELIVERIES_BUCKET)
+        with pytest.raises(KeyNotFoundError):  # a redelivery from GitHub is tried afresh
+            await handled.get(delivery.guid)
+        assert loop.bridge.inbound is not None and loop.bridge.inbound.counters.failed == 1
+    assert (fault.actor, fault.reason) == ("bridge", "delivery-failed")
+    assert (fault.data["delivery"], fault.data["attempts"]) == (delivery.guid, "3")
+    assert "given up after 3 attempts" in fault.detail
+    assert kept.data == delivery.body
+
+
+async def test_a_stored_delivery_whose_id_cannot_name_facts_is_refused_at_once(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET) as loop:
+        loop.github.add_label(REPO, loop.issue, "agora:kill", by=HUMAN)
+        await loop.delivered()
+        [labeled] = [d for d in loop.github.deliveries if d.action == "labeled"]
+        # Stored before the receiver refused such ids: ev-gh-<id>-killed is over 64 chars.
+        too_long = "f" * 60
+        await loop.host.js.publish(
+            WEBHOOK_SUBJECT_PREFIX + "issues",
+            labeled.body,
+            headers={
+                MSG_ID_HEADER: too_long,
+                "X-GitHub-Event": "issues",
+                "X-GitHub-Delivery": too_long,
+            },
+        )
+        await until(lambda: bool(_refused(loop, "bad-delivery")), timeout_s=10, what="refusal")
+        [refused] = _refused(loop, "bad-delivery")
+        assert loop.bridge.inbound is not None and loop.bridge.inbound.counters.retried == 0
+    assert refused.data["delivery"] == too_long
+    assert "1 to 50 letters, digits or '-'" in refused.detail
+
+
+async def test_an_edit_whose_text_is_not_valid_unicode_is_refused_at_once(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET) as loop:
+        comment = loop.github.comment(REPO, loop.issue, "first words", by=HUMAN)
+        await loop.delivered()
+        loop.github.edit_comment(REPO, comment, "second thoughts", by=HUMAN)
+        await loop.delivered()
+        [edit] = [d for d in loop.github.deliveries if d.action == "edited"]
+        payload = json.loads(edit.body)
+        payload["comment"]["body"] = "broken \ud800 text"
+        body = json.dumps(payload).encode()  # the lone surrogate as a JSON escape
+        await _post_webhook(loop, "issue_comment", "edit-with-a-lone-surrogate", body)
+        await until(lambda: bool(_refused(loop, "bad-text")), timeout_s=10, what="refusal")
+        assert loop.bridge.inbound is not None and loop.bridge.inbound.counters.retried == 0
+        [refused] = _refused(loop, "bad-text")
+        [edited] = loop.host.events(EventKind.EDITED)
+    assert refused.subjects == (act_id_for_comment(comment),)
+    assert "lone surrogate" in refused.detail
+    assert edited.detail == "second thoughts"
+
+
+async def test_only_edits_of_comments_that_became_acts_are_recorded(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET) as loop:
+        stranger = loop.github.comment(REPO, loop.issue, "let me in", by="drive-by")
+        spoken = loop.github.comment(REPO, loop.issue, "first words", by=HUMAN)
+        async with _client(loop) as gh:  # the bridge's status comment, posted and refreshed
+            posted = await gh.rest.issues.async_create_comment(
+                "octo", "repo", loop.issue, body="status <!-- agora:status -->"
+            )
+            await gh.rest.issues.async_update_comment(
+                "octo", "repo", posted.parsed_data.id, body="status, later <!-- agora:status -->"
+            )
+        await loop.delivered()
+        loop.github.edit_comment(REPO, stranger, "let me in, please", by="drive-by")
+        loop.github.edit_comment(REPO, spoken, "second thoughts", by=HUMAN)
+        loop.github.delete_comment(REPO, stranger, by="drive-by")
+        await loop.delivered()
+        edited = loop.host.events(EventKind.EDITED)
+        deleted = loop.host.events(EventKind.DELETED)
+    assert [(e.subjects, e.detail) for e in edited] == [
+        ((act_id_for_comment(spoken),), "second thoughts")
+    ]
+    assert deleted == []
+
+
+async def test_a_repository_spelled_in_another_case_still_hears_its_comments(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    links = {"links": {"build-coord": "Octo/Repo#1"}}  # GitHub spells it octo/repo
+    async with github_loop(tmp_path, components, agents={}, bridge={**QUIET, **links}) as loop:
+        assert loop.issue == 1
+        comment = loop.github.comment(REPO, loop.issue, "heard all the same", by=HUMAN)
+        await loop.delivered()
+        [act] = loop.host.acts_by("bridge")
+    assert (act.id, act.channel) == (act_id_for_comment(comment), "build-coord")

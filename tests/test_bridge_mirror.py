@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 
-from agora.bridge.mirror import fact_marker, quoted, status_marker
+import pytest
+
+from agora.bridge.config import IssueRef
+from agora.bridge.github import GitHubWriter, make_client
+from agora.bridge.links import Links
+from agora.bridge.mirror import Mirror, fact_marker, quoted, status_key, status_marker
+from agora.bridge.standin import Fault
+from agora.bridge.standin.state import Comment
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
-from tests.bridge_harness import BOT, HUMAN, REPO, FakeClock, github_loop, mirrored
+from agora.core.envelope import Act
+from tests.bridge_harness import BOT, HUMAN, REPO, FakeClock, Loop, github_loop, mirrored
 
 VOTERS = {
     "alice-voter": {"approve": "tests pass", "default": "reject"},
@@ -58,7 +70,8 @@ async def test_the_status_comment_is_found_again_after_a_restart(
         loop.github.comment(REPO, loop.issue, "one", by=HUMAN)
         await mirrored(loop)
         bucket = await loop.host.js.key_value("agora-bridge")
-        await bucket.delete("status.build-coord")  # forget it: only the marker is left
+        key = status_key(IssueRef(REPO, loop.issue), "build-coord")
+        await bucket.delete(key)  # forget it: only the marker is left
         await loop.restart_bridge()
         loop.github.comment(REPO, loop.issue, "two", by=HUMAN)
         await mirrored(loop)
@@ -145,3 +158,106 @@ def test_agent_text_cannot_ping_embed_or_plant_a_marker() -> None:
     assert "![" not in shown and "](" not in shown
     assert "<!--" not in shown and "agora:status" in shown
     assert "\n" not in quoted("two\nlines\n\n# heading")
+
+
+ANNOUNCER = {"coordinator": AGREEMENT["coordinator"]}  # an agent's key signs announcements
+CHATTY = {"synth-agent": AgentPlan("chatty", ("build-coord",))}
+
+
+async def decide(loop: Loop, topic: str) -> Act:
+    body = {"kind": "decision", "topic": topic, "outcome": "accepted", "votes": {}, "quorum": 1}
+    return await loop.host.inject(
+        "build-coord", json.dumps(body), act=INFORM, hops=1, sender="coordinator"
+    )
+
+
+def marked(loop: Loop, marker: str, issue: int | None = None) -> list[Comment]:
+    return [c for c in loop.github.comments(REPO, issue or loop.issue) if marker in c.body]
+
+
+async def until(condition: Callable[[], bool], *, timeout_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not in time"
+        await asyncio.sleep(0.05)
+
+
+def another_mirror(loop: Loop) -> Mirror:
+    """A mirror as a second bridge process would run it: its own GitHub client."""
+    config = loop.bridge.config
+    return Mirror(
+        js=loop.host.js,
+        writer=GitHubWriter(make_client(config), per_minute=80, per_hour=500),
+        links=Links(loop.host.js, config.links, set(loop.host.session.config.channels)),
+        registry=loop.host.session.registry,
+        config=config,
+    )
+
+
+async def test_two_bridges_post_each_announcement_and_the_status_once(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=ANNOUNCER, bridge=FAST) as loop:
+        await loop.bridge.stop()
+        decisions = [await decide(loop, f"t{n}") for n in range(3)]
+        await loop.host.settle()
+        mirrors = [another_mirror(loop), another_mirror(loop)]
+        try:
+            await asyncio.gather(*(mirror.start() for mirror in mirrors))
+            await until(lambda: all(marked(loop, fact_marker(d.id)) for d in decisions))
+            await until(lambda: all(mirror.idle() for mirror in mirrors))
+        finally:
+            for mirror in mirrors:
+                await mirror.stop()
+        assert all(len(marked(loop, fact_marker(d.id))) == 1 for d in decisions)
+        assert len(marked(loop, status_marker("build-coord"))) == 1
+        assert sum(mirror.posted for mirror in mirrors) == len(decisions)
+
+
+async def test_an_announcement_that_failed_is_posted_later_in_order_without_a_restart(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    quiet = {"pacing": {"status_every_s": 3600}}  # no status comment: only announcements
+    async with github_loop(tmp_path, components, agents=ANNOUNCER, bridge=quiet) as loop:
+        loop.github.inject(Fault(422, "Validation Failed", method="POST", path="/comments$"))
+        first, second = [await decide(loop, topic) for topic in ("first", "second")]
+        await until(lambda: len(marked(loop, fact_marker(second.id))) == 1)
+        [said_first] = marked(loop, fact_marker(first.id))
+        [said_second] = marked(loop, fact_marker(second.id))
+        assert said_first.id < said_second.id  # in the order they were said
+        assert loop.github.pending_faults == []  # the first try was refused indeed
+
+
+async def test_a_relinked_channel_gets_a_status_comment_of_its_own(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=CHATTY, bridge=FAST) as loop:
+        loop.github.comment(REPO, loop.issue, "one", by=HUMAN)
+        await mirrored(loop)
+        second = loop.github.create_issue(REPO, "Coordination, again", by=HUMAN)
+        links = MappingProxyType({"build-coord": IssueRef(REPO, second)})
+        await loop.restart_bridge(links=links)
+        await mirrored(loop)
+        status = status_marker("build-coord")
+        assert len(marked(loop, status, second)) == 1
+        assert len(marked(loop, status)) == 1  # the first issue keeps its own
+
+
+async def test_a_deleted_issue_is_left_alone_and_said_so_once(
+    tmp_path: Path, components: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agora.bridge.mirror")
+    async with github_loop(tmp_path, components, agents=CHATTY, bridge=FAST) as loop:
+        loop.github.comment(REPO, loop.issue, "one", by=HUMAN)
+        await mirrored(loop)
+        deleted = rf"/issues/(comments/\d+|{loop.issue})(/|$)"  # the issue, its comments
+        loop.github.inject(Fault(404, "Not Found", path=deleted, times=100_000))
+        await loop.host.inject("build-coord", "after the issue was deleted", act=INFORM, hops=1)
+        await asyncio.sleep(1.5)  # several status rounds
+        asked = len(loop.github.request_log)
+        await loop.host.inject("build-coord", "and later", act=INFORM, hops=1)
+        await asyncio.sleep(1.5)
+        assert len(loop.github.request_log) == asked  # nothing more asked of GitHub
+    said = [r for r in caplog.records if "not mirrored there" in r.getMessage()]
+    assert len(said) == 1
+    assert not [r for r in caplog.records if r.exc_info and r.name == "agora.bridge.mirror"]

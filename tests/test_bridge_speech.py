@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from agora.bridge.speech import Author, Refusal, Speech, parse_speech, screen_comment
+from agora.bridge.speech import (
+    Author,
+    Refusal,
+    Speech,
+    parse_speech,
+    screen_comment,
+    screen_labeller,
+)
 from agora.core.acts import Performative
 from agora.core.errors import InputError
 
@@ -66,6 +73,8 @@ def _screen(body: str = "hello", **changes: object) -> Speech | tuple[Refusal, s
         ({"body": "   "}, Refusal.EMPTY),
         ({"body": "/agora dance now"}, Refusal.BAD_COMMAND),
         ({"body": '"' * 40_000}, Refusal.TOO_LARGE),  # 80,000 bytes in JSON
+        ({"body": "broken \ud800 text"}, Refusal.BAD_TEXT),
+        ({"body": "/agora request \udfff"}, Refusal.BAD_TEXT),
     ],
 )
 def test_screen_comment_refusals(changes: dict[str, object], refusal: Refusal) -> None:
@@ -83,3 +92,30 @@ def test_who_may_speak() -> None:
     assert isinstance(_screen(author=guest, allowed_logins={"guest"}), Speech)
     assert isinstance(_screen(on_pull_request=True, pull_requests_allowed=True), Speech)
     assert isinstance(_screen(author=MEMBER, associations={"OWNER"}), tuple)
+
+
+@pytest.mark.parametrize(
+    ("login", "kind", "permission", "stopping", "refusal"),
+    [
+        ("labeller[bot]", "Bot", "write", True, Refusal.BOT),
+        ("labeller[bot]", "Bot", None, True, Refusal.BOT),
+        ("drive-by", "User", "read", True, Refusal.NOT_ALLOWED),
+        ("drive-by", "User", "none", False, Refusal.NOT_ALLOWED),
+        ("drive-by", "User", None, False, Refusal.NOT_ALLOWED),
+        ("mona", "User", "write", False, None),
+        ("boss", "User", "admin", False, None),
+        ("guest", "User", "read", False, None),  # on the allow-list
+        ("mona", "User", None, True, None),  # GitHub did not answer: a kill goes through
+    ],
+)
+def test_who_may_change_the_bridges_labels(
+    login: str, kind: str, permission: str | None, stopping: bool, refusal: Refusal | None
+) -> None:
+    verdict = screen_labeller(
+        login=login,
+        kind=kind,
+        permission=permission,
+        stopping=stopping,
+        allowed_logins={"guest"},
+    )
+    assert (verdict[0] if verdict else None) is refusal

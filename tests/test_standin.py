@@ -501,6 +501,35 @@ async def test_an_installation_sees_only_its_repositories(
     assert hidden.value.response.status_code == 404
 
 
+async def test_a_users_permission_on_a_repository_is_answered_in_githubkits_model(
+    github: GitHubStandIn,
+) -> None:
+    async with client(github) as gh:
+        owner = await gh.rest.repos.async_get_collaborator_permission_level(OWNER, NAME, OWNER)
+        member = await gh.rest.repos.async_get_collaborator_permission_level(OWNER, NAME, "alice")
+        stranger = await gh.rest.repos.async_get_collaborator_permission_level(OWNER, NAME, "bob")
+        with pytest.raises(RequestFailed) as nobody:
+            await gh.rest.repos.async_get_collaborator_permission_level(OWNER, NAME, "nobody")
+    assert [r.parsed_data.permission for r in (owner, member, stranger)] == [
+        "admin",
+        "write",
+        "read",
+    ]
+    user = member.parsed_data.user
+    assert user is not None and user.login == "alice" and user.role_name == "write"
+    assert user.permissions and user.permissions.push and not user.permissions.admin
+    assert nobody.value.response.status_code == 404
+
+
+async def test_a_repositorys_name_is_not_case_sensitive(github: GitHubStandIn) -> None:
+    number = github.create_issue(REPO, "channel: x", by="alice")
+    async with client(github) as gh:
+        issue = await gh.rest.issues.async_get(OWNER.upper(), NAME.title(), number)
+    assert issue.parsed_data.number == number
+    with pytest.raises(GitHubError, match="already exists"):
+        github.create_repo(REPO.upper())
+
+
 def test_a_token_is_taken_from_token_or_bearer_headers() -> None:
     assert credential("token ghp_abc") == credential("Bearer ghp_abc") == "ghp_abc"
     assert credential(None) is None

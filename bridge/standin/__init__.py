@@ -12,7 +12,8 @@ as the humans. Modules, from pure to I/O:
 ``engine``       the world plus its bookkeeping; happenings -> queued deliveries
 ``hooks``        the background webhook sender
 ``server``       the aiohttp middleware and what the routes share
-``rest_issues``  issues, comments, labels; ``rest_git`` the Git Data API; ``rest_apps`` apps
+``rest_issues``  issues, comments, labels; ``rest_git`` the Git Data API; ``rest_apps`` apps;
+               ``rest_repos`` a user's permission on a repository
 ``app``          the aiohttp application: middleware plus every route
 ``standin``      ``GitHubStandIn``: start, stop, and the people's hands
 """

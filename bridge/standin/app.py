@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from agora.bridge.standin import rest_apps, rest_git, rest_issues
+from agora.bridge.standin import rest_apps, rest_git, rest_issues, rest_repos
 from agora.bridge.standin.engine import Engine
 from agora.bridge.standin.server import ENGINE, github_middleware
 from agora.bridge.standin.state import not_found
@@ -20,5 +20,6 @@ def build_app(engine: Engine) -> web.Application:
     rest_issues.add_routes(app.router)
     rest_git.add_routes(app.router)
     rest_apps.add_routes(app.router)
+    rest_repos.add_routes(app.router)
     app.router.add_route("*", "/{tail:.*}", not_found_handler, name="fallback")
     return app

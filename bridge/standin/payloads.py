@@ -28,6 +28,7 @@ from agora.bridge.standin.state import (
     Installation,
     Issue,
     Label,
+    Permission,
     Repo,
     User,
     World,
@@ -74,6 +75,50 @@ def user_json(user: User, urls: Urls) -> Json:
         "user_view_type": "public",
         "site_admin": False,
     }
+
+
+def public_user_json(user: User, urls: Urls) -> Json:
+    """``GET /user``: the user object with its public profile (GitHub's public-user shape).
+
+    The stand-in keeps no profiles: they are empty, and the account dates from the epoch.
+    """
+    return {
+        **user_json(user, urls),
+        "name": user.name,
+        "company": None,
+        "blog": "",
+        "location": None,
+        "email": None,
+        "hireable": None,
+        "bio": None,
+        "public_repos": 0,
+        "public_gists": 0,
+        "followers": 0,
+        "following": 0,
+        "created_at": iso(0),
+        "updated_at": iso(0),
+    }
+
+
+# What each legacy base role may do, as a collaborator's ``permissions`` shows it.
+_ROLE_RIGHTS: Final[dict[Permission, tuple[str, ...]]] = {
+    "admin": ("pull", "triage", "push", "maintain", "admin"),
+    "write": ("pull", "triage", "push"),
+    "read": ("pull",),
+    "none": (),
+}
+
+
+def collaborator_permission_json(user: User, permission: Permission, urls: Urls) -> Json:
+    """``GET /repos/{owner}/{repo}/collaborators/{username}/permission``'s answer."""
+    rights = _ROLE_RIGHTS[permission]
+    everything = _ROLE_RIGHTS["admin"]
+    collaborator = {
+        **user_json(user, urls),
+        "permissions": {right: right in rights for right in everything},
+        "role_name": permission,
+    }
+    return {"permission": permission, "role_name": permission, "user": collaborator}
 
 
 def label_json(label: Label, repo: Repo, urls: Urls) -> Json:

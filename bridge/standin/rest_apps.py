@@ -1,4 +1,6 @@
-"""GitHub App endpoints, all behind the App JWT: installation tokens and hook deliveries.
+"""GitHub App endpoints, all behind the App JWT: installation tokens and hook deliveries;
+and two that any caller may ask: ``GET /user`` (a user's token only: an installation's is
+refused, as on GitHub) and ``GET /rate_limit``.
 
 An installation token lives for the app's configured lifetime (an hour by default, as
 on GitHub; shorter in tests) and ``expires_at`` says when, to the second. Deliveries are
@@ -11,6 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from agora.bridge.standin import payloads
+from agora.bridge.standin.auth import requires_authentication
 from agora.bridge.standin.server import (
     PRINCIPAL,
     engine_of,
@@ -18,10 +21,11 @@ from agora.bridge.standin.server import (
     json_response,
     repo_of,
 )
-from agora.bridge.standin.state import App, Delivery, Installation, not_found
+from agora.bridge.standin.state import App, Delivery, GitHubError, Installation, not_found
 from agora.core.errors import InternalError
 
 DOCS = "https://docs.github.com/rest/apps"
+USER_DOCS = "https://docs.github.com/rest/users/users#get-the-authenticated-user"
 
 
 def _app(request: web.Request) -> App:
@@ -111,6 +115,17 @@ async def redeliver(request: web.Request) -> web.Response:
     return json_response({}, 202)
 
 
+async def get_authenticated_user(request: web.Request) -> web.Response:
+    actor = request[PRINCIPAL].actor
+    if actor is None:
+        raise requires_authentication()
+    if actor.installation is not None:
+        raise GitHubError(
+            403, "Resource not accessible by integration", documentation_url=USER_DOCS
+        )
+    return json_response(payloads.public_user_json(actor.user, engine_of(request).urls))
+
+
 async def rate_limit(request: web.Request) -> web.Response:
     engine = engine_of(request)
     principal = request[PRINCIPAL]
@@ -141,3 +156,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(r"/app/hook/deliveries/{delivery_id:\d+}", get_delivery)
     router.add_post(r"/app/hook/deliveries/{delivery_id:\d+}/attempts", redeliver)
     router.add_get("/rate_limit", rate_limit, name="rate-limit")
+    router.add_get("/user", get_authenticated_user, name="get-authenticated-user")

@@ -151,7 +151,7 @@ def repo_of(request: web.Request) -> Repo:
     """The path's repository, if the caller may see it (an installation only its own)."""
     engine = engine_of(request)
     full_name = f"{request.match_info['owner']}/{request.match_info['repo']}"
-    repo = engine.world.repos.get(full_name)
+    repo = engine.world.find_repo(full_name)
     principal = request[PRINCIPAL]
     if repo is None or (principal.actor and not engine.world.can_see(principal.actor, repo)):
         raise not_found("https://docs.github.com/rest/repos/repos#get-a-repository")

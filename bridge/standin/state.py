@@ -31,6 +31,8 @@ Association = Literal[
     "NONE",
 ]
 UserType = Literal["User", "Bot", "Organization"]
+# The legacy base roles GitHub's collaborator-permission endpoint reports.
+Permission = Literal["admin", "write", "read", "none"]
 ASSOCIATIONS: Final = frozenset(Association.__args__)  # type: ignore[attr-defined]
 WRITERS: Final = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 DOCS: Final = "https://docs.github.com/rest"
@@ -335,7 +337,7 @@ class World:
         owner_login, _, name = full_name.partition("/")
         if not owner_login or not name or "/" in name:
             raise GitHubError(422, f"repository name {full_name!r} is not OWNER/NAME")
-        if full_name in self.repos:
+        if self.find_repo(full_name) is not None:
             raise GitHubError(422, f"repository {full_name!r} already exists")
         owner = self.users.get(owner_login) or self.add_user(owner_login, association="OWNER")
         repo = Repo(self.next_id("repo"), owner, name, now, now)
@@ -350,13 +352,30 @@ class World:
         self.repos[full_name] = repo
         return repo
 
+    def find_repo(self, full_name: str) -> Repo | None:
+        """The repository of that name, however its letters are cased (as on GitHub)."""
+        found = self.repos.get(full_name)
+        if found is not None:
+            return found
+        wanted = full_name.lower()
+        return next((repo for name, repo in self.repos.items() if name.lower() == wanted), None)
+
     def repo(self, full_name: str) -> Repo:
-        if full_name not in self.repos:
+        found = self.find_repo(full_name)
+        if found is None:
             raise not_found("https://docs.github.com/rest/repos/repos#get-a-repository")
-        return self.repos[full_name]
+        return found
 
     def association(self, repo: Repo, user: User) -> Association:
         return repo.associations.get(user.login, user.association)
+
+    def permission(self, repo: Repo, user: User) -> Permission:
+        """``user``'s base role on ``repo``: its owner and OWNERs admin, members and
+        collaborators write, anyone else read (every repository here is public)."""
+        association = self.association(repo, user)
+        if user is repo.owner or association == "OWNER":
+            return "admin"
+        return "write" if association in WRITERS else "read"
 
     def can_see(self, actor: Actor, repo: Repo) -> bool:
         return actor.installation is None or repo.full_name in actor.installation.repos

@@ -1,0 +1,307 @@
+"""Label events: the kill label kills or resumes a channel, a link label links an issue.
+
+A label event says who changed the label (its ``sender``), never their author
+association, so who may is asked of GitHub: the sender's permission on the repository
+(:func:`~agora.bridge.speech.screen_labeller`). A bot is refused outright; a login on
+``speakers.logins`` may; anyone else needs write access. Each read from GitHub (the
+permission, the labels on the issue now) waits a few seconds at most, so one label
+never holds up the deliveries behind it. When GitHub does not answer in time:
+
+- a kill still takes effect (stopping a channel is always safe), and the switch follows
+  the event itself rather than the labels on the issue now;
+- a resume, a link or an unlink is tried again later (the delivery is put off), since
+  nothing may be started or linked by someone who may not.
+
+A refused label is a ``refused`` fact naming who and why; the switch and the links are
+left as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from githubkit_schemas.latest.models import WebhookIssuesLabeled, WebhookIssuesUnlabeled
+from nats.js import JetStreamContext
+
+from agora.bridge.config import BridgeConfig
+from agora.bridge.links import Links
+from agora.bridge.once import OnceOut
+from agora.bridge.speech import Refusal, screen_labeller
+from agora.core.acts import check_channel
+from agora.core.control import record_and_switch
+from agora.core.envelope import Event, EventKind
+from agora.core.errors import AgoraError, InputError
+from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.signing import sign_fact, verify_envelope
+from agora.core.spine import event_subject
+
+log = logging.getLogger(__name__)
+
+CurrentLabels = Callable[[str, int], Awaitable[set[str]]]  # (repo, number) -> label names
+SenderPermission = Callable[[str, str], Awaitable[str]]  # (repo, login) -> admin|write|read|none
+LabelEvent = WebhookIssuesLabeled | WebhookIssuesUnlabeled
+
+
+class Record(Protocol):
+    async def __call__(
+        self,
+        kind: EventKind,
+        cause: str,
+        *,
+        reason: str,
+        detail: str,
+        channel: str | None = None,
+        subjects: tuple[str, ...] = (),
+        data: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+
+class Counters(Protocol):
+    refused: int
+    killed: int
+    resumed: int
+    ignored: int
+
+
+class PermissionUnknown(AgoraError):
+    """GitHub did not say in time whether a label's sender may change it (transient)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    login: str
+    kind: str  # User, Bot, Organization
+
+
+@dataclass(frozen=True, slots=True)
+class LabelChange:
+    """One label added to or removed from an issue, by its sender, in one delivery."""
+
+    label: str
+    repo: str
+    number: int
+    added: bool
+    sender: Sender
+    delivery: str
+
+    @property
+    def issue(self) -> str:
+        return f"{self.repo}#{self.number}"
+
+
+class LabelHandler:
+    def __init__(
+        self,
+        *,
+        config: BridgeConfig,
+        key: SigningKey,
+        registry: KeyRegistry,
+        links: Links,
+        js: JetStreamContext,
+        out: OnceOut,
+        record: Record,
+        counters: Counters,
+        current_labels: CurrentLabels | None,
+        sender_permission: SenderPermission | None,
+        github_read_s: float,
+    ) -> None:
+        self._config = config
+        self._key = key
+        self._registry = registry
+        self._links = links
+        self._js = js
+        self._out = out
+        self._record = record
+        self._counters = counters
+        self._current_labels = current_labels
+        self._sender_permission = sender_permission
+        self._read_s = github_read_s
+
+    async def handle(self, payload: LabelEvent, delivery: str) -> None:
+        change = LabelChange(
+            label=payload.label.name if payload.label else "",
+            repo=payload.repository.full_name,
+            number=payload.issue.number,
+            added=isinstance(payload, WebhookIssuesLabeled),
+            sender=Sender(payload.sender.login, str(payload.sender.type)),
+            delivery=delivery,
+        )
+        prefix = self._config.link_label_prefix
+        if change.label.startswith(prefix):
+            await self._link_label(change, change.label.removeprefix(prefix))
+        elif change.label == self._config.kill_label:
+            await self._kill_label(change)
+        else:
+            self._counters.ignored += 1
+
+    # -- the kill label -----------------------------------------------------------------
+
+    async def _kill_label(self, change: LabelChange) -> None:
+        channel = await self._links.channel_for(change.repo, change.number)
+        if channel is None:
+            self._counters.ignored += 1
+            return
+        # Deliveries can arrive out of order (redeliveries, retries, replays): the switch
+        # follows whether the label is on the issue now, not what this event says.
+        on = await self._label_is_on(change)
+        permission = await self._permission_of(change, stopping=on)
+        refused = self._screen(change, permission, stopping=on)
+        if refused is not None:
+            await self._refuse(change, refused, channel)
+            return
+        await self._switch(change, channel, on=on)
+
+    async def _switch(self, change: LabelChange, channel: str, *, on: bool) -> None:
+        kind = EventKind.KILLED if on else EventKind.RESUMED
+        # one id per delivery and decision: handled again, the same decision is the
+        # very same fact (kept), a different one (the label moved since) a fact of its own
+        ident = f"ev-gh-{change.delivery}-{kind.value}"
+        who = change.sender.login
+
+        def signed_at(at_ms: int) -> Event:
+            return Event(
+                id=ident,
+                kind=kind,
+                actor=self._key.name,
+                time_ms=at_ms,
+                reason="label",
+                detail=f"{who} {'added' if on else 'removed'} {change.label!r} on {change.issue}",
+                channel=channel,
+                data={"login": who, "issue": change.issue, "delivery": change.delivery},
+            )
+
+        def kept(envelope: bytes) -> Event | None:
+            """The switch event ``envelope`` carries, if it is the bridge's for this
+            delivery and decision (anything else kept under its id is not used)."""
+            try:
+                fact = verify_envelope(envelope, self._registry).fact
+            except InputError:
+                return None
+            if not isinstance(fact, Event) or replace(fact, time_ms=0) != signed_at(0):
+                return None
+            return fact
+
+        envelope = await self._out.envelope(
+            subject=event_subject(self._key.name),
+            ident=ident,
+            sign=lambda at_ms: sign_fact(signed_at(at_ms), self._key),
+            act=False,
+            meant=lambda envelope: kept(envelope) is not None,
+        )
+        event = kept(envelope or b"")
+        if envelope is None or event is None:  # pragma: no cover - signed just above
+            raise InputError(f"the bridge could not make its {kind.value} event {ident!r}")
+        await record_and_switch(self._js, event, envelope)
+        if on:
+            self._counters.killed += 1
+        else:
+            self._counters.resumed += 1
+
+    # -- link labels --------------------------------------------------------------------
+
+    async def _link_label(self, change: LabelChange, name: str) -> None:
+        refused = self._screen(change, await self._permission_of(change, stopping=False))
+        if refused is not None:
+            await self._refuse(change, refused)
+            return
+        try:
+            channel = check_channel(name)
+            changed = await (
+                self._links.link(change.repo, change.number, channel)
+                if change.added
+                else self._links.unlink(change.repo, change.number, channel)
+            )
+        except InputError as exc:  # malformed, undeclared, or linked elsewhere already
+            await self._record(
+                EventKind.REFUSED,
+                change.delivery,
+                reason="bad-link",
+                detail=str(exc),
+                data={"issue": change.issue, "login": change.sender.login, "label": change.label},
+            )
+            self._counters.refused += 1
+            return
+        if change.added:
+            await self._links.start_watermark(change.repo, change.number)
+        if not changed:  # linked so already, or no label's link to remove
+            self._counters.ignored += 1
+            return
+        await self._record(
+            EventKind.NOTE,
+            change.delivery,
+            reason="linked" if change.added else "unlinked",
+            detail=f"{change.issue} {'linked to' if change.added else 'unlinked from'} {channel}",
+            channel=channel,
+            data={"issue": change.issue, "login": change.sender.login},
+        )
+
+    # -- who may, and what GitHub says now ----------------------------------------------
+
+    def _screen(
+        self, change: LabelChange, permission: str | None, *, stopping: bool = False
+    ) -> tuple[Refusal, str] | None:
+        return screen_labeller(
+            login=change.sender.login,
+            kind=change.sender.kind,
+            permission=permission,
+            stopping=stopping,
+            allowed_logins=self._config.logins,
+        )
+
+    async def _permission_of(self, change: LabelChange, *, stopping: bool) -> str | None:
+        """The sender's permission on the repository; None if it does not decide (a bot,
+        the allow-list) or, for a kill (``stopping``), if GitHub did not answer in time.
+        Anything else GitHub leaves unanswered raises :class:`PermissionUnknown`, so the
+        delivery is tried again later. Without a way to ask, nobody has any."""
+        sender = change.sender
+        if sender.kind == "Bot" or sender.login in self._config.logins:
+            return None
+        if self._sender_permission is None:
+            return "none"
+        try:
+            async with asyncio.timeout(self._read_s):
+                return await self._sender_permission(change.repo, sender.login)
+        except Exception as exc:
+            unknown = (
+                f"GitHub did not say within {self._read_s:.0f} s what access "
+                f"{sender.login} has to {change.repo}: {type(exc).__name__}"
+            )
+            if not stopping:
+                raise PermissionUnknown(unknown) from exc
+            log.warning("%s; the kill is taken all the same", unknown)
+            return None
+
+    async def _label_is_on(self, change: LabelChange) -> bool:
+        """Whether the label is on the issue now; what the event says if GitHub does not
+        answer in time."""
+        if self._current_labels is None:
+            return change.added
+        try:
+            async with asyncio.timeout(self._read_s):
+                return change.label in await self._current_labels(change.repo, change.number)
+        except Exception as exc:
+            log.warning(
+                "could not read the labels of %s within %.0f s (%s); trusting the event",
+                change.issue,
+                self._read_s,
+                type(exc).__name__,
+            )
+            return change.added
+
+    async def _refuse(
+        self, change: LabelChange, refused: tuple[Refusal, str], channel: str | None = None
+    ) -> None:
+        refusal, why = refused
+        await self._record(
+            EventKind.REFUSED,
+            change.delivery,
+            reason=refusal.value,
+            detail=f"{change.label!r} on {change.issue} is not acted on: {why}",
+            channel=channel,
+            data={"login": change.sender.login, "issue": change.issue, "label": change.label},
+        )
+        self._counters.refused += 1

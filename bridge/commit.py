@@ -45,9 +45,9 @@ from typing import Any, Final, Protocol
 
 from githubkit import GitHub
 
-from agora.bridge.config import FactsCommit
+from agora.bridge.config import FactsCommit, check_local_target
 from agora.bridge.github import GitHubUnavailable, GitHubWriter
-from agora.core.errors import AgoraError, ConfigError
+from agora.core.errors import AgoraError
 from agora.core.factlog import CHECKPOINT_DIR, CHECKPOINT_SUFFIX, LOCK_FILE, LOG_FILE, FactsSnapshot
 
 log = logging.getLogger(__name__)
@@ -151,32 +151,6 @@ def tree_changes(
         for relative in sorted(set(remote) - set(files))
     ]
     return changed, deletions
-
-
-def check_local_target(settings: FactsCommit, facts_dir: Path | None) -> None:
-    """Refuse a local commit's target that is not a folder inside the checkout, or that
-    is, holds or lies inside the facts directory the recorder writes (``facts:``)."""
-    if settings.mode != "local" or settings.checkout is None:
-        return
-    checkout = settings.checkout.resolve()
-    target = (checkout / settings.path).resolve()
-    inside = checkout in target.parents
-    if not inside or ".git" in target.relative_to(checkout).parts:
-        raise ConfigError(
-            f"bridge.facts.path: expected a folder inside facts.checkout ({checkout}), "
-            f"got {settings.path!r}"
-        )
-    if facts_dir is None:
-        return
-    live = facts_dir.resolve()
-    if target == live or live in target.parents or target in live.parents:
-        raise ConfigError(
-            "bridge.facts.checkout and bridge.facts.path: expected a folder apart from the "
-            f"facts directory the recorder writes (facts: {live}), got {target}, which "
-            f"{'is' if target == live else 'overlaps'} it: the committer replaces that "
-            "folder with each snapshot. Point facts.path elsewhere in the checkout, or "
-            "facts: outside it"
-        )
 
 
 class FactsCommitter:

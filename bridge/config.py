@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Final
 
 from agora.core.document import Fields, Node, check_channel_at
-from agora.core.errors import shown
+from agora.core.errors import ConfigError, shown
 from agora.host.config import Config
 
 DEFAULT_PORT: Final = 8088
@@ -211,7 +211,7 @@ def _facts(fields: Fields, config: Config) -> FactsCommit:
     )
     if mode == "local" and checkout is None:
         raise fields.missing("checkout").error("the path of a local git checkout", "nothing")
-    return FactsCommit(
+    settings = FactsCommit(
         mode=mode,
         repo=repo,
         branch=fields.text("branch", default="main"),
@@ -220,6 +220,37 @@ def _facts(fields: Fields, config: Config) -> FactsCommit:
         every_facts=fields.integer("every_facts", default=500, low=1, high=1_000_000),
         checkout=checkout,
     )
+    try:
+        check_local_target(settings, config.facts_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{fields.node.file}: {exc}") from exc
+    return settings
+
+
+def check_local_target(settings: FactsCommit, facts_dir: Path | None) -> None:
+    """Refuse a local commit's target that is not a folder inside the checkout, or that
+    is, holds or lies inside the facts directory the recorder writes (``facts:``)."""
+    if settings.mode != "local" or settings.checkout is None:
+        return
+    checkout = settings.checkout.resolve()
+    target = (checkout / settings.path).resolve()
+    inside = checkout in target.parents
+    if not inside or ".git" in target.relative_to(checkout).parts:
+        raise ConfigError(
+            f"bridge.facts.path: expected a folder inside facts.checkout ({checkout}), "
+            f"got {settings.path!r}"
+        )
+    if facts_dir is None:
+        return
+    live = facts_dir.resolve()
+    if target == live or live in target.parents or target in live.parents:
+        raise ConfigError(
+            "bridge.facts.checkout and bridge.facts.path: expected a folder apart from the "
+            f"facts directory the recorder writes (facts: {live}), got {target}, which "
+            f"{'is' if target == live else 'overlaps'} it: the committer replaces that "
+            "folder with each snapshot. Point facts.path elsewhere in the checkout, or "
+            "facts: outside it"
+        )
 
 
 def _secret(node: Node, root: Path, env: Mapping[str, str]) -> Secret:

@@ -106,6 +106,16 @@ def _with(path: str, value: object) -> dict[str, Any]:
             {"commit": "local"},
             "bridge.facts.checkout: expected the path of a local git checkout",
         ),
+        (
+            "facts",
+            {"commit": "local", "checkout": "."},  # path "facts": the live facts directory
+            "expected a folder apart from the facts directory the recorder writes",
+        ),
+        (
+            "facts",
+            {"commit": "local", "checkout": ".", "path": "../elsewhere"},
+            "bridge.facts.path: expected a folder inside facts.checkout",
+        ),
         ("max_body_bytes", 10**9, "bridge.max_body_bytes: expected an integer"),
         ("tokens", 1, "bridge.tokens: expected one of the keys"),
         ("github.token", "ghp_inline_secret", "never the secret itself, got something else"),

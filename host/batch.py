@@ -74,6 +74,7 @@ class Batch:
         self.conversations: dict[str, int] = {}
         self.outgoing: list[Outgoing] = []
         self.emitted = 0  # of the outgoing, the agent's acts
+        self.discarded = 0  # of what the call returned, the acts a kill stopped
         # the ids refused (each once, in order) by control and channel; an act that gets
         # an event of its own (see Vouched.grounded) also has its id in the key
         self.refused: dict[tuple[str, str, str], dict[str, None]] = {}

@@ -19,7 +19,9 @@ processed, by the ids the record keeps until their acknowledgement is confirmed,
 the saved outbox is published again under the same ids) or redoes the whole batch
 from the saved state, so each message is processed once and no output is duplicated.
 
-A kill that lands while the agent is running discards what the call returned. A fault
+A kill that lands while the agent is running discards what the call returned; a timer
+call so stopped (a vote's deadline, say) is undone as well, its state and wake time
+kept as they were, and runs again once the switches change. A fault
 (fuel, time, memory, a trap, a flood) quarantines the agent through the kill switch.
 """
 
@@ -81,7 +83,7 @@ from agora.host.controls import (
     screen_emit,
     screen_replay,
 )
-from agora.host.killswitch import KillSwitch
+from agora.host.killswitch import KillState, KillSwitch
 from agora.host.record_store import RecordStore
 from agora.host.sandbox import AgentFault, GuestContext, GuestMessage, GuestOutcome
 from agora.host.tasks import finish
@@ -148,6 +150,9 @@ class AgentRunner:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._feed: PullFeed | None = None
+        # the switches under which a timer call's output was discarded: its call is
+        # undone, and the timer waits until they change
+        self._timer_held: KillState | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -227,8 +232,8 @@ class AgentRunner:
 
     def _wait_s(self) -> float:
         wake = self._record.wake_at_ms
-        if wake is None or self._stopped():  # a stopped agent's wake waits for its resume
-            return IDLE_WAIT_S
+        if wake is None or self._stopped() or self._timer_waits():
+            return IDLE_WAIT_S  # a stopped agent's wake waits for its resume
         return min(IDLE_WAIT_S, max(0.01, (wake - now_ms()) / 1000))
 
     # -- one batch ------------------------------------------------------------------------
@@ -269,7 +274,8 @@ class AgentRunner:
             self._screen(message, found, batch)
         for key, ids in batch.refused.items():
             batch.outgoing.append(self._refusal(key, tuple(ids), batch.refused_from[key]))
-        wake_due = self._record.wake_at_ms is not None and self._record.wake_at_ms <= now_ms()
+        wake = self._record.wake_at_ms
+        wake_due = wake is not None and wake <= now_ms() and not self._timer_waits()
         settled = all(v in SETTLED for v, _, _ in batch.refused)
         if messages and settled and not (batch.inbox or wake_due):
             await self._refused_all(messages, batch)
@@ -282,7 +288,12 @@ class AgentRunner:
         state, wake_at_ms = record.state, record.wake_at_ms
         if outcome is not None:
             self._take(outcome, batch)
-            state, wake_at_ms = outcome.state, _no_sooner(outcome.wake_at_ms)
+            if batch.discarded and not batch.inbox:
+                # A timer call whose output a kill stopped (a deadline's decision, say)
+                # is undone: it runs again once the switches change, a resume above all.
+                self._timer_held = self._killswitch.state
+            else:
+                state, wake_at_ms = outcome.state, _no_sooner(outcome.wake_at_ms)
         elif not (messages or batch.outgoing):
             await self._tidy_record()
             return
@@ -339,6 +350,10 @@ class AgentRunner:
             await self._quarantine("record", str(exc))
         except Exception:  # the stop above holds whatever the server does
             log.exception("agent %s: its quarantine could not be recorded", self.spec.name)
+
+    def _timer_waits(self) -> bool:
+        """Whether the timer waits for the switches to change (see :meth:`_step`)."""
+        return self._timer_held is not None and self._killswitch.state is self._timer_held
 
     def _stopped(self) -> bool:
         """Whether the agent may not run at all: killed, quarantined, or every channel it
@@ -524,6 +539,7 @@ class AgentRunner:
             batch.outgoing.append(
                 self._event(EventKind.REFUSED, reason=verdict, detail=many + details[0])
             )
+        batch.discarded = discarded
         if discarded:
             self.counters["discarded-by-kill"] += discarded
             batch.outgoing.append(

@@ -410,3 +410,44 @@ async def test_a_refused_emit_is_named_for_its_control_even_under_a_kill(
     assert reasons[0][1].startswith("3 messages refused; the first: ")
     assert "1 of its messages" in reasons[1][1]
     assert runner.counters["forged-sender"] == 3
+
+
+async def _until(probe: Any, timeout_s: float = 15.0) -> Any:
+    for _ in range(int(timeout_s / 0.05)):
+        if found := probe():
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError("the awaited state never came")
+
+
+async def test_a_deadline_decision_a_kill_discards_is_announced_after_the_resume(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    """The coordinator's vote ends at its deadline in a timer call while its channel is
+    killed: that call's decision is discarded and the call undone, so after the resume
+    the timer fires again and the decision is announced, once. (The agent's other
+    channel is not killed, so the agent itself still runs meanwhile.)"""
+    agents = {
+        "coordinator": AgentPlan(
+            "coordinator", ("release", "other"), {"voters": "alice-voter", "deadline-ms": "1500"}
+        ),
+    }
+    async with running_host(
+        tmp_path, components, agents=agents, channels=("release", "other")
+    ) as h:
+        await h.inject("release", "ship it", hops=8)
+        await h.settle()
+        assert [a.act for a in h.acts_by("coordinator")] == [Performative.PROPOSE]
+        await h.switch(EventKind.KILLED, channel="release")
+        await _until(
+            lambda: [e for e in h.events(EventKind.REFUSED) if e.reason == "discarded-by-kill"]
+        )
+        await asyncio.sleep(1.0)  # the timer does not fire again while the kill holds
+        discards = [e for e in h.events(EventKind.REFUSED) if e.reason == "discarded-by-kill"]
+        assert len(discards) == 1
+        await h.switch(EventKind.RESUMED, channel="release")
+        decided = await _until(
+            lambda: [a for a in h.acts_by("coordinator") if a.act is Performative.INFORM]
+        )
+        await h.settle()
+    assert len(decided) == 1 and json.loads(decided[0].payload)["outcome"] == "no-quorum"

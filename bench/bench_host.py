@@ -79,7 +79,7 @@ from agora.host.config import DEFAULT_BATCH, with_agents
 from agora.host.killswitch import KillState
 from agora.host.nats_server import EmbeddedNats
 from agora.host.sandbox import load_component, make_engine
-from agora.host.service import Host
+from agora.host.service import Host, startup_heap_frozen
 from agora.host.signature_checks import HELPER_MODULE
 
 CHANNEL: Final = "bench"
@@ -187,7 +187,8 @@ async def running_host(session: Session) -> AsyncIterator[Running]:
     ):
         await host.start(host_client)
         try:
-            yield Running(session, host, outside.jetstream(), server.url)
+            with startup_heap_frozen():  # as `agora up` serves
+                yield Running(session, host, outside.jetstream(), server.url)
         finally:
             await stop_host(host)
 
@@ -240,7 +241,8 @@ async def split_hosts(root: Path, agents: Mapping[str, AgentPlan]) -> AsyncItera
                 try:
                     js = outside.jetstream()
                     await wait_for_consumers(js, agents, process, root / "agents-host.log")
-                    yield Running(session, host, js, server.url)
+                    with startup_heap_frozen():
+                        yield Running(session, host, js, server.url)
                 finally:
                     process.terminate()
                     await process.wait()

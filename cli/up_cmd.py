@@ -30,7 +30,7 @@ from agora.core.document import Node
 from agora.host.builder import build_agents, find_agents
 from agora.host.config import DEFAULT_AGENTS_DIR, Config, with_agents
 from agora.host.nats_server import EmbeddedNats
-from agora.host.service import Host, HostKeys
+from agora.host.service import Host, HostKeys, startup_heap_frozen
 
 if TYPE_CHECKING:
     from agora.bridge.service import Bridge
@@ -167,7 +167,8 @@ async def _serve(session: Session, bridge_settings: BridgeConfig | None, *, reco
             session.config.facts_dir if record else "(another host)",
         )
         try:
-            await stop.wait()
+            with startup_heap_frozen():
+                await stop.wait()
         finally:
             log.info("stopping")
             if bridge is not None:

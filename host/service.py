@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
 import re
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -76,6 +77,22 @@ CLOCK_WARN_MS: Final = 10_000
 CLOCK_CHECK_TIMEOUT_S: Final = 1.0
 HEADROOM: Final = 4096  # of the server's message size, for a key-value put's subject and headers
 SETTLE_POLL_S: Final = 0.05
+
+
+@contextlib.contextmanager
+def startup_heap_frozen() -> Iterator[None]:
+    """For a process serving a started host (``agora up``): collect once, then keep
+    everything alive by now (modules, compiled components, configuration: some 56,000
+    objects) out of the cyclic collector's full collections until the block ends, so
+    they scan only what the host made since. A full collection otherwise walked all of
+    it while every act in flight waited: 35 ms at 1,000 acts/s on two busy cores, where
+    the goal for an act's whole way is 10 ms at p99."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def machine_name() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from agora.host.config import without_credentials
 from agora.host.controls import Handed
 from agora.host.killswitch import KillState
 from agora.host.sandbox import classify_fault
+from agora.host.service import startup_heap_frozen
 
 
 def test_an_agent_record_round_trips_and_stays_bounded() -> None:
@@ -274,3 +276,12 @@ def test_nats_credentials_never_reach_a_message() -> None:
     assert without_credentials("nats://user:s3cret@10.0.0.1:4222") == "nats://***@10.0.0.1:4222"
     assert without_credentials("tls://token@nats.example:4443") == "tls://***@nats.example:4443"
     assert without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+def test_a_served_hosts_startup_heap_is_kept_out_of_full_collections() -> None:
+    kept = object.__new__(type("Kept", (), {}))
+    with startup_heap_frozen():
+        assert gc.get_freeze_count() > 0
+        assert not any(o is kept for o in gc.get_objects())  # frozen: no scan sees it
+    assert gc.get_freeze_count() == 0
+    assert any(o is kept for o in gc.get_objects())

@@ -70,8 +70,12 @@ AGENTS: Final = {
         ("release",),
         {"voters": ",".join(VOTERS), "quorum": "2", "deadline-ms": "5000"},
     ),
-    **{name: AgentPlan("voter", ("release",), rule) for name, rule in VOTERS.items()},
-    "summarizer": AgentPlan("summarizer", ("release",)),
+    # the voters and the summarizer heed only the coordinator's proposals and decisions
+    **{
+        name: AgentPlan("voter", ("release",), {**rule, "coordinator": "coordinator"})
+        for name, rule in VOTERS.items()
+    },
+    "summarizer": AgentPlan("summarizer", ("release",), {"coordinator": "coordinator"}),
 }
 CHATTY: Final = ("synth-agent", "relay-agent")
 

@@ -2,39 +2,53 @@
 
 A ``request`` opens a vote in its conversation: the coordinator answers it with a
 ``propose`` whose payload is ``{"kind": "proposal", "topic": ..., "quorum": ...,
-"deadline_ms": ...}``. Every ``accept-proposal`` or ``reject-proposal`` in that
-conversation is a vote; a sender's first vote is the one that counts. The vote is decided
-when every expected voter has voted, or when its deadline passes (the coordinator asks the
-host to wake it then, so a silent electorate still gets an answer). The verdict goes out
-as an ``inform`` whose payload is canonical JSON of kind ``"decision"``:
+"deadline_ms": ...}``. A ballot is an ``accept-proposal`` or ``reject-proposal`` on the
+vote's channel that answers the proposal; a sender's first ballot is the one that counts.
+(The host stamps the proposal's id, so the coordinator never learns it; but it is handed
+every message on its channels except its own, so a ballot that answers a message it was
+handed, such as the request, another ballot or someone else's proposal, is no ballot on
+its proposal.) The vote is decided when every expected voter has voted, or when its
+deadline passes (the coordinator asks the host to wake it then, so a silent electorate
+still gets an answer); a ballot handed over after the deadline changes nothing. The
+verdict answers the request, as an ``inform`` whose payload is canonical JSON of kind
+``"decision"``:
 
 - ``accepted``: at least ``quorum`` accept votes;
 - ``no-quorum``: fewer than ``quorum`` votes cast in all;
 - ``rejected``: anything else.
 
-A conversation is decided once: late votes and repeated requests change nothing.
+A conversation is decided once: late votes and repeated requests change nothing (it
+remembers the last 512 decided conversations).
 
-Settings:
+Settings (one that is wrong is said in the host log and replaced, never fatal):
 
 - ``voters``: comma-separated names. When set, only they may vote, and the vote ends as
   soon as all of them have voted. Unset: anyone may vote until the deadline.
-- ``quorum``: accept votes needed (default: a majority of ``voters``, or 1).
-- ``deadline-ms``: how long a vote stays open, in milliseconds (default 5000).
+- ``quorum``: accept votes needed (default: a majority of ``voters``, or 1; at least 1).
+- ``deadline-ms``: how long a vote stays open, in milliseconds (default 5000; from 1 to a
+  week).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 
 import wit_world
 from wit_world.imports.types import Context, Message, Outcome, Performative
 
 DEFAULT_DEADLINE_MS = 5000
+MAX_DEADLINE_MS = 7 * 24 * 60 * 60 * 1000  # a week
+# At these bounds the state stays under the host's 256 KiB (names and ids are at most 64
+# characters, a topic's character at most 6 bytes of JSON): 35 KiB of decided
+# conversations, 17 KiB of heard ids and 105 KiB of open votes leave room for some 1,300
+# ballots.
 MAX_OPEN_VOTES = 64
-MAX_DECIDED = 64  # decided conversations remembered, so none is announced twice
+MAX_DECIDED = 512  # decided conversations remembered, so none is announced twice
 MAX_BALLOTS = 64  # votes kept per vote when anyone may vote
-MAX_TOPIC_CHARS = 500
+MAX_HEARD = 256  # ids of recent messages handed over in open votes' conversations
+MAX_TOPIC_CHARS = 200
 BALLOTS = {Performative.ACCEPT_PROPOSAL: "accept", Performative.REJECT_PROPOSAL: "reject"}
 
 
@@ -52,12 +66,14 @@ class Vote:
     quorum: int
     deadline: int
     ballots: dict[str, str] = field(default_factory=dict)
+    request: str | None = None  # the id of the request (None in state saved before)
 
 
 @dataclass
 class Book:
     open: dict[str, Vote] = field(default_factory=dict)
     decided: list[str] = field(default_factory=list)
+    heard: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, state: bytes) -> Book:
@@ -65,10 +81,14 @@ class Book:
             return cls()
         data = json.loads(state)
         votes = {conversation: Vote(**vote) for conversation, vote in data["open"].items()}
-        return cls(open=votes, decided=list(data["decided"]))
+        return cls(open=votes, decided=data["decided"], heard=data.get("heard", []))
 
     def dump(self) -> bytes:
-        data = {"open": {c: asdict(v) for c, v in self.open.items()}, "decided": self.decided}
+        data = {
+            "open": {c: asdict(v) for c, v in self.open.items()},
+            "decided": self.decided,
+            "heard": self.heard[-MAX_HEARD:],
+        }
         return canonical(data).encode()
 
     def close(self, conversation: str) -> None:
@@ -83,17 +103,15 @@ class WitWorld(wit_world.WitWorld):
     def handle(self, ctx: Context, state: bytes, inbox: list[Message]) -> Outcome:
         rules = rules_from(dict(ctx.settings))
         book = Book.load(state)
-        outbox: list[Message] = []
-        last_ballot: dict[str, Message] = {}
+        outbox = close_finished(ctx, book, rules)  # first, so that a late ballot is late
         for message in inbox:
             if message.act == Performative.REQUEST:
                 outbox.append(open_vote(ctx, book, rules, message))
-            elif message.act in BALLOTS and cast(book, rules, message):
-                last_ballot[message.conversation_id] = message
-        for conversation, vote in list(book.open.items()):
-            if is_over(vote, rules, ctx.now_ms):
-                outbox.append(announce(ctx, conversation, vote, last_ballot.get(conversation)))
-                book.close(conversation)
+            elif message.act in BALLOTS:
+                cast(book, rules, message)
+            if message.conversation_id in book.open:
+                book.heard.append(message.id)
+        outbox += close_finished(ctx, book, rules)
         return Outcome(outbox=outbox, state=book.dump(), wake_at_ms=book.next_wake())
 
 
@@ -102,22 +120,36 @@ def rules_from(settings: dict[str, str]) -> Rules:
     majority = len(voters) // 2 + 1 if voters else 1
     return Rules(
         voters=voters,
-        quorum=positive_int(settings, "quorum", majority),
-        deadline_ms=positive_int(settings, "deadline-ms", DEFAULT_DEADLINE_MS),
+        quorum=whole_number(settings, "quorum", majority, low=1),
+        deadline_ms=whole_number(
+            settings, "deadline-ms", DEFAULT_DEADLINE_MS, low=1, high=MAX_DEADLINE_MS
+        ),
     )
 
 
-def positive_int(settings: dict[str, str], key: str, default: int) -> int:
+def whole_number(
+    settings: dict[str, str], key: str, default: int, *, low: int, high: int | None = None
+) -> int:
+    """A setting that is a whole number from ``low`` to ``high``. A wrong one is said in
+    the host log: one out of range is brought into it, any other (``5000.0``, ``0x10``,
+    ``1e3``) gives the default."""
     text = settings.get(key)
     if text is None:
         return default
     try:
         number = int(text)
     except ValueError:
-        number = 0
-    if number < 1:
-        raise ValueError(f"setting {key!r} must be a positive integer, got {text!r}")
-    return number
+        warn(f"setting {key!r} must be a whole number, got {text!r}: using {default}")
+        return default
+    kept = max(low, number if high is None else min(number, high))
+    if kept != number:
+        limits = f"from {low} to {high}" if high is not None else f"at least {low}"
+        warn(f"setting {key!r} must be {limits}, got {text!r}: using {kept}")
+    return kept
+
+
+def warn(text: str) -> None:
+    print(text, file=sys.stderr)  # the host copies it into its log
 
 
 def open_vote(ctx: Context, book: Book, rules: Rules, request: Message) -> Message:
@@ -132,6 +164,7 @@ def open_vote(ctx: Context, book: Book, rules: Rules, request: Message) -> Messa
         topic=topic,
         quorum=rules.quorum,
         deadline=ctx.now_ms + rules.deadline_ms,
+        request=request.id,
     )
     proposal = {
         "kind": "proposal",
@@ -142,17 +175,37 @@ def open_vote(ctx: Context, book: Book, rules: Rules, request: Message) -> Messa
     return reply(ctx, request, Performative.PROPOSE, canonical(proposal))
 
 
-def cast(book: Book, rules: Rules, ballot: Message) -> bool:
-    """Record a vote; whether it counted (an open vote, an eligible first-time voter)."""
+def cast(book: Book, rules: Rules, ballot: Message) -> None:
+    """Count a ballot on an open vote's proposal from an eligible first-time voter."""
     vote = book.open.get(ballot.conversation_id)
-    if vote is None or ballot.sender in vote.ballots:
-        return False
+    if vote is None or ballot.sender in vote.ballots or not answers_proposal(book, vote, ballot):
+        return
     if rules.voters and ballot.sender not in rules.voters:
-        return False
+        return
     if not rules.voters and len(vote.ballots) >= MAX_BALLOTS:
-        return False
+        return
     vote.ballots[ballot.sender] = BALLOTS[ballot.act]
-    return True
+
+
+def answers_proposal(book: Book, vote: Vote, ballot: Message) -> bool:
+    """Whether a ballot is on the vote's channel and answers a message the coordinator was
+    not handed (of those in the conversation, only its own: the proposal)."""
+    parent = ballot.in_reply_to
+    return (
+        ballot.channel == vote.channel
+        and parent is not None
+        and parent != vote.request
+        and parent not in book.heard
+    )
+
+
+def close_finished(ctx: Context, book: Book, rules: Rules) -> list[Message]:
+    """Announce and close every vote that is over."""
+    over = [c for c, vote in book.open.items() if is_over(vote, rules, ctx.now_ms)]
+    decisions = [announce(ctx, conversation, book.open[conversation]) for conversation in over]
+    for conversation in over:
+        book.close(conversation)
+    return decisions
 
 
 def is_over(vote: Vote, rules: Rules, now_ms: int) -> bool:
@@ -171,7 +224,8 @@ def verdict(vote: Vote) -> tuple[str, int, int]:
     return "rejected", accepts, rejects
 
 
-def announce(ctx: Context, conversation: str, vote: Vote, last: Message | None) -> Message:
+def announce(ctx: Context, conversation: str, vote: Vote) -> Message:
+    """The decision, answering the request: the host takes its hop budget from there."""
     outcome, accepts, rejects = verdict(vote)
     decision = {
         "kind": "decision",
@@ -185,7 +239,7 @@ def announce(ctx: Context, conversation: str, vote: Vote, last: Message | None) 
     return Message(
         id="",
         conversation_id=conversation,
-        in_reply_to=last.id if last else None,
+        in_reply_to=vote.request,
         sender=ctx.agent,
         channel=vote.channel,
         act=Performative.INFORM,

@@ -1,30 +1,37 @@
 """summarizer: follows each conversation and sums it up when a decision is announced.
 
 For every conversation it sees it counts the messages and the acts, notes who took part
-and the first request's payload (the topic). When a decision arrives (an ``inform`` whose
-payload is JSON with ``"kind": "decision"``, as the coordinator sends) it answers that
-message with an ``inform`` whose payload is canonical JSON of kind ``"summary"``:
-``conversation``, ``text`` (plain sentences), ``messages``, ``participants``, ``acts``
-and ``outcome``. Each conversation is summed up on its first decision only. It keeps the
-64 most recently active conversations.
+and the first request's payload (the topic). When its coordinator announces a decision
+(an ``inform`` from the ``coordinator`` setting's agent, the sender the host verified,
+whose payload is JSON with ``"kind": "decision"``) it answers that message with an
+``inform`` whose payload is canonical JSON of kind ``"summary"``: ``conversation``,
+``text`` (plain sentences), ``messages``, ``participants``, ``acts`` and ``outcome``.
+Each conversation is summed up on its first decision only. It keeps the 64 most recently
+active conversations.
 
-Settings: ``every`` (default 0): when above 0, a conversation is also summed up, without
-an outcome, each time its message count reaches a multiple of ``every``.
+Settings: ``coordinator`` (default ``coordinator``): whose decisions it sums up.
+``every`` (default 0): when above 0, a conversation is also summed up, without an
+outcome, each time its message count reaches a multiple of ``every`` (a value that is
+no whole number of at least 0 is said in the host log and taken as 0).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 
 import wit_world
 from wit_world.imports.types import Context, Message, Outcome, Performative
 
+DEFAULT_COORDINATOR = "coordinator"
 MAX_CONVERSATIONS = 64
 MAX_PARTICIPANTS = 64
-MAX_TOPIC_CHARS = 500
 MAX_OUTCOME_CHARS = 40
-SHOWN_TOPIC_CHARS = 80
+SHOWN_TOPIC_CHARS = 80  # a topic is kept as shown
+# Parsing JSON nested about a thousand deep exhausts the wasm call stack, a trap no
+# ``except`` can catch; a decision holds two objects and its topic (at most 200 characters).
+MAX_BRACKETS = 256
 
 
 @dataclass
@@ -42,23 +49,25 @@ class Thread:
         if message.sender not in self.participants and len(self.participants) < MAX_PARTICIPANTS:
             self.participants.append(message.sender)
         if self.topic is None and message.act == Performative.REQUEST:
-            self.topic = message.payload[:MAX_TOPIC_CHARS]
+            self.topic = shorten(message.payload)
 
 
 class WitWorld(wit_world.WitWorld):
     def handle(self, ctx: Context, state: bytes, inbox: list[Message]) -> Outcome:
-        every = every_from(dict(ctx.settings))
+        settings = dict(ctx.settings)
+        every = every_from(settings)
+        coordinator = settings.get("coordinator", "").strip() or DEFAULT_COORDINATOR
         threads = load(state)
         outbox: list[Message] = []
         for message in inbox:
             thread = threads.pop(message.conversation_id, None) or Thread()
             threads[message.conversation_id] = thread  # most recently active last
             thread.add(message)
-            decision = decision_in(message)
+            decision = decision_in(message, coordinator)
             if decision is not None and thread.outcome is None:
-                thread.outcome = str(decision["outcome"])[:MAX_OUTCOME_CHARS]
+                thread.outcome = sound(str(decision["outcome"]))[:MAX_OUTCOME_CHARS]
                 if thread.topic is None and isinstance(decision.get("topic"), str):
-                    thread.topic = decision["topic"][:MAX_TOPIC_CHARS]
+                    thread.topic = shorten(sound(decision["topic"]))
                 outbox.append(summary(ctx, message, thread, decision))
             elif every and thread.messages % every == 0:
                 outbox.append(summary(ctx, message, thread, None))
@@ -74,8 +83,13 @@ def every_from(settings: dict[str, str]) -> int:
     except ValueError:
         every = -1
     if every < 0:
-        raise ValueError(f"setting 'every' must be a whole number (0: off), got {text!r}")
+        warn(f"setting 'every' must be a whole number (0: off), got {text!r}: using 0")
+        return 0
     return every
+
+
+def warn(text: str) -> None:
+    print(text, file=sys.stderr)  # the host copies it into its log
 
 
 def load(state: bytes) -> dict[str, Thread]:
@@ -88,17 +102,30 @@ def dump(threads: dict[str, Thread]) -> bytes:
     return json.dumps({c: asdict(t) for c, t in threads.items()}).encode()
 
 
-def decision_in(message: Message) -> dict[str, object] | None:
-    """The decision a message announces, if it announces one."""
-    if message.act != Performative.INFORM:
+def decision_in(message: Message, coordinator: str) -> dict[str, object] | None:
+    """The decision a message announces, if it is the coordinator's and announces one."""
+    if message.act != Performative.INFORM or message.sender != coordinator:
         return None
-    try:
-        payload = json.loads(message.payload)
-    except ValueError:
-        return None
+    payload = parsed(message.payload)
     if not isinstance(payload, dict) or payload.get("kind") != "decision":
         return None
     return payload if isinstance(payload.get("outcome"), str) else None
+
+
+def parsed(payload: str) -> object:
+    """The JSON value of a payload; None if it is not JSON or too deeply nested to read."""
+    if payload.count("[") + payload.count("{") > MAX_BRACKETS:
+        return None
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+
+
+def sound(text: str) -> str:
+    """``text`` with any lone surrogate (JSON can escape one, a WIT string cannot hold it)
+    replaced by ``?``."""
+    return text.encode("utf-8", "replace").decode()
 
 
 def summary(
@@ -140,7 +167,7 @@ def describe(conversation: str, thread: Thread, decision: dict[str, object] | No
 
 def whole(decision: dict[str, object], key: str) -> int:
     value = decision.get(key)
-    return value if isinstance(value, int) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def shorten(text: str) -> str:

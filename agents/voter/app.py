@@ -1,7 +1,8 @@
-"""voter: votes on every proposal by looking for words in its topic.
+"""voter: votes on its coordinator's proposals by looking for words in their topic.
 
-On a ``propose`` it reads the topic (the ``"topic"`` of a JSON payload, or the payload
-itself when that is not JSON) and answers in the same conversation:
+On a ``propose`` from its coordinator (the sender the host verified; proposals from
+anyone else are ignored) it reads the topic (the ``"topic"`` of a JSON payload, or the
+payload itself when that is not JSON) and answers in the same conversation:
 
 1. ``reject-proposal`` with payload ``veto: WORD`` if the topic holds a veto word;
 2. else ``accept-proposal`` with payload ``approve: WORD`` if it holds an approve word;
@@ -11,18 +12,25 @@ Words match case-insensitively anywhere in the topic, checked in the order they 
 listed. It votes at most once per conversation (it remembers the last 64).
 
 Settings: ``approve`` and ``veto`` (comma-separated words), ``default`` (``accept`` or
-``reject``, also spelt ``approve`` and ``veto``; default ``reject``).
+``reject``, also spelt ``approve`` and ``veto``, in any case; default ``reject``; any
+other value is said in the host log and taken as ``reject``), ``coordinator`` (the agent
+whose proposals it votes on; default ``coordinator``).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 
 import wit_world
 from wit_world.imports.types import Context, Message, Outcome, Performative
 
 MAX_REMEMBERED = 64
+# Parsing JSON nested about a thousand deep exhausts the wasm call stack, a trap no
+# ``except`` can catch; a proposal holds one object and its topic (at most 200 characters).
+MAX_BRACKETS = 256
+DEFAULT_COORDINATOR = "coordinator"
 CHOICES = {
     "accept": Performative.ACCEPT_PROPOSAL,
     "approve": Performative.ACCEPT_PROPOSAL,
@@ -33,6 +41,7 @@ CHOICES = {
 
 @dataclass(frozen=True)
 class Policy:
+    coordinator: str
     approve: tuple[str, ...]
     veto: tuple[str, ...]
     default: Performative
@@ -44,7 +53,9 @@ class WitWorld(wit_world.WitWorld):
         voted: list[str] = json.loads(state) if state else []
         outbox: list[Message] = []
         for message in inbox:
-            if message.act != Performative.PROPOSE or message.conversation_id in voted:
+            if message.act != Performative.PROPOSE or message.sender != policy.coordinator:
+                continue
+            if message.conversation_id in voted:
                 continue
             act, reason = choose(policy, topic_of(message.payload))
             outbox.append(reply(ctx, message, act, reason))
@@ -53,14 +64,21 @@ class WitWorld(wit_world.WitWorld):
 
 
 def policy_from(settings: dict[str, str]) -> Policy:
-    default = settings.get("default", "reject")
-    if default not in CHOICES:
-        raise ValueError(f"setting 'default' must be 'accept' or 'reject', got {default!r}")
+    text = settings.get("default", "reject")
+    default = CHOICES.get(text.strip().casefold())
+    if default is None:
+        warn(f"setting 'default' must be 'accept' or 'reject', got {text!r}: using 'reject'")
+        default = Performative.REJECT_PROPOSAL
     return Policy(
+        coordinator=settings.get("coordinator", "").strip() or DEFAULT_COORDINATOR,
         approve=words(settings.get("approve", "")),
         veto=words(settings.get("veto", "")),
-        default=CHOICES[default],
+        default=default,
     )
+
+
+def warn(text: str) -> None:
+    print(text, file=sys.stderr)  # the host copies it into its log
 
 
 def words(listing: str) -> tuple[str, ...]:
@@ -68,13 +86,20 @@ def words(listing: str) -> tuple[str, ...]:
 
 
 def topic_of(payload: str) -> str:
-    try:
-        proposal = json.loads(payload)
-    except ValueError:
-        return payload
+    proposal = parsed(payload)
     if isinstance(proposal, dict) and isinstance(proposal.get("topic"), str):
         return proposal["topic"]
     return payload
+
+
+def parsed(payload: str) -> object:
+    """The JSON value of a payload; None if it is not JSON or too deeply nested to read."""
+    if payload.count("[") + payload.count("{") > MAX_BRACKETS:
+        return None
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
 
 
 def choose(policy: Policy, topic: str) -> tuple[Performative, str]:

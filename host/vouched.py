@@ -24,7 +24,7 @@ from agora.core.signing import Signed, accept_signed, bad_signature, read_envelo
 from agora.core.spine import arrival_channel
 from agora.host.signature_checks import InlineChecks, SignatureChecks
 
-VOUCHED_MAX: Final = 16384  # seconds of traffic: what other readers here meet soon after
+VOUCHED_MAX: Final = 65536  # a burst the recorder checks well ahead of an agent must stay
 VOUCHED_MAX_BYTES: Final = 64 * 1024 * 1024  # of envelopes: a flood of large acts stays bounded
 GROUNDED_MAX: Final = 65536
 

@@ -16,6 +16,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from agora.core.received import RawClient, Received, parse_headers
 from agora.host.nats_server import EmbeddedNats
+from tests.nats_sync import settled
 
 STREAM = "RAWTEST"
 SUBJECT = "raw.test"
@@ -74,10 +75,10 @@ async def test_a_raw_subscription_sees_what_nats_py_sees(
 
     sid = await raw.subscribe_raw("both.>", handler)
     await raw.subscribe("both.>", cb=callback)  # a plain subscription on the same client
-    await raw.flush()  # the server has both subscriptions before another client publishes
+    await settled(raw)  # the server has both subscriptions before another client publishes
     await plain.publish("both.one", b"first", headers={"Nats-Msg-Id": "m-1"})
     await plain.publish("both.two", b"second", reply="where.to")
-    await plain.flush()
+    await settled(plain)
     for _ in range(500):
         if len(taken) == 2 and len(seen) == 2:
             break
@@ -87,9 +88,9 @@ async def test_a_raw_subscription_sees_what_nats_py_sees(
     ]
     assert taken[0].headers == {"Nats-Msg-Id": "m-1"} and taken[1].reply == "where.to"
     await raw.unsubscribe_raw(sid)
-    await raw.flush()
+    await settled(raw)
     await plain.publish("both.three", b"third")
-    await plain.flush()
+    await settled(plain)
     for _ in range(500):
         if len(seen) == 3:
             break
@@ -107,10 +108,10 @@ async def test_a_plain_subscription_reads_headers_as_the_raw_ones_do(
         seen.append(message)
 
     await raw.subscribe("plain.>", cb=callback)
-    await raw.flush()
+    await settled(raw)
     await plain.publish("plain.one", b"a", headers={"Status": "503", "Nats-Msg-Id": "m-2"})
     await plain.publish("plain.two", b"b", headers={})
-    await plain.flush()
+    await settled(plain)
     for _ in range(500):
         if len(seen) == 2:
             break
@@ -143,7 +144,7 @@ async def test_a_raw_message_is_acknowledged_and_given_back_as_nats_py_does(
     kept, given_back = taken
     await kept.ack_sync(timeout=2)
     await given_back.nak()
-    await raw.flush()
+    await settled(raw)
     again = await js.pull_subscribe_bind("c", stream=STREAM)
     [redelivered] = await again.fetch(1, timeout=2)
     assert redelivered.data == b"given back" and redelivered.metadata.num_delivered == 2
@@ -183,7 +184,7 @@ async def test_a_publish_the_server_refuses_raises_what_nats_py_raises(
         await raw.publish_acked([("no.stream.here", "lost", b"x")])
     # something that answers no acknowledgement: the wait ends, its place is freed
     await plain.subscribe("silent.subject", cb=_ignore)
-    await plain.flush()
+    await settled(plain)
     with pytest.raises(TimeoutError):
         await raw.publish_acked([("silent.subject", "unheard", b"x")], timeout_s=0.3)
     assert not raw._awaiting
@@ -200,7 +201,7 @@ async def test_an_answer_from_anything_but_a_stream_is_no_acknowledgement(
         await message.respond(b'{"ok": true}')
 
     await plain.subscribe("answered.subject", cb=answer)
-    await plain.flush()
+    await settled(plain)
     with pytest.raises(APIError, match="names no stream and sequence"):
         await raw.publish_acked([("answered.subject", "fake", b"x")])
     assert not raw._awaiting

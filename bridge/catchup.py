@@ -1,14 +1,28 @@
-"""Catching up after downtime: nothing said while the bridge was down is lost.
+"""Catching up: nothing said on a linked issue while the bridge was away is lost, and
+nothing said before the issue was linked becomes an act.
 
-On start, for every linked issue, the bridge lists the comments updated since its
-watermark for that issue and hands each to the inbound worker exactly as a webhook
-would (:meth:`~agora.bridge.inbound.InboundWorker.comment_seen`). A comment already
-handled is recognised by its id, so nothing is injected twice, whichever way it came.
+At start, and then every :data:`CATCH_UP_EVERY_S` while it runs, the bridge lists, for
+each repository with linked issues, the comments updated since the earliest of their
+watermarks (:meth:`~agora.bridge.github.GitHubWriter.comment_pages`: each request
+starts from the last comment seen, so a comment deleted meanwhile cannot shift another
+out of sight). Each comment made on a linked issue at or after the link was made
+(:class:`~agora.bridge.links.Link`) goes to the inbound worker exactly as a webhook
+would (:meth:`~agora.bridge.inbound.InboundWorker.comment_seen`); one already handled is
+recognised by its id, so nothing is injected twice, whichever way it came, and an old
+comment edited later is listed but never injected. Then each issue's watermark moves up
+to GitHub's clock when the listing began, less :data:`WATERMARK_MARGIN`, so the next
+pass reads only what changed since.
 
-With a GitHub App, it also asks GitHub to redeliver the deliveries that failed while
-it was away (GitHub never retries them by itself), so edits and labels are not lost
-either; a token cannot list an App's deliveries, so with a token only comments are
-caught up.
+A repository or linked issue that GitHub answers 404 or 410 for (deleted, transferred)
+is said once in the log and skipped; any other failure skips that repository for this
+pass only. Neither stops the others.
+
+With a GitHub App, at start it also asks GitHub to redeliver the deliveries that failed
+while it was away (GitHub never retries them by itself), oldest first, so edits and
+labels are not lost either, and a comment deleted while the bridge was away arrives
+after its creation. A delivery any attempt of which succeeded is not asked again; a
+redelivery GitHub refuses is logged and the others are still asked. A token cannot list
+an App's deliveries, so with a token only comments are caught up.
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -24,73 +39,215 @@ from githubkit.cache import MemCacheStrategy
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
-from agora.bridge.config import BridgeConfig
-from agora.bridge.github import GitHubWriter
+from agora.bridge.config import BridgeConfig, IssueRef
+from agora.bridge.github import (
+    CommentPage,
+    GitHubUnavailable,
+    GitHubWriter,
+    from_stamp,
+    to_stamp,
+)
 from agora.bridge.inbound import InboundWorker, SeenComment, author_of, present
-from agora.bridge.links import Links, watermark_key
-from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET
+from agora.bridge.links import Link, Links, watermark_key
+from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, Buckets
 from agora.bridge.webhook import HANDLED_EVENTS
 
 log = logging.getLogger(__name__)
 
+CATCH_UP_EVERY_S: Final = 300.0
+WATERMARK_MARGIN: Final = timedelta(minutes=5)  # a comment GitHub lists a little late
+GONE: Final = frozenset({404, 410})
 REDELIVERY_WINDOW: Final = timedelta(days=3)
 MAX_DELIVERY_PAGES: Final = 10
 OK_STATUS: Final = range(200, 300)
 
 
-async def catch_up_comments(
-    *, js: JetStreamContext, writer: GitHubWriter, links: Links, worker: InboundWorker
-) -> int:
-    """Hand every comment made since each issue's watermark to the worker; how many."""
-    bucket = await js.key_value(BRIDGE_BUCKET)
-    handed = 0
-    for issue in (await links.issues()).values():
-        key = watermark_key(issue.repo, issue.number)
-        since: str | None = None
-        with contextlib.suppress(KeyNotFoundError):
-            since = ((await bucket.get(key)).value or b"").decode() or None
-        if since is None:
-            # A link seen for the first time: catch up from now on, never on its history.
-            await links.start_watermark(issue.repo, issue.number)
-            continue
-        on_pull_request = await _is_pull_request(writer, issue.repo, issue.number)
-        latest = since
-        for comment in await writer.comments_since(issue.repo, issue.number, since):
-            await worker.comment_seen(
-                SeenComment(
-                    repo=issue.repo,
-                    number=issue.number,
-                    comment_id=comment.id,
-                    body=comment.body or "",
-                    url=comment.html_url,
-                    author=author_of(comment),
-                    on_pull_request=on_pull_request,
-                ),
-                delivery="catch-up",
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where an issue's catch-up starts: the link's time, and its watermark."""
+
+    linked_at: datetime
+    since: datetime
+
+
+@dataclass(slots=True)
+class Listing:
+    """What a listing of a repository's comments has shown so far."""
+
+    since: datetime
+    github_time: datetime | None = None  # GitHub's clock at the first page
+    newest: datetime | None = None  # the latest update among the comments
+    complete: bool = False
+
+    def saw(self, page: CommentPage) -> None:
+        self.github_time = self.github_time or page.github_time
+        self.complete = page.last
+        for comment in page.comments:
+            updated: datetime = comment.updated_at
+            self.newest = updated if self.newest is None else max(self.newest, updated)
+
+    def watermark(self) -> datetime:
+        """Up to when every comment is read: GitHub's clock at the start, less the
+        margin, if every page was read; else the latest update seen."""
+        if self.complete and self.github_time is not None:
+            return self.github_time - WATERMARK_MARGIN
+        return self.newest or self.since
+
+
+@dataclass(slots=True)
+class Pass:
+    """One pass over a repository: which issues are pull requests, which are gone."""
+
+    pull_requests: dict[int, bool] = field(default_factory=dict)
+    gone: set[int] = field(default_factory=set)
+
+
+class CommentCatchUp:
+    """The comments made while no webhook came, handed to the worker once each."""
+
+    def __init__(
+        self, *, js: JetStreamContext, writer: GitHubWriter, links: Links, worker: InboundWorker
+    ) -> None:
+        self._buckets = Buckets(js)
+        self._writer = writer
+        self._links = links
+        self._worker = worker
+        self._said_gone: set[str] = set()
+
+    async def run(self) -> int:
+        """One pass over every repository with linked issues; how many comments were
+        handed to the worker."""
+        by_repo: dict[str, list[Link]] = {}
+        for link in await self._links.linked():
+            by_repo.setdefault(link.issue.repo.lower(), []).append(link)
+        handed = 0
+        for links in by_repo.values():
+            handed += await self._repository_or_skip(links)
+        return handed
+
+    async def _repository_or_skip(self, links: list[Link]) -> int:
+        repo = links[0].issue.repo
+        try:
+            return await self._repository(repo, links)
+        except GitHubUnavailable as exc:
+            if exc.status not in GONE:
+                log.warning("catch-up: %s skipped this time: %s", repo, exc)
+            else:
+                self._say_gone(repo, exc)
+        except Exception as exc:
+            log.warning("catch-up: %s skipped this time: %s", repo, exc, exc_info=True)
+        return 0
+
+    async def _repository(self, repo: str, links: list[Link]) -> int:
+        starts = {link.issue.number: await self._start(link) for link in links}
+        listing = Listing(min(start.since for start in starts.values()))
+        this_pass = Pass()
+        handed = 0
+        async for page in self._writer.comment_pages(repo, listing.since):
+            listing.saw(page)
+            for comment in page.comments:
+                number = _issue_number(comment)
+                start = starts.get(number)
+                if start is None or comment.created_at < start.linked_at:
+                    continue  # not on a linked issue, or made before it was linked
+                handed += await self._hand(IssueRef(repo, number), comment, this_pass)
+        for link in links:  # a gone issue's too: nothing of it is listed any more
+            await self._advance(link.issue, starts[link.issue.number], listing.watermark())
+        return handed
+
+    async def _start(self, link: Link) -> Start:
+        watermark = await self._watermark(link.issue)
+        linked_at = link.linked_at
+        if linked_at is None:  # a configured link seen for the first time (or before
+            # links kept their time: its watermark was set when it was first seen)
+            first_seen = watermark or await self._writer.github_time()
+            linked_at = await self._links.configured_seen(link, first_seen)
+        return Start(linked_at, linked_at if watermark is None else max(watermark, linked_at))
+
+    async def _hand(self, issue: IssueRef, comment: Any, this_pass: Pass) -> int:
+        on_pull_request = await self._pull_request(issue, this_pass)
+        if on_pull_request is None:
+            return 0
+        seen = SeenComment(
+            repo=issue.repo,
+            number=issue.number,
+            comment_id=comment.id,
+            body=comment.body or "",
+            url=comment.html_url,
+            author=author_of(comment),
+            on_pull_request=on_pull_request,
+        )
+        await self._worker.comment_seen(seen, delivery="catch-up")
+        return 1
+
+    async def _pull_request(self, issue: IssueRef, this_pass: Pass) -> bool | None:
+        """Whether the issue is a pull request; None if GitHub has it no more."""
+        if issue.number in this_pass.gone:
+            return None
+        known = this_pass.pull_requests.get(issue.number)
+        if known is not None:
+            return known
+        try:
+            found = await self._writer.issue(issue.repo, issue.number)
+        except GitHubUnavailable as exc:
+            if exc.status not in GONE:
+                raise
+            self._say_gone(str(issue), exc)
+            this_pass.gone.add(issue.number)
+            return None
+        this_pass.pull_requests[issue.number] = present(getattr(found, "pull_request", None))
+        return this_pass.pull_requests[issue.number]
+
+    def _say_gone(self, what: str, exc: GitHubUnavailable) -> None:
+        if what not in self._said_gone:
+            self._said_gone.add(what)
+            log.warning(
+                "catch-up: GitHub answered %s for %s (deleted, or out of reach): skipped "
+                "until it comes back",
+                exc.status,
+                what,
             )
-            handed += 1
-            stamp = _iso(comment.updated_at)
-            latest = stamp if latest is None or stamp > latest else latest
-        if latest is not None:
-            await bucket.put(key, latest.encode())
-    return handed
+
+    async def _watermark(self, issue: IssueRef) -> datetime | None:
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
+        try:
+            entry = await bucket.get(watermark_key(issue.repo, issue.number))
+        except KeyNotFoundError:
+            return None
+        return from_stamp((entry.value or b"").decode())
+
+    async def _advance(self, issue: IssueRef, start: Start, mark: datetime) -> None:
+        """Move the issue's watermark up to ``mark`` (never back)."""
+        if mark > start.since:
+            bucket = await self._buckets.get(BRIDGE_BUCKET)
+            await bucket.put(watermark_key(issue.repo, issue.number), to_stamp(mark).encode())
 
 
-async def _is_pull_request(writer: GitHubWriter, repo: str, number: int) -> bool:
-    issue = await writer.issue(repo, number)
-    return present(getattr(issue, "pull_request", None))
+def _issue_number(comment: Any) -> int:
+    """The number of the issue a comment is on (its ``issue_url`` ends with it)."""
+    try:
+        return int(str(comment.issue_url).rstrip("/").rsplit("/", 1)[1])
+    except (IndexError, ValueError):
+        return 0
 
 
-def _iso(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return str(value)
+# -- failed deliveries, asked again -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A delivery none of whose attempts succeeded: its oldest attempt."""
+
+    guid: str
+    attempt_id: int
+    delivered_at: datetime
 
 
 async def redeliver_failed(
     *, js: JetStreamContext, config: BridgeConfig, writer: GitHubWriter
 ) -> int:
-    """Ask GitHub to redeliver the App's failed deliveries not yet handled; how many."""
+    """Ask GitHub to redeliver the App's failed deliveries not yet handled, oldest first;
+    how many were asked."""
     if config.app is None:
         return 0
     app = GitHub(
@@ -101,37 +258,56 @@ async def redeliver_failed(
         cache_strategy=MemCacheStrategy(),
     )
     handled = await js.key_value(DELIVERIES_BUCKET)
-    horizon = datetime.now(UTC) - REDELIVERY_WINDOW
     asked = 0
-    seen: set[str] = set()
+    for failed in await _failed_deliveries(app, writer):
+        with contextlib.suppress(KeyNotFoundError):
+            await handled.get(failed.guid)
+            continue  # handled since (a catch-up found its comment, say)
+        redeliver = app.rest.apps.async_redeliver_webhook_delivery
+        try:
+            await writer.write(functools.partial(redeliver, failed.attempt_id))
+        except GitHubUnavailable as exc:
+            log.warning("GitHub would not redeliver delivery %s: %s", failed.guid, exc)
+            continue
+        asked += 1
+    return asked
+
+
+async def _failed_deliveries(app: GitHub[Any], writer: GitHubWriter) -> list[Failed]:
+    """The deliveries of the last three days none of whose attempts succeeded, oldest
+    first (GitHub lists every attempt, newest first, through the writer's rate limits)."""
+    horizon = datetime.now(UTC) - REDELIVERY_WINDOW
+    attempts: list[Any] = []
     cursor: str | None = None
     for _ in range(MAX_DELIVERY_PAGES):
         arguments: dict[str, Any] = {"per_page": 100}
         if cursor is not None:
             arguments["cursor"] = cursor
-        response = await app.rest.apps.async_list_webhook_deliveries(**arguments)
-        deliveries = list(response.parsed_data)
-        for delivery in deliveries:
-            if delivery.delivered_at < horizon:
-                return asked
-            if (
-                delivery.status_code in OK_STATUS
-                or delivery.guid in seen
-                or delivery.event not in HANDLED_EVENTS
-            ):
-                continue
-            seen.add(delivery.guid)
-            try:
-                await handled.get(delivery.guid)
-            except KeyNotFoundError:
-                await writer.write(
-                    functools.partial(app.rest.apps.async_redeliver_webhook_delivery, delivery.id)
-                )
-                asked += 1
+        listed = functools.partial(app.rest.apps.async_list_webhook_deliveries, **arguments)
+        response = await writer.read(listed)
+        page = [d for d in response.parsed_data if d.delivered_at >= horizon]
+        attempts += page
         cursor = _next_cursor(response.headers.get("link", ""))
-        if not deliveries or cursor is None:
+        if len(page) < len(response.parsed_data) or not page or cursor is None:
             break
-    return asked
+    return _oldest_first(attempts)
+
+
+def _oldest_first(attempts: list[Any]) -> list[Failed]:
+    """One entry per delivery that never succeeded and that the bridge handles, at the
+    time of its first attempt, oldest first."""
+    succeeded = {a.guid for a in attempts if a.status_code in OK_STATUS}
+    failed: dict[str, Failed] = {}
+    for attempt in attempts:
+        if attempt.guid in succeeded or attempt.event not in HANDLED_EVENTS:
+            continue
+        earlier = failed.get(attempt.guid)
+        if earlier is None or (attempt.delivered_at, attempt.id) < (
+            earlier.delivered_at,
+            earlier.attempt_id,
+        ):
+            failed[attempt.guid] = Failed(attempt.guid, attempt.id, attempt.delivered_at)
+    return sorted(failed.values(), key=lambda f: (f.delivered_at, f.attempt_id))
 
 
 def _next_cursor(link: str) -> str | None:

@@ -21,10 +21,13 @@ for an installation token, which it renews before it expires.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Final, TypeVar
 
 import httpx
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_ATTEMPTS: Final = 8
 SEARCH_PAGES: Final = 3
+MAX_LISTING_PAGES: Final = 100
+STAMP_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
 PER_PAGE: Final = 100
 MESSAGE_CHARS: Final = 200
 DROPPED: Final = 502  # a dropped connection is retried as a bad gateway is
@@ -60,6 +65,15 @@ class GitHubUnavailable(AgoraError):
 class PostedComment:
     id: int
     url: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommentPage:
+    """A page of comments, and GitHub's clock when it answered (its ``Date``)."""
+
+    comments: list[Any]
+    github_time: datetime | None
+    last: bool  # no page follows
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,27 +223,44 @@ class GitHubWriter:
         response = await self._read(lambda: self._gh.rest.issues.async_get(owner, name, number))
         return response.parsed_data
 
-    async def comments_since(self, repo: str, number: int, since: str | None) -> list[Any]:
-        """Every comment on an issue updated at or after ``since`` (ISO 8601), oldest first."""
+    async def github_time(self) -> datetime:
+        """What time GitHub says it is (the ``Date`` of a ``/rate_limit`` read, which
+        costs no rate limit); the local time if it does not say."""
+        response = await self._read(self._gh.rest.rate_limit.async_get)
+        return _date_of(response) or datetime.now(UTC)
+
+    async def comment_pages(self, repo: str, since: datetime) -> AsyncIterator[CommentPage]:
+        """The repository's issue comments updated at or after ``since``, least recently
+        updated first, a page at a time, each comment once.
+
+        Each request starts again from the last comment seen (``since`` moves up to its
+        update time) rather than asking for the next page by number, so a comment
+        deleted or edited meanwhile cannot shift another out of sight; only a full page
+        updated within one second is followed by number. At most
+        :data:`MAX_LISTING_PAGES` pages: the last one yielded then says ``last=False``.
+        """
         owner, name = repo.split("/", 1)
-
-        async def fetch() -> list[Any]:
-            found: list[Any] = []
-            page = 1
-            while True:
-                arguments: dict[str, Any] = {"per_page": PER_PAGE, "page": page}
-                if since is not None:
-                    arguments["since"] = since
-                response = await self._gh.rest.issues.async_list_comments(
-                    owner, name, number, **arguments
-                )
-                batch: list[Any] = list(response.parsed_data)
-                found.extend(batch)
-                if len(batch) < PER_PAGE:
-                    return found
-                page += 1
-
-        return await self._read(fetch)
+        listed = self._gh.rest.issues.async_list_comments_for_repo
+        cursor, number, seen = since, 1, set[int]()
+        for _ in range(MAX_LISTING_PAGES):
+            arguments: dict[str, Any] = {
+                "sort": "updated",
+                "direction": "asc",
+                "since": to_stamp(cursor),  # as GitHub documents it: YYYY-MM-DDTHH:MM:SSZ
+                "per_page": PER_PAGE,
+                "page": number,
+            }
+            ask = functools.partial(listed, owner, name, **arguments)
+            response = await self._read(ask)
+            batch: list[Any] = list(response.parsed_data)
+            full = len(batch) == PER_PAGE
+            fresh = [comment for comment in batch if comment.id not in seen]
+            seen.update(comment.id for comment in batch)
+            yield CommentPage(fresh, _date_of(response), last=not full)
+            if not full:
+                return
+            newest: datetime = batch[-1].updated_at
+            cursor, number = (newest, 1) if newest > cursor else (cursor, number + 1)
 
     # -- the rules ----------------------------------------------------------------------
 
@@ -250,7 +281,7 @@ class GitHubWriter:
                 result = await call()
             except RequestFailed as exc:
                 refusal = _Refusal.of(exc.response)
-                unsure = refusal.status >= 500
+                unsure = unsure or refusal.status >= 500  # a later 429 changes nothing
             except RequestError:
                 refusal = _Refusal(DROPPED, {}, "the connection dropped")
                 unsure = True  # it may have been applied
@@ -319,6 +350,27 @@ def _message_of(response: Response[Any, Any]) -> str:
     message = body.get("message") if isinstance(body, dict) else None
     text = " ".join(str(message or response.reason_phrase).split())
     return text[:MESSAGE_CHARS]
+
+
+def to_stamp(when: datetime) -> str:
+    """A time as GitHub writes one: UTC, to the second."""
+    return when.astimezone(UTC).strftime(STAMP_FORMAT)
+
+
+def from_stamp(text: str) -> datetime | None:
+    """A time written as GitHub writes one (None if it is not one)."""
+    try:
+        return datetime.strptime(text, STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _date_of(response: Response[Any, Any]) -> datetime | None:
+    """GitHub's clock when it answered: the response's ``Date``, if it has a valid one."""
+    try:
+        return parsedate_to_datetime(response.headers.get("date", "")).astimezone(UTC)
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _last_page(response: Response[Any, Any]) -> int:

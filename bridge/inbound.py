@@ -12,7 +12,9 @@ with githubkit's webhook models, and acts:
 - ``issue_comment.edited`` / ``deleted`` of a comment that became an act: an ``edited``
   / ``deleted`` fact pointing at that act, if its author may still speak (else a
   ``refused`` fact). Other comments' edits, the bridge's own status refreshes among
-  them, are not recorded;
+  them, are not recorded; a comment deleted before it became an act is marked seen, so
+  its creation arriving after the deletion (redeliveries come in any order) is never
+  injected;
 - ``issues.labeled`` / ``unlabeled`` with the kill label or a link label
   (:mod:`agora.bridge.labels`): the channel killed or resumed, the issue linked or
   unlinked, if the label's sender may (else a ``refused`` fact).
@@ -95,10 +97,18 @@ FETCH_WAIT_S: Final = 0.25
 ACK_WAIT_S: Final = 30.0
 UNLIMITED: Final = -1  # the worker, not the server, decides when a delivery is given up
 RETRY_S: Final = 1.0
+SEEN: Final = b"1"
+SEEN_DELETED: Final = b"deleted"
 
 
 def act_id_for_comment(comment_id: int) -> str:
     return f"act-gh-comment-{comment_id}"
+
+
+def seen_key(comment_id: int) -> str:
+    """Where a comment handled (or deleted before it was) is remembered, for good: an old
+    comment edited later is listed again by the catch-up."""
+    return f"seen.{comment_id}"
 
 
 def present(value: object) -> bool:
@@ -383,8 +393,8 @@ class InboundWorker:
             return
         bucket = await self._buckets.get(BRIDGE_BUCKET)
         with contextlib.suppress(KeyNotFoundError):
-            await bucket.get(f"seen.{seen.comment_id}")
-            return
+            await bucket.get(seen_key(seen.comment_id))
+            return  # handled before, or deleted before its creation arrived
         provenance = {
             "source": "github-comment",
             "login": seen.author.login,
@@ -420,17 +430,17 @@ class InboundWorker:
                 data=provenance,
             )
             self.counters.refused += 1
-        await bucket.put(f"seen.{seen.comment_id}", b"1")
+        await bucket.put(seen_key(seen.comment_id), SEEN)
 
     async def _inject(
         self, speech: Speech, channel: str, comment_id: int, provenance: dict[str, str]
     ) -> None:
-        ident = act_id_for_comment(comment_id)
+        first = act_id_for_comment(comment_id)
 
-        def sign(at_ms: int) -> bytes:
+        def sign(ident: str, at_ms: int) -> bytes:
             act = Act(
                 id=ident,
-                conversation=ident,
+                conversation=first,
                 sender=self._key.name,
                 channel=channel,
                 act=speech.act,
@@ -441,9 +451,10 @@ class InboundWorker:
             )
             return sign_fact(act, self._key)
 
-        await self._out.publish(subject=channel_subject(channel), ident=ident, sign=sign, act=True)
+        subject = channel_subject(channel)
+        ident = await self._out.publish(subject=subject, ident=first, sign=sign, act=True)
         bucket = await self._buckets.get(BRIDGE_BUCKET)
-        await bucket.put(f"comment.{comment_id}", ident.encode())
+        await bucket.put(f"comment.{comment_id}", ident.encode())  # edits point at it
         self.counters.injected += 1
 
     async def _comment_changed(
@@ -455,11 +466,11 @@ class InboundWorker:
             self.counters.ignored += 1
             return
         channel = await self._links.channel_for(payload.repository.full_name, payload.issue.number)
-        act_id = None if channel is None else await self._act_of(comment.id)
+        edited = isinstance(payload, WebhookIssueCommentEdited)
+        act_id = await (self._act_of(comment.id) if edited else self._act_or_gone(comment.id))
         if channel is None or act_id is None:  # only what became an act is on the record
             self.counters.ignored += 1
             return
-        edited = isinstance(payload, WebhookIssueCommentEdited)
         data = {
             "login": payload.sender.login,
             "comment_id": str(comment.id),
@@ -505,6 +516,17 @@ class InboundWorker:
             return None
         return (entry.value or b"").decode() or None
 
+    async def _act_or_gone(self, comment_id: int) -> str | None:
+        """The act a deleted comment became; if none, the comment is marked seen, so its
+        creation, should it arrive after the deletion (redeliveries come in any order),
+        is never injected."""
+        async with self._one_at_a_time:  # not while the catch-up may be injecting it
+            act_id = await self._act_of(comment_id)
+            if act_id is None:
+                bucket = await self._buckets.get(BRIDGE_BUCKET)
+                await bucket.put(seen_key(comment_id), SEEN_DELETED)
+            return act_id
+
     def _screen_change(
         self, author: Author, sender: Sender, new_body: str
     ) -> tuple[Refusal, str] | None:
@@ -533,9 +555,7 @@ class InboundWorker:
         subjects: tuple[str, ...] = (),
         data: Mapping[str, str] | None = None,
     ) -> None:
-        ident = f"ev-gh-{cause}"
-
-        def sign(at_ms: int) -> bytes:
+        def sign(ident: str, at_ms: int) -> bytes:
             event = Event(
                 id=ident,
                 kind=kind,
@@ -550,7 +570,7 @@ class InboundWorker:
             return sign_fact(event, self._key)
 
         await self._out.publish(
-            subject=event_subject(self._key.name), ident=ident, sign=sign, act=False
+            subject=event_subject(self._key.name), ident=f"ev-gh-{cause}", sign=sign, act=False
         )
 
 

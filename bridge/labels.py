@@ -13,7 +13,8 @@ never holds up the deliveries behind it. When GitHub does not answer in time:
   nothing may be started or linked by someone who may not.
 
 A refused label is a ``refused`` fact naming who and why; the switch and the links are
-left as they were.
+left as they were. A link keeps the time of its ``labeled`` event, by GitHub's clock
+(:mod:`agora.bridge.links`): the catch-up injects nothing said before it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Protocol
 
 from githubkit_schemas.latest.models import WebhookIssuesLabeled, WebhookIssuesUnlabeled
@@ -87,6 +89,7 @@ class LabelChange:
     added: bool
     sender: Sender
     delivery: str
+    at: datetime  # when GitHub says it happened (the issue's updated_at in the event)
 
     @property
     def issue(self) -> str:
@@ -129,6 +132,7 @@ class LabelHandler:
             added=isinstance(payload, WebhookIssuesLabeled),
             sender=Sender(payload.sender.login, str(payload.sender.type)),
             delivery=delivery,
+            at=payload.issue.updated_at,
         )
         prefix = self._config.link_label_prefix
         if change.label.startswith(prefix):
@@ -185,13 +189,15 @@ class LabelHandler:
                 return None
             return fact
 
-        envelope = await self._out.envelope(
-            subject=event_subject(self._key.name),
-            ident=ident,
-            sign=lambda at_ms: sign_fact(signed_at(at_ms), self._key),
-            act=False,
-            meant=lambda envelope: kept(envelope) is not None,
-        )
+        envelope = (
+            await self._out.envelope(
+                subject=event_subject(self._key.name),
+                ident=ident,
+                sign=lambda _, at_ms: sign_fact(signed_at(at_ms), self._key),
+                act=False,
+                meant=lambda envelope: kept(envelope) is not None,
+            )
+        ).envelope
         event = kept(envelope or b"")
         if envelope is None or event is None:  # pragma: no cover - signed just above
             raise InputError(f"the bridge could not make its {kind.value} event {ident!r}")
@@ -211,7 +217,7 @@ class LabelHandler:
         try:
             channel = check_channel(name)
             changed = await (
-                self._links.link(change.repo, change.number, channel)
+                self._links.link(change.repo, change.number, channel, at=change.at)
                 if change.added
                 else self._links.unlink(change.repo, change.number, channel)
             )
@@ -225,8 +231,6 @@ class LabelHandler:
             )
             self._counters.refused += 1
             return
-        if change.added:
-            await self._links.start_watermark(change.repo, change.number)
         if not changed:  # linked so already, or no label's link to remove
             self._counters.ignored += 1
             return

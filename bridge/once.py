@@ -12,39 +12,68 @@ them, and every host refuses a second copy of an act as stale.
 
 One case more, for an act: a first publish that may never have landed (kept more than
 :data:`~agora.core.spine.SAFE_REPUBLISH_MS` before: published again now it would reach
-no host as fresh). It is looked for in the stream, and only if it is not there (or got
-there too late to be taken as fresh) is it signed again under the present time, kept,
-and published under the same id. No first
-publish can still land after that look: a bridge that stopped took what it had not
-sent with it, and one that lost its connection sends what it kept first, on the same
-connection, where the server keeps the first under the id and drops the second.
+no host as fresh). It is looked for in the stream, and only if it is not there, or got
+there too late to be taken as fresh, is the act issued again: signed under the present
+time and a new id derived from its own (``<id>-r2``, then ``-r3``), as a host issues an
+agent's act again. A new id, because the recorder keeps the late copy under the first
+id (every host refused it as stale), and would refuse other bytes under it; and a
+first publish that lands after the look changes nothing: stale, it reaches no host.
+
+Whatever is kept under an id is written with a compare-and-set: two bridges handling
+one delivery at once keep one envelope, and the one that loses publishes the winner's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from agora.bridge.streams import OUT_BUCKET, Buckets
+from agora.core.errors import AgoraError
 from agora.core.ids import now_ms
 from agora.core.spine import (
     FRESH_FOR_MS,
     SAFE_REPUBLISH_MS,
     STREAM,
-    WINDOW_MS,
     ids_in_stream,
     publish_fact,
 )
 
 log = logging.getLogger(__name__)
 
-Signer = Callable[[int], bytes]  # the signed envelope of the fact, made at a time (ms)
+Signer = Callable[[str, int], bytes]  # the signed envelope of the fact under an id, at a time
+Meant = Callable[[bytes], bool]  # whether a kept envelope is the fact meant now
+KEEP_TRIES: Final = 3
+REISSUE_MARK: Final = "-r"
+FIRST_REISSUE: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """What stands for a fact: the id it goes out under (its own, or one derived from it
+    when an act was issued again), and the envelope to publish (None: it is in the
+    stream already, in time to be taken as fresh)."""
+
+    ident: str
+    envelope: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """An envelope kept for a fact: when it was signed, the stream's last sequence
+    before it was first published, its bytes and the id it went out under."""
+
+    signed_ms: int
+    after_seq: int
+    envelope: bytes
+    ident: str
 
 
 class OnceOut:
@@ -52,13 +81,17 @@ class OnceOut:
         self._js = js
         self._buckets = buckets
 
-    async def publish(self, *, subject: str, ident: str, sign: Signer, act: bool) -> None:
+    async def publish(self, *, subject: str, ident: str, sign: Signer, act: bool) -> str:
         """Publish the fact ``ident`` on ``subject``: the envelope kept for it if there
         is one, else the one ``sign`` makes now (kept first). ``act``: an act, which
-        hosts judge by the time it was signed (events reach no agent)."""
-        envelope = await self.envelope(subject=subject, ident=ident, sign=sign, act=act)
-        if envelope is not None:
-            await publish_fact(self._js, subject=subject, msg_id=ident, envelope=envelope)
+        hosts judge by the time it was signed (events reach no agent). Returns the id
+        the fact stands under (``ident``, or the id it was issued again under)."""
+        issued = await self.envelope(subject=subject, ident=ident, sign=sign, act=act)
+        if issued.envelope is not None:
+            await publish_fact(
+                self._js, subject=subject, msg_id=issued.ident, envelope=issued.envelope
+            )
+        return issued.ident
 
     async def envelope(
         self,
@@ -67,61 +100,93 @@ class OnceOut:
         ident: str,
         sign: Signer,
         act: bool,
-        meant: Callable[[bytes], bool] = lambda _: True,
-    ) -> bytes | None:
-        """The envelope to publish for ``ident`` (see :meth:`publish`); None for an act
-        kept long ago that the stream holds already. A kept envelope that is not
-        ``meant`` (not the fact the bridge means to send now) is signed anew."""
+        meant: Meant = lambda _: True,
+    ) -> Issued:
+        """What to publish for ``ident`` (see :meth:`publish`). A kept envelope that is
+        not ``meant`` (not the fact the bridge means to send now) is signed anew."""
+        for _ in range(KEEP_TRIES):
+            issued = await self._issue(subject, ident, sign, act=act, meant=meant)
+            if issued is not None:
+                return issued
+            # another bridge kept an envelope for it meanwhile: that one is read next
+        raise AgoraError(f"{ident!r} was kept anew by another bridge {KEEP_TRIES} times running")
+
+    async def _issue(
+        self, subject: str, ident: str, sign: Signer, *, act: bool, meant: Meant
+    ) -> Issued | None:
+        """One try (None: a compare-and-set lost to another bridge)."""
         bucket = await self._buckets.get(OUT_BUCKET)
         try:
-            kept = _read((await bucket.get(ident)).value or b"")
+            entry = await bucket.get(ident)
         except KeyNotFoundError:
-            kept = None
-        if kept is None or not meant(kept[2]):
-            return await self._keep(ident, sign)
-        signed_ms, after_seq, envelope = kept
-        if not act or now_ms() - signed_ms <= SAFE_REPUBLISH_MS:
-            return envelope
+            return await self._keep(ident, ident, sign, last=None)
+        kept = _read(entry.value or b"", ident)
+        if kept is None or not meant(kept.envelope):
+            return await self._keep(ident, ident, sign, last=entry.revision)
+        if not act or now_ms() - kept.signed_ms <= SAFE_REPUBLISH_MS:
+            return Issued(kept.ident, kept.envelope)
+        if await self._taken(subject, kept):
+            return Issued(kept.ident, None)  # there, and in time to be taken as fresh
+        again = reissued_ident(ident, kept.ident)
+        log.info("%s never reached the stream in time: issued again as %s", kept.ident, again)
+        return await self._keep(ident, again, sign, last=entry.revision)
+
+    async def _taken(self, subject: str, kept: Kept) -> bool:
+        """Whether the kept act is in the stream, stored in time to be taken as fresh (a
+        publish held up more than :data:`FRESH_FOR_MS` reached no host)."""
         stored = await ids_in_stream(
             self._js,
             subjects=[subject],
-            after_seq=after_seq,
+            after_seq=kept.after_seq,
             until_ms=now_ms(),
-            wanted=[ident],
+            wanted=[kept.ident],
         )
-        if ident in stored:
-            if stored[ident] - signed_ms <= FRESH_FOR_MS:
-                return None  # there, and in time to be taken as fresh: nothing to send
-            # there too late to be taken as fresh (a publish held up more than 90 s):
-            # sent again under its id once the server no longer drops that id as a
-            # repeat, at most the duplicate window after that late copy was stored
-            await asyncio.sleep(max(0, stored[ident] + WINDOW_MS - now_ms()) / 1000)
-        log.info("%s never reached the stream: it is signed again", ident)
-        return await self._keep(ident, sign)
+        stored_ms = stored.get(kept.ident)
+        return stored_ms is not None and stored_ms - kept.signed_ms <= FRESH_FOR_MS
 
-    async def _keep(self, ident: str, sign: Signer) -> bytes:
+    async def _keep(self, key: str, ident: str, sign: Signer, *, last: int | None) -> Issued | None:
+        """Sign the fact under ``ident`` now and keep it under ``key`` by compare-and-set
+        (``last``: the revision it replaces; None: there is none). None if another
+        bridge kept one first."""
         after_seq = (await self._js.stream_info(STREAM)).state.last_seq
         at_ms = now_ms()
-        envelope = sign(at_ms)
+        envelope = sign(ident, at_ms)
         record = {
             "signed_ms": at_ms,
             "after_seq": after_seq,
             "envelope": base64.b64encode(envelope).decode(),
+            "ident": ident,
         }
+        data = json.dumps(record).encode()
         bucket = await self._buckets.get(OUT_BUCKET)
-        await bucket.put(ident, json.dumps(record).encode())
-        return envelope
+        try:
+            if last is None:
+                await bucket.create(key, data)
+            else:
+                await bucket.update(key, data, last=last)
+        except KeyWrongLastSequenceError:
+            return None
+        return Issued(ident, envelope)
 
 
-def _read(data: bytes) -> tuple[int, int, bytes] | None:
-    """A kept envelope: when it was signed, the stream's last sequence before it was
-    first published, and its bytes; None if the entry is not one (it is made anew)."""
+def reissued_ident(ident: str, current: str) -> str:
+    """The id an act first published as ``ident``, and last as ``current``, is issued
+    again under: ``<ident>-r2``, then ``-r3``, and so on."""
+    suffix = current.removeprefix(ident + REISSUE_MARK)
+    after = int(suffix) + 1 if current != ident and suffix.isdigit() else FIRST_REISSUE
+    return f"{ident}{REISSUE_MARK}{after}"
+
+
+def _read(data: bytes, ident: str) -> Kept | None:
+    """A kept envelope (the id it went out under is ``ident`` if the entry does not say:
+    kept before acts were issued again); None if the entry is not one (made anew)."""
     try:
         record = json.loads(data)
-        return (
+        return Kept(
             int(record["signed_ms"]),
             int(record["after_seq"]),
             base64.b64decode(record["envelope"], validate=True),
+            str(record.get("ident", ident)),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None

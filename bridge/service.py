@@ -17,7 +17,7 @@ from githubkit import GitHub
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from agora.bridge.catchup import catch_up_comments, redeliver_failed
+from agora.bridge.catchup import CATCH_UP_EVERY_S, CommentCatchUp, redeliver_failed
 from agora.bridge.commit import FactsCommitter, FactsSource
 from agora.bridge.config import BridgeConfig
 from agora.bridge.deliveries import DEFAULT_PATIENCE, Patience
@@ -48,8 +48,10 @@ class Bridge:
         sleep: Sleep = asyncio.sleep,
         facts: FactsSource | None = None,
         patience: Patience = DEFAULT_PATIENCE,
+        catch_up_every_s: float = CATCH_UP_EVERY_S,
     ) -> None:
         self.config = config
+        self._catch_up_every_s = catch_up_every_s
         self._channels = channels
         self._key = key
         self._registry = registry
@@ -63,6 +65,7 @@ class Bridge:
         self._github: GitHub[Any] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._catch_up_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.caught_up = asyncio.Event()
         self.writer: GitHubWriter | None = None
         self.receiver: WebhookReceiver | None = None
@@ -76,6 +79,7 @@ class Bridge:
         await ensure_spine(js, replicas=self._replicas)
         await ensure_bridge_streams(js, replicas=self._replicas)
         self.links = Links(js, self.config.links, self._channels)
+        await self.links.prepare()
         self._github = make_client(self.config)
         self.writer = GitHubWriter(
             self._github,
@@ -145,19 +149,41 @@ class Bridge:
         return str(response.parsed_data.permission)
 
     async def _catch_up(self, js: JetStreamContext) -> None:
+        """Catch up at start, then look for missed comments again every
+        ``catch_up_every_s``, which also moves the watermarks forward."""
         assert self.writer is not None and self.links is not None and self.inbound is not None  # noqa: S101
+        comments = CommentCatchUp(js=js, writer=self.writer, links=self.links, worker=self.inbound)
         try:
-            comments = await catch_up_comments(
-                js=js, writer=self.writer, links=self.links, worker=self.inbound
-            )
-            redelivered = await redeliver_failed(js=js, config=self.config, writer=self.writer)
-            log.info(
-                "caught up: %d comments looked at, %d deliveries asked again", comments, redelivered
-            )
-        except Exception:
-            log.exception("could not catch up with GitHub")
+            await self._catch_up_at_start(js, comments)
         finally:
             self.caught_up.set()
+        while not await self._stopped_within(self._catch_up_every_s):
+            try:
+                await comments.run()
+            except Exception:
+                log.exception("could not catch up on comments")
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if the bridge stops; whether it stops. (A stop also
+        cancels the task, but a cancellation that a library swallowed must not leave
+        the loop running.)"""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    async def _catch_up_at_start(self, js: JetStreamContext, comments: CommentCatchUp) -> None:
+        """The comments, then the failed deliveries: neither failing stops the other."""
+        assert self.writer is not None  # noqa: S101 - made in start()
+        try:
+            looked_at = await comments.run()
+            log.info("caught up: %d comments looked at", looked_at)
+        except Exception:
+            log.exception("could not catch up on comments")
+        try:
+            asked = await redeliver_failed(js=js, config=self.config, writer=self.writer)
+            log.info("caught up: %d deliveries asked again", asked)
+        except Exception:
+            log.exception("could not ask GitHub to redeliver the failed deliveries")
 
     def _start_committer(self) -> None:
         if self._facts is None:
@@ -184,6 +210,7 @@ class Bridge:
         return self.config.listen_host, self.config.listen_port
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._catch_up_task is not None:
             self._catch_up_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -4,8 +4,11 @@
   ``Nats-Msg-Id`` = the delivery id; the inbound worker reads it in order;
 - ``agora-deliveries``: the delivery ids already handled (kept 30 days, beyond
   GitHub's three-day redelivery window and JetStream's two-minute duplicate window);
-- ``agora-bridge``: links between channels and issues, the comments injected, the
-  comments posted, and the catch-up watermarks;
+- ``agora-links``: the links made by label, one key per issue, and when each link was
+  made (so they are listed without reading anything else);
+- ``agora-bridge``: the comments seen (kept for good: an old comment edited later is
+  listed again by the catch-up), the acts they became, the comments posted, and the
+  catch-up watermarks;
 - ``agora-bridge-out``: the signed envelope of each fact the bridge published, so that
   handling a delivery again publishes the very same bytes (kept 30 days).
 """
@@ -23,6 +26,7 @@ WEBHOOK_STREAM: Final = "AGORA_WEBHOOKS"
 WEBHOOK_SUBJECT_PREFIX: Final = "agora.gh."
 DELIVERIES_BUCKET: Final = "agora-deliveries"
 BRIDGE_BUCKET: Final = "agora-bridge"
+LINKS_BUCKET: Final = "agora-links"
 OUT_BUCKET: Final = "agora-bridge-out"
 DELIVERY_MEMORY_S: Final = 30 * 24 * 3600.0
 
@@ -46,6 +50,7 @@ async def ensure_bridge_streams(js: JetStreamContext, *, replicas: int = 1) -> N
     buckets = (
         (DELIVERIES_BUCKET, DELIVERY_MEMORY_S),
         (BRIDGE_BUCKET, 0.0),
+        (LINKS_BUCKET, 0.0),
         (OUT_BUCKET, DELIVERY_MEMORY_S),
     )
     for bucket, ttl in buckets:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agora.bridge.catchup import CATCH_UP_EVERY_S
 from agora.bridge.config import BridgeConfig, bridge_config
 from agora.bridge.deliveries import DEFAULT_PATIENCE, Patience
 from agora.bridge.service import Bridge
@@ -50,6 +51,7 @@ class Loop:
     issue: int
     token: str
     patience: Patience = DEFAULT_PATIENCE
+    catch_up_every_s: float = CATCH_UP_EVERY_S
 
     async def delivered(self) -> None:
         """Wait until the stand-in sent its webhooks and the host settled."""
@@ -62,7 +64,15 @@ class Loop:
         port = int(self.bridge.url.rsplit(":", 1)[1])
         await self.bridge.stop()
         config = replace(self.bridge.config, listen_port=port, **changes)
-        self.bridge = await _start_bridge(self.host, config, patience=self.patience)
+        self.bridge = await _start_bridge(
+            self.host, config, patience=self.patience, catch_up_every_s=self.catch_up_every_s
+        )
+
+    async def stop_bridge(self) -> None:
+        """Stop the bridge; :meth:`restart_bridge` starts one again at the same address."""
+        port = int(self.bridge.url.rsplit(":", 1)[1])
+        await self.bridge.stop()
+        self.bridge.url = f"http://127.0.0.1:{port}"
 
 
 async def _start_bridge(
@@ -71,11 +81,13 @@ async def _start_bridge(
     clock: FakeClock | None = None,
     *,
     patience: Patience = DEFAULT_PATIENCE,
+    catch_up_every_s: float = CATCH_UP_EVERY_S,
 ) -> Bridge:
     timing: dict[str, Any] = {} if clock is None else {"clock": clock, "sleep": clock.sleep}
     bridge = Bridge(
         **timing,
         patience=patience,
+        catch_up_every_s=catch_up_every_s,
         config=config,
         channels=set(host.session.config.channels),
         key=host.session.key(config.identity),
@@ -95,6 +107,7 @@ async def github_loop(
     bridge: Mapping[str, Any] | None = None,
     clock: FakeClock | None = None,
     patience: Patience = DEFAULT_PATIENCE,
+    catch_up_every_s: float = CATCH_UP_EVERY_S,
 ) -> AsyncIterator[Loop]:
     github = GitHubStandIn() if clock is None else GitHubStandIn(clock=clock)
     base_url = await github.start()
@@ -124,9 +137,11 @@ async def github_loop(
                 host.session.config, environ={"HOOK_SECRET": SECRET, "GH_TOKEN": token}
             )
             assert config is not None
-            running = await _start_bridge(host, config, clock, patience=patience)
+            running = await _start_bridge(
+                host, config, clock, patience=patience, catch_up_every_s=catch_up_every_s
+            )
             github.set_webhook(running.url + "/webhook", SECRET)
-            loop = Loop(host, github, running, issue, token, patience)
+            loop = Loop(host, github, running, issue, token, patience, catch_up_every_s)
             try:
                 yield loop
             finally:

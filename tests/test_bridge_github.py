@@ -1,5 +1,5 @@
 """The GitHub writer against the stand-in over real HTTP: pacing, GitHub's retry order,
-no duplicate after a crash, and tokens that expire.
+no duplicate after a crash, tokens that expire, and listings that hold still.
 
 The stand-in and the writer share a fake clock: waiting a minute costs nothing, and the
 stand-in's own rate limiter judges the writer by the same minutes.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -18,6 +19,7 @@ from githubkit.cache import MemCacheStrategy
 
 from agora.bridge.github import (
     MAX_ATTEMPTS,
+    PER_PAGE,
     SEARCH_PAGES,
     GitHubUnavailable,
     GitHubWriter,
@@ -274,3 +276,43 @@ async def test_the_bridge_learns_its_login_from_its_token(
 ) -> None:
     standin, url, _ = github
     assert await writer_for(standin, url, clock).authenticated_login() == BOT
+
+
+async def test_a_post_after_an_unsure_attempt_looks_first_even_after_a_rate_limit(
+    github: tuple[GitHubStandIn, str, int], clock: FakeClock
+) -> None:
+    standin, url, issue = github
+    standin.inject(Fault.server_error(502, method="POST"))  # it may have landed
+    standin.inject(Fault.too_many_requests(retry_after=1, method="POST"))
+    writer = writer_for(standin, url, clock)
+    await writer.create_comment(REPO, issue, "x <!-- i -->", "<!-- i -->", author=ME)
+    methods = [r.method for r in standin.request_log]
+    assert methods == ["POST", "GET", "POST", "GET", "POST"]  # a look before every post
+
+
+async def test_a_comment_deleted_between_pages_hides_no_other(
+    github: tuple[GitHubStandIn, str, int], clock: FakeClock
+) -> None:
+    standin, url, issue = github
+    since = datetime.fromtimestamp(int(clock.now), UTC)
+    made: list[int] = []
+    for n in range(250):  # one a second: GitHub's times are to the second
+        made.append(standin.comment(REPO, issue, f"chatter {n}", by="mona"))
+        clock.now += 1
+    writer = writer_for(standin, url, clock)
+    listed: list[int] = []
+    async for page in writer.comment_pages(REPO, since):
+        listed += [comment.id for comment in page.comments]
+        if len(listed) == PER_PAGE:  # someone deletes one of the first page meanwhile
+            standin.delete_comment(REPO, made[10], by="mona")
+    assert listed[:PER_PAGE] == made[:PER_PAGE]
+    assert listed[PER_PAGE:] == made[PER_PAGE:]  # each once, none shifted out of sight
+
+
+async def test_githubs_time_is_the_date_it_answers_with(
+    github: tuple[GitHubStandIn, str, int], clock: FakeClock
+) -> None:
+    standin, url, _ = github
+    clock.now += 3600.7
+    said = await writer_for(standin, url, clock).github_time()
+    assert said == datetime.fromtimestamp(int(clock.now), UTC)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +21,7 @@ from agora.bridge.inbound import INBOUND_CONSUMER, act_id_for_comment
 from agora.bridge.streams import (
     BRIDGE_BUCKET,
     DELIVERIES_BUCKET,
+    OUT_BUCKET,
     WEBHOOK_STREAM,
     WEBHOOK_SUBJECT_PREFIX,
     ensure_bridge_streams,
@@ -27,8 +30,10 @@ from agora.bridge.webhook import signature_of
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
 from agora.core.envelope import Act, Event, EventKind
+from agora.core.ids import now_ms
 from agora.core.received import MSG_ID_HEADER
-from agora.core.spine import STREAM, channel_subject, read_in_order
+from agora.core.signing import sign_fact
+from agora.core.spine import FRESH_FOR_MS, STREAM, channel_subject, read_in_order
 from tests.bridge_harness import HUMAN, REPO, SECRET, Loop, github_loop, until
 
 SYNTH = {"synth-agent": AgentPlan("chatty", ("build-coord",))}
@@ -63,7 +68,7 @@ async def test_comments_that_must_not_speak_are_refused_as_facts(
     async with github_loop(tmp_path, components, agents=SYNTH) as loop:
         loop.github.comment(REPO, loop.issue, "let me in", by="drive-by")
         pull = loop.github.create_issue(REPO, "A change", "", by=HUMAN, pull_request=True)
-        await loop.bridge.links.link(REPO, pull, "secret-ops")  # type: ignore[union-attr]
+        await loop.bridge.links.link(REPO, pull, "secret-ops", at=datetime.now(UTC))  # type: ignore[union-attr]
         loop.github.comment(REPO, pull, "on the pull request", by=HUMAN)
         loop.github.comment(REPO, loop.issue, "/agora dance", by=HUMAN)
         # The bridge's own comment, posted through the API, comes back as a webhook.
@@ -488,3 +493,74 @@ async def test_a_repository_spelled_in_another_case_still_hears_its_comments(
         await loop.delivered()
         [act] = loop.host.acts_by("bridge")
     assert (act.id, act.channel) == (act_id_for_comment(comment), "build-coord")
+
+
+async def test_a_deletion_that_arrives_before_its_creation_keeps_the_comment_silent(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET) as loop:
+        await loop.bridge.caught_up.wait()
+        await loop.stop_bridge()
+        comment = loop.github.comment(REPO, loop.issue, "oops: ship to prod now", by=HUMAN)
+        loop.github.delete_comment(REPO, comment, by=HUMAN)
+        await loop.github.drain()
+        failed = [d for d in loop.github.deliveries if d.event == "issue_comment"]
+        assert [d.action for d in failed] == ["created", "deleted"]
+        await loop.restart_bridge()
+        await loop.bridge.caught_up.wait()
+        for delivery in reversed(failed):  # redeliveries may come in any order
+            loop.github.redeliver(delivery.id)
+            await loop.delivered()
+        assert loop.host.acts_by("bridge") == []
+        assert loop.host.events(EventKind.DELETED) == []
+
+
+async def test_an_act_whose_first_copy_landed_too_late_goes_out_under_a_new_id_edits_follow(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents=SYNTH, bridge=QUIET) as loop:
+        await loop.bridge.caught_up.wait()
+        await loop.stop_bridge()
+        comment = loop.github.comment(REPO, loop.issue, "ship it", by=HUMAN)
+        await loop.github.drain()
+        first = act_id_for_comment(comment)
+        await _first_copy_landing_late(loop, first, "ship it")
+        await loop.host.settle()
+        await loop.restart_bridge()  # the catch-up finds the comment
+        await loop.bridge.caught_up.wait()
+        await loop.delivered()
+        loop.github.edit_comment(REPO, comment, "ship it, please", by=HUMAN)
+        await loop.delivered()
+        recorded = sorted(act.id for act in loop.host.acts_by("bridge"))
+        delivered = [act.id for act in loop.host.delivered_to("synth-agent")]
+        [edited] = loop.host.events(EventKind.EDITED)
+        assert recorded == [first, f"{first}-r2"]  # the late copy, and the act issued again
+        assert delivered == [f"{first}-r2"]  # the late copy reached no agent
+        assert edited.subjects == (f"{first}-r2",)
+        assert _refused(loop, "unverified") == []  # the recorder took both
+
+
+async def _first_copy_landing_late(loop: Loop, ident: str, text: str) -> None:
+    """As a bridge whose first publish of an act was held up past FRESH_FOR_MS leaves it:
+    the envelope kept long ago, its copy stored in the stream only now."""
+    js = loop.host.js
+    signed_ms = now_ms() - FRESH_FOR_MS - 10_000
+    act = Act(
+        id=ident,
+        conversation=ident,
+        sender="bridge",
+        channel="build-coord",
+        act=Performative.INFORM,
+        payload=text,
+        hops=loop.host.session.config.hops,
+        time_ms=signed_ms,
+        provenance={"source": "github-comment", "login": HUMAN},
+    )
+    envelope = sign_fact(act, loop.host.session.key("bridge"))
+    record = {
+        "signed_ms": signed_ms,
+        "after_seq": (await js.stream_info(STREAM)).state.last_seq,
+        "envelope": base64.b64encode(envelope).decode(),
+    }
+    await (await js.key_value(OUT_BUCKET)).put(ident, json.dumps(record).encode())
+    await js.publish(channel_subject("build-coord"), envelope, headers={MSG_ID_HEADER: ident})

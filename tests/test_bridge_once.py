@@ -1,8 +1,11 @@
-"""The bridge's facts go out once: the same bytes when handled again, and an act whose
-first publish never landed signed again, on a real nats-server."""
+"""The bridge's facts go out once: the same bytes when handled again, an act whose
+first publish never landed (or landed too late) issued again under an id of its own,
+and one envelope kept when two bridges handle a delivery at once, on a real
+nats-server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -11,8 +14,7 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
-from agora.bridge import once
-from agora.bridge.once import OnceOut, Signer
+from agora.bridge.once import OnceOut, Signer, reissued_ident
 from agora.bridge.streams import OUT_BUCKET, Buckets, ensure_bridge_streams
 from agora.core.ids import now_ms
 from agora.core.spine import (
@@ -40,14 +42,14 @@ async def js(nats_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
 
 
 def signer(made: list[int]) -> Signer:
-    def sign(at_ms: int) -> bytes:
+    def sign(ident: str, at_ms: int) -> bytes:
         made.append(at_ms)
-        return json.dumps({"signed_at": at_ms}).encode()
+        return json.dumps({"id": ident, "signed_at": at_ms}).encode()
 
     return sign
 
 
-async def copies(js: JetStreamContext) -> list[bytes]:
+async def copies(js: JetStreamContext, ident: str = IDENT) -> list[bytes]:
     found: list[bytes] = []
     subscription = await read_in_order(js, subjects=[SUBJECT], after_seq=0)
     try:
@@ -56,7 +58,7 @@ async def copies(js: JetStreamContext) -> list[bytes]:
                 message = await subscription.next_msg(timeout=0.5)
             except TimeoutError:
                 return found
-            if (message.headers or {}).get(MSG_ID_HEADER) == IDENT:
+            if (message.headers or {}).get(MSG_ID_HEADER) == ident:
                 found.append(message.data)
     finally:
         await subscription.unsubscribe()
@@ -94,38 +96,59 @@ async def test_an_old_act_already_in_the_stream_is_not_sent_again(js: JetStreamC
     assert await copies(js) == [envelope]
 
 
-async def test_an_old_act_that_never_landed_is_signed_again_now(js: JetStreamContext) -> None:
+async def test_an_old_act_that_never_landed_is_issued_again_now_under_a_new_id(
+    js: JetStreamContext,
+) -> None:
     old = now_ms() - 200_000
     await keep(js, signed_ms=old, envelope=json.dumps({"signed_at": old}).encode())
     made: list[int] = []
     before = now_ms()
     out = OnceOut(js, Buckets(js))
-    await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True)
-    [sent] = await copies(js)
-    assert json.loads(sent)["signed_at"] == made[0] >= before  # fresh, not the old bytes
+    ident = await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True)
+    assert ident == f"{IDENT}-r2"
+    [sent] = await copies(js, ident)
+    assert json.loads(sent) == {"id": ident, "signed_at": made[0]}
+    assert made[0] >= before  # fresh, not the old bytes
 
 
-async def test_an_old_act_that_landed_too_late_to_be_fresh_is_signed_again_after_the_window(
-    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+async def test_an_old_act_that_landed_too_late_to_be_fresh_is_issued_again_at_once(
+    js: JetStreamContext,
 ) -> None:
     # A first publish held up past FRESH_FOR_MS: the copy in the stream reaches no host
-    # as fresh, so the act goes out again under a new time, but only once the server
-    # would no longer drop it as a repeat of that copy (the window, shortened here).
-    window_ms = 1_000
-    monkeypatch.setattr(once, "WINDOW_MS", window_ms)
+    # as fresh, and the recorder keeps it under the first id, so the act goes out again
+    # under a new time and an id of its own (no wait for the duplicate window either).
     old = now_ms() - FRESH_FOR_MS - 10_000
     late = json.dumps({"signed_at": old}).encode()
     await keep(js, signed_ms=old, envelope=late)
-    before_landing = now_ms()
     await js.publish(SUBJECT, late, headers={MSG_ID_HEADER: IDENT})  # it lands only now
     made: list[int] = []
+    before = now_ms()
     out = OnceOut(js, Buckets(js))
     again = await out.envelope(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True)
-    assert again is not None and again != late
-    assert json.loads(again)["signed_at"] == made[0] >= before_landing + window_ms
+    assert again.ident == f"{IDENT}-r2" and again.envelope is not None
+    assert json.loads(again.envelope) == {"id": again.ident, "signed_at": made[0]}
+    assert before <= made[0] < before + 10_000
     # what it signed is kept: handled once more, the delivery goes out in those bytes
     assert await out.envelope(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True) == again
     assert len(made) == 1
+
+
+def test_an_act_issued_again_takes_the_next_derived_id() -> None:
+    assert reissued_ident(IDENT, IDENT) == f"{IDENT}-r2"
+    assert reissued_ident(IDENT, f"{IDENT}-r2") == f"{IDENT}-r3"
+
+
+async def test_two_bridges_handling_one_delivery_at_once_keep_and_send_one_envelope(
+    js: JetStreamContext,
+) -> None:
+    made: list[int] = []
+    outs = [OnceOut(js, Buckets(js)) for _ in range(2)]
+    issued = await asyncio.gather(
+        *(o.envelope(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True) for o in outs)
+    )
+    assert issued[0] == issued[1]  # the one that lost the compare-and-set took the winner's
+    kept = json.loads((await (await js.key_value(OUT_BUCKET)).get(IDENT)).value or b"")
+    assert base64.b64decode(kept["envelope"]) == issued[0].envelope
 
 
 async def test_an_old_event_is_sent_again_as_it_was(js: JetStreamContext) -> None:
@@ -147,13 +170,13 @@ async def test_a_kept_envelope_that_is_not_the_one_meant_is_signed_anew(
     await keep(js, signed_ms=now_ms(), envelope=planted)
     made: list[int] = []
     out = OnceOut(js, Buckets(js))
-    envelope = await out.envelope(
+    issued = await out.envelope(
         subject=SUBJECT,
         ident=IDENT,
         sign=signer(made),
         act=False,
         meant=lambda kept: b"planted" not in kept,
     )
-    assert envelope is not None and b"planted" not in envelope and len(made) == 1
+    assert issued.envelope is not None and b"planted" not in issued.envelope and len(made) == 1
     again = await out.envelope(subject=SUBJECT, ident=IDENT, sign=signer(made), act=False)
-    assert again == envelope  # what it signed is what is kept now
+    assert again == issued  # what it signed is what is kept now

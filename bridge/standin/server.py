@@ -4,9 +4,9 @@ Around each request, in order: resolve the caller (401 for an unknown or expired
 or a bad App JWT), answer from an injected fault if one matches, refuse a spent primary
 limit (403, ``x-ratelimit-remaining: 0``) and a content-creating request over the
 secondary limit (403 with ``retry-after``), run the route, answer a matching
-``If-None-Match`` with 304, then stamp the rate-limit and GitHub headers and log the
-request. Routes live in ``rest_issues``, ``rest_git`` and ``rest_apps``; all they share
-is here.
+``If-None-Match`` with 304, then stamp the rate-limit and GitHub headers (``Date`` by
+the stand-in's clock, which a test may move) and log the request. Routes live in
+``rest_issues``, ``rest_git`` and ``rest_apps``; all they share is here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import Any, Final, TypeVar
 
 from aiohttp import web
@@ -307,6 +308,7 @@ def _finish(
     )
     response.headers.update(headers)
     response.headers["X-GitHub-Request-Id"] = request_id
+    response.headers["Date"] = formatdate(now, usegmt=True)  # GitHub's clock: the stand-in's
     response.headers["X-GitHub-Media-Type"] = "github.v3; format=json"
     response.headers["X-GitHub-Api-Version-Selected"] = request.headers.get(
         "X-GitHub-Api-Version", API_VERSION

@@ -1,0 +1,121 @@
+"""The catch-up: what was said on a linked issue while no webhook came becomes an act,
+once; what was said before the link, or while the issue was unlinked, never does."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from nats.js.errors import KeyNotFoundError
+
+from agora.bridge.catchup import WATERMARK_MARGIN
+from agora.bridge.github import from_stamp
+from agora.bridge.links import watermark_key
+from agora.bridge.streams import BRIDGE_BUCKET
+from tests.bridge_harness import HUMAN, REPO, SECRET, FakeClock, Loop, github_loop, until
+
+QUIET = {"mirror": []}  # no status comments: only the inbound side at work
+LINK = "agora:channel:secret-ops"
+A_SECOND = 1.1  # GitHub's times are to the second
+
+
+def said(loop: Loop) -> list[tuple[str, str]]:
+    return [(act.channel, act.payload) for act in loop.host.acts_by("bridge")]
+
+
+async def come_back(loop: Loop) -> None:
+    """Start the bridge again and wait until it caught up and the host settled."""
+    await loop.github.drain()
+    await loop.restart_bridge()
+    await loop.bridge.caught_up.wait()
+    await loop.delivered()
+
+
+async def test_a_comment_from_before_the_link_edited_while_down_is_not_injected(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET) as loop:
+        other = loop.github.create_issue(REPO, "Secrets", "", by=HUMAN)
+        old = loop.github.comment(REPO, other, "history, before the link", by=HUMAN)
+        await asyncio.sleep(A_SECOND)
+        loop.github.add_label(REPO, other, LINK, by=HUMAN)
+        await loop.delivered()
+        await loop.stop_bridge()
+        loop.github.edit_comment(REPO, old, "history, edited later", by=HUMAN)
+        loop.github.comment(REPO, other, "said while down", by=HUMAN)
+        await come_back(loop)
+        assert said(loop) == [("secret-ops", "said while down")]
+
+
+async def test_a_comment_made_while_the_issue_was_unlinked_is_not_injected_after_a_relink(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET) as loop:
+        other = loop.github.create_issue(REPO, "Secrets", "", by=HUMAN)
+        loop.github.add_label(REPO, other, LINK, by=HUMAN)
+        await loop.delivered()
+        loop.github.remove_label(REPO, other, LINK, by=HUMAN)
+        await loop.delivered()
+        loop.github.comment(REPO, other, "said while unlinked: not for agents", by=HUMAN)
+        await loop.delivered()
+        await asyncio.sleep(A_SECOND)
+        loop.github.add_label(REPO, other, LINK, by=HUMAN)
+        await loop.delivered()
+        await loop.stop_bridge()
+        await come_back(loop)
+        assert said(loop) == []
+
+
+async def test_a_linked_repository_github_no_longer_has_does_not_stop_the_catch_up(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    links = {"links": {"secret-ops": "octo/gone#5", "build-coord": f"{REPO}#1"}}
+    async with github_loop(tmp_path, components, agents={}, bridge={**QUIET, **links}) as loop:
+        assert loop.issue == 1
+        await loop.bridge.caught_up.wait()
+        await loop.stop_bridge()
+        loop.github.comment(REPO, loop.issue, "said while down", by=HUMAN)
+        await come_back(loop)
+        assert said(loop) == [("build-coord", "said while down")]
+
+
+async def test_a_comment_whose_webhook_never_came_is_caught_up_while_the_bridge_runs(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(
+        tmp_path, components, agents={}, bridge=QUIET, catch_up_every_s=0.3
+    ) as loop:
+        await loop.bridge.caught_up.wait()
+        loop.github.set_webhook("http://127.0.0.1:9/webhook", SECRET)  # GitHub cannot reach it
+        loop.github.comment(REPO, loop.issue, "said, never delivered", by=HUMAN)
+        await loop.github.drain()
+        await until(lambda: bool(said(loop)), what="the comment caught up")
+        await loop.host.settle()
+        assert said(loop) == [("build-coord", "said, never delivered")]
+
+
+async def test_the_watermark_moves_forward_while_the_bridge_runs(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    clock = FakeClock()
+    async with github_loop(
+        tmp_path, components, agents={}, bridge=QUIET, clock=clock, catch_up_every_s=0.2
+    ) as loop:
+        await loop.bridge.caught_up.wait()
+        bucket = await loop.host.js.key_value(BRIDGE_BUCKET)
+        key = watermark_key(REPO, loop.issue)
+
+        async def watermark() -> datetime | None:
+            try:
+                return from_stamp(((await bucket.get(key)).value or b"").decode())
+            except KeyNotFoundError:
+                return None
+
+        clock.now += 3600  # an hour of GitHub's time, and nothing said
+        expected = datetime.fromtimestamp(int(clock.now), UTC) - WATERMARK_MARGIN
+        deadline = asyncio.get_running_loop().time() + 20
+        while (moved := await watermark()) is None or moved < expected:
+            assert asyncio.get_running_loop().time() < deadline, f"the watermark is {moved}"
+            await asyncio.sleep(0.1)
+        assert moved - expected < timedelta(seconds=5)

@@ -30,13 +30,14 @@ from datetime import UTC, datetime
 from typing import Final
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from agora.bridge.config import IssueRef
 from agora.bridge.github import from_stamp, to_stamp
 from agora.bridge.streams import BRIDGE_BUCKET, LINKS_BUCKET, Buckets
 from agora.core.errors import InputError
+from agora.core.spine import bucket_keys
 
 BY_LABEL: Final = "label"
 BY_CONFIGURATION: Final = "configuration"
@@ -103,6 +104,7 @@ class Links:
     def __init__(
         self, js: JetStreamContext, configured: Mapping[str, IssueRef], channels: set[str]
     ) -> None:
+        self._js = js
         self._buckets = Buckets(js)
         self._configured = {
             (ref.repo.lower(), ref.number): (channel, ref) for channel, ref in configured.items()
@@ -209,11 +211,7 @@ class Links:
         with contextlib.suppress(KeyNotFoundError):
             await bridge.get(LEGACY_MOVED)
             return
-        try:
-            keys = await bridge.keys()
-        except NoKeysError:
-            keys = []
-        for key in keys:
+        for key in await bucket_keys(self._js, BRIDGE_BUCKET):
             if key.startswith(LEGACY_PREFIX):
                 await self._move_legacy(bridge, key)
         await bridge.put(LEGACY_MOVED, b"1")
@@ -229,20 +227,17 @@ class Links:
         return _Record.decode(entry.value or b"")
 
     async def _records(self) -> dict[str, _Record]:
-        """Every record, read in one pass over the bucket (a key deleted meanwhile is
-        simply not among them)."""
+        """Every record (a key deleted, or unlinked meanwhile, is simply not among them)."""
         bucket = await self._buckets.get(LINKS_BUCKET)
-        watcher = await bucket.watchall(ignore_deletes=True)
         found: dict[str, _Record] = {}
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what the bucket held
-                    break
-                record = _Record.decode(entry.value or b"")
-                if record is not None:
-                    found[entry.key] = record
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+        for key in await bucket_keys(self._js, LINKS_BUCKET):
+            try:
+                entry = await bucket.get(key)
+            except KeyNotFoundError:
+                continue
+            record = _Record.decode(entry.value or b"")
+            if record is not None:
+                found[key] = record
         return found
 
     async def _write(self, record: _Record, *, over: Replaceable) -> bool:

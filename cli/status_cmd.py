@@ -22,14 +22,15 @@ import json
 from typing import Any, Final
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from agora.cli.control_cmds import switches_in_force
 from agora.cli.session import Session, add_config_option, agora_connection, open_session
 from agora.cli.terminal import show
 from agora.core.envelope import EventKind
 from agora.core.ids import now_ms
-from agora.core.spine import CONTROL_BUCKET, DEAD_STREAM, STATUS_BUCKET, STREAM
+from agora.core.spine import CONTROL_BUCKET, DEAD_STREAM, STATUS_BUCKET, STREAM, bucket_keys
 from agora.host.controls import EmitVerdict, Verdict
 from agora.host.service import CLOCK_WARN_MS, STALE_AFTER_S
 
@@ -102,13 +103,19 @@ def by_host(reports: dict[str, dict[str, Any]], now: int) -> dict[str, dict[str,
     }
 
 
+async def _holds(bucket: KeyValue, key: str) -> bool:
+    """Whether ``bucket`` holds a value under ``key`` (not a deletion's marker)."""
+    try:
+        await bucket.get(key)
+    except KeyNotFoundError:
+        return False
+    return True
+
+
 async def _reports(js: JetStreamContext) -> dict[str, dict[str, Any]]:
     """Every report in the status bucket, by key (one that is not a JSON object skipped)."""
     status_kv = await js.key_value(STATUS_BUCKET)
-    try:
-        keys = await status_kv.keys()
-    except NoKeysError:
-        return {}
+    keys = await bucket_keys(js, STATUS_BUCKET)
     reports: dict[str, dict[str, Any]] = {}
     for key in keys:
         try:
@@ -130,10 +137,9 @@ async def gather_status(session: Session) -> dict[str, Any]:
         except NotFoundError:
             dead = 0
         control = await js.key_value(CONTROL_BUCKET)
-        try:
-            control_keys = await control.keys()
-        except NoKeysError:
-            control_keys = []
+        control_keys = [
+            key for key in await bucket_keys(js, CONTROL_BUCKET) if await _holds(control, key)
+        ]
         in_force = await switches_in_force(js, session.registry)
     return {
         "hosts": by_host(reports, now_ms()),

@@ -209,6 +209,19 @@ async def ensure_consumer(js: JetStreamContext, config: ConsumerConfig) -> None:
     await js.add_consumer(STREAM, config)  # same durable name: the server updates it
 
 
+async def bucket_keys(js: JetStreamContext, bucket: str, pattern: str = ">") -> list[str]:
+    """The keys of the key-value ``bucket`` matching ``pattern`` (a subject pattern) that
+    its stream holds a message under, a deletion's marker among them (a get tells which
+    are gone), asked of the stream in one request (up to the server's 100,000 subjects).
+
+    Not nats-py's ``keys()``: it reads them through a watcher that can report the end
+    before the first key arrived (the server sent it, so nothing is pending, but the
+    client has not counted it yet), and so returns none, or some."""
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + pattern)
+    return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
+
+
 async def publish_fact(js: JetStreamContext, *, subject: str, msg_id: str, envelope: bytes) -> bool:
     """Publish a signed envelope; False if JetStream saw its id already."""
     ack = await js.publish(subject, envelope, headers={MSG_ID_HEADER: msg_id})

@@ -82,6 +82,7 @@ class KillSwitch:
         self._registry = registry
         self.state = KillState({})
         self._kv: KeyValue | None = None
+        self._js: JetStreamContext | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.listeners: list[Callable[[str, Event], None]] = []
@@ -90,6 +91,7 @@ class KillSwitch:
         self._in_force: dict[str, tuple[Event, Role]] = {}
 
     async def start(self, js: JetStreamContext) -> None:
+        self._js = js
         self._kv = await js.key_value(CONTROL_BUCKET)
         watcher = await self._kv.watchall()
         self._task = asyncio.create_task(self._follow(watcher), name="agora-killswitch")
@@ -104,8 +106,11 @@ class KillSwitch:
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         try:
             async for update in watcher:
-                if update is None:  # the initial values have all been seen
-                    self._ready.set()
+                if update is None:
+                    # nats-py says the initial values were all seen, but it can say so
+                    # before the first arrived: only an empty bucket is taken at its word
+                    if not self._ready.is_set() and not await self._holds_values():
+                        self._ready.set()
                     continue
                 try:
                     if self._ready.is_set():
@@ -114,12 +119,25 @@ class KillSwitch:
                         await self._read_history(update)
                 except Exception:
                     log.exception("ignored control value under %r", update.key)
+                if update.delta == 0:  # nothing more was pending: the initial values are in
+                    self._ready.set()
                 async with self._changed:
                     self._changed.notify_all()
         finally:
             self._ready.set()
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _holds_values(self) -> bool:
+        """Whether the bucket's stream holds any message (if it does, the watcher's
+        last initial value, or a newer one, is still to come)."""
+        assert self._js is not None  # noqa: S101 - set in start()
+        try:
+            info = await self._js.stream_info(f"KV_{CONTROL_BUCKET}")
+        except (NatsError, TimeoutError):
+            log.exception("the control bucket is out of reach: started on what was seen")
+            return False
+        return info.state.messages > 0
 
     async def wait_for(
         self, predicate: Callable[[KillState], bool], timeout_s: float = 10.0

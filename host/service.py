@@ -28,7 +28,7 @@ from typing import Final
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from wasmtime import component as wc
 
@@ -43,6 +43,7 @@ from agora.core.spine import (
     WINDOW_MS,
     agent_consumer_config,
     agent_consumer_name,
+    bucket_keys,
     ensure_consumer,
     ensure_spine,
 )
@@ -343,7 +344,7 @@ class Host:
             try:
                 kv = await js.key_value(STATUS_BUCKET)
                 if not cleared:
-                    await self._clear_earlier_runs(kv)
+                    await self._clear_earlier_runs(js, kv)
                     cleared = True
                 sent_ms = now_ms()
                 revision = await kv.put(self.status_key, json.dumps(self.status()).encode())
@@ -357,14 +358,11 @@ class Host:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), STATUS_EVERY_S)
 
-    async def _clear_earlier_runs(self, kv: KeyValue) -> None:
+    async def _clear_earlier_runs(self, js: JetStreamContext, kv: KeyValue) -> None:
         """Delete the stale reports of this host's earlier runs on this machine (and one
         under the host's bare name, as earlier versions wrote): this run supersedes
         them. Another machine's stay, shown as not running until it reports again."""
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return
+        keys = await bucket_keys(js, STATUS_BUCKET)
         own_runs = f"{self.name}.{self.machine}."
         for key in keys:
             if key == self.status_key or not (key == self.name or key.startswith(own_runs)):

@@ -38,6 +38,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from agora.core.acts import check_channel, check_name
 from agora.core.received import MSG_ID_HEADER, PUBLISH_TIMEOUT_S, JetStreamMessage
@@ -55,6 +56,7 @@ FRESH_FOR_MS: Final = WINDOW_MS * 3 // 4
 SAFE_REPUBLISH_MS: Final = WINDOW_MS // 2
 SCAN_QUIET_S: Final = 5.0  # a server slow to answer after a restart is not 'nothing'
 CONTROL_BUCKET: Final = "agora-control"
+KV_OPERATION_HEADER: Final = "KV-Operation"  # DEL or PURGE on a deletion's marker
 CONTROL_HISTORY: Final = 64  # values kept per key: the most a key-value bucket keeps
 AGENTS_BUCKET: Final = "agora-agents"
 STATUS_BUCKET: Final = "agora-status"
@@ -220,6 +222,34 @@ async def bucket_keys(js: JetStreamContext, bucket: str, pattern: str = ">") -> 
     prefix = f"$KV.{bucket}."
     info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + pattern)
     return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
+
+
+async def bucket_history(js: JetStreamContext, bucket: str, key: str) -> list[KeyValue.Entry]:
+    """Every value the key-value ``bucket`` still holds under ``key``, oldest first, a
+    deletion's marker too (its ``operation`` says so), read from the stream one message
+    at a time. Not nats-py's ``history()``: it reads them through a watcher that can
+    report the end before the first arrived (see :func:`bucket_keys`)."""
+    stream, subject = f"KV_{bucket}", f"$KV.{bucket}.{key}"
+    entries: list[KeyValue.Entry] = []
+    seq = 1
+    while True:
+        try:
+            message = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return entries
+        headers = message.headers or {}
+        entries.append(
+            KeyValue.Entry(
+                bucket=bucket,
+                key=key,
+                value=message.data,
+                revision=message.seq,
+                delta=None,
+                created=None,
+                operation=headers.get(KV_OPERATION_HEADER),
+            )
+        )
+        seq = (message.seq or seq) + 1
 
 
 async def publish_fact(js: JetStreamContext, *, subject: str, msg_id: str, envelope: bytes) -> bool:

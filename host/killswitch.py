@@ -37,7 +37,6 @@ from typing import Final
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from agora.core.admission import admit
@@ -45,7 +44,7 @@ from agora.core.control import ALL_KEY, key_of_event
 from agora.core.envelope import Event, EventKind, Fact
 from agora.core.errors import InputError
 from agora.core.keys import Identity, KeyRegistry, Role
-from agora.core.spine import CONTROL_BUCKET
+from agora.core.spine import CONTROL_BUCKET, bucket_history
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +149,10 @@ class KillSwitch:
         """Every verified switch event the bucket still holds under the key of its
         ``latest`` entry, taken in the order they were signed (a value put back later
         is no newer for that)."""
-        assert self._kv is not None  # noqa: S101 - set in start()
+        assert self._js is not None  # noqa: S101 - set in start()
         key = latest.key
         try:
-            entries = await self._kv.history(key)
-        except NoKeysError:  # purged meanwhile
-            entries = []
+            entries = [*await bucket_history(self._js, CONTROL_BUCKET, key), latest]
         except (NatsError, TimeoutError):
             log.exception("control key %r: its history is out of reach; its value alone", key)
             entries = [latest]

@@ -17,7 +17,7 @@ from agora.core.envelope import Event, EventKind
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import sign_fact
-from agora.core.spine import CONTROL_BUCKET, bucket_keys, ensure_spine
+from agora.core.spine import CONTROL_BUCKET, bucket_history, bucket_keys, ensure_spine
 from agora.host.killswitch import KillSwitch
 from agora.host.nats_server import EmbeddedNats
 
@@ -111,3 +111,22 @@ async def test_bucket_keys_lists_what_the_stream_holds(client: Client) -> None:
     # a deleted key's marker is listed too (a get tells it is gone)
     assert await bucket_keys(js, "listed") == ["a", "b", "octo/my.repo/1"]
     assert await bucket_keys(js, "listed", "octo/my.>") == ["octo/my.repo/1"]
+
+
+async def test_bucket_history_reads_every_value_kept_under_a_key_in_order(
+    client: Client,
+) -> None:
+    js = client.jetstream()
+    kv = await js.create_key_value(bucket="kept", history=8)
+    assert await bucket_history(js, "kept", "k") == []
+    for value in (b"one", b"two"):
+        await kv.put("k", value)
+    await kv.put("other", b"not this key's")
+    await kv.delete("k")
+    entries = await bucket_history(js, "kept", "k")
+    assert [(e.value, e.operation) for e in entries] == [
+        (b"one", None),
+        (b"two", None),
+        (None, "DEL"),
+    ]
+    assert [e.revision for e in entries] == [1, 2, 4]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import nats
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
 from agora.bridge.config import IssueRef
 from agora.bridge.github import to_stamp
@@ -78,7 +79,8 @@ async def test_links_kept_before_they_had_a_bucket_are_moved_once(js: JetStreamC
     links = Links(js, {}, CHANNELS)
     await links.prepare()
     assert await links.linked() == [Link("ch-2", IssueRef("Octo/Repo", 3), AT)]
-    assert "link/Octo/Repo/3" not in await bridge.keys()
+    with pytest.raises(KeyNotFoundError):
+        await bridge.get("link/Octo/Repo/3")
     assert (await bridge.get(LEGACY_MOVED)).value == b"1"
 
 

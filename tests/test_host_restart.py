@@ -34,6 +34,7 @@ from agora.core.spine import (
     STREAM,
     agent_consumer_config,
     agent_consumer_name,
+    bucket_history,
     channel_subject,
     ensure_consumer,
     ensure_spine,
@@ -882,7 +883,8 @@ async def test_an_old_switch_put_back_or_one_under_another_name_changes_nothing(
         await h.switch(EventKind.KILLED, agent="relay-agent")
         host = h.running()
         await host.killswitch.wait_for(lambda s: s.blocks_agent("relay-agent"))
-        [first_kill, resume, _] = [entry.value or b"" for entry in await control.history(key)]
+        history = await bucket_history(h.js, "agora-control", key)
+        [first_kill, resume, _] = [entry.value or b"" for entry in history]
         # a resume signed before the kill in force, put back by anyone who can write
         await control.put(key, resume)
         await asyncio.sleep(0.3)

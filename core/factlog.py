@@ -20,8 +20,13 @@ to the operating system: a crashed process loses none of it, and after a crash o
 machine, :meth:`FactLog.open` compares the view's part since the last checkpoint with
 what the log says and rebuilds the view if they differ. Each fsync is a round trip to
 the disk: one per group commit instead of two took a recorder's commit from 0.9 to
-0.3 ms on the development machine. A crash can leave at most an unsynced, incomplete
-last line of the log, which :meth:`FactLog.open` trims: it was never acknowledged.
+0.3 ms on the development machine. A crashed process can leave at most an incomplete
+last line of the log, which :meth:`FactLog.open` trims: it was never acknowledged. A
+crashed machine can leave more of what was never synced spoiled (zeros where a block
+never reached the disk, before lines that did): :meth:`FactLog.open` cuts the log at its
+first unreadable entry past the newest checkpoint and says how many entries it cut
+(:attr:`FactLog.cut_entries`), for the writer to record them again from their source.
+An unreadable entry a checkpoint covers is refused: it was synced and signed.
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ class FactLog:
         self._log = (directory / LOG_FILE).open("ab")
         self._view = (directory / VIEW_FILE).open("ab")
         self._last_checkpoint_size = -1
+        self.cut_entries = 0  # how many unreadable entries the opening cut from the end
 
     @classmethod
     def open(cls, directory: Path, *, signer: SigningKey, origin: str = DEFAULT_ORIGIN) -> FactLog:
@@ -151,6 +157,7 @@ class FactLog:
         """The writer of a locked directory, its log read (a torn last line cut)."""
         data = _trim_incomplete_line(directory / LOG_FILE)
         last_checkpoint_size = _latest_checkpoint_size(directory)
+        data, cut = _cut_unreadable_tail(directory / LOG_FILE, data, after=last_checkpoint_size)
         entries = data.count(b"\n")
         if entries < last_checkpoint_size:
             raise ConfigError(
@@ -172,6 +179,7 @@ class FactLog:
             log._view.close()
             raise
         log._last_checkpoint_size = last_checkpoint_size
+        log.cut_entries = cut
         return log
 
     # -- appending --------------------------------------------------------------------
@@ -338,6 +346,24 @@ def _trim_incomplete_line(path: Path) -> bytes:
             file.truncate(end)
             os.fsync(file.fileno())
     return data[:end]
+
+
+def _cut_unreadable_tail(path: Path, data: bytes, *, after: int) -> tuple[bytes, int]:
+    """Cut the log at its first unreadable entry from index ``after`` on (no checkpoint
+    covers them: a crashed machine may have spoiled them); return the log's bytes kept
+    and how many entries were cut."""
+    offset = 0
+    for index, line in enumerate(log_lines(data)):
+        if index >= after:
+            try:
+                _fact_in(line, index)
+            except InputError:
+                with path.open("r+b") as file:
+                    file.truncate(offset)
+                    os.fsync(file.fileno())
+                return data[:offset], data.count(b"\n") - index
+        offset += len(line) + 1
+    return data, 0
 
 
 def _view_is_current(view_path: Path, data: bytes, *, synced: int) -> bool:

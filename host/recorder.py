@@ -90,7 +90,20 @@ class Recorder:
         self._checkpoint_every = checkpoint_every
         self._ids = factlog.fact_ids()
         self._position_file = factlog.directory / POSITION_FILE
-        self.position = read_position(self._position_file)
+        saved = read_position(self._position_file)
+        self.position = saved.seq
+        self._durable_entries = factlog.size  # the log's entries the position covers
+        self._written_entries = factlog.size  # the log's entries written so far
+        if factlog.cut_entries or factlog.size < saved.entries:
+            log.warning(
+                "recorder: the fact log holds %d entries (%d unreadable ones cut from its "
+                "end), but its position was saved over %d: recording again from the start "
+                "of the stream (what the log holds is recognised and skipped)",
+                factlog.size,
+                factlog.cut_entries,
+                saved.entries,
+            )
+            self.position = 0
         self._saved_position = self.position
         self._position_saved_at = 0.0
         self._unsynced_position = self.position  # appended, maybe not yet written
@@ -219,6 +232,7 @@ class Recorder:
             return
         self._on_disk(self._log.flush)
         self._written_position = self._unsynced_position
+        self._written_entries = self._log.size
         written, self._unsynced = self._unsynced, []
         self._unsynced_written.extend(written)
         for fact in written:
@@ -263,7 +277,7 @@ class Recorder:
 
     async def _commit(self) -> None:
         """fsync what was written, then move the position past it."""
-        target = self._written_position
+        target, entries = self._written_position, self._written_entries
         if target <= self.position:
             return
         self._syncing_facts, self._unsynced_written = self._unsynced_written, []
@@ -271,7 +285,7 @@ class Recorder:
         await asyncio.shield(self._fsyncing)
         self._fsyncing = None
         durable, self._syncing_facts = self._syncing_facts, []
-        self._synced(target, durable)
+        self._synced(target, durable, entries)
 
     def make_durable(self) -> None:
         """Write and fsync what was appended, then move the position past it (and save
@@ -287,7 +301,7 @@ class Recorder:
             # what an fsync in flight covers comes first, so each is heard of in order
             durable = self._syncing_facts + self._unsynced_written
             self._syncing_facts, self._unsynced_written = [], []
-            self._synced(target, durable)
+            self._synced(target, durable, self._written_entries)
         self._save_position(force=True)
 
     def _on_disk(self, sync: Callable[[], T]) -> T:
@@ -301,13 +315,14 @@ class Recorder:
             self._fail(f"the fact log could not be written or made durable: {exc}")
             raise
 
-    def _synced(self, target: int, durable: list[Fact]) -> None:
+    def _synced(self, target: int, durable: list[Fact], entries: int) -> None:
         for fact in durable:
             for observer in self.durable_observers:
                 observer(fact)
         if target <= self.position:  # a snapshot synced it all meanwhile
             return
         self.position = target
+        self._durable_entries = entries
         self._save_position(force=False)
         if self._since_checkpoint >= self._checkpoint_every:
             self.checkpoint()
@@ -320,7 +335,7 @@ class Recorder:
         if self.position == self._saved_position:
             return
         if force or now - self._position_saved_at >= POSITION_EVERY_S:
-            write_position(self._position_file, self.position)
+            write_position(self._position_file, Position(self.position, self._durable_entries))
             self._saved_position = self.position
             self._position_saved_at = now
 
@@ -402,17 +417,32 @@ def _stream_time_ms(message: JetStreamMessage) -> int:
     return stream_place(message)[1]
 
 
-def read_position(path: Path) -> int:
-    """The stream sequence of the last message recorded into this facts directory."""
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where the recorder is: the stream sequence of the last message recorded into the
+    facts directory, and how many entries its log held, synced, then (0: not said, as
+    an older recorder wrote it). A log found shorter than that was cut or rolled back."""
+
+    seq: int
+    entries: int = 0
+
+
+def read_position(path: Path) -> Position:
+    """The position saved in a facts directory (nothing recorded yet if there is none)."""
     try:
-        return int(path.read_text(encoding="utf-8").strip() or 0)
+        fields = path.read_text(encoding="utf-8").split()
     except FileNotFoundError:
-        return 0
-    except ValueError as exc:
-        raise ConfigError(f"{path} is damaged ({exc}); delete it to record from the start") from exc
+        return Position(0)
+    numbers = [int(field) for field in fields if field.isascii() and field.isdigit()]
+    if len(numbers) != len(fields) or len(numbers) > 2:
+        raise ConfigError(
+            f"{path} is damaged: expected '<stream sequence> <entries>', found "
+            f"{fields[:3]!r}; delete it to record from the start"
+        )
+    return Position(*numbers) if numbers else Position(0)
 
 
-def write_position(path: Path, position: int) -> None:
+def write_position(path: Path, position: Position) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(f"{position}\n", encoding="utf-8")
+    temporary.write_text(f"{position.seq} {position.entries}\n", encoding="utf-8")
     temporary.replace(path)

@@ -65,6 +65,27 @@ def test_torn_last_line_from_a_crash_is_trimmed(
     assert report.entries == 5
 
 
+def test_a_tail_a_machine_crash_spoiled_is_cut_back_to_the_newest_checkpoint(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    # Entries 5-9 were written and never synced when the machine stopped: the disk kept
+    # 8 and 9 but not 7, whose block reads as zeros. The checkpoint over 10 was never
+    # written (it syncs first).
+    directory = build_facts(10, every=5)
+    (directory / CHECKPOINT_DIR / checkpoint_name(10)).unlink()
+    log_file = directory / LOG_FILE
+    lines = log_file.read_bytes().splitlines(keepends=True)
+    zeros = b"\0" * (len(lines[7]) - 1) + b"\n"
+    log_file.write_bytes(b"".join([*lines[:7], zeros, *lines[8:]]))
+    with FactLog.open(directory, signer=keys["host"]) as log:
+        assert (log.size, log.cut_entries) == (7, 3)  # 7 and all after it, to be recorded again
+    assert log_file.read_bytes() == b"".join(lines[:7])
+    report = verify_directory(directory, registry)
+    assert report.ok, report.problem
+    with FactLog.open(directory, signer=keys["host"]) as log:
+        assert (log.size, log.cut_entries) == (7, 0)
+
+
 def test_view_behind_the_log_is_rebuilt(
     build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
 ) -> None:

@@ -24,7 +24,7 @@ from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import InternalError, MalformedEnvelope
-from agora.core.factlog import POSITION_FILE, FactLog
+from agora.core.factlog import CHECKPOINT_DIR, LOG_FILE, POSITION_FILE, FactLog
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import Role
 from agora.core.received import MSG_ID_HEADER
@@ -389,6 +389,39 @@ async def test_a_recorder_position_left_behind_records_nothing_twice(
     assert ids[: len(recorded)] == recorded
     assert later.id in ids
     assert len(ids) == len(set(ids))
+    h.verify()
+
+
+@pytest.mark.parametrize("damage", ["spoiled", "rolled-back"])
+async def test_a_log_that_lost_its_tail_is_recorded_again_from_the_stream(
+    tmp_path: Path, components: dict[str, Path], damage: str
+) -> None:
+    # A machine crash spoiled entries written and never synced (a block of zeros before
+    # lines the disk kept), or the log was put back from a copy older than the saved
+    # position: the entries lost come again from the stream, the same bytes in order.
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        await h.inject("build-coord", "count down", hops=4)
+        await h.settle()
+        await h.stop_host()  # the position is saved past every entry
+        assert (h.facts_dir / POSITION_FILE).read_text().split()[1] == str(len(h.facts()))
+        log_file = h.facts_dir / LOG_FILE
+        whole = log_file.read_bytes()
+        lines = whole.splitlines(keepends=True)
+        keep = len(lines) - 3
+        for note in (h.facts_dir / CHECKPOINT_DIR).glob("*.note"):
+            if int(note.name.split(".")[0]) > keep:
+                note.unlink()  # no checkpoint was written over what was lost
+        if damage == "spoiled":
+            zeros = b"\0" * (len(lines[keep]) - 1) + b"\n"
+            log_file.write_bytes(b"".join([*lines[:keep], zeros, *lines[keep + 1 :]]))
+        else:
+            log_file.write_bytes(b"".join(lines[:keep]))
+
+        host = await h.start_host()
+        await h.settle()
+        assert host.recorder is not None
+        assert host.recorder.size >= len(lines)
+        assert log_file.read_bytes().startswith(whole)
     h.verify()
 
 

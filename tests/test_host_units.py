@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from agora.core.control import control_key
 from agora.core.envelope import Event, EventKind
-from agora.core.errors import InputError, InvalidChannel, MalformedEnvelope
+from agora.core.errors import ConfigError, InputError, InvalidChannel, MalformedEnvelope
 from agora.core.factlog import FactLog
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import sign_fact
@@ -30,6 +30,7 @@ from agora.host.agent_record import (
 from agora.host.config import without_credentials
 from agora.host.controls import Handed
 from agora.host.killswitch import KillState
+from agora.host.recorder import Position, read_position, write_position
 from agora.host.sandbox import classify_fault
 from agora.host.service import startup_heap_frozen
 
@@ -285,3 +286,26 @@ def test_a_served_hosts_startup_heap_is_kept_out_of_full_collections() -> None:
         assert not any(o is kept for o in gc.get_objects())  # frozen: no scan sees it
     assert gc.get_freeze_count() == 0
     assert any(o is kept for o in gc.get_objects())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", Position(0)), ("12\n", Position(12)), ("12 30\n", Position(12, 30))],
+    ids=["empty", "older-recorder", "with-entries"],
+)
+def test_a_saved_position_reads_in_either_form(
+    tmp_path: Path, text: str, expected: Position
+) -> None:
+    path = tmp_path / ".position"
+    path.write_text(text)
+    assert read_position(path) == expected
+    write_position(path, Position(7, 9))
+    assert read_position(path) == Position(7, 9)
+
+
+@pytest.mark.parametrize("text", ["x\n", "1 2 3\n", "-1 4\n", "1.5\n"])
+def test_a_damaged_position_is_named(tmp_path: Path, text: str) -> None:
+    path = tmp_path / ".position"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"\.position is damaged: expected"):
+        read_position(path)

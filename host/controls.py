@@ -129,6 +129,7 @@ class EmitDecision:
     verdict: EmitVerdict
     hops: int = 0  # the emitted message's budget, and what its source has left after it
     detail: str = ""
+    from_conversation: bool = False  # the source is the conversation, not the parent
 
 
 def screen_emit(  # noqa: PLR0911 - one return per control, in order
@@ -149,7 +150,10 @@ def screen_emit(  # noqa: PLR0911 - one return per control, in order
     on them; ``conversations`` maps conversations it took part in to the budget left
     there (that of the last message it was handed, less what it spent since). A reply
     gets one hop less than its parent has left; a message that answers none (a timer's
-    output) one less than its conversation has left. The caller spends that hop: the
+    output), or answers the message that opened the conversation once the host no
+    longer holds its budget (a vote's decision, long after the request: only the last
+    parents are kept), one less than its conversation has left. The caller spends that
+    hop: the
     source is left with the emitted message's budget. A message in no conversation the
     agent was handed is refused, so an agent can never start traffic out of nothing,
     raise a budget, or spend one twice.
@@ -167,8 +171,9 @@ def screen_emit(  # noqa: PLR0911 - one return per control, in order
         check_payload(payload)
     except InputError as exc:
         return EmitDecision(EmitVerdict.TOO_LARGE, detail=str(exc))
-    if in_reply_to is not None:
-        parent = parents.get(in_reply_to)
+    parent = None if in_reply_to is None else parents.get(in_reply_to)
+    opener = in_reply_to == conversation and conversation in conversations
+    if in_reply_to is not None and not (parent is None and opener):
         if parent is None:
             return EmitDecision(
                 EmitVerdict.UNKNOWN_REPLY,
@@ -192,4 +197,4 @@ def screen_emit(  # noqa: PLR0911 - one return per control, in order
         budget, source = left, f"conversation {conversation!r}"
     if budget <= 0:
         return EmitDecision(EmitVerdict.SPENT, detail=f"{source} has no hop budget left to spend")
-    return EmitDecision(EmitVerdict.EMIT, hops=reply_hops(budget))
+    return EmitDecision(EmitVerdict.EMIT, hops=reply_hops(budget), from_conversation=parent is None)

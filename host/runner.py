@@ -530,10 +530,10 @@ class AgentRunner:
                 self.counters["hops-lowered"] += 1
             self._emit(message, decision.hops, batch)
             # the hop is spent: what the message drew on is left with its budget
-            if message.in_reply_to is not None:
-                parents[message.in_reply_to] = Handed(decision.hops, message.conversation_id)
-            else:
+            if decision.from_conversation or message.in_reply_to is None:
                 conversations[message.conversation_id] = decision.hops
+            else:
+                parents[message.in_reply_to] = Handed(decision.hops, message.conversation_id)
         for verdict, details in refused.items():
             many = f"{len(details)} messages refused; the first: " if len(details) > 1 else ""
             batch.outgoing.append(

@@ -360,6 +360,35 @@ async def test_a_deadline_decision_answers_the_request_after_many_other_conversa
     assert json.loads(announced.payload)["outcome"] == "no-quorum"
 
 
+async def test_a_deadline_decision_answers_a_request_the_host_keeps_no_budget_of(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    """More messages than the host keeps parents of (256) came after the request, in
+    fewer conversations than it keeps (128): the decision answering the request draws on
+    its conversation's budget."""
+    agents = {"coordinator": coordinator({"deadline-ms": "10000"})}
+    async with running_host(tmp_path, components, agents=agents, channels=("release",)) as h:
+        request = await h.inject("release", "ship it", hops=8)
+        await h.settle()
+        for index in range(300):
+            await h.inject(
+                "release",
+                f"chatter {index}",
+                act=Performative.INFORM,
+                hops=8,
+                conversation=f"talk-{index % 100}",
+            )
+        await h.settle()
+        record = await h.record_store("coordinator")
+        assert request.id not in (await record.load()).parents  # pushed out
+        assert decisions(h) == []  # all of it handed over before the deadline
+        [announced] = await until_decided(h)
+        refused = {e.reason for e in h.events(EventKind.REFUSED, "coordinator")}
+    assert not refused & {"no-parent", "unknown-reply"}
+    assert (announced.in_reply_to, announced.hops) == (request.id, 7)
+    assert json.loads(announced.payload)["outcome"] == "no-quorum"
+
+
 async def test_a_vote_saved_before_request_ids_were_kept_is_still_decided(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:

@@ -127,6 +127,26 @@ def _emit(**changes: object) -> EmitDecision:
         ({"payload": "x" * (64 * 1024 + 1)}, EmitVerdict.TOO_LARGE, 0),
         ({"payload": "\x01" * 11_000}, EmitVerdict.TOO_LARGE, 0),  # 66,000 bytes in JSON
         ({"in_reply_to": "never-seen"}, EmitVerdict.UNKNOWN_REPLY, 0),
+        # the conversation's opening message, its budget no longer held: the
+        # conversation's is drawn on (a decision long after its request)
+        ({"in_reply_to": "conv-1", "parents": {}}, EmitVerdict.EMIT, 4),
+        (
+            {"in_reply_to": "conv-1", "parents": {}, "conversations": {"conv-1": 0}},
+            EmitVerdict.SPENT,
+            0,
+        ),
+        # ...only in a conversation the agent was handed a message in
+        (
+            {"in_reply_to": "other", "conversation": "other", "parents": {}},
+            EmitVerdict.UNKNOWN_REPLY,
+            0,
+        ),
+        # a parent still held is drawn on, whatever its id
+        (
+            {"in_reply_to": "conv-1", "parents": {"conv-1": Handed(2, "conv-1")}},
+            EmitVerdict.EMIT,
+            1,
+        ),
         ({"in_reply_to": None, "conversation": "other"}, EmitVerdict.NO_PARENT, 0),
     ],
 )
@@ -135,6 +155,20 @@ def test_emit_screening(changes: dict[str, object], verdict: EmitVerdict, hops: 
     assert decision.verdict is verdict
     assert decision.hops == hops
     assert (decision.detail == "") is (verdict is EmitVerdict.EMIT)
+
+
+def test_a_reply_to_a_forgotten_opener_spends_the_conversations_budget() -> None:
+    conversations = {"conv-1": 3}
+    budgets = []
+    while (
+        decision := _emit(in_reply_to="conv-1", parents={}, conversations=conversations)
+    ).verdict is EmitVerdict.EMIT:
+        assert decision.from_conversation
+        budgets.append(decision.hops)
+        conversations["conv-1"] = decision.hops
+    assert budgets == [2, 1, 0]
+    assert decision.verdict is EmitVerdict.SPENT
+    assert not _emit().from_conversation
 
 
 def test_the_forged_sender_is_checked_before_anything_else() -> None:

@@ -60,6 +60,7 @@ KV_OPERATION_HEADER: Final = "KV-Operation"  # DEL or PURGE on a deletion's mark
 CONTROL_HISTORY: Final = 64  # values kept per key: the most a key-value bucket keeps
 AGENTS_BUCKET: Final = "agora-agents"
 STATUS_BUCKET: Final = "agora-status"
+STATUS_KEPT_S: Final = 7 * 24 * 3600.0  # a report no host rewrote for a week is forgotten
 DEAD_STREAM: Final = "AGORA_DEAD"
 DEAD_SUBJECTS: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.>"
 # A JetStream reply subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...,
@@ -152,18 +153,27 @@ async def ensure_spine(js: JetStreamContext, *, replicas: int = 1) -> None:
             num_replicas=replicas,
         ),
     )
-    buckets = ((CONTROL_BUCKET, CONTROL_HISTORY), (AGENTS_BUCKET, 1), (STATUS_BUCKET, 1))
-    for bucket, history in buckets:
+    buckets = (
+        (CONTROL_BUCKET, CONTROL_HISTORY, 0.0),
+        (AGENTS_BUCKET, 1, 0.0),
+        (STATUS_BUCKET, 1, STATUS_KEPT_S),
+    )
+    for bucket, history, ttl in buckets:
         try:
             await js.key_value(bucket)
         except BucketNotFoundError:
             await js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=history, replicas=replicas)
+                KeyValueConfig(bucket=bucket, history=history, ttl=ttl or None, replicas=replicas)
             )
             continue
-        kept = await js.stream_info(f"KV_{bucket}")  # made by an older version: keep more
-        if (kept.config.max_msgs_per_subject or 0) < history:
-            await js.update_stream(replace(kept.config, max_msgs_per_subject=history))
+        kept = (await js.stream_info(f"KV_{bucket}")).config  # maybe made by an older version
+        wanted = replace(
+            kept,
+            max_msgs_per_subject=max(kept.max_msgs_per_subject or 0, history),
+            max_age=ttl or kept.max_age,
+        )
+        if wanted != kept:
+            await js.update_stream(wanted)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

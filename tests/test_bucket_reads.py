@@ -17,7 +17,15 @@ from agora.core.envelope import Event, EventKind
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import sign_fact
-from agora.core.spine import CONTROL_BUCKET, bucket_history, bucket_keys, ensure_spine
+from agora.core.spine import (
+    CONTROL_BUCKET,
+    CONTROL_HISTORY,
+    STATUS_BUCKET,
+    STATUS_KEPT_S,
+    bucket_history,
+    bucket_keys,
+    ensure_spine,
+)
 from agora.host.killswitch import KillSwitch
 from agora.host.nats_server import EmbeddedNats
 
@@ -130,3 +138,23 @@ async def test_bucket_history_reads_every_value_kept_under_a_key_in_order(
         (None, "DEL"),
     ]
     assert [e.revision for e in entries] == [1, 2, 4]
+
+
+async def test_the_status_bucket_forgets_reports_no_host_rewrote_for_a_week(
+    nats_server: EmbeddedNats,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        # as an older version made it: no age limit, and the control bucket keeping less
+        await js.create_key_value(bucket=STATUS_BUCKET, history=1)
+        await js.create_key_value(bucket=CONTROL_BUCKET, history=5)
+        await ensure_spine(js)
+        status = (await js.stream_info(f"KV_{STATUS_BUCKET}")).config
+        control = (await js.stream_info(f"KV_{CONTROL_BUCKET}")).config
+        assert status.max_age == STATUS_KEPT_S
+        assert (control.max_msgs_per_subject, control.max_age) == (CONTROL_HISTORY, 0)
+        await ensure_spine(js)  # nothing left to change
+        assert (await js.stream_info(f"KV_{STATUS_BUCKET}")).config == status
+    finally:
+        await nc.close()

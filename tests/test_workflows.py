@@ -97,6 +97,11 @@ def test_verify_workflow_steps_pass_good_facts_and_fail_tampered_ones(
     good = _run_steps(repository)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "OK facts: 10 facts" in good.stdout
+    # installed as a user installs it, agora carries the agents' contract with it
+    installed = next((tmp_path / "runner-venv" / "lib").glob("python*/site-packages/agora"))
+    assert (installed / "wit" / "agent.wit").read_bytes() == (
+        ROOT / "wit" / "agent.wit"
+    ).read_bytes()
 
     log = repository / "facts" / LOG_FILE
     data = bytearray(log.read_bytes())

@@ -37,7 +37,7 @@ from agora.bridge.config import IssueRef
 from agora.bridge.github import from_stamp, to_stamp
 from agora.bridge.streams import BRIDGE_BUCKET, LINKS_BUCKET, Buckets
 from agora.core.errors import InputError
-from agora.core.spine import bucket_keys
+from agora.core.spine import bucket_keys, bucket_values
 
 BY_LABEL: Final = "label"
 BY_CONFIGURATION: Final = "configuration"
@@ -228,17 +228,11 @@ class Links:
 
     async def _records(self) -> dict[str, _Record]:
         """Every record (a key deleted, or unlinked meanwhile, is simply not among them)."""
-        bucket = await self._buckets.get(LINKS_BUCKET)
-        found: dict[str, _Record] = {}
-        for key in await bucket_keys(self._js, LINKS_BUCKET):
-            try:
-                entry = await bucket.get(key)
-            except KeyNotFoundError:
-                continue
-            record = _Record.decode(entry.value or b"")
-            if record is not None:
-                found[key] = record
-        return found
+        decoded = {
+            key: _Record.decode(value)
+            for key, value in (await bucket_values(self._js, LINKS_BUCKET)).items()
+        }
+        return {key: record for key, record in decoded.items() if record is not None}
 
     async def _write(self, record: _Record, *, over: Replaceable) -> bool:
         """Keep ``record`` for its issue, by compare-and-set: if there is none, or the one

@@ -22,15 +22,14 @@ import json
 from typing import Any, Final
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.errors import NotFoundError
 
 from agora.cli.control_cmds import switches_in_force
 from agora.cli.session import Session, add_config_option, agora_connection, open_session
 from agora.cli.terminal import show
 from agora.core.envelope import EventKind
 from agora.core.ids import now_ms
-from agora.core.spine import CONTROL_BUCKET, DEAD_STREAM, STATUS_BUCKET, STREAM, bucket_keys
+from agora.core.spine import CONTROL_BUCKET, DEAD_STREAM, STATUS_BUCKET, STREAM, bucket_values
 from agora.host.controls import EmitVerdict, Verdict
 from agora.host.service import CLOCK_WARN_MS, STALE_AFTER_S
 
@@ -103,25 +102,14 @@ def by_host(reports: dict[str, dict[str, Any]], now: int) -> dict[str, dict[str,
     }
 
 
-async def _holds(bucket: KeyValue, key: str) -> bool:
-    """Whether ``bucket`` holds a value under ``key`` (not a deletion's marker)."""
-    try:
-        await bucket.get(key)
-    except KeyNotFoundError:
-        return False
-    return True
-
-
 async def _reports(js: JetStreamContext) -> dict[str, dict[str, Any]]:
     """Every report in the status bucket, by key (one that is not a JSON object skipped)."""
-    status_kv = await js.key_value(STATUS_BUCKET)
-    keys = await bucket_keys(js, STATUS_BUCKET)
     reports: dict[str, dict[str, Any]] = {}
-    for key in keys:
+    for key, value in (await bucket_values(js, STATUS_BUCKET)).items():
         try:
-            report = json.loads((await status_kv.get(key)).value or b"{}")
-        except (KeyNotFoundError, ValueError):
-            continue  # gone meanwhile, or not a report
+            report = json.loads(value or b"{}")
+        except ValueError:
+            continue  # not a report
         if isinstance(report, dict):
             reports[key] = report
     return reports
@@ -136,10 +124,7 @@ async def gather_status(session: Session) -> dict[str, Any]:
             dead = (await js.stream_info(DEAD_STREAM)).state.messages
         except NotFoundError:
             dead = 0
-        control = await js.key_value(CONTROL_BUCKET)
-        control_keys = [
-            key for key in await bucket_keys(js, CONTROL_BUCKET) if await _holds(control, key)
-        ]
+        control_keys = list(await bucket_values(js, CONTROL_BUCKET))
         in_force = await switches_in_force(js, session.registry)
     return {
         "hosts": by_host(reports, now_ms()),

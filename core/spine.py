@@ -37,7 +37,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from agora.core.acts import check_channel, check_name
@@ -232,6 +232,19 @@ async def bucket_keys(js: JetStreamContext, bucket: str, pattern: str = ">") -> 
     prefix = f"$KV.{bucket}."
     info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + pattern)
     return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
+
+
+async def bucket_values(js: JetStreamContext, bucket: str) -> dict[str, bytes]:
+    """Every key of the key-value ``bucket`` that holds a value, with it (a key deleted,
+    or deleted meanwhile, is not among them): :func:`bucket_keys`, then each read."""
+    kv = await js.key_value(bucket)
+    found: dict[str, bytes] = {}
+    for key in await bucket_keys(js, bucket):
+        try:
+            found[key] = (await kv.get(key)).value or b""
+        except KeyNotFoundError:
+            continue
+    return found
 
 
 async def bucket_history(js: JetStreamContext, bucket: str, key: str) -> list[KeyValue.Entry]:

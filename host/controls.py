@@ -153,8 +153,7 @@ def screen_emit(  # noqa: PLR0911 - one return per control, in order
     output), or answers the message that opened the conversation once the host no
     longer holds its budget (a vote's decision, long after the request: only the last
     parents are kept), one less than its conversation has left. The caller spends that
-    hop: the
-    source is left with the emitted message's budget. A message in no conversation the
+    hop: the source is left with the emitted message's budget. A message in no conversation the
     agent was handed is refused, so an agent can never start traffic out of nothing,
     raise a budget, or spend one twice.
     """
@@ -173,12 +172,12 @@ def screen_emit(  # noqa: PLR0911 - one return per control, in order
         return EmitDecision(EmitVerdict.TOO_LARGE, detail=str(exc))
     parent = None if in_reply_to is None else parents.get(in_reply_to)
     opener = in_reply_to == conversation and conversation in conversations
-    if in_reply_to is not None and not (parent is None and opener):
-        if parent is None:
-            return EmitDecision(
-                EmitVerdict.UNKNOWN_REPLY,
-                detail=f"in-reply-to {shown(in_reply_to)} is no message the agent was handed",
-            )
+    if in_reply_to is not None and parent is None and not opener:
+        return EmitDecision(
+            EmitVerdict.UNKNOWN_REPLY,
+            detail=f"in-reply-to {shown(in_reply_to)} is no message the agent was handed",
+        )
+    if parent is not None:
         if parent.conversation not in ("", conversation):  # "": not known (an old record)
             return EmitDecision(
                 EmitVerdict.WRONG_CONVERSATION,

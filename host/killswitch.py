@@ -80,7 +80,6 @@ class KillSwitch:
     def __init__(self, registry: KeyRegistry) -> None:
         self._registry = registry
         self.state = KillState({})
-        self._kv: KeyValue | None = None
         self._js: JetStreamContext | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -91,8 +90,7 @@ class KillSwitch:
 
     async def start(self, js: JetStreamContext) -> None:
         self._js = js
-        self._kv = await js.key_value(CONTROL_BUCKET)
-        watcher = await self._kv.watchall()
+        watcher = await (await js.key_value(CONTROL_BUCKET)).watchall()
         self._task = asyncio.create_task(self._follow(watcher), name="agora-killswitch")
         await self._ready.wait()
 

@@ -24,6 +24,7 @@ from agora.core.spine import (
     STATUS_KEPT_S,
     bucket_history,
     bucket_keys,
+    bucket_values,
     ensure_spine,
 )
 from agora.host.killswitch import KillSwitch
@@ -119,6 +120,7 @@ async def test_bucket_keys_lists_what_the_stream_holds(client: Client) -> None:
     # a deleted key's marker is listed too (a get tells it is gone)
     assert await bucket_keys(js, "listed") == ["a", "b", "octo/my.repo/1"]
     assert await bucket_keys(js, "listed", "octo/my.>") == ["octo/my.repo/1"]
+    assert await bucket_values(js, "listed") == {"a": b"x", "octo/my.repo/1": b"x"}
 
 
 async def test_bucket_history_reads_every_value_kept_under_a_key_in_order(

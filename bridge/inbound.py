@@ -88,6 +88,7 @@ from agora.core.errors import InputError, shown
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import sign_fact
 from agora.core.spine import channel_subject, event_subject
+from agora.host.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +222,7 @@ class InboundWorker:
         if self._task is not None:
             done, _ = await asyncio.wait({self._task}, timeout=10)
             if not done:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await cancel(self._task)
 
     async def _run(self, subscription: JetStreamContext.PullSubscription) -> None:
         while not self._stopping.is_set():

@@ -60,6 +60,7 @@ from agora.core.envelope import Act
 from agora.core.errors import AgoraError, InputError
 from agora.core.keys import KeyRegistry, Role
 from agora.core.spine import STREAM, channel_of, channel_subject
+from agora.host.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -300,9 +301,7 @@ class Mirror:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()  # type: ignore[attr-defined]
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel(task)
 
     def idle(self) -> bool:
         return self._queue.empty() and not self._dirty and not self._held
@@ -521,9 +520,7 @@ class Mirror:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel(task)
 
     async def _renew(self, bucket: KeyValue, claim: Claim) -> None:
         while True:

@@ -29,6 +29,7 @@ from agora.bridge.streams import ensure_bridge_streams
 from agora.bridge.webhook import WebhookReceiver
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.spine import ensure_spine
+from agora.host.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +212,8 @@ class Bridge:
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._catch_up_task is not None:
-            self._catch_up_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._catch_up_task
-        if self._commit_task is not None:
-            self._commit_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._commit_task
+        await cancel(self._catch_up_task)
+        await cancel(self._commit_task)
         if self._runner is not None:
             await self._runner.cleanup()
         if self.mirror is not None:

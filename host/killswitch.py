@@ -45,6 +45,7 @@ from agora.core.envelope import Event, EventKind, Fact
 from agora.core.errors import InputError
 from agora.core.keys import Identity, KeyRegistry, Role
 from agora.core.spine import CONTROL_BUCKET, bucket_history
+from agora.host.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,7 @@ class KillSwitch:
         await self._ready.wait()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         try:

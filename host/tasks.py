@@ -1,9 +1,9 @@
-"""Stopping a pull loop: gracefully between batches, or at once (as a crash would)."""
+"""Stopping a task: a pull loop gracefully between batches, or any task at once."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Any, Final
 
 GRACE_S: Final = 10.0
 
@@ -21,6 +21,19 @@ async def finish(
         if done:
             task.result()
             return
+    await cancel(task)
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait until it has ended; its cancellation is not the caller's.
+
+    Not ``task.cancel()`` then ``await task`` under ``suppress(CancelledError)``: a
+    caller cancelled while it waits has that cancellation handed on to ``task`` (the
+    task it awaits), and the suppress would swallow it, so the caller runs on as if
+    never cancelled, and whoever cancelled it waits for it for good. Here the caller's
+    own cancellation is raised again. Another error ``task`` ended with is raised."""
+    if task is None:
+        return
     task.cancel()
     try:
         await task

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +15,27 @@ from agora.core.signing import sign_fact
 from agora.host.builder import build_agents
 from agora.host.nats_server import EmbeddedNats
 from tests.factories import make_act, make_event
+from tests.watchdog import report_to, watched
 
 AGENTS = ("synth-agent", "relay-agent")
 
 # CI machines are shared: judge properties on their examples, never on wall-clock time.
 settings.register_profile("agora", deadline=None)
 settings.load_profile("agora")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest does not capture fd 2 while it configures: keep a copy for the watchdog."""
+    del config
+    report_to(2)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    """Every test, its setup and teardown included, runs under the watchdog."""
+    del item
+    with watched():
+        yield
 
 
 @pytest.fixture(scope="session")

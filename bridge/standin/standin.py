@@ -18,7 +18,6 @@ request log (they come from the web, not from a token).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +50,7 @@ from agora.bridge.standin.state import (
     UserType,
     World,
 )
+from agora.host.tasks import cancel
 
 README_TEMPLATE: Final = "# {name}\n"
 
@@ -110,11 +110,8 @@ class GitHubStandIn:
 
     async def stop(self) -> None:
         """Stop serving and sending; undelivered webhooks are dropped."""
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
-            self._sender = None
+        await cancel(self._sender)
+        self._sender = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -38,6 +38,7 @@ from githubkit.webhooks import parse as parse_webhook
 from agora.bridge.standin import Fault, GitHubStandIn
 from agora.bridge.standin.auth import credential
 from agora.bridge.standin.git import Change, ObjectStore, object_id
+from agora.bridge.standin.hooks import HookSender
 from agora.bridge.standin.state import GitHubError
 
 REPO = "acme/widgets"
@@ -744,3 +745,25 @@ async def test_a_failed_delivery_is_listed_and_redelivered_under_the_same_guid(
     newest = listed.parsed_data[0]
     assert (newest.guid, newest.redelivery, newest.status_code) == (missed[0].guid, True, 200)
     assert 'rel="next"' in listed.headers["link"]
+
+
+async def test_drain_says_the_sender_failed_rather_than_wait_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(self: HookSender, session: object, job: object) -> None:
+        raise RuntimeError("the sender broke")
+
+    monkeypatch.setattr(HookSender, "_deliver", broken)
+    standin = GitHubStandIn()
+    with pytest.raises(RuntimeError, match="not started"):
+        await standin.drain()
+    await standin.start()
+    standin.create_repo(REPO)
+    standin.add_user("alice")
+    standin.set_webhook("http://127.0.0.1:9/unreachable", SECRET)  # its ping is queued
+    standin.create_issue(REPO, "hello", "", by="alice")  # and the issue's event
+    with pytest.raises(RuntimeError, match="stopped sending webhooks") as stopped:
+        await asyncio.wait_for(standin.drain(), 10)
+    assert "the sender broke" in str(stopped.value.__cause__)
+    with pytest.raises(RuntimeError, match="the sender broke"):  # a stop says so too
+        await standin.stop()

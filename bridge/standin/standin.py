@@ -129,8 +129,21 @@ class GitHubStandIn:
         await self.stop()
 
     async def drain(self) -> None:
-        """Wait until every webhook queued so far has been attempted (needs ``start``)."""
-        await self._engine.sender.drain()
+        """Wait until every webhook queued so far has been attempted (needs ``start``).
+        Raises RuntimeError if the stand-in is not sending (never started, stopped, or
+        its sender failed, with that failure as the cause), rather than wait for good."""
+        sender = self._sender
+        if sender is None:
+            raise RuntimeError("the stand-in sends no webhooks: it is not started")
+        drained = asyncio.ensure_future(self._engine.sender.drain())
+        try:
+            await asyncio.wait({drained, sender}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()  # nothing if it is done
+        if drained.done() and not drained.cancelled():
+            return
+        failure = None if sender.cancelled() else sender.exception()
+        raise RuntimeError("the stand-in stopped sending webhooks") from failure
 
     # -- people, repositories, apps --------------------------------------------------------
 

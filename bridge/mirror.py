@@ -326,7 +326,8 @@ class Mirror:
         if due is None:
             return await self._queue.get()
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout=max(due - _monotonic(), 0))
+            async with asyncio.timeout(max(due - _monotonic(), 0)):
+                return await self._queue.get()
         except TimeoutError:
             return None
 

@@ -169,7 +169,8 @@ class Bridge:
         cancels the task, but a cancellation that a library swallowed must not leave
         the loop running.)"""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
         return self._stopping.is_set()
 
     async def _catch_up_at_start(self, js: JetStreamContext, comments: CommentCatchUp) -> None:

@@ -215,7 +215,8 @@ def run_inject(arguments: argparse.Namespace) -> int:
             )
             print(act.id, flush=True)  # published: whatever follows, its id is known
             try:
-                stored = await asyncio.wait_for(js.get_msg(ack.stream, ack.seq), 2.0)
+                async with asyncio.timeout(2.0):
+                    stored = await js.get_msg(ack.stream, ack.seq)
             except Exception:  # only the check below is lost
                 return None
             return int(stored.time.timestamp() * 1000) if stored.time else None

@@ -99,7 +99,8 @@ class OrderedFeed:
                 return []
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), min(left_s, self._heartbeat_s))
+                async with asyncio.timeout(min(left_s, self._heartbeat_s)):
+                    await self._arrived.wait()
         taken = [self._buffer.popleft() for _ in range(min(limit, len(self._buffer)))]
         self._taken += len(taken)
         await self._answer_flow_control()

@@ -123,7 +123,8 @@ class PullFeed:
             if self._buffer or left_s <= 0:
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left_s)
+                async with asyncio.timeout(left_s):
+                    await self._arrived.wait()
         if self._failure is not None:
             raise PullFeedError(self._failure)
         count = min(limit, len(self._buffer))

@@ -302,7 +302,8 @@ async def publish_all(
         await asyncio.gather(*futures)
 
     try:
-        await asyncio.wait_for(publish_and_wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await publish_and_wait()
     finally:
         for future in futures:  # what never came back frees its place in the window
             future.cancel()

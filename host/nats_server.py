@@ -139,7 +139,8 @@ class EmbeddedNats:
                 return
             process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await process.wait()
             except TimeoutError:
                 process.kill()
                 await process.wait()

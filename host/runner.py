@@ -684,7 +684,8 @@ class AgentRunner:
             # late first) are safe before that.
             log.info("agent %s: its unsent outbox waits %d ms", self.spec.name, WINDOW_MS - age_ms)
             with contextlib.suppress(TimeoutError):  # a stop ends the wait
-                await asyncio.wait_for(self._stopping.wait(), (WINDOW_MS - age_ms) / 1000 + 0.001)
+                async with asyncio.timeout((WINDOW_MS - age_ms) / 1000 + 0.001):
+                    await self._stopping.wait()
             if self._stopping.is_set():
                 return
         if age_ms > SAFE_REPUBLISH_MS:

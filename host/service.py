@@ -356,7 +356,8 @@ class Host:
                     await self._measure_clock(js, kv, revision, (sent_ms, answered_ms))
                 reports += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), STATUS_EVERY_S)
+                async with asyncio.timeout(STATUS_EVERY_S):
+                    await self._stopping.wait()
 
     async def _clear_earlier_runs(self, js: JetStreamContext, kv: KeyValue) -> None:
         """Delete the stale reports of this host's earlier runs on this machine (and one
@@ -381,7 +382,8 @@ class Host:
         """Compare this machine's clock with the time the server stored a report at."""
         try:
             stream: str = kv._stream  # the bucket's stream, whatever a cluster names it
-            stored = await asyncio.wait_for(js.get_msg(stream, revision), CLOCK_CHECK_TIMEOUT_S)
+            async with asyncio.timeout(CLOCK_CHECK_TIMEOUT_S):
+                stored = await js.get_msg(stream, revision)
         except Exception:
             log.debug("the clock could not be compared with the server's", exc_info=True)
             return

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, Final
 
 GRACE_S: Final = 10.0
+CANCEL_AGAIN_S: Final = 1.0
 
 
 async def finish(
@@ -31,13 +32,14 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
     caller cancelled while it waits has that cancellation handed on to ``task`` (the
     task it awaits), and the suppress would swallow it, so the caller runs on as if
     never cancelled, and whoever cancelled it waits for it for good. Here the caller's
-    own cancellation is raised again. Another error ``task`` ended with is raised."""
+    own cancellation is raised. And a task that swallowed its cancellation (Python
+    3.11's ``asyncio.wait_for`` does, in nats-py too, when what it waits for completes
+    at that very moment) is cancelled again every :data:`CANCEL_AGAIN_S` until it ends.
+    Another error ``task`` ended with is raised."""
     if task is None:
         return
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # the caller itself is being cancelled, not only the task it ended
+    while not (await asyncio.wait({task}, timeout=CANCEL_AGAIN_S))[0]:
+        task.cancel()
+    if not task.cancelled():
+        task.result()  # raises what it failed with

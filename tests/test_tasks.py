@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from agora.host import tasks
 from agora.host.tasks import cancel
 
 Stopper = Callable[[asyncio.Task[None]], Awaitable[None]]
@@ -80,3 +81,22 @@ async def test_cancel_raises_what_the_task_failed_with() -> None:
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError, match="could not let go"):
         await cancel(task)
+
+
+async def test_a_task_that_swallowed_its_cancellation_is_cancelled_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks, "CANCEL_AGAIN_S", 0.05)
+    swallowed = asyncio.Event()
+
+    async def swallows_the_first() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:  # as Python 3.11's wait_for may, by a race
+            swallowed.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(swallows_the_first())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel(task), 5)
+    assert swallowed.is_set() and task.cancelled()

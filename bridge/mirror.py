@@ -60,7 +60,7 @@ from agora.core.envelope import Act
 from agora.core.errors import AgoraError, InputError
 from agora.core.keys import KeyRegistry, Role
 from agora.core.spine import STREAM, channel_of, channel_subject
-from agora.host.tasks import cancel
+from agora.host.tasks import cancel, cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +300,7 @@ class Mirror:
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()  # type: ignore[attr-defined]
-        for task in self._tasks:
-            await cancel(task)
+        await cancel_all(self._tasks)
 
     def idle(self) -> bool:
         return self._queue.empty() and not self._dirty and not self._held

@@ -29,7 +29,7 @@ from agora.bridge.streams import ensure_bridge_streams
 from agora.bridge.webhook import WebhookReceiver
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.spine import ensure_spine
-from agora.host.tasks import cancel
+from agora.host.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -212,12 +212,13 @@ class Bridge:
         return self.config.listen_host, self.config.listen_port
 
     async def stop(self) -> None:
+        """Stop every part, each whatever another raised (which is raised after)."""
         self._stopping.set()
-        await cancel(self._catch_up_task)
-        await cancel(self._commit_task)
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self.mirror is not None:
-            await self.mirror.stop()
-        if self.inbound is not None:
-            await self.inbound.stop()
+        async with contextlib.AsyncExitStack() as then:  # its steps run last to first
+            if self.inbound is not None:
+                then.push_async_callback(self.inbound.stop)
+            if self.mirror is not None:
+                then.push_async_callback(self.mirror.stop)
+            if self._runner is not None:
+                then.push_async_callback(self._runner.cleanup)
+            await cancel_all([self._catch_up_task, self._commit_task])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, Final
 
 GRACE_S: Final = 10.0
-CANCEL_AGAIN_S: Final = 1.0
+# longer than a cleanup may rightly take (a NATS request's timeout is 5 s)
+CANCEL_AGAIN_S: Final = 10.0
 
 
 async def finish(
@@ -34,12 +36,31 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
     never cancelled, and whoever cancelled it waits for it for good. Here the caller's
     own cancellation is raised. And a task that swallowed its cancellation (Python
     3.11's ``asyncio.wait_for`` does, in nats-py too, when what it waits for completes
-    at that very moment) is cancelled again every :data:`CANCEL_AGAIN_S` until it ends.
-    Another error ``task`` ended with is raised."""
+    at that very moment) is cancelled again every :data:`CANCEL_AGAIN_S` until it ends,
+    by the event loop, so even if the caller stops waiting. Another error ``task``
+    ended with is raised."""
     if task is None:
         return
-    task.cancel()
-    while not (await asyncio.wait({task}, timeout=CANCEL_AGAIN_S))[0]:
-        task.cancel()
+    _cancel_until_done(task)
+    await asyncio.wait({task})
     if not task.cancelled():
         task.result()  # raises what it failed with
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """:func:`cancel` each of ``tasks`` at once, wait for them all, then raise the first
+    error one of them ended with (none is left running because another failed)."""
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        _cancel_until_done(task)
+    if running:
+        await asyncio.wait(running)
+    for task in running:
+        if not task.cancelled():
+            task.result()
+
+
+def _cancel_until_done(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+        asyncio.get_running_loop().call_later(CANCEL_AGAIN_S, _cancel_until_done, task)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from agora.host import tasks
-from agora.host.tasks import cancel
+from agora.host.tasks import cancel, cancel_all
 
 Stopper = Callable[[asyncio.Task[None]], Awaitable[None]]
 
@@ -100,3 +100,39 @@ async def test_a_task_that_swallowed_its_cancellation_is_cancelled_again(
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel(task), 5)
     assert swallowed.is_set() and task.cancelled()
+
+
+async def test_the_task_is_cancelled_again_even_once_its_stopper_gave_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks, "CANCEL_AGAIN_S", 0.05)
+
+    async def swallows_the_first() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(swallows_the_first())
+    await asyncio.sleep(0)
+    stopper = asyncio.create_task(cancel(task))
+    await asyncio.sleep(0.01)
+    stopper.cancel()  # whoever was stopping it is stopped itself
+    with pytest.raises(asyncio.CancelledError):
+        await stopper
+    await asyncio.wait_for(asyncio.wait({task}), 5)
+    assert task.cancelled()
+
+
+async def test_cancel_all_ends_every_task_before_raising_what_one_failed_with() -> None:
+    async def fails_when_stopped() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise RuntimeError("could not let go")
+
+    failing = asyncio.create_task(fails_when_stopped())
+    slow = asyncio.create_task(_slow_to_end())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="could not let go"):
+        await cancel_all([failing, None, slow])
+    assert slow.cancelled()

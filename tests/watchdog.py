@@ -4,7 +4,8 @@ Each test gets ``TEST_LIMIT_S``. When it runs over, the stacks of every asyncio 
 running loop go to stderr and the test fails with :class:`TestHung`; its teardown then gets
 ``TEARDOWN_LIMIT_S`` more. Should even that not end it (a hang outside the event loop),
 faulthandler prints every thread's stack and ends the run, so the run fails in minutes with
-the evidence rather than at the CI's own time limit with none.
+the evidence rather than at the CI's own time limit with none. ``AGORA_TEST_WATCHDOG=0``
+turns it off (to sit in a debugger, say).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ TEARDOWN_LIMIT_S = 60
 HARD_LIMIT_S = TEST_LIMIT_S + TEARDOWN_LIMIT_S + 60
 
 
-class TestHung(Exception):
-    """Raised in a test that ran past its time."""
+class TestHung(BaseException):
+    """Raised in a test that ran past its time: not an Exception, so that no loop of the
+    code under test that logs every Exception and goes on can swallow it."""
 
 
 _report: list[TextIO] = []
@@ -57,6 +59,8 @@ def dump_tasks() -> None:
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
     del signum, frame
     dump_tasks()
+    if _report:
+        faulthandler.dump_traceback(_report[0], all_threads=True)
     signal.alarm(TEARDOWN_LIMIT_S)  # the teardown is stopped the same way if it hangs too
     raise TestHung(f"the test ran past {TEST_LIMIT_S} s; its tasks' stacks are on stderr")
 
@@ -64,6 +68,9 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def watched() -> Iterator[None]:
     """Run the body under the limits above (the main thread only: signals need it)."""
+    if os.environ.get("AGORA_TEST_WATCHDOG") == "0":
+        yield
+        return
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     if _report:
         faulthandler.dump_traceback_later(HARD_LIMIT_S, exit=True, file=_report[0])
@@ -71,6 +78,7 @@ def watched() -> Iterator[None]:
     try:
         yield
     finally:
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)  # an alarm due now is ignored
         signal.alarm(0)
         faulthandler.cancel_dump_traceback_later()
         signal.signal(signal.SIGALRM, previous)

@@ -109,12 +109,15 @@ class GitHubStandIn:
         return self.base_url
 
     async def stop(self) -> None:
-        """Stop serving and sending; undelivered webhooks are dropped."""
-        await cancel(self._sender)
-        self._sender = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop serving and sending; undelivered webhooks are dropped. Raises what the
+        sender failed with, if it did, once the server is stopped too."""
+        sender, self._sender = self._sender, None
+        try:
+            await cancel(sender)
+        finally:
+            runner, self._runner = self._runner, None
+            if runner is not None:
+                await runner.cleanup()
 
     async def __aenter__(self) -> Self:
         await self.start()

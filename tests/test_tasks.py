@@ -22,6 +22,14 @@ async def _slow_to_end() -> None:
         await asyncio.sleep(0.05)
 
 
+async def fails_when_stopped() -> None:
+    """A task that, cancelled, fails."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        raise RuntimeError("could not let go")
+
+
 async def _tidies_up_then_runs_on(ended: asyncio.Event, stop_inner: Stopper) -> None:
     """Ends its helper task in a ``finally`` (as a context manager's exit does), then
     runs on: only a cancellation can end it."""
@@ -71,12 +79,6 @@ async def test_cancel_ends_the_task_and_keeps_its_own_cancellation_to_itself() -
 
 
 async def test_cancel_raises_what_the_task_failed_with() -> None:
-    async def fails_when_stopped() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            raise RuntimeError("could not let go")
-
     task = asyncio.create_task(fails_when_stopped())
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError, match="could not let go"):
@@ -124,12 +126,6 @@ async def test_the_task_is_cancelled_again_even_once_its_stopper_gave_up(
 
 
 async def test_cancel_all_ends_every_task_before_raising_what_one_failed_with() -> None:
-    async def fails_when_stopped() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            raise RuntimeError("could not let go")
-
     failing = asyncio.create_task(fails_when_stopped())
     slow = asyncio.create_task(_slow_to_end())
     await asyncio.sleep(0)

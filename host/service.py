@@ -226,12 +226,14 @@ class Host:
         )
         linker = self._linker
         engine = self._engine
+        ticker = self._ticker
 
         def new_sandbox() -> Sandbox:
             assert linker is not None  # noqa: S101 - set in start() before any runner exists
             return Sandbox(
                 agent=agent.name,
                 engine=engine,
+                ticker=ticker,
                 linker=linker,
                 component=component,
                 limits=limits,

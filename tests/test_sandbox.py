@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import wasmtime
 from wasmtime import component as wc
 
 from agora.core.signing import MAX_ENVELOPE_BYTES
@@ -42,6 +44,7 @@ def chatterbox(components: dict[str, Path]) -> Iterator[Sandbox]:
         yield Sandbox(
             agent="chatterbox",
             engine=engine,
+            ticker=ticker,
             linker=make_linker(engine),
             component=load_component(engine, components["hostile"]),
             limits=SandboxLimits(fuel=10**10, timeout_ms=2000, memory_bytes=64 << 20, outbox=100),
@@ -110,6 +113,7 @@ def _refused_as_it_loads(wat: str) -> AgentFault:
         Sandbox(
             agent="odd",
             engine=engine,
+            ticker=EpochTicker(engine),  # never started: no call here runs long
             linker=make_linker(engine),
             component=wc.Component(engine, wat),
             limits=SandboxLimits(fuel=10**9, timeout_ms=1000, memory_bytes=16 << 20),
@@ -174,3 +178,35 @@ def test_a_component_past_the_store_limits_is_refused_with_the_limit_named(
     assert refused.kind == "limits"
     assert named in refused.detail
     assert "at most 1 memory" in refused.detail
+
+
+COUNTDOWN_WAT = """
+(module
+  (func (export "count") (param $n i64)
+    (loop $again
+      (local.set $n (i64.sub (local.get $n) (i64.const 1)))
+      (br_if $again (i64.gt_s (local.get $n) (i64.const 0))))))
+"""
+
+
+def test_the_epoch_advances_only_while_a_guest_runs() -> None:
+    engine = make_engine()
+    ticker = EpochTicker(engine)
+    ticker.start()
+    try:
+        store = wasmtime.Store(engine)
+        store.set_fuel(10**15)
+        count = wasmtime.Instance(store, wasmtime.Module(engine, COUNTDOWN_WAT), []).exports(store)[
+            "count"
+        ]
+        assert isinstance(count, wasmtime.Func)
+        store.set_epoch_deadline(20)  # 100 ms of a guest's running
+        time.sleep(0.3)  # idle: no tick, so the deadline is as far as it was
+        with ticker.running():
+            count(store, 1000)  # done well within the deadline
+        started = time.monotonic()
+        with ticker.running(), pytest.raises(wasmtime.Trap, match="interrupt"):
+            count(store, 10**15)  # runs until the deadline
+        assert time.monotonic() - started < 5
+    finally:
+        ticker.stop()

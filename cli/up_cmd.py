@@ -171,6 +171,8 @@ async def _serve(session: Session, bridge_settings: BridgeConfig | None, *, reco
                 await stop.wait()
         finally:
             log.info("stopping")
-            if bridge is not None:
-                await bridge.stop()
-            await host.stop()
+            try:
+                if bridge is not None:
+                    await bridge.stop()
+            finally:
+                await host.stop()  # whatever the bridge's stop raised

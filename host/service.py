@@ -275,9 +275,15 @@ class Host:
         return loaded
 
     async def stop(self, *, graceful: bool = True) -> None:
-        """Stop every agent and the recorder: between batches, or at once (a crash)."""
-        await finish(self._status_task, self._stopping, graceful=True)
-        try:
+        """Stop every agent and the recorder: between batches, or at once (a crash).
+        Every part is stopped whatever another raised (which is raised after)."""
+        async with contextlib.AsyncExitStack() as then:  # its steps run last to first
+            then.push_async_callback(self._checks.close)
+            then.callback(self._ticker.stop)
+            then.push_async_callback(self.killswitch.stop)
+            if self.recorder is not None:
+                then.push_async_callback(self.recorder.stop, graceful=graceful)
+            await finish(self._status_task, self._stopping, graceful=True)
             outcomes = await asyncio.gather(
                 *(r.stop(graceful=graceful) for r in self.runners.values()),
                 return_exceptions=True,
@@ -285,12 +291,6 @@ class Host:
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
                     log.warning("an agent stopped with an error: %s", outcome)
-        finally:
-            if self.recorder is not None:
-                await self.recorder.stop(graceful=graceful)
-        await self.killswitch.stop()
-        self._ticker.stop()
-        await self._checks.close()
 
     # -- observing ----------------------------------------------------------------------
 

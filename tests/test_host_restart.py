@@ -53,6 +53,7 @@ from agora.host.agent_record import (
     part_key,
     signed_part,
 )
+from agora.host.killswitch import KillSwitch
 from agora.host.nats_server import EmbeddedNats
 from agora.host.record_store import MAX_OUTBOX_PARTS, RecordStore
 from tests.harness import Harness, running_host
@@ -1046,3 +1047,29 @@ async def test_a_host_that_fails_to_start_stops_what_it_started(
         await h.inject("build-coord", "after the failed start")
         await h.settle()
         assert len(h.acts_by("relay-agent")) >= 1
+
+
+async def test_a_stop_step_that_fails_leaves_every_other_part_stopped(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        request = await h.inject("build-coord", "before the stop", hops=1)
+        await h.settle()
+        host = h.running()
+
+        async def stuck(self: KillSwitch) -> None:
+            raise RuntimeError("the kill switch would not stop")
+
+        monkeypatch.setattr(KillSwitch, "stop", stuck)
+        with pytest.raises(RuntimeError, match="would not stop"):
+            await host.stop()
+        monkeypatch.undo()
+        h.host = None  # stopped, the kill switch's error apart
+        assert not host._ticker._thread.is_alive()  # the steps after it ran
+        # the recorder closed its log (checkpointed, its lock let go): a new host records
+        await h.start_host()
+        later = await h.inject("build-coord", "after", hops=1)
+        await h.settle()
+    recorded = {f.id for f in h.facts()}
+    assert {request.id, later.id} <= recorded

@@ -169,19 +169,28 @@ class AgentRunner:
         self._task = asyncio.create_task(self._run(), name=f"agent-{self.spec.name}")
 
     async def stop(self, *, graceful: bool = True) -> None:
-        """Stop after the batch in hand (graceful), or at once, as a crash would."""
-        await finish(self._task, self._stopping, graceful=graceful)
-        if graceful and self._confirming:  # what they learn lets the record forget ids
-            await asyncio.wait(set(self._confirming), timeout=ACK_CONFIRM_S)
-            with contextlib.suppress(Exception):
-                await self._tidy_record()
+        """Stop after the batch in hand (graceful), or at once, as a crash would. The
+        agent's thread, record store and feed are let go even if its loop had ended
+        with an error (which is raised after)."""
+        async with contextlib.AsyncExitStack() as then:  # its steps run last to first
+            then.push_async_callback(self._stop_feed, give_back=graceful)
+            then.push_async_callback(self._records.close)
+            then.callback(self._guest.close)
+            then.push_async_callback(self._stop_confirming)
+            await finish(self._task, self._stopping, graceful=graceful)
+            if graceful and self._confirming:  # what they learn lets the record forget ids
+                await asyncio.wait(set(self._confirming), timeout=ACK_CONFIRM_S)
+                with contextlib.suppress(Exception):
+                    await self._tidy_record()
+
+    async def _stop_confirming(self) -> None:
         for confirming in list(self._confirming):
             confirming.cancel()
         await asyncio.gather(*self._confirming, return_exceptions=True)
-        self._guest.close()
-        await self._records.close()
-        if self._feed is not None:
-            await self._feed.stop(give_back=graceful)
+
+    async def _stop_feed(self, *, give_back: bool) -> None:
+        if self._feed is not None:  # the feed in use now (a failed fetch makes another)
+            await self._feed.stop(give_back=give_back)
 
     async def _open_feed(self) -> PullFeed:
         feed = PullFeed(

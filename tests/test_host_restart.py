@@ -56,6 +56,7 @@ from agora.host.agent_record import (
 from agora.host.killswitch import KillSwitch
 from agora.host.nats_server import EmbeddedNats
 from agora.host.record_store import MAX_OUTBOX_PARTS, RecordStore
+from agora.host.watchdog import WatchedSandbox
 from tests.harness import Harness, running_host
 
 VOTERS = {
@@ -1073,3 +1074,22 @@ async def test_a_stop_step_that_fails_leaves_every_other_part_stopped(
         await h.settle()
     recorded = {f.id for f in h.facts()}
     assert {request.id, later.id} <= recorded
+
+
+async def test_an_agent_whose_loop_failed_still_lets_go_of_its_feed_at_a_stop(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: WatchedSandbox) -> None:
+        raise RuntimeError("the guest could not start")
+
+    monkeypatch.setattr(WatchedSandbox, "start", broken)
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        runner = h.running().runners["synth-agent"]
+        assert runner._task is not None
+        await asyncio.wait({runner._task}, timeout=5)
+        assert isinstance(runner._task.exception(), RuntimeError)  # its loop ended
+        feed = runner._feed
+        assert feed is not None
+        await h.stop_host()  # the error is told (logged), the rest goes on
+        assert feed._subscription is None  # its feed was stopped all the same

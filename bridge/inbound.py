@@ -88,7 +88,7 @@ from agora.core.errors import InputError, shown
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.signing import sign_fact
 from agora.core.spine import channel_subject, event_subject
-from agora.host.tasks import cancel
+from agora.host.tasks import finish
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +218,7 @@ class InboundWorker:
         return self._task is not None and not self._task.done() and self.healthy
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=10)
-            if not done:
-                await cancel(self._task)
+        await finish(self._task, self._stopping, graceful=True)
 
     async def _run(self, subscription: JetStreamContext.PullSubscription) -> None:
         while not self._stopping.is_set():

@@ -39,12 +39,7 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
     at that very moment) is cancelled again every :data:`CANCEL_AGAIN_S` until it ends,
     by the event loop, so even if the caller stops waiting. Another error ``task``
     ended with is raised."""
-    if task is None:
-        return
-    _cancel_until_done(task)
-    await asyncio.wait({task})
-    if not task.cancelled():
-        task.result()  # raises what it failed with
+    await cancel_all([task])
 
 
 async def cancel_all(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
@@ -57,7 +52,7 @@ async def cancel_all(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
         await asyncio.wait(running)
     for task in running:
         if not task.cancelled():
-            task.result()
+            task.result()  # raises what it failed with
 
 
 def _cancel_until_done(task: asyncio.Task[Any]) -> None:

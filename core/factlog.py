@@ -305,7 +305,7 @@ class FactLog:
             view.flush()
             os.fsync(view.fileno())
         temporary.replace(path)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self._view = path.open("ab")
 
 
@@ -410,10 +410,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     temporary.replace(path)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make a rename in ``directory`` durable."""
     directory_fd = os.open(directory, os.O_RDONLY)
     try:

@@ -26,6 +26,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,13 @@ from nats.aio.client import Client
 
 from agora.core.envelope import Event, EventKind, Fact, references_of
 from agora.core.errors import ConfigError, InputError, InternalError
-from agora.core.factlog import POSITION_FILE, FactLog, FactsSnapshot, envelope_digest
+from agora.core.factlog import (
+    POSITION_FILE,
+    FactLog,
+    FactsSnapshot,
+    envelope_digest,
+    fsync_directory,
+)
 from agora.core.keys import SigningKey
 from agora.core.ordered import OrderedFeed
 from agora.core.received import JetStreamMessage
@@ -106,6 +114,10 @@ class Recorder:
             self.position = 0
         self._saved_position = self.position
         self._position_saved_at = 0.0
+        # the position last written (by the loop, or a worker thread): never a lower one
+        # after it, whichever of two writes gets there first
+        self._position_lock = threading.Lock()
+        self._position_written = self.position
         self._unsynced_position = self.position  # appended, maybe not yet written
         self._written_position = self.position  # written to the log file, not yet synced
         self._unsynced: list[Fact] = []  # appended since the last write
@@ -174,7 +186,7 @@ class Recorder:
                 batch = await feed.take(FETCH_BATCH, FETCH_WAIT_S)
                 self.counters.reread = reread + feed.restarts
                 if not batch:
-                    self._save_position(force=False)  # idle: let the saved position catch up
+                    await self._save_position_soon()  # idle: let the saved position catch up
                     continue
                 await self.record(batch)
                 self._write()
@@ -286,6 +298,7 @@ class Recorder:
         self._fsyncing = None
         durable, self._syncing_facts = self._syncing_facts, []
         self._synced(target, durable, entries)
+        await self._save_position_soon()
 
     def make_durable(self) -> None:
         """Write and fsync what was appended, then move the position past it (and save
@@ -323,21 +336,41 @@ class Recorder:
             return
         self.position = target
         self._durable_entries = entries
-        self._save_position(force=False)
         if self._since_checkpoint >= self._checkpoint_every:
             self.checkpoint()
 
     def _save_position(self, *, force: bool) -> None:
-        """Write the synced position at most every POSITION_EVERY_S (always if forced).
-        A position left behind by a crash only makes the recorder read again messages
-        it then recognises as recorded."""
+        """Write the synced position, if it is due (see :meth:`_position_due`), here."""
+        due = self._position_due(force=force)
+        if due is not None:
+            self._write_position(due)
+
+    async def _save_position_soon(self) -> None:
+        """Write the synced position, if it is due, in a worker thread: it is fsynced,
+        and the event loop does not wait on the disk."""
+        due = self._position_due(force=False)
+        if due is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._write_position, due)
+
+    def _position_due(self, *, force: bool) -> Position | None:
+        """The synced position, to write at most every POSITION_EVERY_S (always if
+        forced). A position left behind by a crash only makes the recorder read again
+        messages it then recognises as recorded."""
         now = asyncio.get_running_loop().time()
         if self.position == self._saved_position:
-            return
-        if force or now - self._position_saved_at >= POSITION_EVERY_S:
-            write_position(self._position_file, Position(self.position, self._durable_entries))
-            self._saved_position = self.position
-            self._position_saved_at = now
+            return None
+        if not force and now - self._position_saved_at < POSITION_EVERY_S:
+            return None
+        self._saved_position = self.position
+        self._position_saved_at = now
+        return Position(self.position, self._durable_entries)
+
+    def _write_position(self, position: Position) -> None:
+        with self._position_lock:
+            if position.seq <= self._position_written:
+                return  # a later position was written meanwhile
+            write_position(self._position_file, position)
+            self._position_written = position.seq
 
     @property
     def size(self) -> int:
@@ -443,6 +476,13 @@ def read_position(path: Path) -> Position:
 
 
 def write_position(path: Path, position: Position) -> None:
+    """Replace the saved position, durably: a machine that crashes at any point leaves
+    the old position or the new one, never an empty or half-written file (which would
+    be refused as damaged at the next start)."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(f"{position.seq} {position.entries}\n", encoding="utf-8")
+    with temporary.open("w", encoding="utf-8") as file:
+        file.write(f"{position.seq} {position.entries}\n")
+        file.flush()
+        os.fsync(file.fileno())
     temporary.replace(path)
+    fsync_directory(path.parent)

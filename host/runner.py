@@ -167,6 +167,7 @@ class AgentRunner:
                 log.info("agent %s: %d left-over outbox parts purged", self.spec.name, swept)
         self._feed = await self._open_feed()
         self._task = asyncio.create_task(self._run(), name=f"agent-{self.spec.name}")
+        self._task.add_done_callback(self._loop_ended)
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in hand (graceful), or at once, as a crash would. The
@@ -182,6 +183,19 @@ class AgentRunner:
                 await asyncio.wait(set(self._confirming), timeout=ACK_CONFIRM_S)
                 with contextlib.suppress(Exception):
                     await self._tidy_record()
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """Say at once, not only at the stop, that the agent's loop ended with an error
+        (its batches are guarded, so only something outside them can end it)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.counters["loop-failed"] += 1
+        log.critical(
+            "agent %s: its loop ended with an error and it takes no more messages until "
+            "its host restarts",
+            self.spec.name,
+            exc_info=task.exception(),
+        )
 
     async def _stop_confirming(self) -> None:
         for confirming in list(self._confirming):

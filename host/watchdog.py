@@ -98,7 +98,9 @@ class WatchedSandbox:
         return self._sandbox is not None and not self._sandbox.dead
 
     async def start(self) -> None:
-        """Make the sandbox (again, after a fault). Raises :class:`AgentFault`."""
+        """Make the sandbox (again, after a fault). Raises :class:`AgentFault`, whatever
+        went wrong (a sandbox that cannot be made, a thread that cannot be started), so
+        the agent is quarantined and its host goes on."""
         if self._held is not None and not self._held.done():
             held_s = time.monotonic() - self._held_since
             raise AgentFault(
@@ -110,7 +112,14 @@ class WatchedSandbox:
             )
         self._held = None
         self._sandbox = None
-        self._sandbox = await self._run(self._factory, START_BUDGET_S + GRACE_S, "start")
+        try:
+            self._sandbox = await self._run(self._factory, START_BUDGET_S + GRACE_S, "start")
+        except AgentFault:
+            raise
+        except Exception as exc:  # its store, its thread: a fault of this agent's alone
+            raise AgentFault(
+                self.agent, "start", f"its sandbox could not be made: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def call(
         self, context: GuestContext, state: bytes, inbox: tuple[GuestMessage, ...]

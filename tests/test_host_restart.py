@@ -1077,7 +1077,10 @@ async def test_a_stop_step_that_fails_leaves_every_other_part_stopped(
 
 
 async def test_an_agent_whose_loop_failed_still_lets_go_of_its_feed_at_a_stop(
-    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    components: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def broken(self: WatchedSandbox) -> None:
         raise RuntimeError("the guest could not start")
@@ -1089,6 +1092,12 @@ async def test_an_agent_whose_loop_failed_still_lets_go_of_its_feed_at_a_stop(
         assert runner._task is not None
         await asyncio.wait({runner._task}, timeout=5)
         assert isinstance(runner._task.exception(), RuntimeError)  # its loop ended
+        # said at once, not only at the stop
+        assert runner.counters["loop-failed"] == 1
+        assert any(
+            r.levelname == "CRITICAL" and "its loop ended with an error" in r.getMessage()
+            for r in caplog.records
+        )
         feed = runner._feed
         assert feed is not None
         await h.stop_host()  # the error is told (logged), the rest goes on

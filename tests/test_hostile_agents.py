@@ -77,6 +77,31 @@ async def test_a_faulting_agent_is_quarantined_and_the_others_go_on(
     assert len(h.events(EventKind.QUARANTINED, agent="hostile-agent")) == 1
 
 
+async def test_an_agent_whose_sandbox_cannot_be_made_is_quarantined_and_the_others_go_on(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not a fault of wasmtime's (which the sandbox names) but anything else that goes
+    # wrong making the store: the agent's loop must not end with it, unseen.
+    made = service.Sandbox
+
+    def sandbox(**arguments: object) -> object:
+        if arguments["agent"] == "hostile-agent":
+            raise RuntimeError("no store today")
+        return made(**arguments)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "Sandbox", sandbox)
+    async with running_host(tmp_path, components, agents=agents("print")) as h:
+        seed = await provoke(h)
+        host = h.running()
+        stopped = host.killswitch.state.stopped["agent.hostile-agent"]
+        assert (stopped.kind, stopped.reason) == (EventKind.QUARANTINED, "start")
+        assert not host.runners["hostile-agent"].counters["loop-failed"]
+        witness_went_on(h, seed)
+    [fault] = h.events(EventKind.FAULT, agent="hostile-agent")
+    assert fault.reason == "start"
+    assert "RuntimeError: no store today" in fault.detail
+
+
 async def test_a_quarantined_agent_runs_again_after_resume(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:

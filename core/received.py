@@ -14,6 +14,8 @@ with its header blocks read by :func:`parse_headers`.
 JetStream's acknowledgements of the host's publishes come the same way
 (:meth:`RawClient.publish_acked`): nats-py's ``publish_async`` spends a timer, a
 semaphore and random bytes on each message, and queues each acknowledgement for a task.
+So do the server's confirmations of the host's own acknowledgements
+(:meth:`RawClient.acknowledge_confirmed`), one for each message of a batch.
 
 The header block is ``NATS/1.0[ <status>[ <description>]]\\r\\n`` then ``Name: Value``
 lines; a status (100 heartbeat, 404/408/409 for an ended pull request, 503 for no
@@ -26,7 +28,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Protocol
 
 from nats.aio.client import Client
@@ -44,6 +46,7 @@ PUBLISH_TIMEOUT_S: Final = 5.0  # nats-py's own default for one JetStream publis
 _NO_RESPONDERS: Final = "503"
 
 RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
+AnswerReader = Callable[[bytes, bytes | None], Exception | None]  # (data, header block)
 
 
 class JetStreamMessage(Protocol):
@@ -134,7 +137,8 @@ class RawClient(Client):
         self._acks_prefix: bytes | None = None  # the inbox JetStream acknowledges to
         self._acks_ready = asyncio.Lock()
         self._tokens = itertools.count()
-        self._awaiting: dict[int, asyncio.Future[Exception | None]] = {}
+        # what each answer on the inbox is awaited by, and how it is read
+        self._awaiting: dict[int, tuple[asyncio.Future[Exception | None], AnswerReader]] = {}
 
     async def publish_acked(
         self,
@@ -147,26 +151,61 @@ class RawClient(Client):
         (a repeat of an id counts as acknowledged). Raises what the server refused the
         first refused one with, or TimeoutError; as nats-py's ``publish_async`` would."""
         prefix = await self._acks_inbox()
-        loop = asyncio.get_running_loop()
         tokens: list[int] = []
         answers: list[asyncio.Future[Exception | None]] = []
         try:
             async with asyncio.timeout(timeout_s):
                 for subject, msg_id, data in items:
-                    token = next(self._tokens)
-                    answer: asyncio.Future[Exception | None] = loop.create_future()
-                    self._awaiting[token] = answer
-                    tokens.append(token)
-                    answers.append(answer)
-                    reply = (prefix + b"%d" % token).decode()
+                    reply = self._expect(prefix, _refusal, tokens, answers)
                     await self.publish(subject, data, reply=reply, headers={MSG_ID_HEADER: msg_id})
                 refusals = await asyncio.gather(*answers)
         finally:
-            for token in tokens:  # what never came back frees its place
-                self._awaiting.pop(token, None)
+            self._forget(tokens)  # what never came back frees its place
         for refusal in refusals:
             if refusal is not None:
                 raise refusal
+
+    async def acknowledge_confirmed(
+        self, replies: Sequence[str]
+    ) -> asyncio.Future[list[Exception | None]]:
+        """Acknowledge each message (by its ``reply`` subject), each asking the server to
+        confirm it, pipelined; return what completes with an answer for each, in order
+        (None for a confirmation). Cancelling it gives up on those still missing."""
+        prefix = await self._acks_inbox()
+        tokens: list[int] = []
+        answers: list[asyncio.Future[Exception | None]] = []
+        try:
+            for reply in replies:
+                answer_to = self._expect(prefix, _unconfirmed, tokens, answers)
+                await self.publish(reply, _ACK, reply=answer_to)
+        except BaseException:
+            self._forget(tokens)
+            raise
+        every = asyncio.gather(*answers)
+        every.add_done_callback(lambda _: self._forget(tokens))
+        return every
+
+    def _expect(
+        self,
+        prefix: bytes,
+        read: AnswerReader,
+        tokens: list[int],
+        answers: list[asyncio.Future[Exception | None]],
+    ) -> str:
+        """A reply subject on the inbox for one answer, read by ``read``; its token and
+        the future it completes are added to ``tokens`` and ``answers``."""
+        token = next(self._tokens)
+        answer: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self._awaiting[token] = (answer, read)
+        tokens.append(token)
+        answers.append(answer)
+        return (prefix + b"%d" % token).decode()
+
+    def _forget(self, tokens: Iterable[int]) -> None:
+        for token in tokens:
+            entry = self._awaiting.pop(token, None)
+            if entry is not None:
+                entry[0].cancel()  # no-op for one answered
 
     async def _acks_inbox(self) -> bytes:
         async with self._acks_ready:
@@ -179,10 +218,11 @@ class RawClient(Client):
     def _on_ack(self, subject: bytes, _reply: bytes, data: bytes, raw: bytes | None) -> None:
         prefix = self._acks_prefix or b""
         token = subject[len(prefix) :]
-        answer = self._awaiting.pop(int(token), None) if token.isdigit() else None
-        if answer is None or answer.done():
+        entry = self._awaiting.pop(int(token), None) if token.isdigit() else None
+        if entry is None or entry[0].done():
             return  # given up on already
-        answer.set_result(_refusal(data, raw))
+        answer, read = entry
+        answer.set_result(read(data, raw))
 
     async def subscribe_raw(self, subject: str, handler: RawHandler) -> int:
         """Subscribe ``subject``; ``handler(subject, reply, data, headers)`` is called
@@ -220,6 +260,16 @@ class RawClient(Client):
         except Exception as exc:  # nats-py's read loop stops for good on an exception
             log.exception("a message on %r could not be taken; it is dropped", subject[:200])
             await self._error_cb(exc)
+
+
+def _unconfirmed(_data: bytes, raw: bytes | None) -> Exception | None:
+    """What the server's answer to an acknowledgement says: confirmed (None; an empty
+    message), or a status such as 503 (no consumer took it)."""
+    headers = parse_headers(raw)
+    status = headers.get(STATUS_HEADER) if headers is not None else None
+    if status is None:
+        return None
+    return APIError(description=f"the acknowledgement was answered with status {status}")
 
 
 def _refusal(data: bytes, raw: bytes | None) -> Exception | None:

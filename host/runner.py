@@ -39,7 +39,7 @@ import time
 from collections import ChainMap, Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -388,32 +388,40 @@ class AgentRunner:
 
     async def _acknowledge(self, messages: list[JetStreamMessage], ids: list[str]) -> None:
         """Acknowledge a batch. The record keeps ``ids`` as processed until the server
-        confirms the acknowledgement (of the last, which it handles after the others),
-        awaited in the background, and only if no copy of the batch can be anywhere
-        else: each message was handed over for the first time, and the confirmation
-        came before the server could have handed any of them over again (its ack wait
-        since the batch arrived). A redelivered batch's ids stay: another host may hold
-        the copy handed over before."""
+        confirms the acknowledgement of every message of the batch (each on its own:
+        in a cluster, an earlier one can be lost in a change of the consumer's leader
+        while a later one is taken), awaited in the background, and only if no copy of
+        the batch can be anywhere else: each message was handed over for the first
+        time, and the confirmations came before the server could have handed any of
+        them over again (its ack wait since the batch arrived). A redelivered batch's
+        ids stay: another host may hold the copy handed over before."""
         if not messages:
             return
-        reconnects = self._client.stats["reconnects"]
-        for message in messages[:-1]:
-            await message.ack()
-        last = messages[-1]
         if not ids or any(delivery_count(m) != 1 for m in messages):
-            await last.ack()
+            for message in messages:
+                await message.ack()
             return
+        reconnects = self._client.stats["reconnects"]
+        answers: asyncio.Future[list[Any]]
+        if isinstance(self._client, RawClient):
+            answers = await self._client.acknowledge_confirmed([m.reply for m in messages])
+        else:
+            answers = asyncio.gather(*(m.ack_sync(timeout=ACK_CONFIRM_S) for m in messages))
         arrived = self._arrived_at
-        confirming = asyncio.create_task(self._confirm(last, ids, arrived, reconnects))
+        confirming = asyncio.create_task(self._confirm(answers, ids, arrived, reconnects))
         self._confirming.add(confirming)
         confirming.add_done_callback(self._confirming.discard)
 
     async def _confirm(
-        self, last: JetStreamMessage, ids: list[str], arrived: float, reconnects: int
+        self, answers: asyncio.Future[list[Any]], ids: list[str], arrived: float, reconnects: int
     ) -> None:
+        answered: list[Any] | None = None
         try:
-            await last.ack_sync(timeout=ACK_CONFIRM_S)
+            async with asyncio.timeout(ACK_CONFIRM_S):
+                answered = await answers
         except (TimeoutError, NatsError):
+            answers.cancel()  # what is still missing is given up on
+        if answered is None or any(isinstance(a, Exception) for a in answered):
             self.counters["ack-unconfirmed"] += 1  # its ids stay in the record: harmless
             return
         in_time = time.monotonic() - arrived < self.spec.ack_wait_s * ACK_WAIT_MARGIN

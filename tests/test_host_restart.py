@@ -27,7 +27,7 @@ from agora.core.errors import InternalError, MalformedEnvelope
 from agora.core.factlog import CHECKPOINT_DIR, LOG_FILE, POSITION_FILE, FactLog
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import Role
-from agora.core.received import MSG_ID_HEADER
+from agora.core.received import MSG_ID_HEADER, RawClient
 from agora.core.signing import pae, sign_fact
 from agora.core.spine import (
     AGENTS_BUCKET,
@@ -269,6 +269,47 @@ async def test_a_batch_is_forgotten_only_once_its_acknowledgement_is_confirmed_i
         assert (request.id in record.unacked) is not in_time
         assert request.id in record.recent
         assert runner.counters["ack-late"] == (0 if in_time else 1)
+
+
+async def test_a_batch_keeps_its_ids_unless_every_acknowledgement_is_confirmed(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In a cluster, the acknowledgement of an earlier message of a batch can be lost in
+    # a change of the consumer's leader while a later one's is taken and confirmed; the
+    # earlier message then comes back after the ack wait, so its id must stay.
+    monkeypatch.setattr(runner_module, "ACK_CONFIRM_S", 1.0)
+    one = {"synth-agent": PAIR["synth-agent"]}
+    quick = {"consumer": {"ack_wait_s": 2, "max_deliver": 5}}
+    async with running_host(tmp_path, components, agents=one, extra=quick) as h:
+        await h.stop_host()  # the two wait in the stream for one batch
+        first = await h.inject("build-coord", "one", hops=1)
+        second = await h.inject("build-coord", "two", hops=1)
+        lost: list[str] = []
+        publish = RawClient.publish
+
+        async def losing_the_first_ack(
+            client: RawClient, subject: str, payload: bytes = b"", **options: Any
+        ) -> None:
+            if payload == b"+ACK" and not lost:
+                lost.append(subject)
+                return
+            await publish(client, subject, payload, **options)
+
+        monkeypatch.setattr(RawClient, "publish", losing_the_first_ack)
+        host = await h.start_host()
+        runner = host.runners["synth-agent"]
+        for _ in range(50):
+            if runner.counters["ack-unconfirmed"] and not runner._confirming:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # the idle agent's record drops what was confirmed
+        assert len(lost) == 1 and runner.counters["ack-unconfirmed"] == 1
+        record = await h.record("synth-agent")
+        assert record.calls == 1  # the two came in one batch
+        assert {first.id, second.id} <= set(record.unacked)
+        await h.settle()  # the first comes back after the ack wait: it was processed
+        assert runner.counters["duplicate"] == 1
+    assert [d.act.id for d in h.deliveries] == [first.id, second.id]
 
 
 def _signed_request(h: Harness, text: str) -> tuple[Act, bytes]:

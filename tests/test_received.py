@@ -11,6 +11,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError
 
@@ -127,21 +128,7 @@ async def test_a_raw_message_is_acknowledged_and_given_back_as_nats_py_does(
 ) -> None:
     raw, plain = clients
     js = plain.jetstream()
-    await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT]))
-    await js.add_consumer(
-        STREAM, ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30)
-    )
-    for text in (b"kept", b"given back"):
-        await js.publish(SUBJECT, text)
-    inbox = raw.new_inbox()
-    taken: list[Received] = []
-    await raw.subscribe_raw(inbox, lambda *wire: taken.append(Received.of(raw, *wire)))
-    await raw.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.c", b'{"batch":2}', reply=inbox)
-    for _ in range(500):
-        if len(taken) == 2:
-            break
-        await asyncio.sleep(0.01)
-    kept, given_back = taken
+    kept, given_back = await _pulled(raw, js, [b"kept", b"given back"])
     await kept.ack_sync(timeout=2)
     await given_back.nak()
     await settled(raw)
@@ -151,6 +138,30 @@ async def test_a_raw_message_is_acknowledged_and_given_back_as_nats_py_does(
     await redelivered.ack_sync()
     info = await js.consumer_info(STREAM, "c")
     assert info.num_ack_pending == 0 and info.num_pending == 0  # "kept" is not coming back
+
+
+async def test_each_acknowledgement_of_a_batch_is_confirmed_on_its_own(
+    clients: tuple[RawClient, Client],
+) -> None:
+    raw, plain = clients
+    js = plain.jetstream()
+    taken = await _pulled(raw, js, [b"0", b"1", b"2"])
+    answers = await raw.acknowledge_confirmed([m.reply for m in taken])
+    assert await asyncio.wait_for(answers, 2) == [None, None, None]
+    info = await js.consumer_info(STREAM, "c")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+    assert not raw._awaiting
+    # an acknowledgement nothing answers: given up on, its place freed
+    await plain.subscribe("silent.ack", cb=_ignore)
+    await settled(plain)
+    unanswered = await raw.acknowledge_confirmed(["silent.ack"])
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await unanswered
+    assert unanswered.done() and not raw._awaiting
+    # one no one listens to: the server's 503 is no confirmation
+    [refused] = await asyncio.wait_for(await raw.acknowledge_confirmed(["nobody.here"]), 2)
+    assert isinstance(refused, APIError) and "503" in str(refused)
 
 
 async def test_publishes_are_acknowledged_in_order_a_repeat_too(
@@ -205,6 +216,27 @@ async def test_an_answer_from_anything_but_a_stream_is_no_acknowledgement(
     with pytest.raises(APIError, match="names no stream and sequence"):
         await raw.publish_acked([("answered.subject", "fake", b"x")])
     assert not raw._awaiting
+
+
+async def _pulled(raw: RawClient, js: JetStreamContext, texts: list[bytes]) -> list[Received]:
+    """``texts`` published to a fresh stream, then pulled through ``raw`` straight off the
+    wire from a durable consumer ``c`` with explicit acknowledgements."""
+    await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT]))
+    await js.add_consumer(
+        STREAM, ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30)
+    )
+    for text in texts:
+        await js.publish(SUBJECT, text)
+    inbox = raw.new_inbox()
+    taken: list[Received] = []
+    await raw.subscribe_raw(inbox, lambda *wire: taken.append(Received.of(raw, *wire)))
+    request = b'{"batch":%d}' % len(texts)
+    await raw.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.c", request, reply=inbox)
+    for _ in range(500):
+        if len(taken) == len(texts):
+            break
+        await asyncio.sleep(0.01)
+    return taken
 
 
 async def _ignore(_: Msg) -> None:

@@ -139,8 +139,17 @@ class Recorder:
         self._syncing = asyncio.create_task(self._sync_forever(), name="agora-recorder-sync")
 
     async def stop(self, *, graceful: bool = True) -> None:
-        """Stop after the batch in hand (graceful), or at once, as a crash would."""
-        await finish(self._task, self._stopping, graceful=graceful)
+        """Stop after the batch in hand (graceful), or at once, as a crash would. The
+        group commit stops, what was appended is made durable (graceful) and the log is
+        checkpointed and let go, whatever the reading task ended with (raised after):
+        everything appended is a checked fact, in stream order."""
+        async with contextlib.AsyncExitStack() as then:  # its steps run last to first
+            then.callback(self._close_log)
+            then.push_async_callback(self._stop_syncing, graceful=graceful)
+            await finish(self._task, self._stopping, graceful=graceful)
+
+    async def _stop_syncing(self, *, graceful: bool) -> None:
+        self._stopping.set()
         self._written.set()  # to wake the group commit, which then ends
         with contextlib.suppress(Exception):  # an fsync's failure is reported already
             await finish(self._syncing, self._stopping, graceful=graceful)
@@ -149,6 +158,8 @@ class Recorder:
         if graceful:
             with contextlib.suppress(OSError):  # stops the recorder, and is said so
                 self.make_durable()
+
+    def _close_log(self) -> None:
         if self.failure is None:
             try:
                 self._log.close()  # checkpoints what was recorded

@@ -24,7 +24,7 @@ from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import InternalError, MalformedEnvelope
-from agora.core.factlog import CHECKPOINT_DIR, LOG_FILE, POSITION_FILE, FactLog
+from agora.core.factlog import CHECKPOINT_DIR, LOG_FILE, POSITION_FILE, FactLog, checkpoint_name
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import Role
 from agora.core.received import MSG_ID_HEADER, RawClient
@@ -56,6 +56,7 @@ from agora.host.agent_record import (
 from agora.host.killswitch import KillSwitch
 from agora.host.nats_server import EmbeddedNats
 from agora.host.record_store import MAX_OUTBOX_PARTS, RecordStore
+from agora.host.tasks import cancel
 from agora.host.watchdog import WatchedSandbox
 from tests.harness import Harness, running_host
 
@@ -1115,6 +1116,36 @@ async def test_a_stop_step_that_fails_leaves_every_other_part_stopped(
         await h.settle()
     recorded = {f.id for f in h.facts()}
     assert {request.id, later.id} <= recorded
+
+
+async def test_a_recorder_whose_reading_ended_with_an_error_still_checkpoints_at_its_stop(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        request = await h.inject("build-coord", "recorded", hops=1)
+        await h.settle()
+        host = h.running()
+        recorder = host.recorder
+        assert recorder is not None
+        await cancel(recorder._task)
+
+        async def failed() -> None:
+            raise RuntimeError("the reading ended")
+
+        recorder._task = asyncio.create_task(failed())
+        await asyncio.wait({recorder._task})
+        with pytest.raises(RuntimeError, match="the reading ended"):
+            await host.stop()
+        h.host = None  # stopped, the recorder's error apart
+        # its log was checkpointed over every fact, and let go: a new host records
+        recorded = h.facts()
+        assert request.id in {f.id for f in recorded}
+        assert (h.facts_dir / CHECKPOINT_DIR / checkpoint_name(len(recorded))).exists()
+        await h.start_host()
+        later = await h.inject("build-coord", "after", hops=1)
+        await h.settle()
+    assert later.id in {f.id for f in h.facts()}
 
 
 async def test_an_agent_whose_loop_failed_still_lets_go_of_its_feed_at_a_stop(

@@ -84,7 +84,11 @@ class Received:
     def of(
         cls, client: Client, subject: bytes, reply: bytes, data: bytes, raw: bytes | None
     ) -> Received:
-        return cls(client, subject.decode(), reply.decode(), data, parse_headers(raw))
+        """A message as read off the wire. A subject that is not UTF-8 (anyone may publish
+        one) is read with its bad bytes escaped, so the message is still handed over, to
+        be refused as what it is, rather than dropped unseen (a gap the recorder would
+        read again for good)."""
+        return cls(client, _text(subject), _text(reply), data, parse_headers(raw))
 
     async def ack(self) -> None:
         await self._client.publish(self.reply, _ACK)
@@ -104,7 +108,11 @@ class Received:
 def parse_headers(raw: bytes | None) -> dict[str, str] | None:
     """The header block's fields, with a status line's code and description under
     :data:`STATUS_HEADER` and :data:`DESCRIPTION_HEADER`; None for no block. A line
-    that is not ``Name: Value`` is skipped, as nats-py skips it."""
+    that is not ``Name: Value`` is skipped, as nats-py skips it. A field given twice
+    with different values reads as empty: which one counts is not for a publisher to
+    blur (the server takes the first ``Nats-Msg-Id`` for its duplicate check, nats-py
+    the last; a copy of an act published again under a fresh first id and its own
+    second one would pass for the original)."""
     if not raw:
         return None
     lines = raw.split(b"\r\n")
@@ -112,7 +120,11 @@ def parse_headers(raw: bytes | None) -> dict[str, str] | None:
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if colon and name and b" " not in name and b"\t" not in name:
-            headers[name.decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+            key = name.decode("ascii", "replace")
+            text = value.strip().decode("utf-8", "replace")
+            if headers.get(key, text) != text:
+                text = ""
+            headers[key] = text
     # a status comes only in the first line: a field of that name is a publisher's
     headers.pop(STATUS_HEADER, None)
     headers.pop(DESCRIPTION_HEADER, None)
@@ -238,6 +250,25 @@ class RawClient(Client):
         if subscription is not None:
             await subscription.unsubscribe()
 
+    async def _process_plain(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        """Hand a message to nats-py, unless it would end nats-py's read loop (which then
+        stops reading for good, every subscription of the connection with it): a subject
+        that is not UTF-8, which nats-py decodes strictly, is dropped and said so."""
+        try:
+            subject.decode()
+            reply.decode()
+        except UnicodeDecodeError:
+            log.warning("a message on a subject that is not UTF-8 is dropped: %r", subject[:200])
+            return
+        try:
+            # nats-py's parser passes None for no headers, whatever its annotation says
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.exception("a message on %r could not be taken; it is dropped", subject[:200])
+            await self._error_cb(exc)
+
     async def _process_headers(self, headers: bytes | None) -> dict[str, str] | None:
         """The header block of a message nats-py still handles, read as
         :func:`parse_headers` reads it: several times faster than nats-py's own reading
@@ -250,8 +281,7 @@ class RawClient(Client):
     ) -> None:
         handler = self._raw.get(sid)
         if handler is None:
-            # nats-py's parser passes None for no headers, whatever its annotation says
-            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            await self._process_plain(sid, subject, reply, data, headers)
             return
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
@@ -260,6 +290,14 @@ class RawClient(Client):
         except Exception as exc:  # nats-py's read loop stops for good on an exception
             log.exception("a message on %r could not be taken; it is dropped", subject[:200])
             await self._error_cb(exc)
+
+
+def _text(wire: bytes) -> str:
+    """A subject or reply subject as text; bytes that are not UTF-8 escaped."""
+    try:
+        return wire.decode()
+    except UnicodeDecodeError:
+        return wire.decode("utf-8", "backslashreplace")
 
 
 def _unconfirmed(_data: bytes, raw: bytes | None) -> Exception | None:

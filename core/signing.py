@@ -21,6 +21,7 @@ from agora.core.envelope import (
     Act,
     Fact,
     decode_fact,
+    parse_json,
     payload_type_of,
     unknown_payload_type,
 )
@@ -117,13 +118,10 @@ def read_envelope(data: bytes, registry: KeyRegistry) -> Signed:
         raise PayloadTooLarge(
             f"envelope is {len(data)} bytes: the limit is {MAX_ENVELOPE_BYTES} bytes"
         )
-    try:
-        envelope = json.loads(data)
-    except ValueError as exc:  # not UTF-8, not JSON, or a number past Python's digit limit
-        raise MalformedEnvelope(f"envelope is not valid UTF-8 JSON: {exc}") from exc
-    except RecursionError as exc:  # "[[[[..." nested deeper than the parser goes
-        raise MalformedEnvelope("envelope is JSON nested too deeply to be an envelope") from exc
-    return read_parsed(envelope, registry)
+    if b"\n" in data or b"\r" in data:
+        raise MalformedEnvelope("envelope spans more than one line: expected compact JSON")
+    # as strictly as the fact log and `agora verify` read it: no key twice, UTF-8 only
+    return read_parsed(parse_json(data, what="envelope"), registry)
 
 
 def read_parsed(envelope: object, registry: KeyRegistry) -> Signed:

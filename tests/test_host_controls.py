@@ -33,6 +33,7 @@ from agora.host import runner as runner_module
 from agora.host.batch import Batch
 from agora.host.sandbox import GuestMessage, GuestOutcome
 from tests.harness import running_host
+from tests.wire import publish_raw
 
 PAIR = {
     "synth-agent": AgentPlan("chatty", ("build-coord",)),
@@ -199,6 +200,60 @@ async def test_a_copy_refused_before_its_original_arrives_does_not_stand_for_it(
         assert counters["replayed"] == 1
         assert counters["duplicate"] == 0
     assert [a.in_reply_to for a in h.acts_by("synth-agent")] == [original.id]
+
+
+async def test_a_message_published_under_two_message_ids_is_refused_as_a_copy(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # The server takes the first Nats-Msg-Id for its duplicate check: a copy of an act
+    # published under a fresh one, then the act's own, is stored. Which id it came
+    # under is ambiguous, so it is refused as a copy, never handed over as the act (a
+    # copy of an act the agent handled long ago would be taken again).
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        act = Act(
+            id=new_id("act"),
+            conversation="conv-two-ids",
+            sender="maintainer",
+            channel="build-coord",
+            act=Performative.REQUEST,
+            payload="under two ids",
+            hops=1,
+            time_ms=now_ms(),
+        )
+        ids = (MSG_ID_HEADER.encode(), MSG_ID_HEADER.encode(), act.id.encode())
+        headers = b"NATS/1.0\r\n%s: a-fresh-id\r\n%s: %s\r\n\r\n" % ids
+        where = h.client.connected_url
+        assert where is not None
+        await publish_raw(
+            f"nats://{where.hostname}:{where.port}",
+            channel_subject("build-coord").encode(),
+            sign_fact(act, h.session.key("maintainer")),
+            headers,
+        )
+        await h.settle()
+        assert h.running().runners["synth-agent"].counters["replayed"] == 1
+    assert not h.deliveries and not h.acts_by("synth-agent")
+
+
+async def test_subjects_that_are_not_utf8_leave_the_host_and_its_recorder_running(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # Anyone who can connect can publish these: one on a channel's subjects, one on
+    # the kill switch's bucket. Neither may stop the recorder or deafen the connection.
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        where = h.client.connected_url
+        assert where is not None
+        url = f"nats://{where.hostname}:{where.port}"
+        await publish_raw(url, b"agora.ch.\xff\xfe", b"junk")
+        await publish_raw(url, b"$KV.agora-control.\xff", b"junk")
+        later = await h.inject("build-coord", "still heard", hops=1)
+        await h.settle()
+        recorder = h.running().recorder
+        assert recorder is not None and recorder.counters.reread == 0
+    assert [a.in_reply_to for a in h.acts_by("synth-agent")] == [later.id]
+    assert later.id in {f.id for f in h.facts()}
 
 
 async def test_a_message_with_no_hops_is_recorded_but_not_delivered(

@@ -18,6 +18,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from agora.core.received import RawClient, Received, parse_headers
 from agora.host.nats_server import EmbeddedNats
 from tests.nats_sync import settled
+from tests.wire import publish_raw
 
 STREAM = "RAWTEST"
 SUBJECT = "raw.test"
@@ -43,6 +44,9 @@ BIG_MESSAGE_ERR_CODE = 10054  # JetStream: message size exceeds maximum allowed
         # a status only ever comes in the first line, never from a publisher's fields
         (b"NATS/1.0\r\nStatus: 409\r\nDescription: gone\r\nA: b\r\n\r\n", {"A": "b"}),
         (b"NATS/1.0 40\xc2\xb2 odd\r\n\r\n", {}),
+        # a field given twice with different values is ambiguous: it reads as empty
+        (b"NATS/1.0\r\nNats-Msg-Id: fresh\r\nNats-Msg-Id: act-1\r\n\r\n", {"Nats-Msg-Id": ""}),
+        (b"NATS/1.0\r\nA: same\r\nA: same\r\n\r\n", {"A": "same"}),
     ],
 )
 def test_a_header_block_reads_as_nats_py_reports_it(
@@ -97,6 +101,33 @@ async def test_a_raw_subscription_sees_what_nats_py_sees(
             break
         await asyncio.sleep(0.01)
     assert len(seen) == 3 and len(taken) == 2  # the raw one is gone, the other is not
+
+
+async def test_a_subject_that_is_not_utf8_stops_no_subscription(
+    nats_server: EmbeddedNats, clients: tuple[RawClient, Client]
+) -> None:
+    # nats-py decodes subjects strictly, and an exception ends its read loop for good:
+    # one such message from anyone would leave the whole connection deaf.
+    raw, _ = clients
+    taken: list[Received] = []
+    seen: list[Msg] = []
+
+    async def callback(message: Msg) -> None:
+        seen.append(message)
+
+    await raw.subscribe_raw("odd.*", lambda *wire: taken.append(Received.of(raw, *wire)))
+    await raw.subscribe("plain.*", cb=callback)
+    await settled(raw)
+    await publish_raw(nats_server.url, b"odd.\xff", b"handed over, escaped")
+    await publish_raw(nats_server.url, b"plain.\xff", b"dropped")
+    await publish_raw(nats_server.url, b"plain.ok", b"after")
+    for _ in range(500):
+        if taken and seen:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.subject for r in taken] == ["odd.\\xff"]  # to be refused as what it is
+    assert [m.data for m in seen] == [b"after"]
+    assert raw.is_connected
 
 
 async def test_a_plain_subscription_reads_headers_as_the_raw_ones_do(

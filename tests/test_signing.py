@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -117,6 +118,30 @@ def test_sender_must_be_the_signer(keys: dict[str, SigningKey], registry: KeyReg
 def test_malformed_envelopes_are_refused(data: bytes, registry: KeyRegistry) -> None:
     with pytest.raises(MalformedEnvelope):
         verify_envelope(data, registry)
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda e: e.replace(b'","payloadType"', b'",\n"payloadType"'), "more than one line"),
+        (lambda e: e.replace(b'{"payload"', b'{"payloadType":"x","payload"', 1), "twice"),
+        (lambda e: "\ufeff".encode() + e, "not valid UTF-8 JSON"),
+        (lambda e: e.decode().encode("utf-16"), "not valid UTF-8 JSON"),
+    ],
+    ids=["newline", "a-key-twice", "byte-order-mark", "utf-16"],
+)
+def test_an_envelope_is_read_as_strictly_as_the_fact_log_reads_it(
+    keys: dict[str, SigningKey],
+    registry: KeyRegistry,
+    change: Callable[[bytes], bytes],
+    said: str,
+) -> None:
+    # Python's json.loads takes each of these; `agora verify` takes none, so none may be
+    # taken in (and recorded) either.
+    envelope = sign_fact(make_act(sender="synth-agent"), keys["synth-agent"])
+    assert verify_envelope(envelope, registry).signer.name == "synth-agent"
+    with pytest.raises(MalformedEnvelope, match=said):
+        verify_envelope(change(envelope), registry)
 
 
 def test_short_signature_is_refused(keys: dict[str, SigningKey], registry: KeyRegistry) -> None:

@@ -105,8 +105,10 @@ def parse_problem(event: str, exc: Exception) -> str:
 def stored_json(data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or a number past Python's digit limit
         raise BadDelivery(f"the stored delivery is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadDelivery("the stored delivery is JSON nested too deeply") from exc
     if not isinstance(value, dict):
         raise BadDelivery("the stored delivery is not a JSON object")
     return value

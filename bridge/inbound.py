@@ -73,7 +73,6 @@ from agora.bridge.labels import CurrentLabels, LabelHandler, Sender, SenderPermi
 from agora.bridge.links import Links
 from agora.bridge.once import OnceOut
 from agora.bridge.speech import (
-    MARKER_PREFIX,
     Author,
     Refusal,
     Speech,
@@ -82,7 +81,7 @@ from agora.bridge.speech import (
     screen_comment,
 )
 from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM, Buckets
-from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER, delivery_problem
+from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER, body_key, delivery_problem
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import InputError, shown
 from agora.core.keys import KeyRegistry, SigningKey
@@ -287,20 +286,22 @@ class InboundWorker:
         delivery = delivery_of(message)
         await self._record(
             EventKind.REFUSED,
-            f"refused-{digest(message)}",
+            f"refused_{digest(message)}",
             reason="bad-delivery",
             detail=f"the delivery cannot be handled: {printable(str(exc))}",
             data=about(message),
         )
         self.counters.refused += 1
+        deliveries = await self._buckets.get(DELIVERIES_BUCKET)
         if delivery_problem(delivery) is None:  # a key the deliveries bucket can hold
-            await (await self._buckets.get(DELIVERIES_BUCKET)).put(delivery, b"refused")
+            await deliveries.put(delivery, b"refused")
+        await deliveries.put(body_key(message.data), b"refused")
 
     async def _give_up(self, message: Msg, attempts: int, exc: Exception) -> None:
         minutes = self._patience.retrying_s() / 60
         await self._record(
             EventKind.FAULT,
-            f"failed-{digest(message)}",
+            f"failed_{digest(message)}",
             reason="delivery-failed",
             detail=(
                 f"given up after {attempts} attempts over about {minutes:.0f} min: "
@@ -321,16 +322,19 @@ class InboundWorker:
         if problem is not None:
             raise BadDelivery(f"{problem}; the stored one is {shown(delivery)}")
         deliveries = await self._buckets.get(DELIVERIES_BUCKET)
-        with contextlib.suppress(KeyNotFoundError):
-            await deliveries.get(delivery)
-            return  # handled before (a redelivery, or a replay after a restart)
+        handled = (delivery, body_key(message.data))  # a body replayed under a new id too
+        for key in handled:
+            with contextlib.suppress(KeyNotFoundError):
+                await deliveries.get(key)
+                return  # handled before (a redelivery, or a replay)
         try:
             payload: Any = parse_obj(event, stored_json(message.data))
         except (ValidationError, ValueError) as exc:
             self.counters.malformed += 1
             raise BadDelivery(parse_problem(event, exc)) from exc
         await self._dispatch(payload, delivery)
-        await deliveries.put(delivery, b"handled")
+        for key in handled:
+            await deliveries.put(key, b"handled")
         self.counters.handled += 1
 
     async def _dispatch(self, payload: object, delivery: str) -> None:
@@ -418,7 +422,7 @@ class InboundWorker:
             refusal, why = verdict
             await self._record(
                 EventKind.REFUSED,
-                f"comment-{seen.comment_id}",
+                f"comment_{seen.comment_id}",
                 reason=refusal.value,
                 detail=why,
                 channel=channel,
@@ -457,7 +461,11 @@ class InboundWorker:
     ) -> None:
         comment = payload.comment
         body = comment.body or ""
-        if self._is_own(body, payload.sender.login):  # e.g. its status comment refreshed
+        # Its own comment (its status comment refreshed, say) by who changed it, never by
+        # the marker in the new body, which anyone can write into an edit of their act
+        # to keep the edit, and then the deletion, off the record. A comment of its own
+        # never became an act anyway, and only what did is recorded.
+        if self._config.login is not None and payload.sender.login == self._config.login:
             self.counters.ignored += 1
             return
         channel = await self._links.channel_for(payload.repository.full_name, payload.issue.number)
@@ -495,11 +503,6 @@ class InboundWorker:
             channel=channel,
             subjects=(act_id,),
             data=data,
-        )
-
-    def _is_own(self, body: str, login: str) -> bool:
-        return MARKER_PREFIX in body or (
-            self._config.login is not None and login == self._config.login
         )
 
     async def _act_of(self, comment_id: int) -> str | None:
@@ -550,6 +553,11 @@ class InboundWorker:
         subjects: tuple[str, ...] = (),
         data: Mapping[str, str] | None = None,
     ) -> None:
+        """Record an event whose id is ``ev-gh-<cause>``: the cause is a delivery id, or
+        a name with ``_`` in it (``comment_<id>``), which no delivery id has (see
+        :func:`~agora.bridge.webhook.delivery_problem`): a delivery id chosen by whoever
+        replays a signed body can never take the id of a fact still to come."""
+
         def sign(ident: str, at_ms: int) -> bytes:
             event = Event(
                 id=ident,

@@ -7,8 +7,9 @@ association, so who may is asked of GitHub: the sender's permission on the repos
 permission, the labels on the issue now) waits a few seconds at most, so one label
 never holds up the deliveries behind it. When GitHub does not answer in time:
 
-- a kill still takes effect (stopping a channel is always safe), and the switch follows
-  the event itself rather than the labels on the issue now;
+- a kill still takes effect (stopping a channel is always safe), on the event's word
+  rather than the labels on the issue now (else an event acts only if the issue still
+  shows what it says: see :meth:`LabelHandler._kill_label`);
 - a resume, a link or an unlink is tried again later (the delivery is put off), since
   nothing may be started or linked by someone who may not.
 
@@ -149,9 +150,16 @@ class LabelHandler:
         if channel is None:
             self._counters.ignored += 1
             return
-        # Deliveries can arrive out of order (redeliveries, retries, replays): the switch
-        # follows whether the label is on the issue now, not what this event says.
+        # Deliveries can arrive out of order (redeliveries, retries) or late: an event acts
+        # only if the issue still shows what it says. A label added and since removed
+        # (or removed and since added) is left to the event that moved it again. So a
+        # "labeled" event never resumes and an "unlabeled" one never kills: what an
+        # event's sender may do is judged on what that event does, never on a state
+        # someone else made (a removal by someone without write access, refused).
         on = await self._label_is_on(change)
+        if on != change.added:
+            self._counters.ignored += 1
+            return
         permission = await self._permission_of(change, stopping=on)
         refused = self._screen(change, permission, stopping=on)
         if refused is not None:
@@ -210,6 +218,9 @@ class LabelHandler:
     # -- link labels --------------------------------------------------------------------
 
     async def _link_label(self, change: LabelChange, name: str) -> None:
+        if await self._label_is_on(change) != change.added:  # moved since: as for kills
+            self._counters.ignored += 1
+            return
         refused = self._screen(change, await self._permission_of(change, stopping=False))
         if refused is not None:
             await self._refuse(change, refused)

@@ -10,7 +10,10 @@ GitHub's rules for integrations (see its REST documentation on rate limits):
   integration") is a refusal for good and is not retried;
 - after a rate limit (and here after a 5xx too): wait ``retry-after`` seconds if given;
   else, if ``x-ratelimit-remaining`` is 0, until ``x-ratelimit-reset``; else at least a
-  minute, doubling with each further failure (:func:`retry_delay`).
+  minute, doubling with each further failure (:func:`retry_delay`); never longer than
+  :data:`LONGEST_WAIT_S` (an hour and a minute: GitHub's limits reset within the hour),
+  whatever an answer says, so a wrong or hostile ``retry-after`` cannot hold every
+  request for good.
 
 A rate limit holds for the whole integration, not for one request: the pacer keeps a
 *blocked until* that every request, read or write, waits for (:meth:`WritePacer.block`).
@@ -22,6 +25,7 @@ which :func:`retry_delay` turns into a delay.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ HOUR_S: Final = 3600.0
 DEFAULT_PER_MINUTE: Final = 80
 DEFAULT_PER_HOUR: Final = 500
 MAX_BACKOFF_S: Final = 15 * MINUTE_S
+LONGEST_WAIT_S: Final = HOUR_S + MINUTE_S
 SERVER_ERRORS: Final = frozenset({500, 502, 503, 504})
 # What GitHub says in the body of a 403 that is a secondary rate limit (the older wording
 # too), in lower case.
@@ -112,11 +117,11 @@ def retry_delay(
     lowered = {k.lower(): v for k, v in headers.items()}
     after = _number(lowered.get("retry-after"))
     if after is not None:
-        return max(after, 0.0)
+        return min(max(after, 0.0), LONGEST_WAIT_S)
     if lowered.get("x-ratelimit-remaining") == "0":
         reset = _number(lowered.get("x-ratelimit-reset"))
         if reset is not None:
-            return max(reset - now_epoch_s, 0.0) + 1.0
+            return min(max(reset - now_epoch_s, 0.0) + 1.0, LONGEST_WAIT_S)
     backoff: float = MINUTE_S * 2.0 ** max(failures - 1, 0)
     return min(backoff, MAX_BACKOFF_S)
 
@@ -125,6 +130,7 @@ def _number(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None  # "inf", "nan": no number of seconds

@@ -3,7 +3,8 @@
 ``POST /webhook`` checks, in this order, and changes nothing when a check fails:
 
 1. the body is no larger than the configured limit, nor than what the NATS server
-   takes in one message (413);
+   takes in one message (413), and arrives within :data:`BODY_READ_S` (408), with at
+   most :data:`MAX_BODIES_READ_AT_ONCE` being read at once (503 past that);
 2. ``X-Hub-Signature-256`` is present (401) and is the HMAC-SHA256 of the exact body
    under the shared secret, compared in constant time (401; a header that is not
    ASCII is no signature either);
@@ -16,8 +17,10 @@
 
 ``ping`` is answered at once; events the bridge does not act on are acknowledged and
 ignored. A delivery already handled (a redelivery or a replay, also after a restart and
-long after JetStream's two-minute duplicate window) is acknowledged with no second
-effect. Anything else is published to the ``AGORA_WEBHOOKS`` stream with
+long after JetStream's two-minute duplicate window), or whose body was (a signed body
+replayed under another delivery id: the signature does not cover the id), is
+acknowledged with no second effect, for as long as the bridge remembers deliveries (30
+days). Anything else is published to the ``AGORA_WEBHOOKS`` stream with
 ``Nats-Msg-Id`` = the delivery id, and only once JetStream has acknowledged it does the
 receiver answer 202; the work happens afterwards (:mod:`agora.bridge.inbound`). If
 JetStream cannot take it, the answer is 503 and GitHub records a failed delivery, which
@@ -29,6 +32,7 @@ reachable.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -58,7 +62,12 @@ JSON_TYPE: Final = "application/json"
 MAX_DELIVERY_CHARS: Final = 50
 # Of the NATS server's message size, for the subject and the headers of a delivery.
 PUBLISH_HEADROOM_BYTES: Final = 4096
-_DELIVERY: Final = re.compile(rf"^[A-Za-z0-9-]{{1,{MAX_DELIVERY_CHARS}}}$")
+# A body must arrive within GitHub's own time for a delivery, and only so many are read
+# at once: a client that sends a body slowly, or never finishes it, holds one place for
+# that long at most, and all of them together hold at most this many bodies' memory.
+BODY_READ_S: Final = 10.0
+MAX_BODIES_READ_AT_ONCE: Final = 32
+_DELIVERY: Final = re.compile(rf"[A-Za-z0-9-]{{1,{MAX_DELIVERY_CHARS}}}")
 _EVENT: Final = re.compile(r"^[a-z_]{1,64}$")
 
 
@@ -68,12 +77,19 @@ def signature_of(secret: str, body: bytes) -> str:
 
 def delivery_problem(delivery: str) -> str | None:
     """What is wrong with a delivery id, or None if it is well formed."""
-    if _DELIVERY.match(delivery):
+    if _DELIVERY.fullmatch(delivery):
         return None
     return (
         f"{DELIVERY_HEADER} must be 1 to {MAX_DELIVERY_CHARS} letters, digits or '-' "
         "(GitHub sends a 36-character GUID)"
     )
+
+
+def body_key(body: bytes) -> str:
+    """The deliveries bucket's key for a delivery's body: GitHub's signature covers the
+    body alone, not the delivery id, so a signed body replayed under another id is known
+    by this. ``_`` keeps it apart from every delivery id, which has none."""
+    return "body_" + hashlib.sha256(body).hexdigest()
 
 
 def body_limit(configured: int, max_payload: int) -> int:
@@ -132,6 +148,7 @@ class WebhookReceiver:
                 self._why_limit,
             )
         self._working = working
+        self._reading = asyncio.Semaphore(MAX_BODIES_READ_AT_ONCE)
         self.accepted = 0
         self.refused = 0
         self.duplicates = 0
@@ -183,8 +200,10 @@ class WebhookReceiver:
         _check_content_type(request)
         try:
             payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # not UTF-8, not JSON, or a number past Python's digit limit
             raise _Refused(400, f"the body is not valid JSON: {exc}") from None
+        except RecursionError:  # "[[[[..." nested deeper than the parser goes
+            raise _Refused(400, "the body is JSON nested too deeply to be an event") from None
         if not isinstance(payload, dict):
             raise _Refused(400, "the body must be a JSON object")
         return event, delivery, body
@@ -196,8 +215,15 @@ class WebhookReceiver:
                 f"the body is {request.content_length} bytes; the limit is "
                 f"{self._max_body}{self._why_limit}",
             )
+        if self._reading.locked():
+            raise _Refused(
+                503, f"{MAX_BODIES_READ_AT_ONCE} deliveries are being read already; try again"
+            )
         try:
-            return await request.read()
+            async with self._reading, asyncio.timeout(BODY_READ_S):
+                return await request.read()
+        except TimeoutError:
+            raise _Refused(408, f"the body did not arrive within {BODY_READ_S:.0f} s") from None
         except web.HTTPRequestEntityTooLarge:
             raise _Refused(
                 413, f"the body is over the limit of {self._max_body} bytes{self._why_limit}"
@@ -213,18 +239,21 @@ class WebhookReceiver:
         ):
             raise _Refused(401, f"{SIGNATURE_HEADER} does not match the body and the secret")
 
-    async def _seen(self, delivery: str) -> bool:
+    async def _seen(self, delivery: str, body: bytes) -> bool:
+        """Whether the delivery, or its body under any delivery id, was handled."""
         kv = await self._buckets.get(DELIVERIES_BUCKET)
-        try:
-            await kv.get(delivery)
-        except KeyNotFoundError:
-            return False
-        return True
+        for key in (delivery, body_key(body)):
+            try:
+                await kv.get(key)
+            except KeyNotFoundError:
+                continue
+            return True
+        return False
 
     async def _publish(self, event: str, delivery: str, body: bytes) -> web.Response:
         js = self._nc.jetstream()
         try:
-            if await self._seen(delivery):
+            if await self._seen(delivery, body):
                 self.duplicates += 1
                 return web.json_response({"duplicate": delivery}, status=200)
             ack = await js.publish(

@@ -26,7 +26,7 @@ from agora.bridge.streams import (
     WEBHOOK_SUBJECT_PREFIX,
     ensure_bridge_streams,
 )
-from agora.bridge.webhook import signature_of
+from agora.bridge.webhook import body_key, signature_of
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
 from agora.core.envelope import Act, Event, EventKind
@@ -106,6 +106,24 @@ async def test_edits_and_deletions_are_recorded(
         [deleted] = loop.host.events(EventKind.DELETED)
     assert edited.subjects == deleted.subjects == (act_id_for_comment(comment),)
     assert edited.detail == "second thoughts"
+
+
+async def test_an_edit_that_writes_the_bridges_marker_is_recorded_all_the_same(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # The marker says "the bridge's own comment" only when the bridge wrote it: an author
+    # writing it into an edit of their act must not keep the edit and the deletion off
+    # the record.
+    async with github_loop(tmp_path, components, agents={}) as loop:
+        comment = loop.github.comment(REPO, loop.issue, "first words", by=HUMAN)
+        await loop.delivered()
+        loop.github.edit_comment(REPO, comment, "changed <!-- agora:status -->", by=HUMAN)
+        loop.github.delete_comment(REPO, comment, by=HUMAN)
+        await loop.delivered()
+        [edited] = loop.host.events(EventKind.EDITED)
+        [deleted] = loop.host.events(EventKind.DELETED)
+    assert edited.subjects == deleted.subjects == (act_id_for_comment(comment),)
+    assert edited.detail == "changed <!-- agora:status -->"
 
 
 async def test_the_kill_label_stops_the_channel_and_unlabel_resumes_it(
@@ -233,9 +251,11 @@ async def test_comments_made_while_the_bridge_was_down_are_caught_up_once(
         assert [e.reason for e in refused] == ["not-allowed"]
 
 
-async def test_an_out_of_order_or_replayed_unlabel_cannot_resume_a_killed_channel(
+async def test_a_signed_body_replayed_under_another_delivery_id_has_no_second_effect(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
+    # GitHub's signature covers the body, not the delivery id: anyone holding an old
+    # delivery can post it again under a fresh id. Its body was handled: no effect.
     async with github_loop(tmp_path, components, agents=SYNTH) as loop:
         loop.github.add_label(REPO, loop.issue, "agora:kill", by=HUMAN)
         loop.github.remove_label(REPO, loop.issue, "agora:kill", by=HUMAN)
@@ -243,8 +263,6 @@ async def test_an_out_of_order_or_replayed_unlabel_cannot_resume_a_killed_channe
         await loop.delivered()
         host = loop.host.running()
         await host.killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
-        # The old "unlabeled" delivery, replayed under a fresh delivery id: its signature
-        # is genuine, but the label is on the issue, so the channel stays killed.
         [unlabeled] = [d for d in loop.github.deliveries if d.action == "unlabeled"]
         headers = {
             "Content-Type": "application/json",
@@ -255,9 +273,24 @@ async def test_an_out_of_order_or_replayed_unlabel_cannot_resume_a_killed_channe
         async with aiohttp.ClientSession() as session:
             url = loop.bridge.url + "/webhook"
             async with session.post(url, data=unlabeled.body, headers=headers) as response:
-                assert response.status == 202
+                assert response.status == 200
+                assert await response.json() == {"duplicate": "replayed-0001"}
         await loop.delivered()
         assert host.killswitch.state.blocks("synth-agent", "build-coord")
+        # the removal found the label back on when it was handled: it resumed nothing
+        assert [e for e in loop.host.events(EventKind.RESUMED) if e.actor == "bridge"] == []
+        # one that reached the stream all the same (before its first copy was handled,
+        # say) is known by its body there too, and handled once
+        inbound = loop.bridge.inbound
+        assert inbound is not None
+        handled = inbound.counters.handled
+        await loop.host.js.publish(
+            "agora.gh.issues",
+            unlabeled.body,
+            headers={**headers, "X-GitHub-Delivery": "replayed-0002", "Nats-Msg-Id": "r-2"},
+        )
+        await loop.delivered()
+        assert inbound.counters.handled == handled
 
 
 async def test_another_repository_cannot_link_or_speak(
@@ -293,7 +326,9 @@ async def test_a_comment_handled_again_long_after_publishes_the_very_same_act(
         [delivery] = [d for d in loop.github.deliveries if d.event == "issue_comment"]
         js = loop.host.js
         await (await js.key_value(BRIDGE_BUCKET)).purge(f"seen.{comment}")
-        await (await js.key_value(DELIVERIES_BUCKET)).purge(delivery.guid)
+        handled = await js.key_value(DELIVERIES_BUCKET)
+        for key in (delivery.guid, body_key(delivery.body)):  # as if never marked handled
+            await handled.purge(key)
         for name in (STREAM, WEBHOOK_STREAM):
             info = await js.stream_info(name)
             await js.update_stream(replace(info.config, duplicate_window=0.2))

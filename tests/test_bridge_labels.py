@@ -54,6 +54,35 @@ async def test_someone_without_write_access_cannot_resume_or_link_by_label(
     assert "agora labels need write access" in refused[0].detail
 
 
+async def test_a_label_added_and_since_removed_resumes_nothing(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # A writer's "labeled" delivery handled late, after someone without write access
+    # took the label off (refused): the label is off now, but a "labeled" event never
+    # resumes. Else that removal, refused, would still lift a kill (here an operator's).
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET) as loop:
+        switch = loop.host.running().killswitch
+        await loop.host.switch(EventKind.KILLED, channel="build-coord")
+        await switch.wait_for(lambda state: bool(state.stopped))
+        await loop.bridge.caught_up.wait()
+        await loop.stop_bridge()
+        loop.github.add_label(REPO, loop.issue, KILL, by=HUMAN)
+        loop.github.remove_label(REPO, loop.issue, KILL, by="drive-by")
+        await loop.github.drain()
+        late = [d for d in loop.github.deliveries if d.event == "issues"]
+        assert [d.action for d in late] == ["labeled", "unlabeled"]
+        await loop.restart_bridge()
+        await loop.bridge.caught_up.wait()
+        for delivery in late:
+            loop.github.redeliver(delivery.id)
+            await loop.delivered()
+        await until(lambda: bool(_refusals(loop)), what="the removal's refusal")
+        assert switch.state.stopped  # still killed
+        assert [e for e in loop.host.events(EventKind.RESUMED) if e.actor == "bridge"] == []
+    [refused] = _refusals(loop)
+    assert (refused.reason, refused.data["login"]) == ("not-allowed", "drive-by")
+
+
 async def test_a_login_on_the_allow_list_may_kill_without_write_access(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from agora.bridge.pacing import MAX_BACKOFF_S, WritePacer, is_rate_limited, retry_delay
+from agora.bridge.pacing import (
+    LONGEST_WAIT_S,
+    MAX_BACKOFF_S,
+    WritePacer,
+    is_rate_limited,
+    retry_delay,
+)
 
 
 def test_no_more_than_80_writes_in_any_minute() -> None:
@@ -50,6 +56,11 @@ SECONDARY = "You have exceeded a secondary rate limit. Please wait a few minutes
         (503, {}, "", 30, MAX_BACKOFF_S),
         (404, {}, "", 1, None),
         (422, {"retry-after": "1"}, "", 1, None),
+        # never longer than an hour and a minute, whatever the answer says
+        (429, {"retry-after": "1000000000"}, "", 1, LONGEST_WAIT_S),
+        (403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "9e12"}, "", 1, LONGEST_WAIT_S),
+        (429, {"retry-after": "inf"}, "", 1, 60.0),
+        (429, {"retry-after": "nan"}, "", 1, 60.0),
     ],
 )
 def test_retry_delay_follows_githubs_order(

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from nats.aio.client import Client
 
+from agora.bridge import webhook
 from agora.bridge.config import Secret
 from agora.bridge.streams import WEBHOOK_STREAM, ensure_bridge_streams
 from agora.bridge.webhook import PUBLISH_HEADROOM_BYTES, WebhookReceiver, signature_of
@@ -121,6 +122,52 @@ async def test_a_delivery_id_too_long_to_name_its_facts_is_refused_with_400(
     assert "1 to 50 letters, digits or '-'" in error
     status, _ = await _post(served.url, BODY, _headers(delivery="a" * 50))
     assert status == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"n": ' + b"9" * 5000 + b"}", "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+    ],
+    ids=["nested-too-deeply", "a-number-too-long", "not-utf8"],
+)
+async def test_a_signed_body_that_is_no_json_event_is_refused_with_400(
+    served: Served, body: bytes, said: str
+) -> None:
+    status, error = await _post(served.url, body, _headers(body))
+    assert status == 400
+    assert said in error
+    assert served.receiver.refused == 1
+    assert await served.stored() == 0
+
+
+async def test_a_body_sent_too_slowly_holds_its_place_for_a_bounded_time(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unsigned clients that start a body and never finish it must not hold the
+    # receiver's memory, or its places, for good.
+    monkeypatch.setattr(webhook, "BODY_READ_S", 0.5)
+    monkeypatch.setattr(webhook, "MAX_BODIES_READ_AT_ONCE", 1)
+    async with _serve(nats_server, 1024 * 1024) as served:
+        port = int(served.url.rsplit(":", 1)[1].split("/", 1)[0])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000\r\n\r\n" + b"{" * 10
+        )
+        await writer.drain()
+        await asyncio.sleep(0.1)  # its body is being read: the one place is taken
+        status, error = await _post(served.url, BODY, _headers(delivery="d-busy"))
+        assert (status, error) == (503, "1 deliveries are being read already; try again")
+        answer = await asyncio.wait_for(reader.readline(), 5)
+        assert answer.split()[1] == b"408"
+        writer.close()
+        status, _ = await _post(served.url, BODY, _headers(delivery="d-after"))
+        assert status == 202
+        assert served.receiver.refused == 2
+        assert await served.stored() == 1
 
 
 async def test_a_body_the_nats_server_cannot_store_is_refused_with_413_not_503(

@@ -184,6 +184,7 @@ class InboundWorker:
             out=self._out,
             record=self._record,
             counters=self.counters,
+            buckets=self._buckets,
             current_labels=current_labels,
             sender_permission=sender_permission,
             github_read_s=patience.github_read_s,

@@ -7,9 +7,7 @@ association, so who may is asked of GitHub: the sender's permission on the repos
 permission, the labels on the issue now) waits a few seconds at most, so one label
 never holds up the deliveries behind it. When GitHub does not answer in time:
 
-- a kill still takes effect (stopping a channel is always safe), on the event's word
-  rather than the labels on the issue now (else an event acts only if the issue still
-  shows what it says: see :meth:`LabelHandler._kill_label`);
+- a kill still takes effect (stopping a channel is always safe);
 - a resume, a link or an unlink is tried again later (the delivery is put off), since
   nothing may be started or linked by someone who may not.
 
@@ -21,6 +19,7 @@ left as they were. A link keeps the time of its ``labeled`` event, by GitHub's c
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -29,11 +28,13 @@ from typing import Protocol
 
 from githubkit_schemas.latest.models import WebhookIssuesLabeled, WebhookIssuesUnlabeled
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
 from agora.bridge.config import BridgeConfig
 from agora.bridge.links import Links
 from agora.bridge.once import OnceOut
 from agora.bridge.speech import Refusal, screen_labeller
+from agora.bridge.streams import BRIDGE_BUCKET, Buckets
 from agora.core.acts import check_channel
 from agora.core.control import record_and_switch
 from agora.core.envelope import Event, EventKind
@@ -109,6 +110,7 @@ class LabelHandler:
         out: OnceOut,
         record: Record,
         counters: Counters,
+        buckets: Buckets,
         current_labels: CurrentLabels | None,
         sender_permission: SenderPermission | None,
         github_read_s: float,
@@ -121,6 +123,7 @@ class LabelHandler:
         self._out = out
         self._record = record
         self._counters = counters
+        self._buckets = buckets
         self._current_labels = current_labels
         self._sender_permission = sender_permission
         self._read_s = github_read_s
@@ -150,22 +153,49 @@ class LabelHandler:
         if channel is None:
             self._counters.ignored += 1
             return
-        # Deliveries can arrive out of order (redeliveries, retries) or late: an event acts
-        # only if the issue still shows what it says. A label added and since removed
-        # (or removed and since added) is left to the event that moved it again. So a
-        # "labeled" event never resumes and an "unlabeled" one never kills: what an
-        # event's sender may do is judged on what that event does, never on a state
-        # someone else made (a removal by someone without write access, refused).
-        on = await self._label_is_on(change)
-        if on != change.added:
+        # Deliveries arrive out of order (redeliveries, retries) or late, and a replay
+        # is an old one again: the switch follows the latest label event taken (by
+        # GitHub's clock), each event doing what it says (a "labeled" event never
+        # resumes, an "unlabeled" one never kills), and what a sender may do is judged
+        # on their own event, never on a state someone else made (a removal by someone
+        # without write access, refused, leaves the label off but moves nothing).
+        # Within one second GitHub's clock cannot tell two events apart: the labels on
+        # the issue now decide whether that one still stands.
+        taken = await self._last_taken(change)
+        if taken is not None and (
+            change.at < taken
+            or (change.at == taken and await self._label_is_on(change) != change.added)
+        ):
             self._counters.ignored += 1
             return
+        on = change.added
         permission = await self._permission_of(change, stopping=on)
         refused = self._screen(change, permission, stopping=on)
         if refused is not None:
             await self._refuse(change, refused, channel)
             return
         await self._switch(change, channel, on=on)
+        await self._taken(change)
+
+    def _taken_key(self, change: LabelChange) -> str:
+        issue = f"{change.repo.lower()}#{change.number}"
+        return "kill-label." + hashlib.sha256(issue.encode()).hexdigest()[:32]
+
+    async def _last_taken(self, change: LabelChange) -> datetime | None:
+        """When the latest kill label event taken for the issue happened (GitHub's clock)."""
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
+        try:
+            entry = await bucket.get(self._taken_key(change))
+        except KeyNotFoundError:
+            return None
+        try:
+            return datetime.fromisoformat((entry.value or b"").decode())
+        except ValueError:  # not one the bridge wrote: no order to keep
+            return None
+
+    async def _taken(self, change: LabelChange) -> None:
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
+        await bucket.put(self._taken_key(change), change.at.isoformat().encode())
 
     async def _switch(self, change: LabelChange, channel: str, *, on: bool) -> None:
         kind = EventKind.KILLED if on else EventKind.RESUMED

@@ -11,9 +11,12 @@ never holds up the deliveries behind it. When GitHub does not answer in time:
 - a resume, a link or an unlink is tried again later (the delivery is put off), since
   nothing may be started or linked by someone who may not.
 
-A refused label is a ``refused`` fact naming who and why; the switch and the links are
-left as they were. A link keeps the time of its ``labeled`` event, by GitHub's clock
-(:mod:`agora.bridge.links`): the catch-up injects nothing said before it.
+The kill label's switch follows the latest label event taken, by GitHub's clock, each
+event doing what it says (see :meth:`LabelHandler._kill_label`); a link label acts only
+if the issue still shows what its event says. A refused label is a ``refused`` fact
+naming who and why; the switch and the links are left as they were. A link keeps the
+time of its ``labeled`` event, by GitHub's clock (:mod:`agora.bridge.links`): the
+catch-up injects nothing said before it.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ from agora.bridge.speech import (
     screen_comment,
 )
 from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, WEBHOOK_STREAM, Buckets
-from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER, body_key, delivery_problem
+from agora.bridge.webhook import DELIVERY_HEADER, EVENT_HEADER, delivery_problem, handled_keys
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import InputError, shown
 from agora.core.keys import KeyRegistry, SigningKey
@@ -294,9 +294,10 @@ class InboundWorker:
         )
         self.counters.refused += 1
         deliveries = await self._buckets.get(DELIVERIES_BUCKET)
-        if delivery_problem(delivery) is None:  # a key the deliveries bucket can hold
-            await deliveries.put(delivery, b"refused")
-        await deliveries.put(body_key(message.data), b"refused")
+        event = (message.headers or {}).get(EVENT_HEADER, "")
+        for key in handled_keys(event, delivery, message.data):
+            if key != delivery or delivery_problem(delivery) is None:  # a key it can hold
+                await deliveries.put(key, b"refused")
 
     async def _give_up(self, message: Msg, attempts: int, exc: Exception) -> None:
         minutes = self._patience.retrying_s() / 60
@@ -323,7 +324,7 @@ class InboundWorker:
         if problem is not None:
             raise BadDelivery(f"{problem}; the stored one is {shown(delivery)}")
         deliveries = await self._buckets.get(DELIVERIES_BUCKET)
-        handled = (delivery, body_key(message.data))  # a body replayed under a new id too
+        handled = handled_keys(event, delivery, message.data)  # a body replayed too
         for key in handled:
             with contextlib.suppress(KeyNotFoundError):
                 await deliveries.get(key)

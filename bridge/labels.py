@@ -11,9 +11,9 @@ never holds up the deliveries behind it. When GitHub does not answer in time:
 - a resume, a link or an unlink is tried again later (the delivery is put off), since
   nothing may be started or linked by someone who may not.
 
-The kill label's switch follows the latest label event taken, by GitHub's clock, each
-event doing what it says (see :meth:`LabelHandler._kill_label`); a link label acts only
-if the issue still shows what its event says. A refused label is a ``refused`` fact
+The kill label's switch, and each link label's link, follow the latest event taken for
+that label on that issue, by GitHub's clock, each event doing what it says (see
+:meth:`LabelHandler._kill_label`). A refused label is a ``refused`` fact
 naming who and why; the switch and the links are left as they were. A link keeps the
 time of its ``labeled`` event, by GitHub's clock (:mod:`agora.bridge.links`): the
 catch-up injects nothing said before it.
@@ -162,13 +162,7 @@ class LabelHandler:
         # resumes, an "unlabeled" one never kills), and what a sender may do is judged
         # on their own event, never on a state someone else made (a removal by someone
         # without write access, refused, leaves the label off but moves nothing).
-        # Within one second GitHub's clock cannot tell two events apart: the labels on
-        # the issue now decide whether that one still stands.
-        taken = await self._last_taken(change)
-        if taken is not None and (
-            change.at < taken
-            or (change.at == taken and await self._label_is_on(change) != change.added)
-        ):
+        if await self._superseded(change):
             self._counters.ignored += 1
             return
         on = change.added
@@ -180,12 +174,22 @@ class LabelHandler:
         await self._switch(change, channel, on=on)
         await self._taken(change)
 
+    async def _superseded(self, change: LabelChange) -> bool:
+        """Whether a later event for the same label on the same issue was taken already.
+        Within one second GitHub's clock cannot tell two events apart: the labels on the
+        issue now decide whether this one still stands."""
+        taken = await self._last_taken(change)
+        if taken is None or change.at > taken:
+            return False
+        return change.at < taken or await self._label_is_on(change) != change.added
+
     def _taken_key(self, change: LabelChange) -> str:
-        issue = f"{change.repo.lower()}#{change.number}"
-        return "kill-label." + hashlib.sha256(issue.encode()).hexdigest()[:32]
+        which = f"{change.repo.lower()}#{change.number}\n{change.label}"
+        return "label." + hashlib.sha256(which.encode()).hexdigest()[:32]
 
     async def _last_taken(self, change: LabelChange) -> datetime | None:
-        """When the latest kill label event taken for the issue happened (GitHub's clock)."""
+        """When the latest event taken for this label on this issue happened, by
+        GitHub's clock."""
         bucket = await self._buckets.get(BRIDGE_BUCKET)
         try:
             entry = await bucket.get(self._taken_key(change))
@@ -251,7 +255,7 @@ class LabelHandler:
     # -- link labels --------------------------------------------------------------------
 
     async def _link_label(self, change: LabelChange, name: str) -> None:
-        if await self._label_is_on(change) != change.added:  # moved since: as for kills
+        if await self._superseded(change):  # as for the kill label
             self._counters.ignored += 1
             return
         refused = self._screen(change, await self._permission_of(change, stopping=False))
@@ -275,6 +279,7 @@ class LabelHandler:
             )
             self._counters.refused += 1
             return
+        await self._taken(change)
         if not changed:  # linked so already, or no label's link to remove
             self._counters.ignored += 1
             return

@@ -17,10 +17,11 @@
 
 ``ping`` is answered at once; events the bridge does not act on are acknowledged and
 ignored. A delivery already handled (a redelivery or a replay, also after a restart and
-long after JetStream's two-minute duplicate window), or whose body was (a signed body
-replayed under another delivery id: the signature does not cover the id), is
-acknowledged with no second effect, for as long as the bridge remembers deliveries (30
-days). Anything else is published to the ``AGORA_WEBHOOKS`` stream with
+long after JetStream's two-minute duplicate window), or a comment event whose body was
+(a signed body replayed under another delivery id: the signature does not cover the
+id), is acknowledged with no second effect, for as long as the bridge remembers
+deliveries (30 days). A label event replayed is an old one, superseded by the time
+order of its label's events. Anything else is published to the ``AGORA_WEBHOOKS`` stream with
 ``Nats-Msg-Id`` = the delivery id, and only once JetStream has acknowledged it does the
 receiver answer 202; the work happens afterwards (:mod:`agora.bridge.inbound`). If
 JetStream cannot take it, the answer is 503 and GitHub records a failed delivery, which
@@ -53,6 +54,12 @@ from agora.core.received import MSG_ID_HEADER
 log = logging.getLogger(__name__)
 
 HANDLED_EVENTS: Final = frozenset({"issue_comment", "issues"})
+# Events whose body is remembered too (:func:`body_key`), so that one replayed under
+# another delivery id has no second effect. Not label events: two of them can be the
+# very same bytes (a label added, removed and added again within one second), and each
+# is ordered by GitHub's clock instead (:mod:`agora.bridge.labels`), where a replay is
+# an old event, superseded.
+BODY_DEDUPED_EVENTS: Final = frozenset({"issue_comment"})
 SIGNATURE_HEADER: Final = "X-Hub-Signature-256"
 EVENT_HEADER: Final = "X-GitHub-Event"
 DELIVERY_HEADER: Final = "X-GitHub-Delivery"
@@ -90,6 +97,13 @@ def body_key(body: bytes) -> str:
     body alone, not the delivery id, so a signed body replayed under another id is known
     by this. ``_`` keeps it apart from every delivery id, which has none."""
     return "body_" + hashlib.sha256(body).hexdigest()
+
+
+def handled_keys(event: str, delivery: str, body: bytes) -> tuple[str, ...]:
+    """The deliveries bucket's keys that say a delivery was handled."""
+    if event in BODY_DEDUPED_EVENTS:
+        return (delivery, body_key(body))
+    return (delivery,)
 
 
 def body_limit(configured: int, max_payload: int) -> int:
@@ -239,10 +253,10 @@ class WebhookReceiver:
         ):
             raise _Refused(401, f"{SIGNATURE_HEADER} does not match the body and the secret")
 
-    async def _seen(self, delivery: str, body: bytes) -> bool:
+    async def _seen(self, event: str, delivery: str, body: bytes) -> bool:
         """Whether the delivery, or its body under any delivery id, was handled."""
         kv = await self._buckets.get(DELIVERIES_BUCKET)
-        for key in (delivery, body_key(body)):
+        for key in handled_keys(event, delivery, body):
             try:
                 await kv.get(key)
             except KeyNotFoundError:
@@ -253,7 +267,7 @@ class WebhookReceiver:
     async def _publish(self, event: str, delivery: str, body: bytes) -> web.Response:
         js = self._nc.jetstream()
         try:
-            if await self._seen(delivery, body):
+            if await self._seen(event, delivery, body):
                 self.duplicates += 1
                 return web.json_response({"duplicate": delivery}, status=200)
             ack = await js.publish(

@@ -253,15 +253,12 @@ class RawClient(Client):
     async def _process_plain(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
-        """Hand a message to nats-py, unless it would end nats-py's read loop (which then
+        """Hand a message to nats-py, in a form that cannot end its read loop (which then
         stops reading for good, every subscription of the connection with it): a subject
-        that is not UTF-8, which nats-py decodes strictly, is dropped and said so."""
-        try:
-            subject.decode()
-            reply.decode()
-        except UnicodeDecodeError:
-            log.warning("a message on a subject that is not UTF-8 is dropped: %r", subject[:200])
-            return
+        that is not UTF-8, which nats-py decodes strictly, is handed over with its bad
+        bytes escaped. Not dropped: an ordered consumer (a bucket's watcher) would take
+        the gap for a lost message and start again at it, for good."""
+        subject, reply = _text(subject).encode(), _text(reply).encode()
         try:
             # nats-py's parser passes None for no headers, whatever its annotation says
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]

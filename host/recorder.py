@@ -132,6 +132,7 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._syncing: asyncio.Task[None] | None = None
         self._fsyncing: asyncio.Future[None] | None = None  # the fsync in a worker thread
+        self._position_writing: asyncio.Future[None] | None = None  # likewise, the position
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -153,8 +154,9 @@ class Recorder:
         self._written.set()  # to wake the group commit, which then ends
         with contextlib.suppress(Exception):  # an fsync's failure is reported already
             await finish(self._syncing, self._stopping, graceful=graceful)
-        if self._fsyncing is not None:  # a crash's cancel does not stop a thread: wait
-            await asyncio.wait({self._fsyncing})
+        for writing in (self._fsyncing, self._position_writing):
+            if writing is not None:  # a crash's cancel does not stop a thread: wait
+                await asyncio.wait({writing})
         if graceful:
             with contextlib.suppress(OSError):  # stops the recorder, and is said so
                 self.make_durable()
@@ -351,17 +353,37 @@ class Recorder:
             self.checkpoint()
 
     def _save_position(self, *, force: bool) -> None:
-        """Write the synced position, if it is due (see :meth:`_position_due`), here."""
+        """Write the synced position, if it is due (see :meth:`_position_due`), here (at
+        a stop or a snapshot, which sync the log here too)."""
         due = self._position_due(force=force)
         if due is not None:
-            self._write_position(due)
+            try:
+                self._write_position(due)
+            except OSError as exc:
+                self._position_not_saved(exc)
 
     async def _save_position_soon(self) -> None:
         """Write the synced position, if it is due, in a worker thread: it is fsynced,
-        and the event loop does not wait on the disk."""
+        and the event loop does not wait on the disk. A stop waits for the thread."""
         due = self._position_due(force=False)
-        if due is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._write_position, due)
+        if due is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._position_writing = loop.run_in_executor(None, self._write_position, due)
+        try:
+            await asyncio.shield(self._position_writing)
+        except OSError as exc:
+            self._position_not_saved(exc)
+
+    def _position_not_saved(self, exc: OSError) -> None:
+        """A position not saved costs only a re-read after a restart: the recorder goes
+        on, and tries again at the next chance."""
+        self._saved_position = -1
+        log.warning(
+            "recorder: its position could not be saved (%s); a restart would read again "
+            "from the last one saved",
+            exc,
+        )
 
     def _position_due(self, *, force: bool) -> Position | None:
         """The synced position, to write at most every POSITION_EVERY_S (always if

@@ -411,6 +411,7 @@ class AgentRunner:
         confirming = asyncio.create_task(self._confirm(answers, ids, arrived, reconnects))
         self._confirming.add(confirming)
         confirming.add_done_callback(self._confirming.discard)
+        confirming.add_done_callback(lambda _: answers.cancel())  # cancelled before it ran
 
     async def _confirm(
         self, answers: asyncio.Future[list[Any]], ids: list[str], arrived: float, reconnects: int

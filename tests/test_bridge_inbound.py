@@ -251,11 +251,34 @@ async def test_comments_made_while_the_bridge_was_down_are_caught_up_once(
         assert [e.reason for e in refused] == ["not-allowed"]
 
 
-async def test_a_signed_body_replayed_under_another_delivery_id_has_no_second_effect(
+async def test_a_signed_comment_body_replayed_under_another_delivery_id_has_no_second_effect(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
     # GitHub's signature covers the body, not the delivery id: anyone holding an old
     # delivery can post it again under a fresh id. Its body was handled: no effect.
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET) as loop:
+        comment = loop.github.comment(REPO, loop.issue, "first words", by=HUMAN)
+        loop.github.edit_comment(REPO, comment, "second thoughts", by=HUMAN)
+        await loop.delivered()
+        [edit] = [d for d in loop.github.deliveries if d.action == "edited"]
+        answer = await _post_webhook(loop, "issue_comment", "replayed-0001", edit.body)
+        assert answer == (200, {"duplicate": "replayed-0001"})
+        # one that reached the stream all the same (before its first copy was handled,
+        # say) is known by its body there too
+        await loop.host.js.publish(
+            WEBHOOK_SUBJECT_PREFIX + "issue_comment",
+            edit.body,
+            headers={"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": "replayed-0002"},
+        )
+        await loop.delivered()
+        assert len(loop.host.events(EventKind.EDITED)) == 1
+
+
+async def test_a_label_event_replayed_under_another_delivery_id_is_superseded(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # A label event's body is not remembered (two can be the very same bytes): a
+    # replay is an old event, and a later one for the label was taken already.
     async with github_loop(tmp_path, components, agents=SYNTH) as loop:
         loop.github.add_label(REPO, loop.issue, "agora:kill", by=HUMAN)
         loop.github.remove_label(REPO, loop.issue, "agora:kill", by=HUMAN)
@@ -264,33 +287,11 @@ async def test_a_signed_body_replayed_under_another_delivery_id_has_no_second_ef
         host = loop.host.running()
         await host.killswitch.wait_for(lambda s: s.blocks("synth-agent", "build-coord"))
         [unlabeled] = [d for d in loop.github.deliveries if d.action == "unlabeled"]
-        headers = {
-            "Content-Type": "application/json",
-            "X-GitHub-Event": "issues",
-            "X-GitHub-Delivery": "replayed-0001",
-            "X-Hub-Signature-256": signature_of(SECRET, unlabeled.body),
-        }
-        async with aiohttp.ClientSession() as session:
-            url = loop.bridge.url + "/webhook"
-            async with session.post(url, data=unlabeled.body, headers=headers) as response:
-                assert response.status == 200
-                assert await response.json() == {"duplicate": "replayed-0001"}
+        status, _ = await _post_webhook(loop, "issues", "replayed-0001", unlabeled.body)
+        assert status == 202
         await loop.delivered()
         assert host.killswitch.state.blocks("synth-agent", "build-coord")
-        # the removal found the label back on when it was handled: it resumed nothing
-        assert [e for e in loop.host.events(EventKind.RESUMED) if e.actor == "bridge"] == []
-        # one that reached the stream all the same (before its first copy was handled,
-        # say) is known by its body there too, and handled once
-        inbound = loop.bridge.inbound
-        assert inbound is not None
-        handled = inbound.counters.handled
-        await loop.host.js.publish(
-            "agora.gh.issues",
-            unlabeled.body,
-            headers={**headers, "X-GitHub-Delivery": "replayed-0002", "Nats-Msg-Id": "r-2"},
-        )
-        await loop.delivered()
-        assert inbound.counters.handled == handled
+        assert loop.bridge.inbound is not None and loop.bridge.inbound.counters.ignored >= 1
 
 
 async def test_another_repository_cannot_link_or_speak(
@@ -372,8 +373,10 @@ def _refused(loop: Loop, reason: str) -> list[Event]:
     return [e for e in loop.host.events(EventKind.REFUSED) if e.reason == reason]
 
 
-async def _post_webhook(loop: Loop, event: str, delivery: str, body: bytes) -> None:
-    """Send a delivery as GitHub would, signed with the webhook's secret."""
+async def _post_webhook(loop: Loop, event: str, delivery: str, body: bytes) -> tuple[int, object]:
+    """Send a delivery as GitHub would, signed with the webhook's secret (or a signed body
+    posted again, as anyone holding it could, under a delivery id of their choosing);
+    the receiver's status and answer."""
     headers = {
         "Content-Type": "application/json",
         "X-GitHub-Event": event,
@@ -384,7 +387,7 @@ async def _post_webhook(loop: Loop, event: str, delivery: str, body: bytes) -> N
         aiohttp.ClientSession() as session,
         session.post(loop.bridge.url + "/webhook", data=body, headers=headers) as response,
     ):
-        assert response.status == 202
+        return response.status, await response.json()
 
 
 def test_a_failing_delivery_is_retried_ever_further_apart_for_about_an_hour() -> None:
@@ -482,7 +485,8 @@ async def test_an_edit_whose_text_is_not_valid_unicode_is_refused_at_once(
         payload = json.loads(edit.body)
         payload["comment"]["body"] = "broken \ud800 text"
         body = json.dumps(payload).encode()  # the lone surrogate as a JSON escape
-        await _post_webhook(loop, "issue_comment", "edit-with-a-lone-surrogate", body)
+        status, _ = await _post_webhook(loop, "issue_comment", "edit-with-a-lone-surrogate", body)
+        assert status == 202
         await until(lambda: bool(_refused(loop, "bad-text")), timeout_s=10, what="refusal")
         assert loop.bridge.inbound is not None and loop.bridge.inbound.counters.retried == 0
         [refused] = _refused(loop, "bad-text")

@@ -72,6 +72,7 @@ async def test_the_switch_follows_the_latest_permitted_label_event_in_any_order(
         await switch.wait_for(lambda state: bool(state.stopped))
         await loop.bridge.caught_up.wait()
         await loop.stop_bridge()
+        before = len(loop.github.deliveries)
         for change, by in (
             (loop.github.remove_label, HUMAN),
             (loop.github.add_label, HUMAN),
@@ -80,7 +81,7 @@ async def test_the_switch_follows_the_latest_permitted_label_event_in_any_order(
             clock.now += 5  # people act seconds apart
             change(REPO, loop.issue, KILL, by=by)
         await loop.github.drain()
-        late = [d for d in loop.github.deliveries if d.event == "issues"][1:]
+        late = loop.github.deliveries[before:]
         assert [d.action for d in late] == ["unlabeled", "labeled", "unlabeled"]
         await loop.restart_bridge()
         await loop.bridge.caught_up.wait()
@@ -89,6 +90,65 @@ async def test_the_switch_follows_the_latest_permitted_label_event_in_any_order(
             await loop.delivered()
         await until(lambda: bool(_refusals(loop)), what="the removal's refusal")
         assert switch.state.stopped  # still killed
+    [refused] = _refusals(loop)
+    assert (refused.reason, refused.data["login"]) == ("not-allowed", "drive-by")
+
+
+async def test_a_label_added_removed_and_added_again_in_one_second_stays_killed(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # The first and the last deliveries are the very same bytes (GitHub's clock counts
+    # seconds): neither may be taken for a replay of the other.
+    clock = FakeClock()
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET, clock=clock) as loop:
+        switch = loop.host.running().killswitch
+        for change, stopped in (
+            (loop.github.add_label, True),
+            (loop.github.remove_label, False),
+            (loop.github.add_label, True),
+        ):
+            change(REPO, loop.issue, KILL, by=HUMAN)
+            await loop.delivered()
+            await switch.wait_for(lambda state, stopped=stopped: bool(state.stopped) == stopped)
+        first, _, last = [d for d in loop.github.deliveries if d.event == "issues"]
+        assert first.body == last.body
+
+
+@pytest.mark.parametrize("order", ["as-they-happened", "reversed"])
+async def test_a_link_follows_the_latest_permitted_label_event_in_any_order(
+    tmp_path: Path, components: dict[str, Path], order: str
+) -> None:
+    # A writer unlinks an issue while the bridge is down, and someone without write
+    # access puts the label back (refused): the issue stays unlinked.
+    clock = FakeClock()
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET, clock=clock) as loop:
+        links = loop.bridge.links
+        assert links is not None
+        other = loop.github.create_issue(REPO, "Secrets", "", by=HUMAN)
+        loop.github.add_label(REPO, other, "agora:channel:secret-ops", by=HUMAN)
+        await loop.delivered()
+        assert await links.channel_for(REPO, other) == "secret-ops"
+        await loop.bridge.caught_up.wait()
+        await loop.stop_bridge()
+        before = len(loop.github.deliveries)
+        for change, by in (
+            (loop.github.remove_label, HUMAN),
+            (loop.github.add_label, "drive-by"),
+        ):
+            clock.now += 5
+            change(REPO, other, "agora:channel:secret-ops", by=by)
+        await loop.github.drain()
+        late = loop.github.deliveries[before:]
+        assert [d.action for d in late] == ["unlabeled", "labeled"]
+        await loop.restart_bridge()
+        await loop.bridge.caught_up.wait()
+        for delivery in late if order == "as-they-happened" else reversed(late):
+            loop.github.redeliver(delivery.id)
+            await loop.delivered()
+        await until(lambda: bool(_refusals(loop)), what="the label's refusal")
+        links = loop.bridge.links
+        assert links is not None
+        assert await links.channel_for(REPO, other) is None
     [refused] = _refusals(loop)
     assert (refused.reason, refused.data["login"]) == ("not-allowed", "drive-by")
 

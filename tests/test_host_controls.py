@@ -252,6 +252,10 @@ async def test_subjects_that_are_not_utf8_leave_the_host_and_its_recorder_runnin
         await h.settle()
         recorder = h.running().recorder
         assert recorder is not None and recorder.counters.reread == 0
+        # the kill switch still hears its bucket
+        switch = h.running().killswitch
+        await h.switch(EventKind.KILLED, channel="build-coord")
+        await switch.wait_for(lambda state: state.blocks("synth-agent", "build-coord"))
     assert [a.in_reply_to for a in h.acts_by("synth-agent")] == [later.id]
     assert later.id in {f.id for f in h.facts()}
 

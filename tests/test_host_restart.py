@@ -42,6 +42,7 @@ from agora.core.spine import (
     publish_envelope,
     read_in_order,
 )
+from agora.host import recorder as recorder_module
 from agora.host import runner as runner_module
 from agora.host.agent_record import (
     RECORD_TYPE,
@@ -1146,6 +1147,34 @@ async def test_a_recorder_whose_reading_ended_with_an_error_still_checkpoints_at
         later = await h.inject("build-coord", "after", hops=1)
         await h.settle()
     assert later.id in {f.id for f in h.facts()}
+
+
+async def test_a_position_that_cannot_be_saved_costs_the_recorder_nothing_but_a_retry(
+    tmp_path: Path, components: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not saving it only makes a restart read again what the log already holds.
+    write = recorder_module.write_position
+    refused: list[int] = []
+
+    def full_once(path: Path, position: recorder_module.Position) -> None:
+        if not refused:
+            refused.append(position.seq)
+            raise OSError(28, "No space left on device")
+        write(path, position)
+
+    monkeypatch.setattr(recorder_module, "write_position", full_once)
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        first = await h.inject("build-coord", "first", hops=1)
+        await h.settle()
+        later = await h.inject("build-coord", "later", hops=1)
+        await h.settle()
+        recorder = h.running().recorder
+        assert recorder is not None and recorder.failure is None and refused
+        await h.stop_host()
+        saved = recorder_module.read_position(h.facts_dir / POSITION_FILE)
+        assert saved.seq == recorder.position > refused[0]
+    assert {first.id, later.id} <= {f.id for f in h.facts()}
 
 
 async def test_an_agent_whose_loop_failed_still_lets_go_of_its_feed_at_a_stop(

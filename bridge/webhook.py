@@ -100,7 +100,8 @@ def body_key(body: bytes) -> str:
 
 
 def handled_keys(event: str, delivery: str, body: bytes) -> tuple[str, ...]:
-    """The deliveries bucket's keys that say a delivery was handled."""
+    """The deliveries bucket's keys that say a delivery was handled: its id, then (for
+    a comment event) its body's."""
     if event in BODY_DEDUPED_EVENTS:
         return (delivery, body_key(body))
     return (delivery,)
@@ -254,15 +255,16 @@ class WebhookReceiver:
             raise _Refused(401, f"{SIGNATURE_HEADER} does not match the body and the secret")
 
     async def _seen(self, event: str, delivery: str, body: bytes) -> bool:
-        """Whether the delivery, or its body under any delivery id, was handled."""
+        """Whether the delivery was handled: known by its body if it is a comment event
+        (the same delivery again has the same body, and so has a replay under another
+        id), else by its id. One lookup, on the way to the 202; the worker, off that
+        path, also looks for the other key (:func:`handled_keys`)."""
         kv = await self._buckets.get(DELIVERIES_BUCKET)
-        for key in handled_keys(event, delivery, body):
-            try:
-                await kv.get(key)
-            except KeyNotFoundError:
-                continue
-            return True
-        return False
+        try:
+            await kv.get(handled_keys(event, delivery, body)[-1])
+        except KeyNotFoundError:
+            return False
+        return True
 
     async def _publish(self, event: str, delivery: str, body: bytes) -> web.Response:
         js = self._nc.jetstream()

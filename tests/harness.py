@@ -48,6 +48,14 @@ class Harness:
         return self.client.jetstream()
 
     @property
+    def url(self) -> str:
+        """The NATS server's URL, for a connection of a test's own."""
+        where = self.client.connected_url
+        if where is None:
+            raise AssertionError("the harness's client is not connected")
+        return f"nats://{where.hostname}:{where.port}"
+
+    @property
     def facts_dir(self) -> Path:
         return self.session.config.facts_dir
 

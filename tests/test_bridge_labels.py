@@ -9,11 +9,41 @@ import pytest
 
 from agora.bridge.config import IssueRef
 from agora.bridge.standin import Fault
+from agora.bridge.standin.state import Delivery
 from agora.core.envelope import Event, EventKind
 from tests.bridge_harness import HUMAN, REPO, FakeClock, Loop, github_loop, until
 
 QUIET = {"mirror": []}  # no status comments: only the inbound side at work
 KILL = "agora:kill"
+
+
+async def _changed_while_down(
+    loop: Loop,
+    clock: FakeClock,
+    issue: int,
+    label: str,
+    changes: tuple[tuple[bool, str], ...],
+) -> list[Delivery]:
+    """With the bridge down, ``label`` added (True) or removed (False) on ``issue`` by
+    each login in turn, seconds apart by GitHub's clock; their deliveries, all failed."""
+    await loop.bridge.caught_up.wait()
+    await loop.stop_bridge()
+    before = len(loop.github.deliveries)
+    for added, by in changes:
+        clock.now += 5  # people act seconds apart
+        change = loop.github.add_label if added else loop.github.remove_label
+        change(REPO, issue, label, by=by)
+    await loop.github.drain()
+    return loop.github.deliveries[before:]
+
+
+async def _delivered_late(loop: Loop, late: list[Delivery], order: str) -> None:
+    """The bridge back, and GitHub asked to deliver ``late`` again, in ``order``."""
+    await loop.restart_bridge()
+    await loop.bridge.caught_up.wait()
+    for delivery in late if order == "as-they-happened" else reversed(late):
+        loop.github.redeliver(delivery.id)
+        await loop.delivered()
 
 
 def _refusals(loop: Loop) -> list[Event]:
@@ -70,24 +100,10 @@ async def test_the_switch_follows_the_latest_permitted_label_event_in_any_order(
         loop.github.add_label(REPO, loop.issue, KILL, by=HUMAN)
         await loop.delivered()
         await switch.wait_for(lambda state: bool(state.stopped))
-        await loop.bridge.caught_up.wait()
-        await loop.stop_bridge()
-        before = len(loop.github.deliveries)
-        for change, by in (
-            (loop.github.remove_label, HUMAN),
-            (loop.github.add_label, HUMAN),
-            (loop.github.remove_label, "drive-by"),
-        ):
-            clock.now += 5  # people act seconds apart
-            change(REPO, loop.issue, KILL, by=by)
-        await loop.github.drain()
-        late = loop.github.deliveries[before:]
+        changes = ((False, HUMAN), (True, HUMAN), (False, "drive-by"))
+        late = await _changed_while_down(loop, clock, loop.issue, KILL, changes)
         assert [d.action for d in late] == ["unlabeled", "labeled", "unlabeled"]
-        await loop.restart_bridge()
-        await loop.bridge.caught_up.wait()
-        for delivery in late if order == "as-they-happened" else reversed(late):
-            loop.github.redeliver(delivery.id)
-            await loop.delivered()
+        await _delivered_late(loop, late, order)
         await until(lambda: bool(_refusals(loop)), what="the removal's refusal")
         assert switch.state.stopped  # still killed
     [refused] = _refusals(loop)
@@ -128,23 +144,10 @@ async def test_a_link_follows_the_latest_permitted_label_event_in_any_order(
         loop.github.add_label(REPO, other, "agora:channel:secret-ops", by=HUMAN)
         await loop.delivered()
         assert await links.channel_for(REPO, other) == "secret-ops"
-        await loop.bridge.caught_up.wait()
-        await loop.stop_bridge()
-        before = len(loop.github.deliveries)
-        for change, by in (
-            (loop.github.remove_label, HUMAN),
-            (loop.github.add_label, "drive-by"),
-        ):
-            clock.now += 5
-            change(REPO, other, "agora:channel:secret-ops", by=by)
-        await loop.github.drain()
-        late = loop.github.deliveries[before:]
+        changes = ((False, HUMAN), (True, "drive-by"))
+        late = await _changed_while_down(loop, clock, other, "agora:channel:secret-ops", changes)
         assert [d.action for d in late] == ["unlabeled", "labeled"]
-        await loop.restart_bridge()
-        await loop.bridge.caught_up.wait()
-        for delivery in late if order == "as-they-happened" else reversed(late):
-            loop.github.redeliver(delivery.id)
-            await loop.delivered()
+        await _delivered_late(loop, late, order)
         await until(lambda: bool(_refusals(loop)), what="the label's refusal")
         links = loop.bridge.links
         assert links is not None

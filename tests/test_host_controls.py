@@ -223,10 +223,8 @@ async def test_a_message_published_under_two_message_ids_is_refused_as_a_copy(
         )
         ids = (MSG_ID_HEADER.encode(), MSG_ID_HEADER.encode(), act.id.encode())
         headers = b"NATS/1.0\r\n%s: a-fresh-id\r\n%s: %s\r\n\r\n" % ids
-        where = h.client.connected_url
-        assert where is not None
         await publish_raw(
-            f"nats://{where.hostname}:{where.port}",
+            h.url,
             channel_subject("build-coord").encode(),
             sign_fact(act, h.session.key("maintainer")),
             headers,
@@ -243,11 +241,8 @@ async def test_subjects_that_are_not_utf8_leave_the_host_and_its_recorder_runnin
     # the kill switch's bucket. Neither may stop the recorder or deafen the connection.
     one = {"synth-agent": PAIR["synth-agent"]}
     async with running_host(tmp_path, components, agents=one) as h:
-        where = h.client.connected_url
-        assert where is not None
-        url = f"nats://{where.hostname}:{where.port}"
-        await publish_raw(url, b"agora.ch.\xff\xfe", b"junk")
-        await publish_raw(url, b"$KV.agora-control.\xff", b"junk")
+        await publish_raw(h.url, b"agora.ch.\xff\xfe", b"junk")
+        await publish_raw(h.url, b"$KV.agora-control.\xff", b"junk")
         later = await h.inject("build-coord", "still heard", hops=1)
         await h.settle()
         recorder = h.running().recorder

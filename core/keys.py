@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
@@ -207,6 +208,8 @@ def _decode_public_key(value: object, where: str) -> bytes:
 
 # -- private keys ---------------------------------------------------------------------
 
+DIGEST_KEY_LABEL: Final = b"agora keyed digest v1\0"  # keeps the digest key apart from others
+
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
@@ -218,6 +221,7 @@ class SigningKey:
     public_key: bytes = field(init=False, compare=False)
     keyid: str = field(init=False, compare=False)
     _secret: bytes = field(init=False, compare=False, repr=False)  # libsodium's form
+    _digest_key: bytes = field(init=False, compare=False, repr=False)  # see keyed_digest
 
     def __post_init__(self) -> None:
         seed = self.private_key.private_bytes(
@@ -229,12 +233,21 @@ class SigningKey:
         object.__setattr__(self, "public_key", public)
         object.__setattr__(self, "keyid", key_id(public))
         object.__setattr__(self, "_secret", secret)
+        object.__setattr__(self, "_digest_key", hashlib.sha256(DIGEST_KEY_LABEL + seed).digest())
 
     def __repr__(self) -> str:
         return f"SigningKey(name={self.name!r}, keyid={self.keyid[:16]}...)"
 
     def sign(self, message: bytes) -> bytes:
         return ed25519.sign(self._secret, message)
+
+    def keyed_digest(self, data: bytes) -> str:
+        """HMAC-SHA256 of ``data`` (hex) under a key drawn from this private key: a fact
+        id made from what the fact is about (the messages a refusal names) is the same
+        each time this key's holder makes it, so a repeat is recorded once, and no one
+        else can work it out in advance and publish something under it first (the
+        stream would then drop the real fact as a repeat of its ``Nats-Msg-Id``)."""
+        return hmac.new(self._digest_key, data, hashlib.sha256).hexdigest()
 
     def identity(self, role: Role, channels: Iterable[str] = ()) -> Identity:
         return Identity(self.name, role, self.public_key, frozenset(channels))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -433,7 +432,7 @@ class Recorder:
         """Append one message's fact, or note why it cannot be recorded."""
         if isinstance(found, InputError):
             self.counters.refused += 1
-            refusals.append(_unverified(message, found, self._key.name))
+            refusals.append(_unverified(message, found, self._key))
             return
         fact, _ = found
         digest = envelope_digest(message.data)
@@ -444,7 +443,7 @@ class Recorder:
         if known is not None:
             self.counters.refused += 1
             problem = InputError(f"{fact.id!r} is already the id of another fact in the log")
-            refusals.append(_unverified(message, problem, self._key.name))
+            refusals.append(_unverified(message, problem, self._key))
             return
         for reference in references_of(fact):
             if reference not in self._ids:
@@ -452,7 +451,7 @@ class Recorder:
                 problem = InputError(
                     f"{fact.id!r} refers to {reference!r}, which is no earlier fact"
                 )
-                refusals.append(_unverified(message, problem, self._key.name))
+                refusals.append(_unverified(message, problem, self._key))
                 return
         self._on_disk(lambda: self._log.append(message.data, fact))
         self._ids[fact.id] = digest
@@ -461,16 +460,17 @@ class Recorder:
         appended.append(fact)
 
 
-def _unverified(message: JetStreamMessage, problem: InputError, host: str) -> Event:
+def _unverified(message: JetStreamMessage, problem: InputError, key: SigningKey) -> Event:
     # The id and the time follow from the refused message (its bytes, its place in the
     # stream and when the stream took it), so reading it again refuses it in the very
-    # same envelope, and the same bytes published twice are refused twice.
+    # same envelope, and the same bytes published twice are refused twice; the id
+    # through the host's key, so whoever published the message cannot take it first.
     place = b"%d:" % stream_sequence(message)
-    digest = hashlib.sha256(place + message.data).hexdigest()[:32]
+    digest = key.keyed_digest(place + message.data)[:32]
     return Event(
         id=f"ev-unverified-{digest}",
         kind=EventKind.REFUSED,
-        actor=host,
+        actor=key.name,
         time_ms=_stream_time_ms(message),
         reason="unverified",
         detail=str(problem)[:1000],

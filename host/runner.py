@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import itertools
 import logging
 import random
@@ -629,10 +628,11 @@ class AgentRunner:
         """The ``refused`` event for what one control refused on one channel in a batch.
         Its id and time follow from the stream messages it refuses (their sequences,
         and when the latest was stored), so refusing the same messages again in one
-        batch makes the very same event, which is recorded once."""
+        batch makes the very same event, which is recorded once; the id through the
+        host's key, so no one else can take it first."""
         verdict, channel, _ = key
         what = (self._host_key.name, self.spec.name, verdict, channel, *map(str, came.sequences))
-        digest = hashlib.sha256("\n".join(what).encode()).hexdigest()
+        digest = self._host_key.keyed_digest("\n".join(what).encode())
         return self._event(
             EventKind.REFUSED,
             reason=verdict,

@@ -8,6 +8,7 @@ must verify).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -232,6 +233,32 @@ async def test_a_message_published_under_two_message_ids_is_refused_as_a_copy(
         await h.settle()
         assert h.running().runners["synth-agent"].counters["replayed"] == 1
     assert not h.deliveries and not h.acts_by("synth-agent")
+
+
+async def test_a_refusal_cannot_be_taken_first_under_its_message_id(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # A refusal's id follows from what it refuses (here a message's bytes and its place
+    # in the stream), so that refusing it again makes the same fact. Whoever may
+    # publish on the stream knows those too: if the id followed from them alone, a
+    # message published first under it would have the server drop the refusal as a
+    # repeat. Published while no host runs, so the stream's sequences are certain.
+    async with running_host(tmp_path, components, agents={}) as h:
+        await h.settle()
+        await h.stop_host()
+        forged = b"a forged message whose refusal is taken first"
+        last = (await h.js.stream_info(STREAM)).state.last_seq
+        forged_at = last + 3  # after the two guesses
+        for known in (b"%d:" % forged_at + forged, forged):  # what anyone can know
+            guess = f"ev-unverified-{hashlib.sha256(known).hexdigest()[:32]}"
+            await h.js.publish(
+                channel_subject("build-coord"), b"junk", headers={MSG_ID_HEADER: guess}
+            )
+        await h.js.publish(channel_subject("build-coord"), forged)
+        await h.start_host()
+        await h.settle()
+    refused = [e for e in h.events(EventKind.REFUSED) if e.reason == "unverified"]
+    assert sorted(int(e.data["stream_seq"]) for e in refused) == [last + 1, last + 2, forged_at]
 
 
 async def test_subjects_that_are_not_utf8_leave_the_host_and_its_recorder_running(

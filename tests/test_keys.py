@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import stat
 import subprocess
@@ -14,7 +15,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agora.core.errors import ConfigError, UnknownKey
-from agora.core.keys import KeyRegistry, Role, read_private_key, read_private_key_file
+from agora.core.keys import (
+    KeyRegistry,
+    Role,
+    SigningKey,
+    read_private_key,
+    read_private_key_file,
+)
 
 AGORA = Path(sys.executable).parent / "agora"
 
@@ -157,3 +164,15 @@ def test_agents_cannot_be_granted_every_channel() -> None:
     }
     with pytest.raises(ConfigError, match="channels"):
         KeyRegistry.from_document(document)
+
+
+def test_a_keyed_digest_is_the_same_for_its_key_and_no_one_elses() -> None:
+    key = SigningKey.generate("host")
+    same = SigningKey(key.name, key.private_key)  # the same key, read again
+    other = SigningKey.generate("host")  # the same name, another key
+    data = b"host\nagent\nself-echo\nbuild-coord\n17"
+    assert key.keyed_digest(data) == same.keyed_digest(data)
+    assert key.keyed_digest(data) != other.keyed_digest(data)
+    assert key.keyed_digest(data) != key.keyed_digest(data + b"8")
+    assert key.keyed_digest(data) != hashlib.sha256(data).hexdigest()
+    assert "digest" not in repr(key)

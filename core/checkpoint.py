@@ -32,6 +32,7 @@ SIGNATURE_PREFIX: Final = "\u2014 "
 ED25519_NOTE_ALGORITHM: Final = b"\x01"
 _ORIGIN_RE: Final = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,255}")
 CHECKPOINT_SIGNER_ROLES: Final = frozenset({Role.HOST, Role.BRIDGE})
+MAX_SIZE_DIGITS: Final = 20  # a tree of up to 2**64 entries
 
 
 def note_key_hash(name: str, public_key: bytes) -> bytes:
@@ -92,8 +93,12 @@ def _parse_body(body: str) -> Checkpoint:
     origin, size_text, root_text = lines[:3]
     if _ORIGIN_RE.fullmatch(origin) is None:
         raise MalformedEnvelope(f"checkpoint origin {shown(origin)} is not printable ASCII")
-    if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
-        raise MalformedEnvelope(f"checkpoint size {shown(size_text)} is not a decimal number")
+    decimal = size_text.isascii() and size_text.isdigit() and len(size_text) <= MAX_SIZE_DIGITS
+    if not decimal or (size_text != "0" and size_text.startswith("0")):
+        raise MalformedEnvelope(
+            f"checkpoint size {shown(size_text[:40])} is not a decimal number of at most "
+            f"{MAX_SIZE_DIGITS} digits 0-9"
+        )
     try:
         root = base64.b64decode(root_text, validate=True)
     except (binascii.Error, ValueError) as exc:

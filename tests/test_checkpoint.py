@@ -12,6 +12,7 @@ from agora.core.errors import MalformedEnvelope, SignatureError, UnknownKey
 from agora.core.keys import KeyRegistry, SigningKey
 
 ROOT = hashlib.sha256(b"root").digest()
+ROOT_TEXT = base64.b64encode(ROOT).decode()
 
 
 def test_note_has_the_signed_note_shape(keys: dict[str, SigningKey]) -> None:
@@ -65,6 +66,11 @@ def test_an_agent_cannot_sign_checkpoints(
         b"agora/facts\n7\nnot base64!\n\n\xe2\x80\x94 host AAAA\n",
         b"agora/facts\n7\nAAAA\n\n\xe2\x80\x94 host AAAA\n",
         b"\xff\n7\n",
+        # digits Python reads as digits, and more than a size can have
+        f"agora/facts\n\u00b2\n{ROOT_TEXT}\n\n\u2014 host AAAA\n".encode(),
+        f"agora/facts\n\u0667\n{ROOT_TEXT}\n\n\u2014 host AAAA\n".encode(),
+        f"agora/facts\n{'9' * 5000}\n{ROOT_TEXT}\n\n\u2014 host AAAA\n".encode(),
+        f"agora/facts\n{'1' * 21}\n{ROOT_TEXT}\n\n\u2014 host AAAA\n".encode(),
     ],
 )
 def test_malformed_notes_are_refused(note: bytes, registry: KeyRegistry) -> None:

@@ -12,7 +12,7 @@ from agora.cli.keys_cmd import DEFAULT_REGISTRY
 from agora.cli.terminal import show
 from agora.core.errors import AgoraError
 from agora.core.keys import KeyRegistry
-from agora.core.verify import Problem, Report, verify_directory
+from agora.core.verify import Extends, Problem, Report, verify_directory
 
 DEFAULT_FACTS_DIR: Final = Path("facts")
 MAX_JOBS: Final = 64  # processes checking signatures: past the cores, each only costs memory
@@ -51,6 +51,16 @@ def register(commands: Any) -> None:
         default=min(os.cpu_count() or 1, MAX_JOBS),
         help=f"processes that check signatures, 1 to {MAX_JOBS} (default: one per core)",
     )
+    verify.add_argument(
+        "--extends",
+        type=Path,
+        metavar="NOTE",
+        help=(
+            "a signed checkpoint taken from outside the directory (say, the newest one the "
+            "main branch holds) that the log must extend: no entry it covers removed or "
+            "changed"
+        ),
+    )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(run=run)
 
@@ -58,7 +68,13 @@ def register(commands: Any) -> None:
 def run(arguments: argparse.Namespace) -> int:
     try:
         registry = KeyRegistry.load(arguments.keys)
-        report = verify_directory(arguments.facts_dir, registry, jobs=arguments.jobs)
+        extends = None
+        if arguments.extends is not None:
+            where = f"--extends {arguments.extends}"
+            extends = Extends(where, arguments.extends.read_bytes())
+        report = verify_directory(
+            arguments.facts_dir, registry, jobs=arguments.jobs, extends=extends
+        )
     except AgoraError as exc:
         report = Report(problem=Problem(str(arguments.keys), str(exc)))
     except OSError as exc:  # a file in the facts directory that cannot be read

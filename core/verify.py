@@ -11,7 +11,12 @@ only reads the files first. The checks, in order, stop at the first problem:
 * every checkpoint is signed by a host or bridge key, names one origin, and its root is
   the RFC 6962 root of the log at its size; each is consistent with the one before it
   (checked with an RFC 9162 consistency proof), and the newest covers the whole log;
-* ``coordination.yaml`` is exactly the view the log produces.
+* ``coordination.yaml`` is exactly the view the log produces;
+* if a checkpoint to extend is given (one taken from outside the directory, such as the
+  newest one a repository's main branch holds), the log extends it: it holds at least
+  its entries, and their root is its root. The directory's own checkpoints cannot show
+  that: whoever can change the directory can remove the later ones, or, with a
+  checkpoint signer's key, write all of them afresh.
 """
 
 from __future__ import annotations
@@ -107,7 +112,17 @@ class _Failed(Exception):
         self.problem = problem
 
 
-def verify_directory(directory: Path, registry: KeyRegistry, *, jobs: int = 1) -> Report:
+@dataclass(frozen=True, slots=True)
+class Extends:
+    """A signed checkpoint the log must extend, and where it came from (for messages)."""
+
+    where: str
+    note: bytes
+
+
+def verify_directory(
+    directory: Path, registry: KeyRegistry, *, jobs: int = 1, extends: Extends | None = None
+) -> Report:
     """Read a facts directory and check it (see the module docstring)."""
     log_path = directory / LOG_FILE
     if not log_path.is_file():
@@ -120,7 +135,9 @@ def verify_directory(directory: Path, registry: KeyRegistry, *, jobs: int = 1) -
     ]
     view_path = directory / VIEW_FILE
     view = view_path.read_bytes() if view_path.is_file() else None
-    return check_facts(log_path.read_bytes(), checkpoints, view, registry, jobs=jobs)
+    return check_facts(
+        log_path.read_bytes(), checkpoints, view, registry, jobs=jobs, extends=extends
+    )
 
 
 def check_facts(
@@ -130,14 +147,19 @@ def check_facts(
     registry: KeyRegistry,
     *,
     jobs: int = 1,
+    extends: Extends | None = None,
 ) -> Report:
-    """Check a log, its checkpoints and its view; ``jobs`` > 1 checks entries in parallel."""
+    """Check a log, its checkpoints and its view, and that the log extends ``extends``;
+    ``jobs`` > 1 checks entries in parallel."""
     report = Report()
     try:
         signed = _open_checkpoints(checkpoints, registry, report)
+        anchor = _open_anchor(extends, registry) if extends is not None else None
         leaves, view_rest = _check_entries(log, view, registry, report, jobs)
         _check_checkpoints(signed, leaves, report)
         _check_view_ends(view_rest)
+        if anchor is not None and extends is not None:
+            _check_extends(anchor, extends.where, signed, leaves)
     except _Failed as failed:
         report.problem = failed.problem
     return report
@@ -289,6 +311,48 @@ def _check_checkpoints(
     report.size = latest.size
     report.root = base64.b64encode(latest.root).decode()
     report.origin = latest.origin
+
+
+def _open_anchor(extends: Extends, registry: KeyRegistry) -> Checkpoint:
+    try:
+        return open_checkpoint(extends.note, registry).checkpoint
+    except AgoraError as exc:
+        raise _Failed(Problem(extends.where, f"is not a checkpoint to extend: {exc}")) from exc
+
+
+def _check_extends(
+    anchor: Checkpoint, where: str, signed: Sequence[SignedCheckpoint], leaves: Sequence[bytes]
+) -> None:
+    """The log holds the anchor's entries, unchanged, under the same origin."""
+    if signed and signed[-1].checkpoint.origin != anchor.origin:
+        raise _Failed(
+            Problem(
+                where,
+                f"names origin {anchor.origin!r}, but the log's checkpoints name "
+                f"{signed[-1].checkpoint.origin!r}: it is another log",
+            )
+        )
+    if anchor.size > len(leaves):
+        raise _Failed(
+            Problem(
+                where,
+                f"covers {anchor.size} entries but the log holds {len(leaves)}: the log was "
+                "cut back, and it must extend this checkpoint",
+                len(leaves),
+            )
+        )
+    frontier = Frontier()
+    for leaf in leaves[: anchor.size]:
+        frontier.append(leaf)
+    if frontier.root() != anchor.root:
+        raise _Failed(
+            Problem(
+                where,
+                f"root {base64.b64encode(anchor.root).decode()} is not the root of the log's "
+                f"first {anchor.size} entries: the log does not extend it (its history was "
+                "changed)",
+            )
+        )
 
 
 def _check_consistency(old: Checkpoint, new: Checkpoint, leaves: Sequence[bytes]) -> None:

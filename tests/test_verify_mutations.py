@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from agora.core.checkpoint import Checkpoint
-from agora.core.envelope import Act
+from agora.core.envelope import Act, decode_fact
 from agora.core.factlog import CHECKPOINT_DIR, LOG_FILE, VIEW_FILE, FactLog, entry_line
 from agora.core.keys import KeyRegistry, SigningKey
 from agora.core.merkle import leaf_hash, root_of
 from agora.core.signing import sign_fact
-from agora.core.verify import PARALLEL_FROM_ENTRIES, verify_directory
+from agora.core.verify import PARALLEL_FROM_ENTRIES, Extends, verify_directory
 from tests.conftest import FactsBuilder
 from tests.factories import make_act, make_event
 
@@ -129,7 +129,8 @@ def test_a_checkpoint_with_a_flipped_root_fails(facts: Path, registry: KeyRegist
 def test_history_rewritten_by_the_real_host_key_fails(
     facts: Path, keys: dict[str, SigningKey], registry: KeyRegistry
 ) -> None:
-    """Even the host's own key cannot rewrite the past: earlier checkpoints pin it."""
+    """Even the host's own key cannot rewrite the past while earlier checkpoints are
+    kept: they pin it. (All of them written again: see the checkpoint from outside.)"""
     lines = _lines(facts)
     first = json.loads(lines[0])["envelope"]
     original = Act.decode(base64.b64decode(first["payload"]))
@@ -144,6 +145,85 @@ def test_history_rewritten_by_the_real_host_key_fails(
     problem = _fails(facts, registry)
     assert "0000000000000004.note" in problem
     assert "the log was changed" in problem
+
+
+def _newest_note(directory: Path) -> Extends:
+    newest = sorted((directory / CHECKPOINT_DIR).iterdir())[-1]
+    return Extends(f"--extends {newest.name}", newest.read_bytes())
+
+
+def _rewrite(directory: Path, envelopes: list[bytes], host: SigningKey) -> None:
+    """The directory written afresh from ``envelopes`` by the holder of the host's key:
+    log, view and every checkpoint, each as the host itself would write them."""
+    for path in (directory / CHECKPOINT_DIR).iterdir():
+        path.unlink()
+    (directory / LOG_FILE).unlink()
+    (directory / VIEW_FILE).unlink()
+    with FactLog.open(directory, signer=host) as log:
+        for envelope in envelopes:
+            fields = json.loads(envelope)
+            body = base64.b64decode(fields["payload"])
+            log.append(envelope, decode_fact(fields["payloadType"], body))
+        log.checkpoint()
+
+
+def _envelopes(directory: Path) -> list[bytes]:
+    return [json.dumps(json.loads(line)["envelope"]).encode() for line in _lines(directory)]
+
+
+def test_a_log_cut_back_passes_alone_but_not_against_a_checkpoint_from_outside(
+    facts: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    # The directory alone cannot show it lost its end: written afresh without it (no
+    # key needed to cut a log at a checkpoint, here with the host's for brevity), every
+    # check of its own holds. The newest checkpoint the main branch held shows it.
+    before = _newest_note(facts)
+    _rewrite(facts, _envelopes(facts)[:5], keys["host"])
+    assert verify_directory(facts, registry).ok
+    report = verify_directory(facts, registry, extends=before)
+    assert report.problem is not None and report.problem.where == before.where
+    assert "covers 12 entries but the log holds 5: the log was cut back" in str(report.problem)
+
+
+def test_history_written_afresh_with_the_host_key_fails_against_a_checkpoint_from_outside(
+    facts: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    # What the agents said after the first three facts replaced by the host's own
+    # events, every checkpoint signed again: only a checkpoint kept elsewhere pins the
+    # past.
+    before = _newest_note(facts)
+    events = [sign_fact(make_event(), keys["host"]) for _ in range(ENTRIES)]
+    _rewrite(facts, [*_envelopes(facts)[:3], *events], keys["host"])
+    assert verify_directory(facts, registry).ok
+    problem = str(verify_directory(facts, registry, extends=before).problem)
+    assert "is not the root of the log's first 12 entries: the log does not extend it" in problem
+
+
+def test_a_log_that_grew_extends_its_earlier_checkpoint(
+    facts: Path, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    before = _newest_note(facts)
+    with FactLog.open(facts, signer=keys["host"]) as log:
+        act = make_act(payload="later")
+        log.append(sign_fact(act, keys["synth-agent"]), act)
+        log.checkpoint()
+    report = verify_directory(facts, registry, extends=before)
+    assert report.ok, report.problem
+    assert report.size == ENTRIES + 1
+
+
+def test_a_checkpoint_to_extend_must_be_signed_and_of_the_same_log(
+    facts: Path, build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    forged = Checkpoint("agora/facts", 4, b"\x00" * 32).sign(SigningKey.generate("host"))
+    problem = str(verify_directory(facts, registry, extends=Extends("--extends f", forged)).problem)
+    assert problem.startswith("--extends f: is not a checkpoint to extend")
+    other = build_facts(ENTRIES, every=4, name="other")  # the same keys, other facts
+    problem = str(verify_directory(facts, registry, extends=_newest_note(other)).problem)
+    assert "does not extend it" in problem
+    elsewhere = Checkpoint("other/origin", 4, b"\x00" * 32).sign(keys["host"])
+    problem = str(verify_directory(facts, registry, extends=Extends("n", elsewhere)).problem)
+    assert "it is another log" in problem
 
 
 def test_entries_after_the_last_checkpoint_fail(
@@ -234,6 +314,31 @@ def test_verify_command_exit_codes_and_first_bad_entry(
     problem = json.loads(bad.stdout)["problem"]
     assert problem["index"] == 3
     assert problem["where"] == "entry 3"
+
+
+def test_verify_command_checks_the_log_extends_a_checkpoint_it_is_given(
+    facts: Path, keys: dict[str, SigningKey], registry: KeyRegistry, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "keys.yaml"
+    registry.save(keys_file)
+    note = tmp_path / "main.note"
+    note.write_bytes(_newest_note(facts).note)
+    agora = Path(sys.executable).parent / "agora"
+
+    def verify(*extra: object) -> subprocess.CompletedProcess[str]:
+        command = [agora, "verify", facts, "--keys", keys_file, *extra]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    good = verify("--extends", note)
+    assert good.returncode == 0 and good.stdout.startswith("OK"), good.stdout + good.stderr
+    _rewrite(facts, _envelopes(facts)[:8], keys["host"])
+    assert verify().returncode == 0
+    cut = verify("--extends", note)
+    assert cut.returncode == 1
+    assert cut.stdout.startswith(f"FAIL {facts}: --extends {note}: covers 12 entries")
+    missing = verify("--extends", tmp_path / "nowhere.note", "--json")
+    assert missing.returncode == 1
+    assert json.loads(missing.stdout)["problem"]["message"].startswith("cannot be read")
 
 
 def test_parallel_verify_finds_the_same_first_problem(

@@ -10,8 +10,15 @@ import argparse
 from pathlib import Path
 from typing import Any, Final
 
-from agora.core.errors import ConfigError
-from agora.core.keys import KeyRegistry, Role, SigningKey, write_private_key
+from agora.core.errors import AgoraError, ConfigError
+from agora.core.factlog import LOG_FILE, FactLog
+from agora.core.keys import (
+    KeyRegistry,
+    Role,
+    SigningKey,
+    private_key_path,
+    write_private_key,
+)
 
 DEFAULT_REGISTRY: Final = Path("keys.yaml")
 DEFAULT_KEYS_DIR: Final = Path(".agora/keys")
@@ -38,6 +45,27 @@ def register(commands: Any) -> None:
     )
     _file_options(new)
     new.set_defaults(run=run_new)
+
+    rotate = actions.add_parser(
+        "rotate",
+        help="give an identity a new key; the old one stays valid for what it signed",
+        description=(
+            "Make a new key for NAME and register it; its old public key is kept in the "
+            "registry as retired, valid for the fact log's entries so far (so `agora "
+            "verify` still checks them) and for nothing after. Stop every host and the "
+            "bridge first (what they sign with the old key from now on is refused); the "
+            "old private key is moved aside in the keys folder."
+        ),
+    )
+    rotate.add_argument("name", help="the identity whose key is replaced")
+    rotate.add_argument(
+        "--facts-dir",
+        type=Path,
+        default=Path("facts"),
+        help="the facts directory the old key's facts are recorded in (default: facts)",
+    )
+    _file_options(rotate)
+    rotate.set_defaults(run=run_rotate)
 
     listing = actions.add_parser("list", help="show the identities in the registry")
     _file_options(listing)
@@ -90,11 +118,56 @@ def run_new(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def run_rotate(arguments: argparse.Namespace) -> int:
+    registry = KeyRegistry.load(arguments.registry)
+    identity = registry.get(arguments.name)
+    old_path = private_key_path(arguments.keys_dir, identity.name)
+    if not (arguments.facts_dir / LOG_FILE).is_file():
+        raise ConfigError(
+            f"there is no fact log in {arguments.facts_dir}: give the facts directory "
+            f"{identity.name!r}'s facts are recorded in (--facts-dir), so its old key stays "
+            "valid for them"
+        )
+    key = SigningKey.generate(identity.name)
+    # the directory's lock, held until the registry is saved: no recorder appends meanwhile
+    log = FactLog.open(arguments.facts_dir, signer=key)
+    try:
+        last_entry = log.size - 1
+        updated = registry.with_identity(identity.retire_key(key.public_key, last_entry))
+        aside = old_path.with_name(f"{old_path.name}.retired-{identity.keyid[:16]}")
+        if old_path.exists():
+            old_path.replace(aside)
+        try:
+            path = write_private_key(key, arguments.keys_dir)
+            updated.save(arguments.registry)
+        except (OSError, AgoraError) as exc:  # as it was: the old key in use
+            private_key_path(arguments.keys_dir, identity.name).unlink(missing_ok=True)
+            if aside.exists():
+                aside.replace(old_path)
+            raise ConfigError(f"the key of {identity.name!r} was not replaced: {exc}") from exc
+    finally:
+        log.release()
+    print(f"new key for {identity.name!r}: {path} (mode 0600, keep it secret)")
+    print(f"  public key id: {key.identity(identity.role).keyid}")
+    valid = f"entries 0-{last_entry}" if last_entry >= 0 else "no entry (the log is empty)"
+    print(
+        f"  the old key {identity.keyid[:16]} stays valid for {valid} of {arguments.facts_dir} only"
+    )
+    if aside.exists():
+        print(f"  the old private key is kept as {aside}: delete it once no host needs it")
+    print(f"  registered in: {arguments.registry} (commit it); restart the hosts and the bridge")
+    return 0
+
+
 def run_list(arguments: argparse.Namespace) -> int:
     registry = KeyRegistry.load(arguments.registry)
     for identity in registry:
         channels = ", ".join(sorted(identity.channels)) or "-"
-        print(f"{identity.name:<24} {identity.role.value:<9} {identity.keyid[:16]}  {channels}")
+        retired = f"  ({len(identity.retired)} retired)" if identity.retired else ""
+        print(
+            f"{identity.name:<24} {identity.role.value:<9} {identity.keyid[:16]}  {channels}"
+            f"{retired}"
+        )
     return 0
 
 

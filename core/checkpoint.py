@@ -80,7 +80,7 @@ def open_checkpoint(note: bytes, registry: KeyRegistry) -> SignedCheckpoint:
     checkpoint = _parse_body(body)
     signed_text = (body + "\n").encode()
     for line in signature_block[:-1].split("\n"):
-        signer = _verified_signer(line, signed_text, registry)
+        signer = _verified_signer(line, signed_text, registry, checkpoint.size)
         if signer is not None:
             return SignedCheckpoint(checkpoint, signer)
     raise UnknownKey("checkpoint carries no signature from a host or bridge key in the registry")
@@ -108,7 +108,10 @@ def _parse_body(body: str) -> Checkpoint:
     return Checkpoint(origin=origin, size=int(size_text), root=root)
 
 
-def _verified_signer(line: str, signed_text: bytes, registry: KeyRegistry) -> str | None:
+def _verified_signer(line: str, signed_text: bytes, registry: KeyRegistry, size: int) -> str | None:
+    """The signer's name if ``line`` is its signature over the note; None if it is by a
+    key the registry does not hold for a checkpoint signer (a retired key holds for a
+    checkpoint over no more entries than it signed)."""
     if not line.startswith(SIGNATURE_PREFIX):
         raise MalformedEnvelope(f"checkpoint signature line {shown(line)} must start with '—'")
     name, _, encoded = line[len(SIGNATURE_PREFIX) :].partition(" ")
@@ -121,8 +124,13 @@ def _verified_signer(line: str, signed_text: bytes, registry: KeyRegistry) -> st
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise MalformedEnvelope(f"checkpoint signature by {name!r} is not base64") from exc
-    if raw[:4] != note_key_hash(name, identity.public_key):
+    keys = [
+        identity.public_key,
+        *(r.public_key for r in identity.retired if size <= r.last_entry + 1),
+    ]
+    public_key = next((k for k in keys if raw[:4] == note_key_hash(name, k)), None)
+    if public_key is None:
         return None
-    if not ed25519.verifies(identity.public_key, raw[4:], signed_text):
+    if not ed25519.verifies(public_key, raw[4:], signed_text):
         raise SignatureError(f"checkpoint signature by {name!r} does not verify")
     return name

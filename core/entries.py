@@ -41,7 +41,7 @@ class EntryProblem:
 
 def check_entry(line: bytes, index: int, registry: KeyRegistry) -> CheckedEntry:
     """Verify one entry's framing, signature, fact and grant. Raises AgoraError."""
-    verified = verify_parsed(envelope_of(line, index), registry)
+    verified = verify_parsed(envelope_of(line, index), registry, entry=index)
     fact, signer = verified.fact, verified.signer
     check_signer_may_say(signer, fact)
     leaf = leaf_hash(line)

@@ -15,7 +15,7 @@ import hmac
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Final
@@ -32,6 +32,7 @@ from agora.core.errors import ConfigError, InvalidChannel, InvalidName, UnknownK
 ALL_CHANNELS: Final = "*"
 PRIVATE_KEY_MODE: Final = 0o600
 PUBLIC_KEY_BYTES: Final = ed25519.PUBLIC_KEY_BYTES
+MAX_ENTRY_INDEX: Final = 2**63  # past any log
 
 
 class Role(StrEnum):
@@ -49,13 +50,29 @@ def key_id(public_key: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RetiredKey:
+    """An earlier public key of an identity's, valid for the fact log's entries up to
+    ``last_entry`` (what it signed before it was replaced), for no fact after that and
+    for nothing a host is handed now."""
+
+    public_key: bytes
+    last_entry: int
+
+    @property
+    def keyid(self) -> str:
+        return key_id(self.public_key)
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
-    """A name bound to a public key, a role and the channels it may speak on."""
+    """A name bound to a public key, a role and the channels it may speak on, and the
+    keys it had before (see :class:`RetiredKey`)."""
 
     name: str
     role: Role
     public_key: bytes
     channels: frozenset[str]
+    retired: tuple[RetiredKey, ...] = ()
 
     @property
     def keyid(self) -> str:
@@ -69,6 +86,22 @@ class Identity:
             check_channel(channel)
         if len(self.public_key) != PUBLIC_KEY_BYTES:
             raise ConfigError(f"public key of {self.name!r} must be {PUBLIC_KEY_BYTES} bytes")
+        for retired in self.retired:
+            if len(retired.public_key) != PUBLIC_KEY_BYTES or retired.last_entry < -1:
+                raise ConfigError(
+                    f"a retired key of {self.name!r} must be {PUBLIC_KEY_BYTES} bytes, "
+                    "valid up to an entry index of -1 (none) or more"
+                )
+
+    def retire_key(self, public_key: bytes, last_entry: int) -> Identity:
+        """This identity under ``public_key`` from now on, its key until now valid for
+        the log's entries up to ``last_entry`` (-1: none, but a checkpoint of none)."""
+        kept = RetiredKey(self.public_key, last_entry)
+        return replace(self, public_key=public_key, retired=(*self.retired, kept))
+
+    def as_retired(self, retired: RetiredKey) -> Identity:
+        """This identity as it was under ``retired``, for checking what it signed then."""
+        return replace(self, public_key=retired.public_key, retired=())
 
     def may_use(self, channel: str) -> bool:
         return channel in self.channels or ALL_CHANNELS in self.channels
@@ -79,17 +112,25 @@ class KeyRegistry:
 
     def __init__(self, identities: Iterable[Identity]) -> None:
         self._by_name: dict[str, Identity] = {}
-        self._by_keyid: dict[str, Identity] = {}
+        self._by_keyid: dict[str, Identity] = {}  # the keys in use
+        self._retired: dict[str, tuple[Identity, RetiredKey]] = {}
+        holders: dict[str, str] = {}  # every key id, in use or retired, to its name
         for identity in identities:
             if identity.name in self._by_name:
                 raise ConfigError(f"identity {identity.name!r} is registered twice")
-            if identity.keyid in self._by_keyid:
-                raise ConfigError(
-                    f"identities {self._by_keyid[identity.keyid].name!r} and "
-                    f"{identity.name!r} share one public key: each name needs its own key"
-                )
+            for keyid in (identity.keyid, *(r.keyid for r in identity.retired)):
+                if keyid in holders:
+                    raise ConfigError(
+                        f"identities {holders[keyid]!r} and {identity.name!r} share one "
+                        "public key (in use or retired): each name needs its own key"
+                        if holders[keyid] != identity.name
+                        else f"identity {identity.name!r} lists one public key twice"
+                    )
+                holders[keyid] = identity.name
             self._by_name[identity.name] = identity
             self._by_keyid[identity.keyid] = identity
+            for retired in identity.retired:
+                self._retired[retired.keyid] = (identity, retired)
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
@@ -114,7 +155,12 @@ class KeyRegistry:
         return identity
 
     def by_keyid(self, keyid: str) -> Identity | None:
+        """The identity whose key in use has ``keyid`` (never a retired key)."""
         return self._by_keyid.get(keyid)
+
+    def retired_key(self, keyid: str) -> tuple[Identity, RetiredKey] | None:
+        """The identity one of whose retired keys has ``keyid``, and that key."""
+        return self._retired.get(keyid)
 
     def with_identity(self, identity: Identity) -> KeyRegistry:
         """A new registry with ``identity`` added, or replaced if the name exists."""
@@ -151,11 +197,7 @@ class KeyRegistry:
     def to_document(self) -> dict[str, object]:
         return {
             "identities": {
-                identity.name: {
-                    "role": identity.role.value,
-                    "public_key": base64.b64encode(identity.public_key).decode(),
-                    "channels": sorted(identity.channels),
-                }
+                identity.name: _identity_document(identity)
                 for identity in sorted(self._by_name.values(), key=lambda i: i.name)
             }
         }
@@ -168,6 +210,20 @@ class KeyRegistry:
         temporary.replace(path)
 
 
+def _identity_document(identity: Identity) -> dict[str, object]:
+    document: dict[str, object] = {
+        "role": identity.role.value,
+        "public_key": base64.b64encode(identity.public_key).decode(),
+        "channels": sorted(identity.channels),
+    }
+    if identity.retired:
+        document["retired"] = [
+            {"public_key": base64.b64encode(r.public_key).decode(), "last_entry": r.last_entry}
+            for r in identity.retired
+        ]
+    return document
+
+
 def _identity_from(name: object, entry: object, source: str) -> Identity:
     where = f"{source}: identities.{name}"
     try:
@@ -176,7 +232,7 @@ def _identity_from(name: object, entry: object, source: str) -> Identity:
         raise ConfigError(f"{source}: {exc}") from exc
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where}: expected a mapping with role, public_key, channels")
-    unexpected = set(entry) - {"role", "public_key", "channels"}
+    unexpected = set(entry) - {"role", "public_key", "channels", "retired"}
     if unexpected:
         raise ConfigError(f"{where}: unexpected keys {sorted(map(str, unexpected))}")
     try:
@@ -190,10 +246,37 @@ def _identity_from(name: object, entry: object, source: str) -> Identity:
     channels = entry.get("channels", [])
     if not isinstance(channels, list):
         raise ConfigError(f"{where}.channels must be a list of channel names")
+    retired = _retired_from(entry.get("retired", []), f"{where}.retired")
     try:
-        return Identity(name=name, role=role, public_key=public_key, channels=frozenset(channels))
+        return Identity(
+            name=name,
+            role=role,
+            public_key=public_key,
+            channels=frozenset(channels),
+            retired=retired,
+        )
     except (InvalidChannel, TypeError) as exc:
         raise ConfigError(f"{where}.channels: {exc}") from exc
+
+
+def _retired_from(value: object, where: str) -> tuple[RetiredKey, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list of {{public_key, last_entry}} mappings")
+    retired: list[RetiredKey] = []
+    for position, item in enumerate(value):
+        here = f"{where}[{position}]"
+        if not isinstance(item, Mapping) or set(item) != {"public_key", "last_entry"}:
+            raise ConfigError(f"{here}: expected a mapping with public_key and last_entry")
+        last = item["last_entry"]
+        if not isinstance(last, int) or isinstance(last, bool) or not -1 <= last < MAX_ENTRY_INDEX:
+            raise ConfigError(
+                f"{here}.last_entry is {shown(last)}: expected the index of the last log "
+                "entry the key signed, an integer of -1 (none) or more"
+            )
+        retired.append(
+            RetiredKey(_decode_public_key(item["public_key"], f"{here}.public_key"), last)
+        )
+    return tuple(retired)
 
 
 def _decode_public_key(value: object, where: str) -> bytes:

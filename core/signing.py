@@ -105,9 +105,10 @@ def verify_envelope(data: bytes, registry: KeyRegistry) -> Verified:
     return accept_signed(signed)
 
 
-def verify_parsed(envelope: object, registry: KeyRegistry) -> Verified:
-    """:func:`verify_envelope` for an envelope already parsed from JSON."""
-    signed = read_parsed(envelope, registry)
+def verify_parsed(envelope: object, registry: KeyRegistry, *, entry: int | None = None) -> Verified:
+    """:func:`verify_envelope` for an envelope already parsed from JSON; as the log's
+    entry ``entry``, if given (a key since retired is valid for the entries it signed)."""
+    signed = read_parsed(envelope, registry, entry=entry)
     check_signature(signed)
     return accept_signed(signed)
 
@@ -124,13 +125,29 @@ def read_envelope(data: bytes, registry: KeyRegistry) -> Signed:
     return read_parsed(parse_json(data, what="envelope"), registry)
 
 
-def read_parsed(envelope: object, registry: KeyRegistry) -> Signed:
-    """:func:`read_envelope` for an envelope already parsed from JSON."""
+def read_parsed(envelope: object, registry: KeyRegistry, *, entry: int | None = None) -> Signed:
+    """:func:`read_envelope` for an envelope already parsed from JSON. A key since
+    retired is found only for a log entry it was valid for (``entry``, as ``agora
+    verify`` reads the log): whatever arrives now must carry a key in use."""
     payload_type, body, keyid, signature = _unpack(envelope)
     signer = registry.by_keyid(keyid)
     if signer is None:
-        raise UnknownKey(f"envelope is signed with key id {shown(keyid)}, which no identity holds")
+        signer = _retired_signer(registry, keyid, entry)
     return Signed(signer, payload_type, body, signature)
+
+
+def _retired_signer(registry: KeyRegistry, keyid: str, entry: int | None) -> Identity:
+    found = registry.retired_key(keyid)
+    if found is None:
+        raise UnknownKey(f"envelope is signed with key id {shown(keyid)}, which no identity holds")
+    identity, retired = found
+    if entry is None or entry > retired.last_entry:
+        where = "" if entry is None else f" (this is entry {entry})"
+        raise UnknownKey(
+            f"envelope is signed with a retired key of {identity.name!r}, valid for the "
+            f"log's entries up to {retired.last_entry} only{where}"
+        )
+    return identity.as_retired(retired)
 
 
 def check_signature(signed: Signed) -> None:

@@ -84,12 +84,22 @@ class RecordStore:
     the purge of what it replaced, a failed save) is purged by :meth:`sweep`."""
 
     def __init__(
-        self, js: JetStreamContext, kv: KeyValue, agent: str, *, max_bytes: int, key: SigningKey
+        self,
+        js: JetStreamContext,
+        kv: KeyValue,
+        agent: str,
+        *,
+        max_bytes: int,
+        key: SigningKey,
+        retired_keys: tuple[bytes, ...] = (),
     ) -> None:
         self._js = js
         self._kv = kv
         self._key = agent
         self._signer = key
+        # a record saved before the agent's key was replaced is read under its old key
+        # (and saved under the new one at the next batch)
+        self._readers = (key.public_key, *retired_keys)
         self._revision = 0
         self._parts: dict[str, str] = {}  # the saved record's parts: digest -> key
         self._purging: set[asyncio.Task[None]] = set()
@@ -150,10 +160,10 @@ class RecordStore:
             signed = base64.b64decode(signature, validate=True)
         except binascii.Error:
             signed = b""
-        public_key = self._signer.public_key
-        if not (
+        if not any(
             ed25519.verifies(public_key, signed, signed_part(body))
             or ed25519.verifies(public_key, signed, pae(RECORD_TYPE, body))  # saved before
+            for public_key in self._readers
         ):
             raise UntrustedRecord(
                 "its saved record is not signed by its key: something other than a host "

@@ -204,6 +204,7 @@ class Host:
                 agent.name,
                 max_bytes=nc.max_payload - HEADROOM,
                 key=self._keys.agents[agent.name],
+                retired_keys=_retired_keys(self._registry, agent.name),
             )
             runner = await self._prepare(nc, agent, records)
             self.runners[agent.name] = runner
@@ -438,3 +439,11 @@ class Host:
             elif now - quiet_since >= quiet_s:
                 return
             await asyncio.sleep(SETTLE_POLL_S)
+
+
+def _retired_keys(registry: KeyRegistry, name: str) -> tuple[bytes, ...]:
+    """The public keys ``name`` had before its present one (none if it is unregistered,
+    which the host refuses at its start anyway)."""
+    if name not in registry:
+        return ()
+    return tuple(r.public_key for r in registry.get(name).retired)

@@ -9,6 +9,8 @@ import asyncio
 import base64
 import json
 import socket
+import subprocess
+import sys
 import threading
 from collections import Counter
 from dataclasses import replace
@@ -24,9 +26,16 @@ from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
 from agora.core.envelope import Act, Event, EventKind
 from agora.core.errors import InternalError, MalformedEnvelope
-from agora.core.factlog import CHECKPOINT_DIR, LOG_FILE, POSITION_FILE, FactLog, checkpoint_name
+from agora.core.factlog import (
+    CHECKPOINT_DIR,
+    LOG_FILE,
+    POSITION_FILE,
+    FactLog,
+    checkpoint_name,
+    read_facts,
+)
 from agora.core.ids import new_id, now_ms
-from agora.core.keys import Role
+from agora.core.keys import Role, read_private_key_file
 from agora.core.received import MSG_ID_HEADER, RawClient
 from agora.core.signing import pae, sign_fact
 from agora.core.spine import (
@@ -59,6 +68,7 @@ from agora.host.nats_server import EmbeddedNats
 from agora.host.record_store import MAX_OUTBOX_PARTS, RecordStore
 from agora.host.tasks import cancel
 from agora.host.watchdog import WatchedSandbox
+from tests.factories import make_act
 from tests.harness import Harness, running_host
 
 VOTERS = {
@@ -1203,3 +1213,47 @@ async def test_an_agent_whose_loop_failed_still_lets_go_of_its_feed_at_a_stop(
         assert feed is not None
         await h.stop_host()  # the error is told (logged), the rest goes on
         assert feed._subscription is None  # its feed was stopped all the same
+
+
+async def test_an_agents_key_rotated_between_runs_keeps_its_record_and_every_fact_verifies(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        await h.inject("build-coord", "before the rotation", hops=1)
+        await h.settle()
+        await h.stop_host()
+        before = await h.record("synth-agent")
+        config = h.session.config
+        rotate = [
+            *("keys", "rotate", "synth-agent", "--facts-dir", config.facts_dir),
+            *("--registry", config.registry, "--keys-dir", config.keys_dir),
+        ]
+        rotated = await asyncio.to_thread(
+            subprocess.run,
+            [Path(sys.executable).parent / "agora", *rotate],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        entries = len(read_facts(config.facts_dir))
+        assert f"stays valid for entries 0-{entries - 1} of" in rotated.stdout
+        old_key = next(config.keys_dir.glob("synth-agent.key.retired-*"))
+        old = read_private_key_file(old_key, "synth-agent")
+        h.session = open_session(config.path)
+        assert h.session.key("synth-agent").public_key != old.public_key
+
+        host = await h.start_host()  # its record, signed with the old key, is read
+        after = await h.inject("build-coord", "after the rotation", hops=1)
+        forged = make_act(sender="synth-agent", payload="signed with its old key", hops=1)
+        await publish_envelope(
+            h.js, channel="build-coord", msg_id=forged.id, envelope=sign_fact(forged, old)
+        )
+        await h.settle()
+        assert host.runners["synth-agent"].counters["unverified"] == 1
+        record = await h.record("synth-agent")  # saved again, under the new key
+    assert record.calls == before.calls + 1
+    assert h.acts_by("synth-agent")[-1].in_reply_to == after.id
+    assert forged.id not in {f.id for f in h.facts()}
+    h.verify()  # the old key's facts under the registry that retired it

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agora.core.errors import ConfigError, UnknownKey
+from agora.core.factlog import FactLog
 from agora.core.keys import (
     KeyRegistry,
     Role,
@@ -22,6 +23,8 @@ from agora.core.keys import (
     read_private_key,
     read_private_key_file,
 )
+from agora.core.signing import sign_fact, verify_envelope
+from tests.factories import make_act
 
 AGORA = Path(sys.executable).parent / "agora"
 
@@ -176,3 +179,87 @@ def test_a_keyed_digest_is_the_same_for_its_key_and_no_one_elses() -> None:
     assert key.keyed_digest(data) != key.keyed_digest(data + b"8")
     assert key.keyed_digest(data) != hashlib.sha256(data).hexdigest()
     assert "digest" not in repr(key)
+
+
+def test_a_retired_key_is_kept_in_the_registry_and_refused_for_anything_new(
+    tmp_path: Path,
+) -> None:
+    old, new = SigningKey.generate("synth-agent"), SigningKey.generate("synth-agent")
+    identity = old.identity(Role.AGENT, ["build-coord"]).retire_key(new.public_key, 41)
+    path = tmp_path / "keys.yaml"
+    KeyRegistry([identity]).save(path)
+    loaded = KeyRegistry.load(path)
+    assert loaded.get("synth-agent") == identity
+    assert loaded.by_keyid(new.identity(Role.AGENT).keyid) == identity
+    assert loaded.by_keyid(old.identity(Role.AGENT).keyid) is None  # never a key in use
+    found = loaded.retired_key(old.identity(Role.AGENT).keyid)
+    assert found is not None and found[1].last_entry == 41
+    act = make_act(sender="synth-agent")
+    with pytest.raises(UnknownKey, match="retired key of 'synth-agent'"):
+        verify_envelope(sign_fact(act, old), loaded)  # as a host checks what arrives
+    assert verify_envelope(sign_fact(act, new), loaded).fact == act
+
+
+@pytest.mark.parametrize(
+    ("retired", "expected"),
+    [
+        ("{}", "must be a list"),
+        ("[{public_key: KEY}]", "expected a mapping with public_key and last_entry"),
+        ("[{public_key: KEY, last_entry: -2}]", "an integer of -1 (none) or more"),
+        ("[{public_key: KEY, last_entry: true}]", "an integer of -1 (none) or more"),
+        ("[{public_key: KEY, last_entry: '3'}]", "an integer of -1 (none) or more"),
+        ("[{public_key: nope, last_entry: 3}]", "32 raw Ed25519 bytes in base64"),
+        ("[{public_key: CURRENT, last_entry: 3}]", "lists one public key twice"),
+        ("[{public_key: OTHER, last_entry: 3}]", "share one public key"),
+    ],
+)
+def test_a_retired_key_that_is_not_one_is_refused_naming_the_key(
+    tmp_path: Path, retired: str, expected: str
+) -> None:
+    current, other, old = (SigningKey.generate(n) for n in ("a", "b", "a"))
+
+    def b64(key: SigningKey) -> str:
+        return base64.b64encode(key.public_key).decode()
+
+    path = tmp_path / "keys.yaml"
+    retired = retired.replace("CURRENT", b64(current)).replace("OTHER", b64(other))
+    path.write_text(
+        "identities:\n"
+        f"  a: {{role: agent, public_key: {b64(current)}, channels: [x], "
+        f"retired: {retired.replace('KEY', b64(old))}}}\n"
+        f"  b: {{role: agent, public_key: {b64(other)}, channels: [x]}}\n"
+    )
+    with pytest.raises(ConfigError, match=re.escape(expected)) as raised:
+        KeyRegistry.load(path)
+    assert "identities.a.retired" in str(raised.value) or "one public key" in expected
+
+
+def test_keys_rotate_changes_nothing_unless_it_can_keep_the_old_key_valid(
+    tmp_path: Path,
+) -> None:
+    _agora(tmp_path, "keys", "new", "host", "--role", "host", "--channel", "*")
+    registry, key_file = tmp_path / "keys.yaml", tmp_path / ".agora" / "keys" / "host.key"
+    before = (registry.read_bytes(), key_file.read_bytes())
+
+    no_log = _agora(tmp_path, "keys", "rotate", "host")
+    assert no_log.returncode == 1
+    assert "there is no fact log in facts" in no_log.stderr
+    unknown = _agora(tmp_path, "keys", "rotate", "ghost")
+    assert unknown.returncode == 1 and "'ghost' is not in the key registry" in unknown.stderr
+    host = read_private_key(tmp_path / ".agora" / "keys", "host")
+    with FactLog.open(tmp_path / "facts", signer=host):  # a recorder writing it
+        busy = _agora(tmp_path, "keys", "rotate", "host")
+    assert busy.returncode == 1 and "being written by another process" in busy.stderr
+    assert (registry.read_bytes(), key_file.read_bytes()) == before
+
+    done = _agora(tmp_path, "keys", "rotate", "host")
+    assert done.returncode == 0, done.stderr
+    assert "valid for no entry (the log is empty)" in done.stdout
+    rotated = KeyRegistry.load(registry).get("host")
+    assert [r.public_key for r in rotated.retired] == [host.public_key]
+    assert rotated.retired[0].last_entry == -1  # and for the checkpoint over none
+    verified = _agora(tmp_path, "verify", "facts")
+    assert verified.returncode == 0, verified.stdout
+    listed = _agora(tmp_path, "keys", "list").stdout
+    assert "1 retired" in listed
+    assert read_private_key(tmp_path / ".agora" / "keys", "host").public_key == rotated.public_key

@@ -12,8 +12,15 @@ import pytest
 
 from agora.core.checkpoint import Checkpoint
 from agora.core.envelope import Act, decode_fact
-from agora.core.factlog import CHECKPOINT_DIR, LOG_FILE, VIEW_FILE, FactLog, entry_line
-from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.factlog import (
+    CHECKPOINT_DIR,
+    LOG_FILE,
+    VIEW_FILE,
+    FactLog,
+    checkpoint_name,
+    entry_line,
+)
+from agora.core.keys import KeyRegistry, Role, SigningKey
 from agora.core.merkle import leaf_hash, root_of
 from agora.core.signing import sign_fact
 from agora.core.verify import PARALLEL_FROM_ENTRIES, Extends, verify_directory
@@ -362,3 +369,49 @@ def test_parallel_verify_finds_the_same_first_problem(
     assert sequential.problem == parallel.problem
     assert parallel.problem is not None
     assert parallel.problem.index == bad
+
+
+def test_a_retired_key_verifies_what_it_signed_and_nothing_after(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    # The host's key replaced after entry 7: its events and checkpoints up to there
+    # still verify, under the new registry, and what the new key signs after them.
+    facts = build_facts(8, every=4)
+    old_host, new_host = keys["host"], SigningKey.generate("host")
+    rotated = registry.with_identity(
+        registry.get("host").retire_key(new_host.public_key, last_entry=7)
+    )
+    with FactLog.open(facts, signer=new_host) as log:
+        act = make_act(payload="after the rotation")
+        log.append(sign_fact(act, keys["synth-agent"]), act)
+        event = make_event(subjects=(act.id,))
+        log.append(sign_fact(event, new_host), event)
+    report = verify_directory(facts, rotated)
+    assert report.ok, report.problem
+    assert report.checkpoints == 3 and report.signers["host"] == 3
+    # without the old key in the registry, the past no longer verifies
+    only_new = registry.with_identity(new_host.identity(Role.HOST, ["*"]))
+    problem = str(verify_directory(facts, only_new).problem)
+    assert problem.startswith(f"{CHECKPOINT_DIR}/{checkpoint_name(4)}: checkpoint carries no")
+
+    late = make_event(subjects=(act.id,))
+    with FactLog.open(facts, signer=new_host) as log:
+        log.append(sign_fact(late, old_host), late)
+    problem = str(verify_directory(facts, rotated).problem)
+    assert problem == (
+        "entry 10: envelope is signed with a retired key of 'host', valid for the log's "
+        "entries up to 7 only (this is entry 10)"
+    )
+
+
+def test_a_checkpoint_by_a_retired_key_holds_only_over_what_it_signed(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    facts = build_facts(8, every=4)
+    new_host = SigningKey.generate("host")
+    rotated = registry.with_identity(
+        registry.get("host").retire_key(new_host.public_key, last_entry=5)
+    )
+    # signed at 8 by the key retired after entry 5: not a checkpoint it could sign
+    problem = str(verify_directory(facts, rotated).problem)
+    assert problem.startswith(f"{CHECKPOINT_DIR}/{checkpoint_name(8)}: checkpoint carries no")

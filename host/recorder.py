@@ -29,6 +29,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -67,6 +68,7 @@ FETCH_WAIT_S: Final = 0.25
 SYNC_EVERY_S: Final = 0.002  # the shortest time between two group commits
 POSITION_EVERY_S: Final = 1.0
 HEARTBEAT_S: Final = 1.0
+MAX_DIGITS: Final = 20  # in a number of the position file
 
 
 @dataclass(slots=True)
@@ -99,6 +101,7 @@ class Recorder:
         self._position_file = factlog.directory / POSITION_FILE
         saved = read_position(self._position_file)
         self.position = saved.seq
+        self._stream_created_us = saved.stream_created_us  # which stream it is a place in
         self._durable_entries = factlog.size  # the log's entries the position covers
         self._written_entries = factlog.size  # the log's entries written so far
         if factlog.cut_entries or factlog.size < saved.entries:
@@ -135,8 +138,32 @@ class Recorder:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
+        """Start recording, after checking that the saved position is a place in the
+        stream on this server (raises :class:`ConfigError` if it is not)."""
+        info = await self._js.stream_info(STREAM)
+        created_us = _created_us(info.created)
+        self._check_stream(created_us, info.state.last_seq or 0)
+        self._stream_created_us = created_us
         self._task = asyncio.create_task(self._run(), name="agora-recorder")
         self._syncing = asyncio.create_task(self._sync_forever(), name="agora-recorder-sync")
+
+    def _check_stream(self, created_us: int, last_seq: int) -> None:
+        """Refuse a position saved while recording another stream: the server's store was
+        reset (or the facts directory is another agora's), and reading on from it would
+        skip the new stream's messages up to there, or wait for good for a sequence it
+        may never reach, recording nothing and saying nothing."""
+        saved = self._stream_created_us
+        if self.position == 0 or (saved == created_us if saved else self.position <= last_seq):
+            return
+        was = f"a stream created at {_time_us(saved)}" if saved else "a longer stream"
+        raise ConfigError(
+            f"{self._position_file} was saved while recording {was} (up to its message "
+            f"{self.position}), not the {STREAM} stream on this NATS server (created at "
+            f"{_time_us(created_us)}, {last_seq} messages): the server's store was reset, "
+            "or this facts directory belongs to another agora. To record this stream into "
+            f"this log, delete {self._position_file} (the facts the log holds are "
+            "recognised and skipped); else name the right facts directory"
+        )
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop after the batch in hand (graceful), or at once, as a crash would. The
@@ -395,7 +422,7 @@ class Recorder:
             return None
         self._saved_position = self.position
         self._position_saved_at = now
-        return Position(self.position, self._durable_entries)
+        return Position(self.position, self._durable_entries, self._stream_created_us)
 
     def _write_position(self, position: Position) -> None:
         with self._position_lock:
@@ -486,11 +513,14 @@ def _stream_time_ms(message: JetStreamMessage) -> int:
 @dataclass(frozen=True, slots=True)
 class Position:
     """Where the recorder is: the stream sequence of the last message recorded into the
-    facts directory, and how many entries its log held, synced, then (0: not said, as
-    an older recorder wrote it). A log found shorter than that was cut or rolled back."""
+    facts directory, how many entries its log held, synced, then, and when the stream
+    was created, in microseconds since 1970 (0: not said, as an older recorder wrote
+    it). A log found shorter than that was cut or rolled back; a stream created at
+    another time is another stream."""
 
     seq: int
     entries: int = 0
+    stream_created_us: int = 0
 
 
 def read_position(path: Path) -> Position:
@@ -499,11 +529,11 @@ def read_position(path: Path) -> Position:
         fields = path.read_text(encoding="utf-8").split()
     except FileNotFoundError:
         return Position(0)
-    numbers = [int(field) for field in fields if field.isascii() and field.isdigit()]
-    if len(numbers) != len(fields) or len(numbers) > 2:
+    numbers = [int(f) for f in fields if f.isascii() and f.isdigit() and len(f) <= MAX_DIGITS]
+    if len(numbers) != len(fields) or len(numbers) > 3:
         raise ConfigError(
-            f"{path} is damaged: expected '<stream sequence> <entries>', found "
-            f"{fields[:3]!r}; delete it to record from the start"
+            f"{path} is damaged: expected '<stream sequence> <entries> <stream created>', "
+            f"found {fields[:4]!r}; delete it to record from the start"
         )
     return Position(*numbers) if numbers else Position(0)
 
@@ -514,8 +544,19 @@ def write_position(path: Path, position: Position) -> None:
     be refused as damaged at the next start)."""
     temporary = path.with_name(path.name + ".tmp")
     with temporary.open("w", encoding="utf-8") as file:
-        file.write(f"{position.seq} {position.entries}\n")
+        file.write(f"{position.seq} {position.entries} {position.stream_created_us}\n")
         file.flush()
         os.fsync(file.fileno())
     temporary.replace(path)
     fsync_directory(path.parent)
+
+
+def _created_us(created: datetime | None) -> int:
+    """A stream's creation time in microseconds since 1970 (0 if the server says none)."""
+    if created is None:
+        return 0
+    return (created - datetime.fromtimestamp(0, UTC)) // timedelta(microseconds=1)
+
+
+def _time_us(micros: int) -> str:
+    return (datetime.fromtimestamp(0, UTC) + timedelta(microseconds=micros)).isoformat()

@@ -25,7 +25,7 @@ from agora.cli.session import connected, open_session
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
 from agora.core.envelope import Act, Event, EventKind
-from agora.core.errors import InternalError, MalformedEnvelope
+from agora.core.errors import ConfigError, InternalError, MalformedEnvelope
 from agora.core.factlog import (
     CHECKPOINT_DIR,
     LOG_FILE,
@@ -1257,3 +1257,35 @@ async def test_an_agents_key_rotated_between_runs_keeps_its_record_and_every_fac
     assert h.acts_by("synth-agent")[-1].in_reply_to == after.id
     assert forged.id not in {f.id for f in h.facts()}
     h.verify()  # the old key's facts under the registry that retired it
+
+
+async def test_a_recorder_refuses_a_position_in_a_stream_that_is_gone(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # The server's store reset (here: the stream deleted): its sequences start again at
+    # 1, so a recorder that read on from its saved place would wait for good for a
+    # message the new stream has not reached, recording nothing and saying nothing.
+    one = {"synth-agent": PAIR["synth-agent"]}
+    async with running_host(tmp_path, components, agents=one) as h:
+        await h.inject("build-coord", "before the reset", hops=1)
+        await h.settle()
+        await h.stop_host()
+        recorded = len(h.facts())
+        await h.js.delete_stream(STREAM)
+        with pytest.raises(ConfigError, match="the server's store was reset") as refused:
+            await h.start_host()
+        assert str(h.facts_dir / POSITION_FILE) in str(refused.value)
+        assert len(h.facts()) == recorded  # nothing changed
+        # as a recorder wrote it before it named the stream: its sequence tells
+        position = h.facts_dir / POSITION_FILE
+        position.write_text(" ".join(position.read_text().split()[:2]) + "\n")
+        with pytest.raises(ConfigError, match="while recording a longer stream"):
+            await h.start_host()
+
+        (h.facts_dir / POSITION_FILE).unlink()  # as the error says, to go on in this log
+        await h.start_host()
+        after = await h.inject("build-coord", "after the reset", hops=1)
+        await h.settle()
+    assert after.id in {f.id for f in h.facts()}
+    assert len(h.facts()) > recorded
+    h.verify()

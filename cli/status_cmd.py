@@ -102,23 +102,84 @@ def by_host(reports: dict[str, dict[str, Any]], now: int) -> dict[str, dict[str,
     }
 
 
-async def _reports(js: JetStreamContext) -> dict[str, dict[str, Any]]:
-    """Every report in the status bucket, by key (one that is not a JSON object skipped)."""
+async def _reports(js: JetStreamContext) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Every report in the status bucket, by key, and what is wrong with each value that
+    is not a report as a host writes it (whoever may write the bucket can put anything
+    there): those are left out, and said."""
     reports: dict[str, dict[str, Any]] = {}
+    malformed: dict[str, str] = {}
     for key, value in (await bucket_values(js, STATUS_BUCKET)).items():
         try:
             report = json.loads(value or b"{}")
-        except ValueError:
-            continue  # not a report
-        if isinstance(report, dict):
+        except (ValueError, RecursionError):
+            malformed[key] = "not JSON"
+            continue
+        problem = report_problem(report)
+        if problem is None:
             reports[key] = report
-    return reports
+        else:
+            malformed[key] = problem
+    return reports, malformed
+
+
+def report_problem(report: object) -> str | None:
+    """What is wrong with a status report, or None if it has the shape a host writes."""
+    if not isinstance(report, dict):
+        return "not a JSON object"
+    wrong = [
+        name
+        for name, expected in _REPORT_FIELDS.items()
+        if name in report and not _is(report[name], expected)
+    ]
+    if wrong:
+        return f"{', '.join(wrong)}: not what a host writes"
+    for name, agent in (report.get("agents") or {}).items():
+        if not isinstance(agent, dict) or not all(
+            _is(agent.get(field), expected) for field, expected in _AGENT_FIELDS.items()
+        ):
+            return f"agents.{name}: expected channels, state and counters"
+    recorder = report.get("recorder")
+    if recorder is not None and not all(
+        _is(recorder.get(field), expected) for field, expected in _RECORDER_FIELDS.items()
+    ):
+        return "recorder: expected recorded, refused and failure"
+    return None
+
+
+def _is(value: object, expected: str) -> bool:
+    """Whether ``value`` is of the kind ``expected`` names (see :data:`_REPORT_FIELDS`)."""
+    if expected == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected == "text":
+        return isinstance(value, str)
+    if expected == "int?":
+        return value is None or _is(value, "int")
+    if expected == "text?":
+        return value is None or isinstance(value, str)
+    if expected == "texts":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if expected == "counts":
+        return isinstance(value, dict) and all(_is(v, "int") for v in value.values())
+    return isinstance(value, dict)  # "object"
+
+
+_REPORT_FIELDS: Final = {
+    "host": "text",
+    "instance": "text",
+    "machine": "text",
+    "pid": "int",
+    "time_ms": "int",
+    "clock_offset_ms": "int?",
+    "agents": "object",
+}
+_AGENT_FIELDS: Final = {"channels": "texts", "state": "text", "counters": "counts"}
+_RECORDER_FIELDS: Final = {"recorded": "int", "refused": "int", "failure": "text?"}
 
 
 async def gather_status(session: Session) -> dict[str, Any]:
     async with agora_connection(session.config) as client:
         js = client.jetstream()
-        reports = await _reports(js)
+        reports, malformed = await _reports(js)
         stream = await js.stream_info(STREAM)
         try:
             dead = (await js.stream_info(DEAD_STREAM)).state.messages
@@ -139,6 +200,7 @@ async def gather_status(session: Session) -> dict[str, Any]:
             for key, event in sorted(in_force.items())
         },
         "control_keys": sorted(control_keys),
+        "malformed_reports": dict(sorted(malformed.items())),
         "stream": {"messages": stream.state.messages, "dead_letters": dead},
     }
 
@@ -169,6 +231,8 @@ def run_status(arguments: argparse.Namespace) -> int:
         show(f"host {name}: {_how_many_run(processes)}")
         for process in processes.values():
             _show_process(process)
+    for key, problem in status["malformed_reports"].items():
+        show(f"status report {key} left out: {problem}")
     _show_stopped(status["stopped"])
     return 0
 

@@ -234,8 +234,23 @@ def parse_yaml(text: str, *, source: str) -> object:
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {_where_and_what(exc)}") from None
     except (ValueError, OverflowError) as exc:  # a date that is none, a number too long
         raise ConfigError(f"{source}: a value cannot be read: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{source}: nested deeper than a configuration goes") from None
+
+
+def _where_and_what(exc: yaml.YAMLError) -> str:
+    """What is wrong with a YAML document and where (line and column), without the
+    lines PyYAML quotes from it: a line of a configuration may hold a secret, such as
+    a password in a NATS URL, which no error message may show."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    said: list[str] = []
+    for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+        if text is None:
+            continue
+        place = "" if mark is None else f" (line {mark.line + 1}, column {mark.column + 1})"
+        said.append(f"{text}{place}")
+    return "; ".join(said) or type(exc).__name__

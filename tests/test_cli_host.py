@@ -705,3 +705,38 @@ async def test_status_shows_every_process_of_a_host_grouped(
     assert "host host: 2 of 3 processes running\n" in text
     assert re.search(r"\n  elsewhere \(pid 7\): not running \(last report ", text), text
     assert text.count("): running (reported ") == 2
+
+
+async def test_status_leaves_out_what_is_not_a_report_and_says_so(
+    tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
+    # Whoever may write the status bucket can put anything there: one bad value may
+    # not stop the operator from seeing the others.
+    config = create_workspace(
+        tmp_path, channels=("build-coord",), agents={}, extra={"nats": {"url": nats_server.url}}
+    )
+    await _seed_stale_reports(nats_server.url)
+    bad = {
+        "x.time": b'{"time_ms": "soon"}',
+        "x.agent": b'{"time_ms": 1, "agents": {"x": {}}}',
+        "x.agents": b'{"agents": [1]}',
+        "x.recorder": b'{"time_ms": 1, "recorder": {"recorded": "many"}}',
+        "x.json": b"[[[",
+    }
+    async with connected(nats_server.url) as client:
+        kv = await client.jetstream().key_value(STATUS_BUCKET)
+        for key, value in bad.items():
+            await kv.put(key, value)
+    status = _status(config)
+    assert status is not None
+    assert status["malformed_reports"] == {
+        "x.agent": "agents.x: expected channels, state and counters",
+        "x.agents": "agents: not what a host writes",
+        "x.json": "not JSON",
+        "x.recorder": "recorder: expected recorded, refused and failure",
+        "x.time": "time_ms: not what a host writes",
+    }
+    assert set(status["hosts"]) == {"host"}  # the good reports are all there
+    text = (await asyncio.to_thread(agora, "status", "-c", config)).stdout
+    assert "status report x.time left out: time_ms: not what a host writes\n" in text
+    assert "host host: not running\n" in text

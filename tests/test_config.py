@@ -758,6 +758,25 @@ def test_invalid_yaml_is_refused_with_its_line(tmp_path: Path) -> None:
     assert "line " in message
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nats:\n  url: nats://admin:pw: x9Secret@127.0.0.1:4222\n",  # a syntax error
+        "nats:\n  url: nats://a:x9Secret@h:1\n  url: nats://a:x9Secret@h:2\n",  # twice
+    ],
+)
+def test_a_yaml_error_says_where_without_quoting_the_file(tmp_path: Path, text: str) -> None:
+    # A configuration's lines may hold a secret (a password in a URL): an error names
+    # the line and column, never what is on it.
+    path = tmp_path / "agora.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "x9Secret" not in message
+    assert re.search(r"line \d+, column \d+", message), message
+
+
 def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "agora.yaml"
     path.write_text(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any, Final
 
 from nats.js import JetStreamContext
@@ -147,21 +148,23 @@ def report_problem(report: object) -> str | None:
 
 
 def _is(value: object, expected: str) -> bool:
-    """Whether ``value`` is of the kind ``expected`` names (see :data:`_REPORT_FIELDS`)."""
-    if expected == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected == "text":
-        return isinstance(value, str)
-    if expected == "int?":
-        return value is None or _is(value, "int")
-    if expected == "text?":
-        return value is None or isinstance(value, str)
-    if expected == "texts":
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if expected == "counts":
-        return isinstance(value, dict) and all(_is(v, "int") for v in value.values())
-    return isinstance(value, dict)  # "object"
+    """Whether ``value`` is of the kind ``expected`` names (see :data:`_KINDS`)."""
+    return _KINDS[expected](value)
 
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_KINDS: Final[dict[str, Callable[[object], bool]]] = {
+    "int": _whole,
+    "int?": lambda v: v is None or _whole(v),
+    "text": lambda v: isinstance(v, str),
+    "text?": lambda v: v is None or isinstance(v, str),
+    "texts": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "counts": lambda v: isinstance(v, dict) and all(_whole(x) for x in v.values()),
+    "object": lambda v: isinstance(v, dict),
+}
 
 _REPORT_FIELDS: Final = {
     "host": "text",

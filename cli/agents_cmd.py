@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Final
 
+from agora.cli.session import folder_argument
 from agora.host.builder import agent_statuses, build_agents
 
 DEFAULT_SOURCE: Final = Path("agents")
@@ -50,7 +51,7 @@ def _folder_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--build-dir",
-        type=Path,
+        type=folder_argument,
         default=DEFAULT_BUILD_DIR,
         help="where components are written (default: agents/build)",
     )

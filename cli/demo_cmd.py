@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from nats.js import JetStreamContext
 
-from agora.cli.session import Session, connected, open_session
+from agora.cli.session import Session, connected, folder_argument, open_session
 from agora.cli.terminal import terminal_safe
 from agora.cli.up_cmd import prepare_host
 from agora.cli.workspace import AgentPlan, create_workspace
@@ -86,7 +86,7 @@ def register(commands: Any) -> None:
     )
     demo.add_argument(
         "--facts-dir",
-        type=Path,
+        type=folder_argument,
         default=DEFAULT_FACTS_DIR,
         help="where the demo's facts go (default: agora-demo/facts; keys and config beside it)",
     )

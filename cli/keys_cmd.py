@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Final
 
+from agora.cli.session import folder_argument
 from agora.core.errors import AgoraError, ConfigError
 from agora.core.factlog import LOG_FILE, FactLog
 from agora.core.keys import (
@@ -78,7 +79,7 @@ def _file_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--keys-dir",
-        type=Path,
+        type=folder_argument,
         default=DEFAULT_KEYS_DIR,
         help="where private keys are kept (default: .agora/keys)",
     )

@@ -7,6 +7,7 @@ without being told where the server is.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from agora.core.acts import check_channel
+from agora.core.document import file_in_the_way
 from agora.core.errors import AgoraError, ConfigError, InputError
 from agora.core.keys import (
     KeyRegistry,
@@ -185,3 +187,15 @@ async def _missing(client: Client, url: str, exc: NatsError) -> AgoraError:
 def _said(exc: NatsError) -> str:
     """What a NATS error says, or its name when it says nothing."""
     return str(exc).strip() or type(exc).__name__
+
+
+def folder_argument(text: str) -> Path:
+    """An argument naming a folder, or where one can be made: one with a file in the
+    way is refused before anything is made (argparse names the option)."""
+    path = Path(text)
+    blocking = file_in_the_way(path.absolute())
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(
+            f"expected a folder, or a path where one can be made: {blocking} is a file"
+        )
+    return path

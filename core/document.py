@@ -136,6 +136,27 @@ class Fields:
             raise node.error("a path (a non-empty string with no NUL character)")
         return resolve_path(root, node.value)
 
+    def folder(self, key: str, *, root: Path, default: str) -> Path:
+        """A path that is a folder, or can be made one: neither it nor any folder on the
+        way to it is a file (checked now, before anything starts and makes it)."""
+        path = self.path(key, root=root, default=default)
+        blocking = file_in_the_way(path)
+        if blocking is not None:
+            node = self.get(key) or self.missing(key)
+            raise node.error(
+                f"a folder, or a path where one can be made, not a file: {blocking} is a file",
+                shown(str(path)),
+            )
+        return path
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """``path`` or the first of its parents that exists and is not a folder, if any."""
+    for place in (path, *path.parents):
+        if place.exists():
+            return None if place.is_dir() else place
+    return None
+
 
 def check_name_at(node: Node, value: object, what: str) -> str:
     try:

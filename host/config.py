@@ -193,7 +193,7 @@ def parse_config(document: object, *, path: Path) -> Config:
     keys = fields.section("keys", ("registry", "dir"))
     host = fields.section("host", ("name", "checkpoint_every"))
     defaults = fields.section("defaults", ("hops", "limits"))
-    keys_dir = keys.path("dir", root=root, default=DEFAULT_KEYS_DIR)
+    keys_dir = keys.folder("dir", root=root, default=DEFAULT_KEYS_DIR)
     default_limits = _limits(defaults.section("limits", _LIMIT_KEYS), Limits())
     channels = _channels(fields.get("channels") or fields.missing("channels"))
     agents = _agents(
@@ -206,11 +206,11 @@ def parse_config(document: object, *, path: Path) -> Config:
     return Config(
         path=absolute,
         root=root,
-        facts_dir=fields.path("facts", root=root, default=DEFAULT_FACTS_DIR),
+        facts_dir=fields.folder("facts", root=root, default=DEFAULT_FACTS_DIR),
         registry=keys.path("registry", root=root, default=DEFAULT_REGISTRY),
         keys_dir=keys_dir,
-        agents_dir=fields.path("agents_dir", root=root, default=DEFAULT_AGENTS_DIR),
-        build_dir=fields.path("build_dir", root=root, default=DEFAULT_BUILD_DIR),
+        agents_dir=fields.folder("agents_dir", root=root, default=DEFAULT_AGENTS_DIR),
+        build_dir=fields.folder("build_dir", root=root, default=DEFAULT_BUILD_DIR),
         host_name=host.name("name", default=DEFAULT_HOST_NAME),
         checkpoint_every=host.integer(
             "checkpoint_every", default=DEFAULT_CHECKPOINT_EVERY, low=1, high=MAX_CHECKPOINT_EVERY
@@ -252,7 +252,7 @@ def _nats(fields: Fields, root: Path) -> NatsConfig:
         )
     return NatsConfig(
         url=url,
-        data_dir=fields.path("data_dir", root=root, default=DEFAULT_NATS_DATA_DIR),
+        data_dir=fields.folder("data_dir", root=root, default=DEFAULT_NATS_DATA_DIR),
         replicas=replicas,
     )
 

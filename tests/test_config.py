@@ -171,6 +171,45 @@ def test_paths_resolve_against_the_file_folder_and_absolute_ones_stay(tmp_path: 
     assert config.nats.data_dir == Path("/var/lib/nats")
 
 
+@pytest.mark.parametrize(
+    ("document", "key"),
+    [
+        ({"facts": "keys.yaml"}, "facts"),
+        ({"facts": "keys.yaml/facts"}, "facts"),
+        ({"build_dir": "keys.yaml"}, "build_dir"),
+        ({"agents_dir": "keys.yaml"}, "agents_dir"),
+        ({"nats": {"data_dir": "keys.yaml"}}, "nats.data_dir"),
+        ({"keys": {"dir": "keys.yaml"}}, "keys.dir"),
+        ({}, "facts"),  # the default, where a file lies
+    ],
+)
+def test_a_folder_with_a_file_in_its_way_is_refused_before_anything_starts(
+    tmp_path: Path, document: dict[str, Any], key: str
+) -> None:
+    (tmp_path / "keys.yaml").write_text("identities: {}\n")
+    if not document:
+        (tmp_path / "facts").write_text("not a folder\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, path=tmp_path / "agora.yaml")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'agora.yaml'}: {key}: expected a folder")
+    assert "is a file" in message
+
+
+def test_a_folder_argument_with_a_file_in_its_way_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "keys.yaml").write_text("identities: {}\n")
+    for arguments in (
+        ["agents", "build", "--build-dir", str(tmp_path / "keys.yaml")],
+        ["demo", "--facts-dir", str(tmp_path / "keys.yaml" / "facts")],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            agora(arguments)
+        assert exited.value.code == 2
+        assert f"{tmp_path / 'keys.yaml'} is a file" in capsys.readouterr().err
+
+
 def test_an_agent_key_defaults_to_its_name_in_the_keys_folder(tmp_path: Path) -> None:
     document = _document()
     document["keys"] = {"dir": "private"}

@@ -27,6 +27,8 @@ from agora.cli.agents_cmd import (  # SOURCE_WIT: the benchmarks build with it
 )
 from agora.cli.session import Session, add_config_option, connected, open_session
 from agora.core.document import Node
+from agora.core.errors import ConfigError
+from agora.core.keys import Role, SigningKey
 from agora.host.builder import build_agents, find_agents
 from agora.host.config import DEFAULT_AGENTS_DIR, Config, with_agents
 from agora.host.nats_server import EmbeddedNats
@@ -66,10 +68,37 @@ def run_up(arguments: argparse.Namespace) -> int:
     if arguments.agents:
         session = replace(session, config=with_agents(session.config, arguments.agents))
     bridge = bridge_config(session.config)  # its secrets are read now, before anything starts
-    if bridge is not None:
-        session.registry.get(bridge.identity)
-    asyncio.run(_serve(session, bridge, record=not arguments.no_record))
+    served = None if bridge is None else (bridge, bridge_signing_key(session, bridge))
+    asyncio.run(_serve(session, served, record=not arguments.no_record))
     return 0
+
+
+def bridge_signing_key(session: Session, bridge: BridgeConfig) -> SigningKey:
+    """The bridge's key, checked as the agents' are before anything starts: registered
+    with role bridge, granted every channel ``bridge.links`` links (what it says there
+    is signed by it, and a host refuses a channel its signer is not granted)."""
+    config, name = session.config, bridge.identity
+    where = f"{config.path}: bridge.identity"
+    if name not in session.registry:
+        raise ConfigError(
+            f"{where}: {name!r} is not registered in {config.registry}: run `agora keys new "
+            f"{name} --role bridge --channel CHANNEL` for each channel it speaks on"
+        )
+    identity = session.registry.get(name)
+    if identity.role is not Role.BRIDGE:
+        raise ConfigError(
+            f"{where}: {name!r} has role {identity.role.value}, expected bridge (hosts "
+            "refuse events a bridge signs with any other): name a key made with "
+            "`agora keys new NAME --role bridge`"
+        )
+    missing = sorted(c for c in bridge.links if not identity.may_use(c))
+    if missing:
+        raise ConfigError(
+            f"{where}: {name!r} is not granted {', '.join(missing)}, which bridge.links "
+            f"links to an issue (granted: {', '.join(sorted(identity.channels)) or 'none'}): "
+            f"add to identities.{name}.channels in {config.registry.name}"
+        )
+    return session.key(name)
 
 
 def wit_dir(config: Config) -> Path:
@@ -137,7 +166,9 @@ async def nats_for(config: Config) -> AsyncIterator[str]:
         yield server.url
 
 
-async def _serve(session: Session, bridge_settings: BridgeConfig | None, *, record: bool) -> None:
+async def _serve(
+    session: Session, bridge_settings: tuple[BridgeConfig, SigningKey] | None, *, record: bool
+) -> None:
     host = prepare_host(session, record=record)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -150,10 +181,11 @@ async def _serve(session: Session, bridge_settings: BridgeConfig | None, *, reco
             # githubkit and pydantic load only when a bridge is configured (about 28 MB)
             from agora.bridge.service import Bridge  # noqa: PLC0415
 
+            settings, key = bridge_settings
             bridge = Bridge(
-                config=bridge_settings,
+                config=settings,
                 channels=set(session.config.channels),
-                key=session.key(bridge_settings.identity),
+                key=key,
                 registry=session.registry,
                 replicas=session.config.nats.replicas,
                 facts=host.recorder,

@@ -541,6 +541,50 @@ async def test_agora_up_runs_the_bridge_when_configured(
         await github.stop()
 
 
+@pytest.mark.parametrize(
+    ("bridge", "others", "message"),
+    [
+        ("relay", {"relay": (Role.AGENT, ["build-coord"])}, "has role agent, expected bridge"),
+        ("bridge", {"bridge": (Role.BRIDGE, ["other"])}, "is not granted build-coord, which"),
+        ("nobody", {}, "'nobody' is not registered in"),
+        ("bridge", {"bridge": (Role.BRIDGE, ["build-coord"])}, "bridge.key does not exist"),
+    ],
+)
+def test_agora_up_checks_the_bridges_key_before_anything_starts(
+    tmp_path: Path, bridge: str, others: dict[str, tuple[Role, list[str]]], message: str
+) -> None:
+    config = create_workspace(
+        tmp_path,
+        channels=("build-coord", "other"),
+        agents={},
+        extra={
+            "bridge": {
+                "identity": bridge,
+                "webhook_secret": {"env": "HOOK_SECRET"},
+                "github": {"api_url": "http://127.0.0.1:9", "token": {"env": "GH_TOKEN"}},
+                "links": {"build-coord": "octo/repo#1"},
+            }
+        },
+        others=others,
+    )
+    if message.startswith("bridge.key"):
+        (tmp_path / ".agora" / "keys" / "bridge.key").unlink()
+    environment = {**os.environ, "HOOK_SECRET": "s", "GH_TOKEN": "t"}
+    result = subprocess.run(
+        [AGORA, "up", "-c", config],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+        timeout=120,  # a bridge that started would serve until stopped
+    )
+    assert result.returncode == 1
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "facts").exists()  # nothing started
+    assert not (tmp_path / ".agora" / "nats").exists()
+
+
 async def _until_ready(url: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:

@@ -290,8 +290,13 @@ def test_a_served_hosts_startup_heap_is_kept_out_of_full_collections() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("", Position(0)), ("12\n", Position(12)), ("12 30\n", Position(12, 30))],
-    ids=["empty", "older-recorder", "with-entries"],
+    [
+        ("", Position(0)),
+        ("12\n", Position(12)),
+        ("12 30\n", Position(12, 30)),
+        ("12 30 1764800000123456\n", Position(12, 30, 1764800000123456)),
+    ],
+    ids=["empty", "older-recorder", "with-entries", "with-its-stream"],
 )
 def test_a_saved_position_reads_in_either_form(
     tmp_path: Path, text: str, expected: Position
@@ -299,11 +304,11 @@ def test_a_saved_position_reads_in_either_form(
     path = tmp_path / ".position"
     path.write_text(text)
     assert read_position(path) == expected
-    write_position(path, Position(7, 9))
-    assert read_position(path) == Position(7, 9)
+    write_position(path, Position(7, 9, 11))
+    assert read_position(path) == Position(7, 9, 11)
 
 
-@pytest.mark.parametrize("text", ["x\n", "1 2 3\n", "-1 4\n", "1.5\n"])
+@pytest.mark.parametrize("text", ["x\n", "1 2 3 4\n", "-1 4\n", "1.5\n", "1 " + "9" * 21])
 def test_a_damaged_position_is_named(tmp_path: Path, text: str) -> None:
     path = tmp_path / ".position"
     path.write_text(text)

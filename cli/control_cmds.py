@@ -34,7 +34,7 @@ from agora.cli.session import (
 from agora.cli.terminal import show, terminal_safe
 from agora.core.admission import admit
 from agora.core.control import ALL_KEY, control_key, key_of_event, record_and_switch
-from agora.core.envelope import Event, EventKind
+from agora.core.envelope import MAX_TEXT_FIELD_CHARS, Event, EventKind
 from agora.core.errors import AgoraError, InputError
 from agora.core.ids import new_id, now_ms
 from agora.core.keys import KeyRegistry, Role
@@ -60,9 +60,23 @@ def register(commands: Any) -> None:
         parser.add_argument(
             "--as", dest="speaker", help="the operator who signs (default: operator)"
         )
-        parser.add_argument("--reason", default="", help="a sentence for the record")
+        parser.add_argument(
+            "--reason",
+            type=reason_text,
+            default="",
+            help=f"a sentence for the record (at most {MAX_TEXT_FIELD_CHARS} characters)",
+        )
         add_config_option(parser)
         parser.set_defaults(run=run_switch, kind=kind)
+
+
+def reason_text(text: str) -> str:
+    """``--reason``: what the event's ``detail`` may hold."""
+    if len(text) > MAX_TEXT_FIELD_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_TEXT_FIELD_CHARS} characters, got {len(text)}"
+        )
+    return text
 
 
 def switch_event(session: Session, arguments: argparse.Namespace) -> tuple[Event, bytes]:

@@ -21,12 +21,11 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from agora.core.acts import check_channel
 from agora.core.document import file_in_the_way
-from agora.core.errors import AgoraError, ConfigError, InputError
+from agora.core.errors import AgoraError, ConfigError, InputError, UnknownKey
 from agora.core.keys import (
     KeyRegistry,
     SigningKey,
     private_key_path,
-    read_private_key,
     read_private_key_file,
 )
 from agora.core.received import RawClient
@@ -50,7 +49,15 @@ class Session:
         default = private_key_path(config.keys_dir, name)
         agent = config.agents.get(name)
         if agent is None or agent.key == default:
-            key, where = read_private_key(config.keys_dir, name), str(default)
+            where = str(default)
+            try:
+                key = read_private_key_file(default, name)
+            except UnknownKey as exc:  # registered: `agora keys new` would refuse the name
+                raise UnknownKey(
+                    f"{exc}: put back the private key that {config.registry.name} registers "
+                    f"for {name!r}, or give {name!r} a new key with `agora keys rotate {name}` "
+                    "(what its old key signed stays valid)"
+                ) from None
         else:
             where = f"{config.path}: agents.{name}.key"
             try:

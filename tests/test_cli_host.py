@@ -784,3 +784,25 @@ async def test_status_leaves_out_what_is_not_a_report_and_says_so(
     text = (await asyncio.to_thread(agora, "status", "-c", config)).stdout
     assert "status report x.time left out: time_ms: not what a host writes\n" in text
     assert "host host: not running\n" in text
+
+
+def test_a_registered_name_whose_private_key_is_gone_is_told_what_helps(
+    workspace: Path,
+) -> None:
+    # `agora keys new` would refuse the name, which is registered already
+    (workspace.parent / ".agora" / "keys" / "maintainer.key").unlink()
+    result = agora("inject", "build-coord", "inform", "hi", "-c", workspace, check=False)
+    assert result.returncode == 1
+    assert "maintainer.key does not exist: put back the private key that keys.yaml" in (
+        result.stderr
+    )
+    assert "`agora keys rotate maintainer`" in result.stderr
+    assert "keys new" not in result.stderr
+
+
+def test_a_kill_reason_too_long_is_refused_naming_the_option(workspace: Path) -> None:
+    result = agora(
+        "kill", "--channel", "build-coord", "--reason", "a" * 1025, "-c", workspace, check=False
+    )
+    assert result.returncode == 2
+    assert "argument --reason: at most 1024 characters, got 1025" in result.stderr

@@ -65,7 +65,10 @@ def register(commands: Any) -> None:
     inject.add_argument("text", metavar="TEXT")
     inject.add_argument("--as", dest="speaker", help="the identity that speaks (default: operator)")
     inject.add_argument("--reply-to", help="the id of the act this answers")
-    inject.add_argument("--conversation", help="conversation id (default: a new one)")
+    inject.add_argument(
+        "--conversation",
+        help="conversation id (default: the answered act's with --reply-to, else a new one)",
+    )
     inject.add_argument("--hops", type=int, help="hop budget (default: defaults.hops)")
     add_config_option(inject)
     inject.set_defaults(run=run_inject)
@@ -171,14 +174,26 @@ def run_log(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _check_recorded(fact_id: str, facts_dir: Path) -> None:
-    """A reply must answer a recorded fact (the recorder refuses any other)."""
-    if not (facts_dir / LOG_FILE).exists():
-        return  # recorded elsewhere (another host): the recorder there will judge
-    if fact_id not in {fact.id for fact in read_facts(facts_dir)}:
+def _reply_conversation(fact_id: str, conversation: str | None, facts_dir: Path) -> str | None:
+    """The conversation a reply to ``fact_id`` goes in: ``conversation`` if given, else
+    the answered act's (an agent answers only in the conversation it was handed, and a
+    vote is counted in its own). A reply must answer a recorded fact (the recorder
+    refuses any other)."""
+    if not (facts_dir / LOG_FILE).exists():  # recorded elsewhere: that recorder judges
+        if conversation is None:
+            raise InputError(
+                f"--reply-to {fact_id!r}: there is no fact log in {facts_dir} to find the "
+                "conversation of the act it answers: give it with --conversation"
+            )
+        return conversation
+    answered = next((fact for fact in read_facts(facts_dir) if fact.id == fact_id), None)
+    if answered is None:
         raise InputError(
             f"--reply-to {fact_id!r} is no fact in {facts_dir}: a reply must answer a recorded act"
         )
+    if conversation is None and isinstance(answered, Act):
+        return answered.conversation
+    return conversation
 
 
 def run_inject(arguments: argparse.Namespace) -> int:
@@ -190,12 +205,13 @@ def run_inject(arguments: argparse.Namespace) -> int:
     identity = session.registry.get(speaker)
     if not identity.may_use(channel):
         raise InputError(f"{speaker!r} is not granted channel {channel!r} in the key registry")
+    conversation = arguments.conversation
     if arguments.reply_to is not None:  # before the act's time is taken: it can be slow
-        _check_recorded(arguments.reply_to, config.facts_dir)
+        conversation = _reply_conversation(arguments.reply_to, conversation, config.facts_dir)
     act_id = new_id("act")
     act = Act(
         id=act_id,
-        conversation=arguments.conversation or act_id,
+        conversation=conversation or act_id,
         sender=speaker,
         channel=channel,
         act=parse_act(arguments.act),

@@ -26,17 +26,20 @@ import pytest
 import yaml
 
 from agora.bridge.standin import GitHubStandIn
-from agora.cli.channel_cmds import _judged_fresh
+from agora.cli.channel_cmds import _judged_fresh, _reply_conversation
 from agora.cli.session import connected
 from agora.cli.status_cmd import CONTROL_COUNTERS, STALE_AFTER_S
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.acts import Performative
 from agora.core.envelope import Act
-from agora.core.errors import ConfigError
-from agora.core.keys import Role
+from agora.core.errors import ConfigError, InputError
+from agora.core.factlog import FactLog
+from agora.core.keys import Role, SigningKey
+from agora.core.signing import sign_fact
 from agora.core.spine import STATUS_BUCKET, ensure_spine
 from agora.host.nats_server import EmbeddedNats
 from agora.host.service import machine_name
+from tests.factories import make_act
 
 AGORA = Path(sys.executable).parent / "agora"
 PAIR = {
@@ -806,3 +809,19 @@ def test_a_kill_reason_too_long_is_refused_naming_the_option(workspace: Path) ->
     )
     assert result.returncode == 2
     assert "argument --reason: at most 1024 characters, got 1025" in result.stderr
+
+
+def test_a_reply_goes_in_the_conversation_of_the_act_it_answers(
+    tmp_path: Path, keys: dict[str, SigningKey]
+) -> None:
+    facts = tmp_path / "facts"
+    asked = make_act(payload="vote?")
+    with FactLog.open(facts, signer=keys["host"]) as log:
+        log.append(sign_fact(asked, keys["synth-agent"]), asked)
+    assert _reply_conversation(asked.id, None, facts) == asked.conversation
+    assert _reply_conversation(asked.id, "conv-chosen", facts) == "conv-chosen"
+    with pytest.raises(InputError, match="is no fact in"):
+        _reply_conversation("act-nothing", None, facts)
+    with pytest.raises(InputError, match="give it with --conversation"):
+        _reply_conversation(asked.id, None, tmp_path / "elsewhere")
+    assert _reply_conversation(asked.id, "conv-x", tmp_path / "elsewhere") == "conv-x"

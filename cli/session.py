@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +34,8 @@ from agora.core.keys import (
 from agora.core.received import RawClient
 from agora.core.spine import STREAM
 from agora.host.config import Config, check_against_registry, load_config, without_credentials
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG: Final = Path("agora.yaml")
 
@@ -121,6 +126,27 @@ def running_url(config: Config) -> str:
 
 
 OnClose = Callable[[], Awaitable[None]]
+RETELL_AFTER_S: Final = 60.0
+_CREDENTIALS: Final = re.compile(r"://[^@/\s]+@")
+
+
+class ConnectionTroubles:
+    """A long-running process's NATS error callback: each kind of trouble (a server
+    gone, refusing connections while it restarts) is logged in one line, and again
+    only after :data:`RETELL_AFTER_S`, not with a traceback on every reconnect attempt
+    (twice a second)."""
+
+    def __init__(self) -> None:
+        self._told: dict[str, float] = {}
+
+    async def tell(self, error: Exception) -> None:
+        kind = type(error).__name__
+        now = time.monotonic()
+        if now - self._told.get(kind, -RETELL_AFTER_S) < RETELL_AFTER_S:
+            return
+        self._told[kind] = now
+        said = _CREDENTIALS.sub("://***@", str(error))  # a URL in it keeps no password
+        log.warning("NATS: %s: %s (reconnecting; said once a minute)", kind, said)
 
 
 @asynccontextmanager
@@ -134,6 +160,8 @@ async def connected(
     async def quiet(_: Exception) -> None:
         return None
 
+    told = ConnectionTroubles()
+
     async def connect(*, reconnect: bool, on_close: OnClose | None) -> Client:
         # nats-py never gives up on a first connection with 0 attempts or with -1: one
         # attempt more, then an error; -1 only once connected, to ride out restarts
@@ -144,7 +172,7 @@ async def connected(
             allow_reconnect=reconnect,
             max_reconnect_attempts=-1 if reconnect else 1,
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; typed int
-            error_cb=None if reconnect else quiet,
+            error_cb=told.tell if reconnect else quiet,
             closed_cb=on_close,
         )
         return client
@@ -158,7 +186,12 @@ async def connected(
     try:
         yield client
     finally:
-        await client.close()
+        try:
+            await client.close()
+        except OSError as exc:  # lost with something still to send: nowhere to send it
+            log.warning(
+                "NATS connection closed while lost (%s): what it still held is dropped", exc
+            )
 
 
 @asynccontextmanager

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from agora.core.envelope import Event, EventKind, Fact, references_of
 from agora.core.errors import ConfigError, InputError, InternalError
@@ -203,10 +204,14 @@ class Recorder:
                 await self._follow()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 if self.failure is not None:
                     return  # the log could not be written: said, and stopped
-                log.exception("recorder: reading again from stream sequence %d", self.position + 1)
+                again = self.position + 1
+                if isinstance(exc, NatsError | TimeoutError):  # the server away: one line
+                    log.warning("recorder: %s; reading again from stream sequence %d", exc, again)
+                else:
+                    log.exception("recorder: reading again from stream sequence %d", again)
                 await asyncio.sleep(1.0)
 
     async def _follow(self) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Final
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -352,6 +353,8 @@ class Host:
                 sent_ms = now_ms()
                 revision = await kv.put(self.status_key, json.dumps(self.status()).encode())
                 answered_ms = now_ms()
+            except (NatsError, TimeoutError) as exc:  # the server away: said in one line
+                log.warning("could not publish host status: %s", exc or type(exc).__name__)
             except Exception:
                 log.warning("could not publish host status", exc_info=True)
             else:

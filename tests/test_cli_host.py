@@ -825,3 +825,29 @@ def test_a_reply_goes_in_the_conversation_of_the_act_it_answers(
     with pytest.raises(InputError, match="give it with --conversation"):
         _reply_conversation(asked.id, None, tmp_path / "elsewhere")
     assert _reply_conversation(asked.id, "conv-x", tmp_path / "elsewhere") == "conv-x"
+
+
+async def test_agora_up_stops_cleanly_when_its_nats_server_is_gone(tmp_path: Path) -> None:
+    server = EmbeddedNats(data_dir=tmp_path / "nats")
+    url = await server.start()
+    config = create_workspace(
+        tmp_path, channels=("build-coord",), agents={}, extra={"nats": {"url": url}}
+    )
+    log = (tmp_path / "up.log").open("w")
+    process = await asyncio.create_subprocess_exec(
+        AGORA, "up", "-c", str(config), stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        await _eventually_async(lambda: _status(config))
+        await server.stop()  # with the host's status reports, and more, still to send
+        await asyncio.sleep(1.5)  # it tries to reconnect meanwhile
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        log.close()
+        await server.stop()
+    output = (tmp_path / "up.log").read_text()
+    assert "Traceback" not in output, output
+    assert output.count("(reconnecting; said once a minute)") <= 3  # one line each kind

@@ -5,7 +5,8 @@ A link from ``agora.yaml`` (``bridge.links``) always holds. A maintainer can lin
 by labelling an issue ``agora:channel:<name>``; those live in a bucket of their own,
 ``agora-links`` (one key per issue, ``<owner>/<repo>/<number>``), so every bridge process
 sees them, they survive restarts, and listing them reads nothing else. Only channels
-declared in the configuration can be linked, and a link is one to one: a channel has at
+declared in the configuration, and granted to the bridge's key, can be linked, and a
+link is one to one: a channel has at
 most one issue and an issue at most one channel (a second link label is refused, never
 written over the first).
 
@@ -102,9 +103,17 @@ Replaceable = Callable[[_Record], bool]  # whether a record kept already may giv
 
 class Links:
     def __init__(
-        self, js: JetStreamContext, configured: Mapping[str, IssueRef], channels: set[str]
+        self,
+        js: JetStreamContext,
+        configured: Mapping[str, IssueRef],
+        channels: set[str],
+        *,
+        granted: Callable[[str], bool] = lambda _: True,
     ) -> None:
+        """``channels``: those declared; ``granted``: whether the bridge's key may speak
+        on a channel (a host refuses what it says anywhere else)."""
         self._js = js
+        self._granted = granted
         self._buckets = Buckets(js)
         self._configured = {
             (ref.repo.lower(), ref.number): (channel, ref) for channel, ref in configured.items()
@@ -124,6 +133,11 @@ class Links:
         channel linked to another issue (nothing is changed then)."""
         if channel not in self._channels:
             raise InputError(f"channel {channel!r} is not declared in the configuration")
+        if not self._granted(channel):
+            raise InputError(
+                f"the bridge's key is not granted channel {channel!r} in the key registry: "
+                "every act it brought from the issue would be refused"
+            )
         issue = IssueRef(repo, number)
         current = await self.channel_for(repo, number)
         if current == channel:

@@ -79,7 +79,8 @@ class Bridge:
         js = nc.jetstream()
         await ensure_spine(js, replicas=self._replicas)
         await ensure_bridge_streams(js, replicas=self._replicas)
-        self.links = Links(js, self.config.links, self._channels)
+        speaker = self._registry.get(self._key.name)
+        self.links = Links(js, self.config.links, self._channels, granted=speaker.may_use)
         await self.links.prepare()
         self._github = make_client(self.config)
         self.writer = GitHubWriter(

@@ -17,6 +17,7 @@ from agora.bridge.config import IssueRef
 from agora.bridge.github import to_stamp
 from agora.bridge.links import LEGACY_MOVED, Link, Links, watermark_key
 from agora.bridge.streams import BRIDGE_BUCKET, LINKS_BUCKET, ensure_bridge_streams
+from agora.core.errors import InputError
 from agora.host.nats_server import EmbeddedNats
 
 REPO = "octo/repo"
@@ -90,3 +91,13 @@ async def test_an_issue_configured_again_is_linked_afresh(js: JetStreamContext) 
     await Links(js, configured, CHANNELS).configured_seen(link, AT)
     await Links(js, {}, CHANNELS).prepare()  # a start without it in the configuration
     assert await Links(js, configured, CHANNELS).linked() == [Link("ch-1", link.issue, None)]
+
+
+async def test_a_label_cannot_link_a_channel_the_bridge_may_not_speak_on(
+    js: JetStreamContext,
+) -> None:
+    links = Links(js, {}, CHANNELS, granted=lambda channel: channel == "ch-1")
+    with pytest.raises(InputError, match="not granted channel 'ch-2' in the key registry"):
+        await links.link(REPO, 8, "ch-2", at=AT)
+    assert await links.linked() == []  # nothing changed
+    assert await links.link(REPO, 8, "ch-1", at=AT)

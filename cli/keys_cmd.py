@@ -13,6 +13,7 @@ from typing import Any, Final
 from agora.cli.session import folder_argument
 from agora.core.errors import AgoraError, ConfigError
 from agora.core.factlog import LOG_FILE, FactLog
+from agora.core.ids import now_ms
 from agora.core.keys import (
     KeyRegistry,
     Role,
@@ -108,9 +109,13 @@ def run_new(arguments: argparse.Namespace) -> int:
     path = write_private_key(key, arguments.keys_dir)
     try:
         updated.save(arguments.registry)
-    except OSError as exc:  # the key is of no use unregistered: nothing is left behind
+    except BaseException as exc:  # the key is of no use unregistered: nothing is left behind
         path.unlink()
-        raise ConfigError(f"key registry {arguments.registry} cannot be written: {exc}") from exc
+        if isinstance(exc, OSError):
+            raise ConfigError(
+                f"key registry {arguments.registry} cannot be written: {exc}"
+            ) from exc
+        raise
     channels = ", ".join(sorted(identity.channels)) or "none"
     print(f"made key {identity.name!r} ({identity.role.value}; channels: {channels})")
     print(f"  private key: {path} (mode 0600, keep it secret)")
@@ -134,18 +139,23 @@ def run_rotate(arguments: argparse.Namespace) -> int:
     log = FactLog.open(arguments.facts_dir, signer=key)
     try:
         last_entry = log.size - 1
-        updated = registry.with_identity(identity.retire_key(key.public_key, last_entry))
+        retired = identity.retire_key(
+            key.public_key, last_entry=last_entry, root=log.root(), at_ms=now_ms()
+        )
+        updated = registry.with_identity(retired)
         aside = old_path.with_name(f"{old_path.name}.retired-{identity.keyid[:16]}")
         if old_path.exists():
             old_path.replace(aside)
         try:
             path = write_private_key(key, arguments.keys_dir)
             updated.save(arguments.registry)
-        except (OSError, AgoraError) as exc:  # as it was: the old key in use
+        except BaseException as exc:  # as it was, whatever failed: the old key in use
             private_key_path(arguments.keys_dir, identity.name).unlink(missing_ok=True)
             if aside.exists():
                 aside.replace(old_path)
-            raise ConfigError(f"the key of {identity.name!r} was not replaced: {exc}") from exc
+            if isinstance(exc, OSError | AgoraError):
+                raise ConfigError(f"the key of {identity.name!r} was not replaced: {exc}") from exc
+            raise
     finally:
         log.release()
     print(f"new key for {identity.name!r}: {path} (mode 0600, keep it secret)")

@@ -140,6 +140,8 @@ def report_problem(report: object) -> str | None:
         ):
             return f"agents.{name}: expected channels, state and counters"
     recorder = report.get("recorder")
+    if recorder is not None and not isinstance(recorder, dict):
+        return "recorder: not what a host writes"
     if recorder is not None and not all(
         _is(recorder.get(field), expected) for field, expected in _RECORDER_FIELDS.items()
     ):
@@ -153,7 +155,8 @@ def _is(value: object, expected: str) -> bool:
 
 
 def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer a host could have written (a count, a time in ms, a pid)."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
 
 
 _KINDS: Final[dict[str, Callable[[object], bool]]] = {

@@ -33,6 +33,7 @@ ALL_CHANNELS: Final = "*"
 PRIVATE_KEY_MODE: Final = 0o600
 PUBLIC_KEY_BYTES: Final = ed25519.PUBLIC_KEY_BYTES
 MAX_ENTRY_INDEX: Final = 2**63  # past any log
+ROOT_BYTES: Final = 32  # a SHA-256 Merkle root
 
 
 class Role(StrEnum):
@@ -52,11 +53,14 @@ def key_id(public_key: bytes) -> str:
 @dataclass(frozen=True, slots=True)
 class RetiredKey:
     """An earlier public key of an identity's, valid for the fact log's entries up to
-    ``last_entry`` (what it signed before it was replaced), for no fact after that and
-    for nothing a host is handed now."""
+    ``last_entry`` as they were when it was retired (``root``: their RFC 6962 root), for
+    nothing after them, and for nothing a host is handed now; ``retired_at_ms``: when it
+    was retired, by the clock of the machine that retired it."""
 
     public_key: bytes
-    last_entry: int
+    last_entry: int  # -1: none
+    root: bytes
+    retired_at_ms: int
 
     @property
     def keyid(self) -> str:
@@ -87,16 +91,23 @@ class Identity:
         if len(self.public_key) != PUBLIC_KEY_BYTES:
             raise ConfigError(f"public key of {self.name!r} must be {PUBLIC_KEY_BYTES} bytes")
         for retired in self.retired:
-            if len(retired.public_key) != PUBLIC_KEY_BYTES or retired.last_entry < -1:
+            if (
+                len(retired.public_key) != PUBLIC_KEY_BYTES
+                or len(retired.root) != ROOT_BYTES
+                or retired.last_entry < -1
+            ):
                 raise ConfigError(
                     f"a retired key of {self.name!r} must be {PUBLIC_KEY_BYTES} bytes, "
-                    "valid up to an entry index of -1 (none) or more"
+                    f"with a {ROOT_BYTES}-byte root and an entry index of -1 (none) or more"
                 )
 
-    def retire_key(self, public_key: bytes, last_entry: int) -> Identity:
+    def retire_key(
+        self, public_key: bytes, *, last_entry: int, root: bytes, at_ms: int
+    ) -> Identity:
         """This identity under ``public_key`` from now on, its key until now valid for
-        the log's entries up to ``last_entry`` (-1: none, but a checkpoint of none)."""
-        kept = RetiredKey(self.public_key, last_entry)
+        the log's entries up to ``last_entry`` (-1: none, but a checkpoint of none) as
+        they are now (``root``)."""
+        kept = RetiredKey(self.public_key, last_entry, root, at_ms)
         return replace(self, public_key=public_key, retired=(*self.retired, kept))
 
     def as_retired(self, retired: RetiredKey) -> Identity:
@@ -218,7 +229,12 @@ def _identity_document(identity: Identity) -> dict[str, object]:
     }
     if identity.retired:
         document["retired"] = [
-            {"public_key": base64.b64encode(r.public_key).decode(), "last_entry": r.last_entry}
+            {
+                "public_key": base64.b64encode(r.public_key).decode(),
+                "last_entry": int(r.last_entry),  # as a plain int: YAML writes no other
+                "root": base64.b64encode(r.root).decode(),
+                "retired_at_ms": int(r.retired_at_ms),
+            }
             for r in identity.retired
         ]
     return document
@@ -261,31 +277,47 @@ def _identity_from(name: object, entry: object, source: str) -> Identity:
 
 def _retired_from(value: object, where: str) -> tuple[RetiredKey, ...]:
     if not isinstance(value, list):
-        raise ConfigError(f"{where} must be a list of {{public_key, last_entry}} mappings")
+        raise ConfigError(f"{where} must be a list of mappings with {', '.join(_RETIRED_KEYS)}")
     retired: list[RetiredKey] = []
     for position, item in enumerate(value):
         here = f"{where}[{position}]"
-        if not isinstance(item, Mapping) or set(item) != {"public_key", "last_entry"}:
-            raise ConfigError(f"{here}: expected a mapping with public_key and last_entry")
-        last = item["last_entry"]
-        if not isinstance(last, int) or isinstance(last, bool) or not -1 <= last < MAX_ENTRY_INDEX:
-            raise ConfigError(
-                f"{here}.last_entry is {shown(last)}: expected the index of the last log "
-                "entry the key signed, an integer of -1 (none) or more"
-            )
-        retired.append(
-            RetiredKey(_decode_public_key(item["public_key"], f"{here}.public_key"), last)
+        if not isinstance(item, Mapping) or set(item) != set(_RETIRED_KEYS):
+            raise ConfigError(f"{here}: expected a mapping with {', '.join(_RETIRED_KEYS)}")
+        last = _whole(
+            item["last_entry"],
+            -1,
+            f"{here}.last_entry",
+            "the index of the last log entry the key signed, -1 (none) or more",
         )
+        at_ms = _whole(item["retired_at_ms"], 0, f"{here}.retired_at_ms", "milliseconds since 1970")
+        public_key = _decode_public_key(item["public_key"], f"{here}.public_key")
+        root = _decode_bytes(
+            item["root"], ROOT_BYTES, f"{here}.root", "the 32 bytes of a Merkle root"
+        )
+        retired.append(RetiredKey(public_key, last, root, at_ms))
     return tuple(retired)
 
 
+_RETIRED_KEYS: Final = ("public_key", "last_entry", "root", "retired_at_ms")
+
+
+def _whole(value: object, low: int, where: str, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < MAX_ENTRY_INDEX:
+        raise ConfigError(f"{where} is {shown(value)}: expected {what}, an integer")
+    return int(value)  # not the reader's subclass, which YAML cannot write back
+
+
 def _decode_public_key(value: object, where: str) -> bytes:
+    return _decode_bytes(value, PUBLIC_KEY_BYTES, where, f"{PUBLIC_KEY_BYTES} raw Ed25519 bytes")
+
+
+def _decode_bytes(value: object, size: int, where: str, what: str) -> bytes:
     try:
         raw = base64.b64decode(str(value), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ConfigError(f"{where} is not base64: {exc}") from exc
-    if not isinstance(value, str) or len(raw) != PUBLIC_KEY_BYTES:
-        raise ConfigError(f"{where} must be {PUBLIC_KEY_BYTES} raw Ed25519 bytes in base64")
+    if not isinstance(value, str) or len(raw) != size:
+        raise ConfigError(f"{where} must be {what} in base64")
     return raw
 
 

@@ -8,6 +8,8 @@ only reads the files first. The checks, in order, stop at the first problem:
 * an act is signed by its own sender, and that sender is granted the act's channel;
 * events are signed by a host or bridge identity;
 * every fact id is unique, and every reply or event points at an earlier fact;
+* an entry signed with a key since retired lies within the entries the log held when
+  it was retired, and those entries are unchanged (their root is the registry's);
 * every checkpoint is signed by a host or bridge key, names one origin, and its root is
   the RFC 6962 root of the log at its size; each is consistent with the one before it
   (checked with an RFC 9162 consistency proof), and the newest covers the whole log;
@@ -49,7 +51,7 @@ from agora.core.factlog import (
     checkpoint_name,
     log_lines,
 )
-from agora.core.keys import KeyRegistry
+from agora.core.keys import KeyRegistry, RetiredKey
 from agora.core.merkle import Frontier, consistency_proof, verify_consistency
 from agora.core.rivet import VIEW_HEADER
 
@@ -156,6 +158,7 @@ def check_facts(
         signed = _open_checkpoints(checkpoints, registry, report)
         anchor = _open_anchor(extends, registry) if extends is not None else None
         leaves, view_rest = _check_entries(log, view, registry, report, jobs)
+        _check_retired_keys(registry, leaves)
         _check_checkpoints(signed, leaves, report)
         _check_view_ends(view_rest)
         if anchor is not None and extends is not None:
@@ -234,6 +237,34 @@ def _in_order(
         yield from checked
         if problem is not None:
             raise _Failed(Problem(f"entry {problem.index}", problem.message, problem.index))
+
+
+def _check_retired_keys(registry: KeyRegistry, leaves: Sequence[bytes]) -> None:
+    """A retired key is valid for the entries the log held when it was retired, those
+    very entries: a log that holds that many must hold them (their root is the one
+    the registry keeps), or whoever still had the old key could have signed other
+    facts in their place."""
+    wanted: dict[int, list[tuple[str, RetiredKey]]] = {}
+    for identity in registry:
+        for retired in identity.retired:
+            size = retired.last_entry + 1
+            if size <= len(leaves):
+                wanted.setdefault(size, []).append((identity.name, retired))
+    frontier = Frontier()
+    for size in range(len(leaves) + 1):
+        for name, retired in wanted.get(size, []):
+            if frontier.root() != retired.root:
+                raise _Failed(
+                    Problem(
+                        f"entry {max(size - 1, 0)}",
+                        f"the log's first {size} entries are not those it held when the key "
+                        f"{retired.keyid[:16]} of {name!r} was retired (their root differs "
+                        "from the registry's): facts in them were written again since",
+                        max(size - 1, 0),
+                    )
+                )
+        if size < len(leaves):
+            frontier.append(leaves[size])
 
 
 def _check_view_ends(rest: int) -> None:

@@ -46,7 +46,7 @@ from nats.js.kv import KeyValue
 
 from agora.core import ed25519
 from agora.core.errors import MalformedEnvelope
-from agora.core.keys import SigningKey
+from agora.core.keys import RetiredKey, SigningKey
 from agora.core.signing import pae
 from agora.core.spine import AGENTS_BUCKET
 from agora.host.agent_record import (
@@ -91,7 +91,7 @@ class RecordStore:
         *,
         max_bytes: int,
         key: SigningKey,
-        retired_keys: tuple[bytes, ...] = (),
+        retired_keys: tuple[RetiredKey, ...] = (),
     ) -> None:
         self._js = js
         self._kv = kv
@@ -99,7 +99,7 @@ class RecordStore:
         self._signer = key
         # a record saved before the agent's key was replaced is read under its old key
         # (and saved under the new one at the next batch)
-        self._readers = (key.public_key, *retired_keys)
+        self._retired = retired_keys
         self._revision = 0
         self._parts: dict[str, str] = {}  # the saved record's parts: digest -> key
         self._purging: set[asyncio.Task[None]] = set()
@@ -120,7 +120,9 @@ class RecordStore:
                 return AgentRecord()
             revision = entry.revision or 0
             try:
-                record, parts = self._read(entry.value or b"")
+                record, parts, retired = self._read(entry.value or b"")
+                if retired is not None:
+                    await self._check_stored_before(retired, revision)
                 outbox = await self._read_parts(parts)
             except _PartGone as gone:
                 if revision == gone_from:
@@ -147,7 +149,22 @@ class RecordStore:
             "(other hosts running it saved it faster than it could be read)"
         )
 
-    def _read(self, stored: bytes) -> tuple[AgentRecord, tuple[OutboxPart, ...]]:
+    async def _check_stored_before(self, retired: RetiredKey, revision: int) -> None:
+        """A record signed with a key since retired is one saved before it was retired,
+        by the server's clock: whoever still had the old key could write one since."""
+        stored = await self._js.get_msg(_KV_STREAM, seq=revision)
+        stored_ms = int(stored.time.timestamp() * 1000) if stored.time else None
+        if stored_ms is None or stored_ms > retired.retired_at_ms:
+            raise UntrustedRecord(
+                f"its saved record is signed with the key {retired.keyid[:16]}, retired "
+                "before the record was stored: something other than a host wrote it; "
+                f"delete the key {self._key!r} in the agents bucket to start the agent "
+                "afresh"
+            )
+
+    def _read(self, stored: bytes) -> tuple[AgentRecord, tuple[OutboxPart, ...], RetiredKey | None]:
+        """The record, where the rest of its outbox is, and the retired key it is signed
+        with (None: the key in use)."""
         body, newline, signature = stored.rpartition(b"\n")
         if not newline:
             raise UntrustedRecord(
@@ -160,17 +177,26 @@ class RecordStore:
             signed = base64.b64decode(signature, validate=True)
         except binascii.Error:
             signed = b""
-        if not any(
-            ed25519.verifies(public_key, signed, signed_part(body))
-            or ed25519.verifies(public_key, signed, pae(RECORD_TYPE, body))  # saved before
-            for public_key in self._readers
-        ):
+
+        def signed_by(public_key: bytes) -> bool:
+            return ed25519.verifies(public_key, signed, signed_part(body)) or ed25519.verifies(
+                public_key,
+                signed,
+                pae(RECORD_TYPE, body),  # as saved before
+            )
+
+        if signed_by(self._signer.public_key):
+            record, parts = AgentRecord.decode_with_parts(body)
+            return record, parts, None
+        retired = next((r for r in self._retired if signed_by(r.public_key)), None)
+        if retired is None:
             raise UntrustedRecord(
                 "its saved record is not signed by its key: something other than a host "
                 f"wrote it; delete the key {self._key!r} in the agents bucket to start the "
                 "agent afresh"
             )
-        return AgentRecord.decode_with_parts(body)
+        record, parts = AgentRecord.decode_with_parts(body)
+        return record, parts, retired
 
     async def _read_parts(self, parts: tuple[OutboxPart, ...]) -> tuple[Outgoing, ...]:
         outbox: list[Outgoing] = []

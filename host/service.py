@@ -35,7 +35,7 @@ from wasmtime import component as wc
 
 from agora.core.factlog import FactLog
 from agora.core.ids import now_ms
-from agora.core.keys import KeyRegistry, SigningKey
+from agora.core.keys import KeyRegistry, RetiredKey, SigningKey
 from agora.core.spine import (
     AGENTS_BUCKET,
     FRESH_FOR_MS,
@@ -444,9 +444,7 @@ class Host:
             await asyncio.sleep(SETTLE_POLL_S)
 
 
-def _retired_keys(registry: KeyRegistry, name: str) -> tuple[bytes, ...]:
-    """The public keys ``name`` had before its present one (none if it is unregistered,
-    which the host refuses at its start anyway)."""
-    if name not in registry:
-        return ()
-    return tuple(r.public_key for r in registry.get(name).retired)
+def _retired_keys(registry: KeyRegistry, name: str) -> tuple[RetiredKey, ...]:
+    """The keys ``name`` had before its present one (none if it is unregistered, which
+    the host refuses at its start anyway)."""
+    return registry.get(name).retired if name in registry else ()

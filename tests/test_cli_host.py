@@ -769,6 +769,9 @@ async def test_status_leaves_out_what_is_not_a_report_and_says_so(
         "x.agents": b'{"agents": [1]}',
         "x.recorder": b'{"time_ms": 1, "recorder": {"recorded": "many"}}',
         "x.json": b"[[[",
+        "x.recorder-text": b'{"time_ms": 1, "recorder": "x"}',
+        "x.huge": b'{"time_ms": -1' + b"0" * 400 + b"}",
+        "x.offset": b'{"time_ms": 1, "clock_offset_ms": 1' + b"0" * 400 + b"}",
     }
     async with connected(nats_server.url) as client:
         kv = await client.jetstream().key_value(STATUS_BUCKET)
@@ -782,6 +785,9 @@ async def test_status_leaves_out_what_is_not_a_report_and_says_so(
         "x.json": "not JSON",
         "x.recorder": "recorder: expected recorded, refused and failure",
         "x.time": "time_ms: not what a host writes",
+        "x.recorder-text": "recorder: not what a host writes",
+        "x.huge": "time_ms: not what a host writes",
+        "x.offset": "clock_offset_ms: not what a host writes",
     }
     assert set(status["hosts"]) == {"host"}  # the good reports are all there
     text = (await asyncio.to_thread(agora, "status", "-c", config)).stdout

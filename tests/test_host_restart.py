@@ -1253,6 +1253,24 @@ async def test_an_agents_key_rotated_between_runs_keeps_its_record_and_every_fac
         await h.settle()
         assert host.runners["synth-agent"].counters["unverified"] == 1
         record = await h.record("synth-agent")  # saved again, under the new key
+        await h.stop_host()
+        # whoever still has the old key (and may write the bucket) cannot plant a record
+        # signed with it now: it is stored after the key was retired
+        kv = await h.js.key_value(AGENTS_BUCKET)
+        limit = h.client.max_payload
+        old_store = RecordStore(h.js, kv, "synth-agent", max_bytes=limit, key=old)
+        await kv.put("synth-agent", old_store._signed(replace(record, calls=0).encode()))
+        retired = h.session.registry.get("synth-agent").retired
+        store = RecordStore(
+            h.js,
+            kv,
+            "synth-agent",
+            max_bytes=limit,
+            key=h.session.key("synth-agent"),
+            retired_keys=retired,
+        )
+        with pytest.raises(UntrustedRecord, match="retired before the record was stored"):
+            await store.load()
     assert record.calls == before.calls + 1
     assert h.acts_by("synth-agent")[-1].in_reply_to == after.id
     assert forged.id not in {f.id for f in h.facts()}

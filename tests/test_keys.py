@@ -185,11 +185,15 @@ def test_a_retired_key_is_kept_in_the_registry_and_refused_for_anything_new(
     tmp_path: Path,
 ) -> None:
     old, new = SigningKey.generate("synth-agent"), SigningKey.generate("synth-agent")
-    identity = old.identity(Role.AGENT, ["build-coord"]).retire_key(new.public_key, 41)
+    identity = old.identity(Role.AGENT, ["build-coord"]).retire_key(
+        new.public_key, last_entry=41, root=b"\x07" * 32, at_ms=1_764_800_000_000
+    )
     path = tmp_path / "keys.yaml"
     KeyRegistry([identity]).save(path)
     loaded = KeyRegistry.load(path)
     assert loaded.get("synth-agent") == identity
+    KeyRegistry.load(path).save(path)  # what was read is written again as it was
+    assert KeyRegistry.load(path).get("synth-agent") == identity
     assert loaded.by_keyid(new.identity(Role.AGENT).keyid) == identity
     assert loaded.by_keyid(old.identity(Role.AGENT).keyid) is None  # never a key in use
     found = loaded.retired_key(old.identity(Role.AGENT).keyid)
@@ -204,13 +208,18 @@ def test_a_retired_key_is_kept_in_the_registry_and_refused_for_anything_new(
     ("retired", "expected"),
     [
         ("{}", "must be a list"),
-        ("[{public_key: KEY}]", "expected a mapping with public_key and last_entry"),
-        ("[{public_key: KEY, last_entry: -2}]", "an integer of -1 (none) or more"),
-        ("[{public_key: KEY, last_entry: true}]", "an integer of -1 (none) or more"),
-        ("[{public_key: KEY, last_entry: '3'}]", "an integer of -1 (none) or more"),
-        ("[{public_key: nope, last_entry: 3}]", "32 raw Ed25519 bytes in base64"),
-        ("[{public_key: CURRENT, last_entry: 3}]", "lists one public key twice"),
-        ("[{public_key: OTHER, last_entry: 3}]", "share one public key"),
+        ("[{public_key: KEY}]", "expected a mapping with public_key, last_entry, root"),
+        ("[{public_key: KEY, last_entry: -2, REST}]", "-1 (none) or more, an integer"),
+        ("[{public_key: KEY, last_entry: true, REST}]", "-1 (none) or more, an integer"),
+        ("[{public_key: KEY, last_entry: '3', REST}]", "-1 (none) or more, an integer"),
+        ("[{public_key: nope, last_entry: 3, REST}]", "32 raw Ed25519 bytes in base64"),
+        (
+            "[{public_key: KEY, last_entry: 3, root: AAAA, retired_at_ms: 1}]",
+            "the 32 bytes of a Merkle root",
+        ),
+        ("[{public_key: KEY, last_entry: 3, root: ROOT, retired_at_ms: x}]", "since 1970"),
+        ("[{public_key: CURRENT, last_entry: 3, REST}]", "lists one public key twice"),
+        ("[{public_key: OTHER, last_entry: 3, REST}]", "share one public key"),
     ],
 )
 def test_a_retired_key_that_is_not_one_is_refused_naming_the_key(
@@ -222,7 +231,13 @@ def test_a_retired_key_that_is_not_one_is_refused_naming_the_key(
         return base64.b64encode(key.public_key).decode()
 
     path = tmp_path / "keys.yaml"
-    retired = retired.replace("CURRENT", b64(current)).replace("OTHER", b64(other))
+    root = base64.b64encode(b"\x01" * 32).decode()
+    retired = (
+        retired.replace("REST", "root: ROOT, retired_at_ms: 1")
+        .replace("ROOT", root)
+        .replace("CURRENT", b64(current))
+        .replace("OTHER", b64(other))
+    )
     path.write_text(
         "identities:\n"
         f"  a: {{role: agent, public_key: {b64(current)}, channels: [x], "
@@ -263,3 +278,9 @@ def test_keys_rotate_changes_nothing_unless_it_can_keep_the_old_key_valid(
     listed = _agora(tmp_path, "keys", "list").stdout
     assert "1 retired" in listed
     assert read_private_key(tmp_path / ".agora" / "keys", "host").public_key == rotated.public_key
+    # a registry read with a retired key in it is written again: rotate again, add a key
+    again = _agora(tmp_path, "keys", "rotate", "host")
+    assert again.returncode == 0, again.stderr
+    assert _agora(tmp_path, "keys", "new", "carol").returncode == 0
+    assert len(KeyRegistry.load(registry).get("host").retired) == 2
+    assert _agora(tmp_path, "verify", "facts").returncode == 0

@@ -175,7 +175,8 @@ def _rewrite(directory: Path, envelopes: list[bytes], host: SigningKey) -> None:
 
 
 def _envelopes(directory: Path) -> list[bytes]:
-    return [json.dumps(json.loads(line)["envelope"]).encode() for line in _lines(directory)]
+    """The log's envelopes, byte for byte as it holds them."""
+    return [line[line.index(b'"envelope":') + 11 : -1] for line in _lines(directory)]
 
 
 def test_a_log_cut_back_passes_alone_but_not_against_a_checkpoint_from_outside(
@@ -378,9 +379,7 @@ def test_a_retired_key_verifies_what_it_signed_and_nothing_after(
     # still verify, under the new registry, and what the new key signs after them.
     facts = build_facts(8, every=4)
     old_host, new_host = keys["host"], SigningKey.generate("host")
-    rotated = registry.with_identity(
-        registry.get("host").retire_key(new_host.public_key, last_entry=7)
-    )
+    rotated = _rotated(registry, facts, new_host)
     with FactLog.open(facts, signer=new_host) as log:
         act = make_act(payload="after the rotation")
         log.append(sign_fact(act, keys["synth-agent"]), act)
@@ -409,9 +408,39 @@ def test_a_checkpoint_by_a_retired_key_holds_only_over_what_it_signed(
 ) -> None:
     facts = build_facts(8, every=4)
     new_host = SigningKey.generate("host")
-    rotated = registry.with_identity(
-        registry.get("host").retire_key(new_host.public_key, last_entry=5)
-    )
+    rotated = _rotated(registry, facts, new_host, entries=6)
     # signed at 8 by the key retired after entry 5: not a checkpoint it could sign
     problem = str(verify_directory(facts, rotated).problem)
     assert problem.startswith(f"{CHECKPOINT_DIR}/{checkpoint_name(8)}: checkpoint carries no")
+
+
+def test_a_retired_key_cannot_sign_other_facts_in_the_place_of_those_it_signed(
+    build_facts: FactsBuilder, keys: dict[str, SigningKey], registry: KeyRegistry
+) -> None:
+    # The committed log held 5 entries; the host's log held 10 when its key, leaked, was
+    # retired. Whoever has the old key writes entries 5-9 afresh and checkpoints them:
+    # every rule of the directory holds, and it extends what was committed, but those
+    # are not the entries the key was retired over.
+    facts = build_facts(10, every=5)
+    committed = Extends("main.note", (facts / CHECKPOINT_DIR / checkpoint_name(5)).read_bytes())
+    rotated = _rotated(registry, facts, SigningKey.generate("host"))
+    assert verify_directory(facts, rotated, extends=committed).ok
+    forged = [sign_fact(make_event(), keys["host"]) for _ in range(5)]
+    _rewrite(facts, [*_envelopes(facts)[:5], *forged], keys["host"])
+    assert verify_directory(facts, registry, extends=committed).ok  # as it was before
+    problem = verify_directory(facts, rotated, extends=committed).problem
+    assert problem is not None and problem.index == 9
+    assert "first 10 entries are not those it held when the key" in problem.message
+
+
+def _rotated(
+    registry: KeyRegistry, facts: Path, new_host: SigningKey, *, entries: int | None = None
+) -> KeyRegistry:
+    """``registry`` with the host's key replaced by ``new_host``'s after the first
+    ``entries`` of the log in ``facts`` (default: all it holds), as `agora keys rotate`
+    does it."""
+    leaves = [leaf_hash(line) for line in _lines(facts)][:entries]
+    retired = registry.get("host").retire_key(
+        new_host.public_key, last_entry=len(leaves) - 1, root=root_of(leaves), at_ms=0
+    )
+    return registry.with_identity(retired)

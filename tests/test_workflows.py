@@ -177,3 +177,29 @@ def test_verify_workflow_steps_hold_a_change_to_the_base_commits_newest_checkpoi
     cut = _run_steps(repository, BASE_SHA=base)
     assert cut.returncode == 1
     assert "covers 10 entries but the log holds 5: the log was cut back" in cut.stdout
+
+    # The same change on a new branch (no commit before it): held to the default branch
+    _git(repository, "branch", "--quiet", "trunk", base)
+    new_branch = _run_steps(repository, BASE_SHA="0" * 40, DEFAULT_BRANCH="trunk")
+    assert new_branch.returncode == 1
+    assert "the log was cut back" in new_branch.stdout
+    # A base that is not there (gone with a force push) is no reason to skip the check
+    gone = _run_steps(repository, BASE_SHA="1" * 40)
+    assert gone.returncode == 1
+    assert "is not in the repository (a force push?)" in gone.stdout
+
+    # A change that brings a package named pip: the install does not import it
+    fake = repository / "pip"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text(
+        "import os, pathlib, stat, sys\n"
+        "bin = pathlib.Path(sys.executable).parent / 'agora'\n"
+        "bin.write_text('#!/bin/sh\\necho OK facts: all good\\n')\n"
+        "bin.chmod(0o755)\n"
+    )
+    _git(repository, "add", "--all")
+    _git(repository, "commit", "--quiet", "-m", "and a pip of its own")
+    shadowed = _run_steps(repository, BASE_SHA=base)
+    assert shadowed.returncode == 1
+    assert "the log was cut back" in shadowed.stdout

@@ -22,6 +22,7 @@ from agora.cli.session import (
     agora_connection,
     declared_channel,
     open_session,
+    run_interruptible,
 )
 from agora.cli.terminal import terminal_safe
 from agora.core.acts import parse_act
@@ -136,7 +137,7 @@ def run_watch(arguments: argparse.Namespace) -> int:
                 "lost the connection to NATS: the watch ended (is the server still running?)"
             )
 
-    asyncio.run(watch())
+    run_interruptible(watch())
     return 0
 
 
@@ -170,7 +171,7 @@ def run_log(arguments: argparse.Namespace) -> int:
                 if messages[-1].metadata.num_pending == 0:
                     return
 
-    asyncio.run(history())
+    run_interruptible(history())
     return 0
 
 

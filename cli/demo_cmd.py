@@ -20,7 +20,6 @@ figures, so the two can be compared.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 from collections.abc import Callable
@@ -30,7 +29,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from nats.js import JetStreamContext
 
-from agora.cli.session import Session, connected, folder_argument, open_session
+from agora.cli.session import (
+    Session,
+    connected,
+    folder_argument,
+    open_session,
+    run_interruptible,
+)
 from agora.cli.terminal import terminal_safe
 from agora.cli.up_cmd import prepare_host
 from agora.cli.workspace import AgentPlan, create_workspace
@@ -109,7 +114,7 @@ def run(arguments: argparse.Namespace) -> int:
     facts_dir: Path = arguments.facts_dir
     say: Callable[[str], None] = (lambda _: None) if arguments.json else print
     workspace = prepare_workspace(facts_dir)
-    report = asyncio.run(_main(workspace, facts_dir.resolve(), say))
+    report = run_interruptible(_main(workspace, facts_dir.resolve(), say))
     reference = run_reference()
     result = {
         "reference": {

@@ -8,15 +8,17 @@ without being told where the server is.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import re
+import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -127,6 +129,8 @@ def running_url(config: Config) -> str:
 
 OnClose = Callable[[], Awaitable[None]]
 RETELL_AFTER_S: Final = 60.0
+CANCEL_AGAIN_S: Final = 0.5  # after a Ctrl-C, while the command runs on
+T = TypeVar("T")
 _CREDENTIALS: Final = re.compile(r"://[^@/\s]+@")
 
 
@@ -239,3 +243,42 @@ def folder_argument(text: str) -> Path:
             f"expected a folder, or a path where one can be made: {blocking} is a file"
         )
     return path
+
+
+def run_interruptible(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, where Ctrl-C always ends the command (raising
+    KeyboardInterrupt): ``main`` is cancelled, and again every :data:`CANCEL_AGAIN_S`
+    while it runs on, for a cancellation can be lost (Python 3.11's
+    ``asyncio.wait_for``, which nats-py uses, drops one that lands as what it waits for
+    completes), and whatever it returns after the interrupt is not the command's."""
+
+    async def guarded() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        interrupted = False
+
+        def cancel_again() -> None:
+            if task is not None and not task.done():
+                task.cancel()
+                loop.call_later(CANCEL_AGAIN_S, cancel_again)
+
+        def interrupt() -> None:
+            nonlocal interrupted
+            if not interrupted:
+                interrupted = True
+                cancel_again()
+
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+        try:
+            result = await main
+        except asyncio.CancelledError:
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+        if interrupted:
+            raise KeyboardInterrupt
+        return result
+
+    return asyncio.run(guarded())

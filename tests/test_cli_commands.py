@@ -9,10 +9,13 @@ a user and password (the server ignores them), which no output may show.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from agora.cli.session import connected, open_session
+from agora.cli.session import connected, open_session, run_interruptible
 from agora.cli.terminal import terminal_safe
 from agora.cli.workspace import AgentPlan, create_workspace
 from agora.core.control import record_and_switch
@@ -313,3 +316,20 @@ async def test_verify_names_a_checkpoint_it_cannot_read(tmp_path: Path) -> None:
         result.out == f"FAIL {facts}: {facts}/checkpoints/5.note: cannot be read: Is a directory\n"
     )
     assert result.err == ""
+
+
+def test_ctrl_c_ends_a_command_even_when_a_cancellation_is_lost() -> None:
+    # Python 3.11's asyncio.wait_for (nats-py's requests) can drop a cancellation that
+    # lands as what it waits for completes: the command must end all the same, and
+    # not as if it had finished.
+    async def loses_one() -> str:
+        asyncio.get_running_loop().call_later(0.05, signal.raise_signal, signal.SIGINT)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(5)
+        await asyncio.sleep(5)
+        return "ran on"
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_interruptible(loses_one())
+    assert time.monotonic() - started < 3

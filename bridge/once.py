@@ -37,13 +37,13 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from agora.bridge.streams import OUT_BUCKET, Buckets
 from agora.core.errors import AgoraError
-from agora.core.ids import now_ms
+from agora.core.ids import new_id, now_ms
+from agora.core.received import MSG_ID_HEADER
 from agora.core.spine import (
     FRESH_FOR_MS,
     SAFE_REPUBLISH_MS,
     STREAM,
     ids_in_stream,
-    publish_fact,
 )
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,40 @@ class OnceOut:
         hosts judge by the time it was signed (events reach no agent). Returns the id
         the fact stands under (``ident``, or the id it was issued again under)."""
         issued = await self.envelope(subject=subject, ident=ident, sign=sign, act=act)
-        if issued.envelope is not None:
-            await publish_fact(
-                self._js, subject=subject, msg_id=issued.ident, envelope=issued.envelope
-            )
-        return issued.ident
+        for _ in range(KEEP_TRIES):
+            if issued.envelope is None or await self._went_out(subject, issued):
+                return issued.ident
+            # The stream holds other bytes under that id: whoever may publish on it took
+            # the id first (a bridge's ids follow from GitHub's), and the server dropped
+            # the fact as a repeat. It goes out under an id no one can know in advance.
+            log.warning("%s was taken in the stream by another message: issued again", ident)
+            issued = await self._issue_anew(ident, sign, act=act)
+        raise AgoraError(f"{ident!r}: every id it was issued under was taken in the stream")
+
+    async def _went_out(self, subject: str, issued: Issued) -> bool:
+        """Publish ``issued``; whether the stream holds it under its id now (a repeat of
+        the same bytes counts: it went out before)."""
+        assert issued.envelope is not None  # noqa: S101 - checked by the caller
+        ack = await self._js.publish(
+            subject, issued.envelope, headers={MSG_ID_HEADER: issued.ident}
+        )
+        if not ack.duplicate:
+            return True
+        stored = await self._js.get_msg(ack.stream, ack.seq)  # what the id is held by
+        return stored.data == issued.envelope
+
+    async def _issue_anew(self, ident: str, sign: Signer, *, act: bool) -> Issued:
+        """The fact signed again under a new random id, kept for ``ident``."""
+        for _ in range(KEEP_TRIES):
+            bucket = await self._buckets.get(OUT_BUCKET)
+            try:
+                last: int | None = (await bucket.get(ident)).revision
+            except KeyNotFoundError:
+                last = None
+            issued = await self._keep(ident, new_id("act" if act else "ev"), sign, last=last)
+            if issued is not None:
+                return issued
+        raise AgoraError(f"{ident!r} was kept anew by another bridge {KEEP_TRIES} times running")
 
     async def envelope(
         self,

@@ -180,3 +180,22 @@ async def test_a_kept_envelope_that_is_not_the_one_meant_is_signed_anew(
     assert issued.envelope is not None and b"planted" not in issued.envelope and len(made) == 1
     again = await out.envelope(subject=SUBJECT, ident=IDENT, sign=signer(made), act=False)
     assert again == issued  # what it signed is what is kept now
+
+
+async def test_a_fact_whose_id_another_message_took_first_goes_out_under_a_new_one(
+    js: JetStreamContext,
+) -> None:
+    # Whoever may publish on the stream can work out a bridge fact's id (it follows from
+    # GitHub's) and publish something under it first: the server would drop the fact as
+    # a repeat. It goes out under a new id instead, kept for the next handling.
+    await js.publish(SUBJECT, b"squatting", headers={MSG_ID_HEADER: IDENT})
+    made: list[int] = []
+    out = OnceOut(js, Buckets(js))
+    ident = await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True)
+    assert ident != IDENT and ident.startswith("act-")
+    [sent] = await copies(js, ident)
+    assert json.loads(sent) == {"id": ident, "signed_at": made[-1]}
+    assert len(made) == 2  # under the id taken, then under its own
+    # handled again (a redelivery): the same id and bytes, published once
+    assert await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True) == ident
+    assert len(made) == 2 and len(await copies(js, ident)) == 1

@@ -162,16 +162,20 @@ class OnceOut:
 
     async def _taken(self, subject: str, kept: Kept) -> bool:
         """Whether the kept act is in the stream, stored in time to be taken as fresh (a
-        publish held up more than :data:`FRESH_FOR_MS` reached no host)."""
+        publish held up more than :data:`FRESH_FOR_MS` reached no host), in its own
+        bytes (another message published under its id first is not it)."""
+        held: dict[str, bytes] = {}
         stored = await ids_in_stream(
             self._js,
             subjects=[subject],
             after_seq=kept.after_seq,
             until_ms=now_ms(),
             wanted=[kept.ident],
+            held=held,
         )
         stored_ms = stored.get(kept.ident)
-        return stored_ms is not None and stored_ms - kept.signed_ms <= FRESH_FOR_MS
+        in_time = stored_ms is not None and stored_ms - kept.signed_ms <= FRESH_FOR_MS
+        return in_time and held.get(kept.ident) == kept.envelope
 
     async def _keep(self, key: str, ident: str, sign: Signer, *, last: int | None) -> Issued | None:
         """Sign the fact under ``ident`` now and keep it under ``key`` by compare-and-set

@@ -337,10 +337,12 @@ async def ids_in_stream(
     until_ms: int,
     wanted: Iterable[str],
     quiet_s: float = SCAN_QUIET_S,
+    held: dict[str, bytes] | None = None,
 ) -> dict[str, int]:
     """Which of the ``wanted`` message ids are in the stream on ``subjects``, and when
     the stream stored each (ms since the epoch), looking from ``after_seq + 1`` on, up
-    to the first message stored after ``until_ms``, or the end of the stream.
+    to the first message stored after ``until_ms``, or the end of the stream; ``held``,
+    if given, gets the bytes stored under each id found.
 
     For what JetStream's duplicate window no longer covers: whether an outbox saved
     long ago was published before a crash (and in time to be taken as fresh)."""
@@ -358,8 +360,10 @@ async def ids_in_stream(
             if stored_ms > until_ms:
                 break
             ident = (message.headers or {}).get(MSG_ID_HEADER)
-            if ident in wanted:
-                found.setdefault(ident, stored_ms)
+            if ident in wanted and ident not in found:
+                found[ident] = stored_ms
+                if held is not None:
+                    held[ident] = message.data
             if not metadata.num_pending:
                 break
     finally:

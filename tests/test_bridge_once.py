@@ -199,3 +199,20 @@ async def test_a_fact_whose_id_another_message_took_first_goes_out_under_a_new_o
     # handled again (a redelivery): the same id and bytes, published once
     assert await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True) == ident
     assert len(made) == 2 and len(await copies(js, ident)) == 1
+
+
+async def test_an_old_act_whose_id_another_message_holds_is_issued_again(
+    js: JetStreamContext,
+) -> None:
+    # Kept, then the bridge stopped before publishing; meanwhile another message took
+    # its id in the stream. Found there later, it is not taken for the act.
+    old = now_ms() - 70_000
+    envelope = json.dumps({"signed_at": old}).encode()
+    await keep(js, signed_ms=old, envelope=envelope)
+    await js.publish(SUBJECT, b"squatting", headers={MSG_ID_HEADER: IDENT})
+    made: list[int] = []
+    out = OnceOut(js, Buckets(js))
+    ident = await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True)
+    assert ident != IDENT
+    [sent] = await copies(js, ident)
+    assert json.loads(sent) == {"id": ident, "signed_at": made[-1]}

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from agora.bridge.streams import OUT_BUCKET, Buckets
 from agora.core.errors import AgoraError
@@ -94,7 +94,7 @@ class OnceOut:
             # the id first (a bridge's ids follow from GitHub's), and the server dropped
             # the fact as a repeat. It goes out under an id no one can know in advance.
             log.warning("%s was taken in the stream by another message: issued again", ident)
-            issued = await self._issue_anew(ident, sign, act=act)
+            issued = await self._issue_anew(ident, issued.ident, sign, act=act)
         raise AgoraError(f"{ident!r}: every id it was issued under was taken in the stream")
 
     async def _went_out(self, subject: str, issued: Issued) -> bool:
@@ -106,17 +106,27 @@ class OnceOut:
         )
         if not ack.duplicate:
             return True
-        stored = await self._js.get_msg(ack.stream, ack.seq)  # what the id is held by
+        try:
+            stored = await self._js.get_msg(ack.stream, ack.seq)  # what the id is held by
+        except NotFoundError:  # deleted since: the id is held by nothing the hosts see
+            return False
         return stored.data == issued.envelope
 
-    async def _issue_anew(self, ident: str, sign: Signer, *, act: bool) -> Issued:
-        """The fact signed again under a new random id, kept for ``ident``."""
+    async def _issue_anew(self, ident: str, taken: str, sign: Signer, *, act: bool) -> Issued:
+        """The fact signed again under a new random id, kept for ``ident`` in place of
+        the one issued under ``taken``; or what another bridge kept in its place
+        already (both then publish the same envelope)."""
         for _ in range(KEEP_TRIES):
             bucket = await self._buckets.get(OUT_BUCKET)
             try:
-                last: int | None = (await bucket.get(ident)).revision
+                entry = await bucket.get(ident)
             except KeyNotFoundError:
-                last = None
+                last: int | None = None
+            else:
+                kept = _read(entry.value or b"", ident)
+                if kept is not None and kept.ident != taken:
+                    return Issued(kept.ident, kept.envelope)
+                last = entry.revision
             issued = await self._keep(ident, new_id("act" if act else "ev"), sign, last=last)
             if issued is not None:
                 return issued

@@ -129,7 +129,6 @@ def running_url(config: Config) -> str:
 
 OnClose = Callable[[], Awaitable[None]]
 RETELL_AFTER_S: Final = 60.0
-CANCEL_AGAIN_S: Final = 0.5  # after a Ctrl-C, while the command runs on
 T = TypeVar("T")
 _CREDENTIALS: Final = re.compile(r"://[^@/\s]+@")
 
@@ -246,37 +245,37 @@ def folder_argument(text: str) -> Path:
 
 
 def run_interruptible(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)``, where Ctrl-C always ends the command (raising
-    KeyboardInterrupt): ``main`` is cancelled, and again every :data:`CANCEL_AGAIN_S`
-    while it runs on, for a cancellation can be lost (Python 3.11's
+    """``asyncio.run(main)``, where a Ctrl-C always ends the command with
+    KeyboardInterrupt: ``main`` is cancelled (and may clean up), and whatever it returns
+    afterwards is not the command's. A cancellation can be lost (Python 3.11's
     ``asyncio.wait_for``, which nats-py uses, drops one that lands as what it waits for
-    completes), and whatever it returns after the interrupt is not the command's."""
+    completes), and a Ctrl-C can come while synchronous code runs, before the event
+    loop could act on it: either way the command still ends as interrupted. A second
+    Ctrl-C ends it at once."""
 
     async def guarded() -> T:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
-        interrupted = False
+        interrupted = forced = False
 
-        def cancel_again() -> None:
-            if task is not None and not task.done():
-                task.cancel()
-                loop.call_later(CANCEL_AGAIN_S, cancel_again)
+        def on_sigint(_signum: int, _frame: object) -> None:
+            nonlocal interrupted, forced
+            if interrupted:
+                forced = True
+                raise KeyboardInterrupt  # the second: at once, wherever it is
+            interrupted = True  # at once too: the handler runs between two bytecodes
+            if task is not None:
+                loop.call_soon_threadsafe(task.cancel)
 
-        def interrupt() -> None:
-            nonlocal interrupted
-            if not interrupted:
-                interrupted = True
-                cancel_again()
-
-        loop.add_signal_handler(signal.SIGINT, interrupt)
+        outer = signal.signal(signal.SIGINT, on_sigint)
         try:
             result = await main
         except asyncio.CancelledError:
-            if interrupted:
+            if interrupted and not forced:  # forced: raised already, this is the close
                 raise KeyboardInterrupt from None
             raise
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, outer)
         if interrupted:
             raise KeyboardInterrupt
         return result

@@ -216,3 +216,27 @@ async def test_an_old_act_whose_id_another_message_holds_is_issued_again(
     assert ident != IDENT
     [sent] = await copies(js, ident)
     assert json.loads(sent) == {"id": ident, "signed_at": made[-1]}
+
+
+async def test_two_bridges_finding_an_id_taken_issue_the_fact_once(js: JetStreamContext) -> None:
+    await js.publish(SUBJECT, b"squatting", headers={MSG_ID_HEADER: IDENT})
+    made: list[int] = []
+    bridges = [OnceOut(js, Buckets(js)) for _ in range(2)]
+    idents = await asyncio.gather(
+        *(b.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=True) for b in bridges)
+    )
+    assert idents[0] == idents[1] != IDENT
+    assert len(await copies(js, idents[0])) == 1
+
+
+async def test_a_fact_whose_stored_copy_was_deleted_is_issued_again(js: JetStreamContext) -> None:
+    # Handled again within the duplicate window, after its message was deleted from the
+    # stream: the server still calls it a repeat, of a message no host will see.
+    made: list[int] = []
+    out = OnceOut(js, Buckets(js))
+    first = await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=False)
+    assert first == IDENT
+    await js.delete_msg(STREAM, (await js.stream_info(STREAM)).state.last_seq)
+    again = await out.publish(subject=SUBJECT, ident=IDENT, sign=signer(made), act=False)
+    assert again != IDENT
+    assert len(await copies(js, again)) == 1

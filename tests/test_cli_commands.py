@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -320,16 +321,59 @@ async def test_verify_names_a_checkpoint_it_cannot_read(tmp_path: Path) -> None:
 
 def test_ctrl_c_ends_a_command_even_when_a_cancellation_is_lost() -> None:
     # Python 3.11's asyncio.wait_for (nats-py's requests) can drop a cancellation that
-    # lands as what it waits for completes: the command must end all the same, and
+    # lands as what it waits for completes: the command must still end as interrupted,
     # not as if it had finished.
     async def loses_one() -> str:
         asyncio.get_running_loop().call_later(0.05, signal.raise_signal, signal.SIGINT)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(5)
-        await asyncio.sleep(5)
+        await asyncio.sleep(0.2)
+        return "ran on"
+
+    with pytest.raises(KeyboardInterrupt):
+        run_interruptible(loses_one())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as it was
+
+
+def test_ctrl_c_during_synchronous_work_still_ends_the_command() -> None:
+    # The event loop can act on a Ctrl-C only between steps: one that comes during a
+    # long synchronous step (a build, say) must not be lost if the command then ends.
+    async def busy() -> str:
+        threading.Timer(0.1, signal.raise_signal, (signal.SIGINT,)).start()
+        time.sleep(0.5)  # noqa: ASYNC251 - a synchronous step, on purpose
+        return "done"
+
+    with pytest.raises(KeyboardInterrupt):
+        run_interruptible(busy())
+
+
+def test_a_second_ctrl_c_ends_the_command_at_once() -> None:
+    async def stubborn() -> str:
+        loop = asyncio.get_running_loop()
+        for delay in (0.05, 0.15):
+            loop.call_later(delay, signal.raise_signal, signal.SIGINT)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(5)
+        await asyncio.sleep(5)  # cleaning up, slowly
         return "ran on"
 
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        run_interruptible(loses_one())
+        run_interruptible(stubborn())
     assert time.monotonic() - started < 3
+
+
+def test_cleanup_after_a_ctrl_c_is_not_cut_short() -> None:
+    cleaned: list[bool] = []
+
+    async def cleans_up() -> None:
+        asyncio.get_running_loop().call_later(0.05, signal.raise_signal, signal.SIGINT)
+        try:
+            await asyncio.sleep(5)
+        finally:
+            await asyncio.sleep(0.8)  # as a host's stop, or a server's, takes a while
+            cleaned.append(True)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_interruptible(cleans_up())
+    assert cleaned == [True]

@@ -250,10 +250,10 @@ def _check_retired_keys(registry: KeyRegistry, leaves: Sequence[bytes]) -> None:
             size = retired.last_entry + 1
             if size <= len(leaves):
                 wanted.setdefault(size, []).append((identity.name, retired))
-    frontier = Frontier()
-    for size in range(len(leaves) + 1):
-        for name, retired in wanted.get(size, []):
-            if frontier.root() != retired.root:
+    roots = _roots_at(leaves, wanted)
+    for size in sorted(wanted):
+        for name, retired in wanted[size]:
+            if roots[size] != retired.root:
                 raise _Failed(
                     Problem(
                         f"entry {max(size - 1, 0)}",
@@ -263,8 +263,20 @@ def _check_retired_keys(registry: KeyRegistry, leaves: Sequence[bytes]) -> None:
                         max(size - 1, 0),
                     )
                 )
+
+
+def _roots_at(leaves: Sequence[bytes], sizes: Iterable[int]) -> dict[int, bytes]:
+    """The RFC 6962 root of the log's first ``size`` entries for each of ``sizes`` that
+    the log holds, in one pass over its leaves."""
+    wanted = {size for size in sizes if size <= len(leaves)}
+    roots: dict[int, bytes] = {}
+    frontier = Frontier()
+    for size in range(max(wanted, default=-1) + 1):
+        if size in wanted:
+            roots[size] = frontier.root()
         if size < len(leaves):
             frontier.append(leaves[size])
+    return roots
 
 
 def _check_view_ends(rest: int) -> None:
@@ -305,10 +317,10 @@ def _check_checkpoints(
             raise _Failed(Problem(CHECKPOINT_DIR, "holds no signed checkpoint over the log"))
         return
     wanted = {s.checkpoint.size: s.checkpoint for s in signed if s.checkpoint.size <= len(leaves)}
-    frontier = Frontier()
-    for size in range(len(leaves) + 1):
-        checkpoint = wanted.get(size)
-        if checkpoint is not None and frontier.root() != checkpoint.root:
+    roots = _roots_at(leaves, wanted)
+    for size in sorted(wanted):
+        checkpoint = wanted[size]
+        if roots[size] != checkpoint.root:
             raise _Failed(
                 Problem(
                     f"{CHECKPOINT_DIR}/{checkpoint_name(size)}",
@@ -316,8 +328,6 @@ def _check_checkpoints(
                     f"of the log's first {size} entries: the log was changed",
                 )
             )
-        if size < len(leaves):
-            frontier.append(leaves[size])
     if len(signed) >= 2:
         _check_consistency(signed[-2].checkpoint, signed[-1].checkpoint, leaves)
     latest = signed[-1].checkpoint
@@ -372,10 +382,7 @@ def _check_extends(
                 len(leaves),
             )
         )
-    frontier = Frontier()
-    for leaf in leaves[: anchor.size]:
-        frontier.append(leaf)
-    if frontier.root() != anchor.root:
+    if _roots_at(leaves, [anchor.size])[anchor.size] != anchor.root:
         raise _Failed(
             Problem(
                 where,

@@ -22,8 +22,9 @@ server as advisories, which the ``AGORA_DEAD`` stream keeps (the dead-letter pla
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from nats.js import JetStreamContext
@@ -224,14 +225,42 @@ async def ensure_consumer(js: JetStreamContext, config: ConsumerConfig) -> None:
 async def bucket_keys(js: JetStreamContext, bucket: str, pattern: str = ">") -> list[str]:
     """The keys of the key-value ``bucket`` matching ``pattern`` (a subject pattern) that
     its stream holds a message under, a deletion's marker among them (a get tells which
-    are gone), asked of the stream in one request (up to the server's 100,000 subjects).
+    are gone), asked of the stream page by page (the server lists up to 100,000
+    subjects in one answer, and says how many there are in all).
 
     Not nats-py's ``keys()``: it reads them through a watcher that can report the end
     before the first key arrived (the server sent it, so nothing is pending, but the
-    client has not counted it yet), and so returns none, or some."""
+    client has not counted it yet), and so returns none, or some. Nor its
+    ``stream_info``, which asks for the first page only."""
     prefix = f"$KV.{bucket}."
-    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + pattern)
-    return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
+    keys: set[str] = set()
+    while True:
+        page = await _stream_subjects(js, f"KV_{bucket}", prefix + pattern, offset=len(keys))
+        keys.update(subject[len(prefix) :] for subject in page.subjects)
+        if not page.subjects or len(keys) >= page.total:
+            return sorted(keys)
+
+
+@dataclass(frozen=True)
+class _SubjectsPage:
+    subjects: list[str]
+    total: int  # how many subjects match in all
+
+
+async def _stream_subjects(
+    js: JetStreamContext, stream: str, subjects_filter: str, *, offset: int
+) -> _SubjectsPage:
+    """One page of the subjects ``stream`` holds messages under, in the server's order
+    (sorted), from ``offset``: the stream info request with the paging nats-py leaves
+    out (its own request, so an account's JetStream prefix or domain holds)."""
+    request = json.dumps({"subjects_filter": subjects_filter, "offset": offset})
+    answer = await js._api_request(  # the request nats-py makes, with an offset
+        f"{js._prefix}.STREAM.INFO.{stream}",
+        request.encode(),
+        timeout=js._timeout,
+    )
+    subjects = list((answer.get("state") or {}).get("subjects") or {})
+    return _SubjectsPage(subjects, int(answer.get("total") or len(subjects)))
 
 
 async def bucket_values(js: JetStreamContext, bucket: str) -> dict[str, bytes]:

@@ -123,6 +123,21 @@ async def test_bucket_keys_lists_what_the_stream_holds(client: Client) -> None:
     assert await bucket_values(js, "listed") == {"a": b"x", "octo/my.repo/1": b"x"}
 
 
+async def test_bucket_keys_reads_past_the_servers_page_of_100000_subjects(client: Client) -> None:
+    js = client.jetstream()
+    await js.create_key_value(bucket="many")
+    count = 100_003  # the server lists 100,000 subjects in one answer
+    for number in range(count - 1):
+        await client.publish(f"$KV.many.k{number:06d}", b"x")
+    # the stream stores what one connection sends in order: the last one's
+    # acknowledgement comes when all are stored
+    await js.publish(f"$KV.many.k{count - 1:06d}", b"x")
+    keys = await bucket_keys(js, "many")
+    assert len(keys) == count
+    assert keys[0] == "k000000" and keys[-1] == f"k{count - 1:06d}"
+    assert await bucket_keys(js, "many", "k100002") == ["k100002"]
+
+
 async def test_bucket_history_reads_every_value_kept_under_a_key_in_order(
     client: Client,
 ) -> None:

@@ -13,7 +13,9 @@ lookup. Writing to the bucket is not enough to change anything, a key is needed 
 - a deletion or a purge carries no signature and lifts nothing; at start each key's
   whole history is read, so a deletion after a kill does not hide it either;
 - a ``resumed`` from the bridge (a kill label taken off an issue) lifts only a kill the
-  bridge set: an operator's kill is lifted by an operator.
+  bridge set: an operator's kill is lifted by an operator; and a kill from the bridge
+  does not take the place of a stop it did not set (else adding the label and taking it
+  off would lift an operator's kill).
 
 A limit: what the bucket no longer holds cannot be read back at start. A purge of a key,
 or more writes to it than the bucket's history keeps (:data:`~agora.core.spine.CONTROL_HISTORY`), by
@@ -187,6 +189,19 @@ class KillSwitch:
                         held.id,
                     )
                 return
+            if _keeps_anothers_kill(event, role, held, held_by):
+                if not quiet:
+                    log.info(
+                        "control value under %r: %s %s leaves the %s %s of %s (%s) in force",
+                        key,
+                        event.kind.value,
+                        event.id,
+                        held.kind.value,
+                        held.id,
+                        held.actor,
+                        held_by.value,
+                    )
+                return
             if event.kind is EventKind.RESUMED and _lifts_only_its_own(role, held_by):
                 log.warning(
                     "ignored control value under %r: a %s's resume does not lift the %s %s "
@@ -240,6 +255,17 @@ def _switch_of(key: str, fact: Fact, signer: Identity) -> tuple[Event, Role] | s
 
 
 _DELETIONS: Final = ("DEL", "PURGE")
+
+
+def _keeps_anothers_kill(event: Event, role: Role, held: Event, held_by: Role) -> bool:
+    """Whether a kill by the bridge leaves a stop it did not set in force: taking its
+    place would make that stop the bridge's own, which the label's removal then lifts."""
+    return (
+        role is Role.BRIDGE
+        and event.kind in BLOCKING_KINDS
+        and held.kind in BLOCKING_KINDS
+        and held_by is not Role.BRIDGE
+    )
 
 
 def _lifts_only_its_own(resumer: Role, killer: Role) -> bool:

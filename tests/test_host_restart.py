@@ -1022,6 +1022,16 @@ async def test_the_bridge_lifts_its_own_kills_not_an_operators(
         await h.stop_host()
         host = await h.start_host()
         assert host.killswitch.state.blocks("synth-agent", "build-coord")
+        # the label added on top of the operator's kill, then taken off: the operator's
+        # kill stays in force (the label's kill does not make it the bridge's)
+        await h.switch(EventKind.KILLED, channel="build-coord", by="bridge")
+        await h.switch(EventKind.RESUMED, channel="build-coord", by="bridge")
+        await asyncio.sleep(0.3)
+        assert host.killswitch.state.blocks("synth-agent", "build-coord")
+        assert host.killswitch.state.stopped["channel.build-coord"].actor == "maintainer"
+        await h.stop_host()
+        host = await h.start_host()  # read back from the bucket's history, the same
+        assert host.killswitch.state.blocks("synth-agent", "build-coord")
         await h.switch(EventKind.RESUMED, channel="build-coord")  # the operator's
         await host.killswitch.wait_for(lambda s: not s.stopped)
         await h.switch(EventKind.KILLED, channel="build-coord", by="bridge")

@@ -176,6 +176,7 @@ class CommentCatchUp:
             url=comment.html_url,
             author=author_of(comment),
             on_pull_request=on_pull_request,
+            created_at=comment.created_at,
         )
         await self._worker.comment_seen(seen, delivery="catch-up")
         return 1

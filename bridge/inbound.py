@@ -39,6 +39,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from githubkit.webhooks import parse_obj
@@ -138,6 +139,7 @@ class SeenComment:
     url: str
     author: Author
     on_pull_request: bool
+    created_at: datetime
 
 
 @dataclass(slots=True)
@@ -374,6 +376,7 @@ class InboundWorker:
                 url=comment.html_url,
                 author=author_of(comment),
                 on_pull_request=present(getattr(payload.issue, "pull_request", None)),
+                created_at=comment.created_at,
             ),
             delivery=delivery,
         )
@@ -388,10 +391,13 @@ class InboundWorker:
             await self._comment_seen(seen, delivery)
 
     async def _comment_seen(self, seen: SeenComment, delivery: str) -> None:
-        channel = await self._links.channel_for(seen.repo, seen.number)
-        if channel is None:
+        link = await self._links.link_of(seen.repo, seen.number)
+        if link is None or (link.linked_at is not None and seen.created_at < link.linked_at):
+            # not on a linked issue, or made before it was linked (a late delivery: a
+            # redelivery, or one of the day before the label): history is no act
             self.counters.ignored += 1
             return
+        channel = link.channel
         bucket = await self._buckets.get(BRIDGE_BUCKET)
         with contextlib.suppress(KeyNotFoundError):
             await bucket.get(seen_key(seen.comment_id))

@@ -121,11 +121,21 @@ class Links:
         self._channels = channels
 
     async def channel_for(self, repo: str, number: int) -> str | None:
+        link = await self.link_of(repo, number)
+        return None if link is None else link.channel
+
+    async def link_of(self, repo: str, number: int) -> Link | None:
+        """The issue's link, with when it was made (None for a configured link the
+        catch-up has not seen yet), or None if the issue is not linked."""
         configured = self._configured.get((repo.lower(), number))
-        if configured is not None:
-            return configured[0]
         record = await self._record(repo, number)
-        return record.channel if record is not None and record.by == BY_LABEL else None
+        if configured is not None:
+            channel, ref = configured
+            kept = record is not None and record.channel == channel
+            return Link(channel, ref, record.linked_at if record is not None and kept else None)
+        if record is None or record.by != BY_LABEL:
+            return None
+        return Link(record.channel, record.issue, record.linked_at)
 
     async def link(self, repo: str, number: int, channel: str, *, at: datetime) -> bool:
         """Link the issue to ``channel`` as of ``at``; False if it is so already. Raises

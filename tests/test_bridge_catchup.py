@@ -67,6 +67,28 @@ async def test_a_comment_made_while_the_issue_was_unlinked_is_not_injected_after
         assert said(loop) == []
 
 
+async def test_a_comment_from_before_the_link_delivered_late_is_not_injected(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET) as loop:
+        other = loop.github.create_issue(REPO, "Secrets", "", by=HUMAN)
+        await loop.delivered()
+        await loop.stop_bridge()
+        loop.github.comment(REPO, other, "said on an unlinked issue", by=HUMAN)
+        await loop.github.drain()
+        [failed] = [d for d in loop.github.deliveries if d.status_code == 0]
+        await come_back(loop)
+        await asyncio.sleep(A_SECOND)
+        loop.github.add_label(REPO, other, LINK, by=HUMAN)
+        await loop.delivered()
+        loop.github.redeliver(failed.id)  # the failed delivery, asked for again
+        await loop.delivered()
+        assert said(loop) == []
+        loop.github.comment(REPO, other, "said after the link", by=HUMAN)
+        await loop.delivered()
+        assert said(loop) == [("secret-ops", "said after the link")]
+
+
 async def test_a_linked_repository_github_no_longer_has_does_not_stop_the_catch_up(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:

@@ -208,7 +208,7 @@ class AgentRecord:
                 calls=int(obj["calls"]),
                 saved_at_ms=_optional_int(obj.get("saved_at_ms")),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise MalformedEnvelope(f"agent record is unreadable: {exc}") from exc
         return record, parts
 
@@ -356,7 +356,9 @@ def signed_part(body: bytes) -> bytes:
 
 
 def _optional_int(value: object) -> int | None:
-    return None if value is None else int(value)  # type: ignore[call-overload]
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"expected a whole number or null, not {value!r}")
 
 
 def _handed(value: object) -> Handed:

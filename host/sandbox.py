@@ -385,6 +385,8 @@ class Sandbox:
         finally:
             self._stdout.drain()
             self._stderr.drain()
+        # the types were checked as the agent loaded (host/contract.py): these are
+        # strings, bytes, a u8 and a u64 as the WIT says
         outbox = tuple(_guest_message(m) for m in result.outbox)
         wake = getattr(result, "wake-at-ms")
         return GuestOutcome(outbox=outbox, state=bytes(result.state), wake_at_ms=wake)

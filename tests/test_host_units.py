@@ -190,6 +190,18 @@ def test_an_agent_record_naming_a_part_wrongly_is_refused(place: object) -> None
         AgentRecord.decode(json.dumps(saved).encode())
 
 
+@pytest.mark.parametrize("wake", ["Infinity", "NaN", "1.5", "true", '"5"'])
+def test_an_agent_record_whose_wake_time_is_no_whole_number_is_refused(wake: str) -> None:
+    saved = (
+        AgentRecord(wake_at_ms=5)
+        .encode()
+        .replace(b'"wake_at_ms":5', f'"wake_at_ms":{wake}'.encode())
+    )
+    assert saved != AgentRecord(wake_at_ms=5).encode()
+    with pytest.raises(MalformedEnvelope, match="agent record is unreadable"):
+        AgentRecord.decode(saved)
+
+
 @pytest.mark.parametrize("data", [b"", b"{}", b"[1]", b'{"state": 3}'])
 def test_an_unreadable_agent_record_is_refused(data: bytes) -> None:
     with pytest.raises(MalformedEnvelope, match="agent record is unreadable"):

@@ -11,6 +11,7 @@ import pytest
 import wasmtime
 from wasmtime import component as wc
 
+from agora.core.acts import Performative
 from agora.core.signing import MAX_ENVELOPE_BYTES
 from agora.host.sandbox import (
     MAX_LOG_BYTES_PER_CALL,
@@ -104,6 +105,89 @@ def test_a_component_whose_handle_is_not_the_contracts_is_refused_as_it_loads(
     refused = _refused_as_it_loads(wat)
     assert refused.kind == "contract"
     assert said in refused.detail
+
+
+FIPA_ACTS = " ".join(f'"{act.value}"' for act in Performative)
+CONTRACT_TYPES = {
+    "message": '(record (field "id" string) (field "conversation-id" string) '
+    '(field "in-reply-to" (option string)) (field "sender" string) (field "channel" string) '
+    '(field "act" $act) (field "payload" string) (field "hops" u8))',
+    "state": "(list u8)",
+    "wake": "(option u64)",
+}
+
+
+def _handle_of(**types: str) -> str:
+    """A component whose ``handle`` has the contract's shape but for ``types`` (``message``,
+    ``state``, ``wake``: WAT type expressions); its body is never run."""
+    shape = {**CONTRACT_TYPES, **types}
+    return f"""(component
+  (type $act0 (enum {FIPA_ACTS}))
+  (export $act "act" (type $act0))
+  (type $message0 {shape["message"]})
+  (export $message "message" (type $message0))
+  (type $context0 (record (field "agent" string) (field "channels" (list string))
+    (field "now-ms" u64) (field "settings" (list (tuple string string)))))
+  (export $context "context" (type $context0))
+  (type $outcome0 (record (field "outbox" (list $message)) (field "state" {shape["state"]})
+    (field "wake-at-ms" {shape["wake"]})))
+  (export $outcome "outcome" (type $outcome0))
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 0)
+    (func (export "handle") (param i32 i32 i32 i32 i64 i32 i32 i32 i32 i32 i32) (result i32)
+      i32.const 0))
+  (core instance $i (instantiate $m))
+  (func (export "handle") (param "ctx" $context) (param "state" {shape["state"]})
+    (param "inbox" (list $message)) (result $outcome)
+    (canon lift (core func $i "handle") (memory (core memory $i "memory"))
+      (realloc (core func $i "realloc")))))"""
+
+
+@pytest.mark.parametrize(
+    ("types", "said"),
+    [
+        (
+            {"state": "string"},
+            "its handle's parameter state is string; the contract has list<u8>",
+        ),
+        (
+            {"wake": "(option f64)"},
+            "its handle's outcome's wake-at-ms's value is f64; the contract has u64",
+        ),
+        (
+            {"message": CONTRACT_TYPES["message"].replace('"hops" u8', '"hops" string')},
+            "its handle's parameter inbox's element's hops is string; the contract has u8",
+        ),
+        (
+            {
+                "message": CONTRACT_TYPES["message"].replace(
+                    '"payload" string', '"payload" (list u8)'
+                )
+            },
+            "its handle's parameter inbox's element's payload is list<u8>; the contract has string",
+        ),
+    ],
+)
+def test_a_handle_with_a_field_of_another_type_is_refused_as_it_loads(
+    types: dict[str, str], said: str
+) -> None:
+    # its shape and field names are the contract's: only a type differs, which the
+    # host's readers would take for the contract's
+    refused = _refused_as_it_loads(_handle_of(**types))
+    assert (refused.kind, refused.detail) == ("contract", f"{said} (see wit/agent.wit)")
+
+
+def test_a_handle_of_the_contracts_types_loads() -> None:
+    engine = make_engine()
+    Sandbox(
+        agent="exact",
+        engine=engine,
+        ticker=EpochTicker(engine),
+        linker=make_linker(engine),
+        component=wc.Component(engine, _handle_of()),
+        limits=SandboxLimits(fuel=10**9, timeout_ms=1000, memory_bytes=16 << 20),
+    )
 
 
 def _refused_as_it_loads(wat: str) -> AgentFault:

@@ -413,9 +413,10 @@ class Sandbox:
             f"{MAX_TABLE_ELEMENTS} elements and {MAX_INSTANCES} instances",
             "flood": "handed the host more data in one call than may cross from a guest "
             f"({message.splitlines()[0]})",
-        }.get(kind, "trapped")
+        }.get(kind, f"trapped ({_first_line(_cause(message))})")
 
 
+FIRST_LINE_CHARS: Final = 200  # of wasmtime's words for a trap, in its fault fact
 _RUNTIME_NOISE: Final = ("thread '", "note: ", "Python function threw", "stack backtrace")
 
 
@@ -443,9 +444,14 @@ def classify_fault(message: str, guest_stderr: str) -> str:
         return "limits"
     if "too much data is being copied between the host and the guest" in message:
         return "flood"  # wasmtime's cap on what one call may copy across
-    if "MemoryError" in guest_stderr or "memory" in message.lower():
-        return "memory"
-    return "trap"
+    # a pointer or a length it returned "out of bounds of memory" is no lack of memory
+    lacked_memory = "MemoryError" in guest_stderr or "memory" in message.lower()
+    return "memory" if lacked_memory and "out of bounds" not in message else "trap"
+
+
+def _first_line(message: str) -> str:
+    lines = message.strip().splitlines()
+    return lines[0][:FIRST_LINE_CHARS] if lines else "no reason given"
 
 
 def _cause(message: str) -> str:

@@ -243,6 +243,9 @@ def test_kill_state_blocks_by_agent_channel_or_all() -> None:
         ("resource limit exceeded: instance count too high at 65", "", "limits"),
         ("table minimum size of 200000 elements exceeds table limits", "", "limits"),
         ("memory minimum size of 197 pages exceeds memory limits", "", "memory"),
+        # a pointer it returned points outside its memory: no lack of memory
+        ("list pointer/length out of bounds of memory", "", "trap"),
+        ("string pointer/length out of bounds of memory", "", "trap"),
         (
             "too much data is being copied between the host and the guest: fuel allocated "
             "for hostcalls has been exhausted",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from agora.core.envelope import Act
+from agora.core.spine import arrival_channel
 from agora.host.agent_record import Outgoing
 from agora.host.controls import Handed, Verdict
 from agora.host.sandbox import GuestMessage
@@ -58,6 +59,16 @@ class StreamPlaces:
     latest_ms: int = 0  # when the latest of them was stored
 
 
+@dataclass(frozen=True)
+class BatchMark:
+    """A batch's outgoing count, budgets and emitted count at one moment."""
+
+    outgoing: int
+    parents: dict[str, Handed]
+    conversations: dict[str, int]
+    emitted: int
+
+
 class Batch:
     """What one batch gathers as it is screened: the inbox, and what to publish."""
 
@@ -84,6 +95,23 @@ class Batch:
         # ids the agent finished with, plus those delivered in this batch: one set
         # lookup per message instead of a scan of the record's recent ids
         self.processed: set[str] = set(processed)
+
+    def mark(self) -> BatchMark:
+        """Where the batch stands, for :meth:`undo_emitted`."""
+        return BatchMark(
+            len(self.outgoing), dict(self.parents), dict(self.conversations), self.emitted
+        )
+
+    def undo_emitted(self, mark: BatchMark) -> int:
+        """Take back the agent's acts emitted since ``mark`` (the host's events stay) and
+        the hop budgets they spent; they count as discarded. Returns how many."""
+        since = self.outgoing[mark.outgoing :]
+        self.outgoing[mark.outgoing :] = [o for o in since if arrival_channel(o.subject) is None]
+        self.parents, self.conversations = mark.parents, mark.conversations
+        taken_back = self.emitted - mark.emitted
+        self.emitted = mark.emitted
+        self.discarded += taken_back
+        return taken_back
 
     def refuse(self, key: tuple[str, str, str], act_id: str, sequence: int, stored_ms: int) -> None:
         self.refused.setdefault(key, {})[act_id] = None

@@ -309,13 +309,18 @@ class AgentRunner:
         record = self._record
         state, wake_at_ms = record.state, record.wake_at_ms
         if outcome is not None:
+            before = batch.mark()
             self._take(outcome, batch)
             if batch.discarded and not batch.inbox:
-                # A timer call whose output a kill stopped (a deadline's decision, say)
-                # is undone: it runs again once the switches change, a resume above all.
+                # A timer call a kill stopped part of (a deadline's decision, say) is
+                # undone whole: none of what it returned goes out, and it runs again
+                # once the switches change, a resume above all (what went out now would
+                # go out again then).
+                self.counters["emitted"] -= batch.undo_emitted(before)
                 self._timer_held = self._killswitch.state
             else:
                 state, wake_at_ms = outcome.state, _no_sooner(outcome.wake_at_ms)
+            self._note_discarded(batch)
         elif not (messages or batch.outgoing):
             await self._tidy_record()
             return
@@ -346,6 +351,7 @@ class AgentRunner:
             record = finished(state=self._record.state, wake_at_ms=None, outbox=kept)
             await self._save(record, dropped=confirmed)
         self._report(batch)
+        record = await self._without_killed(record)  # a kill that landed during the save
         await self._publish(record.outbox)
         self._outbox_published = True
         await self._acknowledge(messages, batch.ids)
@@ -571,16 +577,21 @@ class AgentRunner:
                 self._event(EventKind.REFUSED, reason=verdict, detail=many + details[0])
             )
         batch.discarded = discarded
-        if discarded:
-            self.counters["discarded-by-kill"] += discarded
-            batch.outgoing.append(
-                self._event(
-                    EventKind.REFUSED,
-                    reason="discarded-by-kill",
-                    detail=f"a kill landed while the agent was running; {discarded} of its "
-                    "messages are dropped",
-                )
+
+    def _note_discarded(self, batch: Batch) -> None:
+        """Count what a kill stopped of what the call returned, and say so in an event."""
+        if not batch.discarded:
+            return
+        self.counters["discarded-by-kill"] += batch.discarded
+        undone = " (a timer call: it is undone, and runs again once the switches change)"
+        batch.outgoing.append(
+            self._event(
+                EventKind.REFUSED,
+                reason="discarded-by-kill",
+                detail=f"a kill landed while the agent was running; {batch.discarded} of its "
+                f"messages are dropped{undone if not batch.inbox else ''}",
             )
+        )
 
     def _emit(self, message: GuestMessage, hops: int, batch: Batch) -> None:
         act = Act(

@@ -489,6 +489,7 @@ async def test_a_refused_emit_is_named_for_its_control_even_under_a_kill(
         batch = Batch("synth-agent", processed=())
         batch.conversations["conv-1"] = 3  # a budget to draw on, as if handed a message
         runner._take(outcome, batch)
+        runner._note_discarded(batch)
     events = [verify_envelope(o.envelope, h.session.registry).fact for o in batch.outgoing]
     reasons = [(e.reason, e.detail) for e in events if isinstance(e, Event)]
     assert [r for r, _ in reasons] == ["forged-sender", "discarded-by-kill"]
@@ -536,3 +537,62 @@ async def test_a_deadline_decision_a_kill_discards_is_announced_after_the_resume
         )
         await h.settle()
     assert len(decided) == 1 and json.loads(decided[0].payload)["outcome"] == "no-quorum"
+
+
+async def test_a_timer_call_a_kill_stops_in_part_sends_nothing_until_it_runs_again(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    """Two votes end in one timer call, one on a killed channel: the call is undone
+    whole, so the other vote's decision is not sent now and again after the resume."""
+    agents = {
+        "coordinator": AgentPlan("coordinator", ("release", "ops"), {"deadline-ms": "2000"}),
+    }
+    async with running_host(tmp_path, components, agents=agents, channels=("release", "ops")) as h:
+        await h.stop_host()  # both requests in one batch, so both votes end in one call
+        await h.inject("release", "ship v1", hops=8)
+        await h.inject("ops", "rotate keys", hops=8)
+        await h.start_host()
+        await h.settle()
+        assert len([a for a in h.acts_by("coordinator") if a.act is Performative.PROPOSE]) == 2
+        await h.switch(EventKind.KILLED, channel="ops")
+        discarded = await _until(
+            lambda: [e for e in h.events(EventKind.REFUSED) if e.reason == "discarded-by-kill"]
+        )
+        assert "undone" in (discarded[0].detail or "")
+        await h.settle()
+        assert not [a for a in h.acts_by("coordinator") if a.act is Performative.INFORM]
+        await h.switch(EventKind.RESUMED, channel="ops")
+        await _until(
+            lambda: len([a for a in h.acts_by("coordinator") if a.act is Performative.INFORM]) >= 2
+        )
+        await asyncio.sleep(0.5)
+        await h.settle()
+    decided = [a for a in h.acts_by("coordinator") if a.act is Performative.INFORM]
+    assert sorted(a.channel for a in decided) == ["ops", "release"]
+
+
+async def test_a_kill_that_lands_while_a_batch_is_saved_stops_its_outbox(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    """After the call, the record is saved, then its outbox published: a kill in force
+    by the end of the save discards the agent's messages still to go out."""
+    async with running_host(tmp_path, components, agents=PAIR) as h:
+        host = h.running()
+        records = host.runners["synth-agent"]._records
+        saved = records.save
+        killed: list[Event] = []
+
+        async def save_with_a_kill_meanwhile(record: Any) -> Any:
+            if not killed and any(o.subject.startswith("agora.ch.") for o in record.outbox):
+                killed.append(await h.switch(EventKind.KILLED, agent="synth-agent"))
+                await host.killswitch.wait_for(lambda s: s.blocks_agent("synth-agent"))
+            return await saved(record)
+
+        records.save = save_with_a_kill_meanwhile  # the real save, with a kill during it
+        await h.inject("build-coord", "hello", hops=2)
+        await h.settle()
+        assert killed
+        assert h.acts_by("synth-agent") == []  # nothing of it went out
+        assert not [a for a in h.delivered_to("relay-agent") if a.sender == "synth-agent"]
+        discards = [e for e in h.events(EventKind.REFUSED) if e.reason == "discarded-by-kill"]
+        assert [e.agent for e in discards] == ["synth-agent"]

@@ -74,6 +74,7 @@ AGENTS: Final = {
         "coordinator",
         ("release",),
         {"voters": ",".join(VOTERS), "quorum": "2", "deadline-ms": "5000"},
+        {"remembered": 1024},  # its decision answers the request, maybe long after
     ),
     # the voters and the summarizer heed only the coordinator's proposals and decisions
     **{

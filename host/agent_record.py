@@ -45,6 +45,7 @@ from typing import Any, Final, TypeVar
 
 from agora.core.errors import AgoraError, MalformedEnvelope
 from agora.core.signing import pae
+from agora.host.config import DEFAULT_REMEMBERED
 from agora.host.controls import Handed
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ RECORD_DIGEST_TYPE: Final = "application/vnd.agora.agent-record.sha256"
 MAX_UNACKED: Final = 4096  # 16 batches of 256 whose acknowledgements went unconfirmed
 V = TypeVar("V")
 MAX_PARENTS: Final = 256
-MAX_CONVERSATIONS: Final = 128
 _PART_KEY: Final = re.compile(r"[A-Za-z0-9_-]+\.outbox\.[0-9a-f]{32}")
 _DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
@@ -124,19 +124,22 @@ class AgentRecord:
         outbox: tuple[Outgoing, ...],
         at_ms: int,
         confirmed: Container[str] = frozenset(),
+        remembered: int = DEFAULT_REMEMBERED,
     ) -> AgentRecord:
         """The record after a batch. ``parents`` and ``conversations`` are the budgets the
         batch handed over or spent, in order: each becomes the newest of its kind.
         ``ids`` are the batch's messages, not acknowledged yet; ``confirmed`` are ids
-        whose acknowledgement the server has confirmed since the record was read."""
+        whose acknowledgement the server has confirmed since the record was read. The
+        budgets of the newest ``remembered`` conversations are kept, and of as many
+        messages (at least :data:`MAX_PARENTS`)."""
         ids = tuple(ids)
         return AgentRecord(
             state=state,
             last_seq=max(self.last_seq, last_seq),
             recent=(*self.recent, *ids)[-MAX_RECENT:],
             unacked=(*self._unconfirmed(confirmed), *ids)[-MAX_UNACKED:],
-            parents=_updated(self.parents, parents, MAX_PARENTS),
-            conversations=_updated(self.conversations, conversations, MAX_CONVERSATIONS),
+            parents=_updated(self.parents, parents, max(MAX_PARENTS, remembered)),
+            conversations=_updated(self.conversations, conversations, remembered),
             wake_at_ms=wake_at_ms,
             outbox=outbox,
             calls=self.calls + 1,

@@ -47,6 +47,12 @@ MAX_MEMORY_MB: Final = 4096
 DEFAULT_BATCH: Final = 256
 DEFAULT_OUTBOX: Final = 256
 MAX_MESSAGES_PER_CALL: Final = 1024
+# how far back an agent may still answer: the host keeps the hop budgets of its last N
+# conversations and of the last max(N, 256) messages handed to it, saved with every
+# batch (each costs every save some 40 or 80 bytes)
+DEFAULT_REMEMBERED: Final = 128
+MIN_REMEMBERED: Final = 16
+MAX_REMEMBERED: Final = 4096
 
 DEFAULT_HOPS: Final = 8
 MAX_HOPS: Final = 32
@@ -85,7 +91,7 @@ _TOP_KEYS: Final = (
     "agents",
     "bridge",
 )
-_LIMIT_KEYS: Final = ("fuel", "timeout_ms", "memory_mb", "batch", "outbox")
+_LIMIT_KEYS: Final = ("fuel", "timeout_ms", "memory_mb", "batch", "outbox", "remembered")
 _AGENT_KEYS: Final = ("component", "channels", "key", "limits", "settings")
 
 
@@ -101,6 +107,7 @@ class Limits:
     memory_mb: int = DEFAULT_MEMORY_MB  # linear memory limit
     batch: int = DEFAULT_BATCH  # most messages handed to one call
     outbox: int = DEFAULT_OUTBOX  # most messages one call may emit
+    remembered: int = DEFAULT_REMEMBERED  # conversations whose hop budgets the host keeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +243,9 @@ def _limits(fields: Fields, base: Limits) -> Limits:
         ),
         batch=fields.integer("batch", default=base.batch, low=1, high=MAX_MESSAGES_PER_CALL),
         outbox=fields.integer("outbox", default=base.outbox, low=1, high=MAX_MESSAGES_PER_CALL),
+        remembered=fields.integer(
+            "remembered", default=base.remembered, low=MIN_REMEMBERED, high=MAX_REMEMBERED
+        ),
     )
 
 

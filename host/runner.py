@@ -74,6 +74,7 @@ from agora.host.agent_record import (
     UntrustedRecord,
 )
 from agora.host.batch import COPIES, REFUSAL_DETAIL, SETTLED, Batch, Delivery, StreamPlaces
+from agora.host.config import DEFAULT_REMEMBERED
 from agora.host.controls import (
     EmitVerdict,
     Handed,
@@ -111,6 +112,7 @@ class AgentSpec:
     batch: int
     outbox_limit: int
     ack_wait_s: float = 30.0  # the consumer's: past it, the server hands a message over again
+    remembered: int = DEFAULT_REMEMBERED  # conversations whose hop budgets it keeps
 
 
 class AgentRunner:
@@ -333,6 +335,7 @@ class AgentRunner:
             conversations=batch.conversations,
             at_ms=now_ms(),
             confirmed=confirmed,
+            remembered=self.spec.remembered,
         )
         record = finished(state=state, wake_at_ms=wake_at_ms, outbox=tuple(batch.outgoing))
         try:

@@ -259,6 +259,7 @@ class Host:
                 batch=agent.limits.batch,
                 outbox_limit=agent.limits.outbox,
                 ack_wait_s=self.config.consumer.ack_wait_s,
+                remembered=agent.limits.remembered,
             ),
             client=client,
             records=records,

@@ -596,3 +596,45 @@ async def test_a_kill_that_lands_while_a_batch_is_saved_stops_its_outbox(
         assert not [a for a in h.delivered_to("relay-agent") if a.sender == "synth-agent"]
         discards = [e for e in h.events(EventKind.REFUSED) if e.reason == "discarded-by-kill"]
         assert [e.agent for e in discards] == ["synth-agent"]
+
+
+@pytest.mark.parametrize("opens_its_conversation", [True, False])
+@pytest.mark.parametrize(("remembered", "decided"), [(1024, True), (None, False)])
+async def test_a_late_decision_goes_out_while_the_host_remembers_its_request(
+    tmp_path: Path,
+    components: dict[str, Path],
+    opens_its_conversation: bool,
+    remembered: int | None,
+    decided: bool,
+) -> None:
+    """A vote's decision answers its request after 300 other conversations passed the
+    channel (all before its deadline): with ``limits.remembered`` at 1024 the host
+    still holds the request's hop budget (of its message or of the conversation it
+    opened); at the default (128 conversations, 256 messages) the decision is refused
+    as unknown-reply."""
+    limits = {} if remembered is None else {"remembered": remembered}
+    agents = {
+        "coordinator": AgentPlan("coordinator", ("release",), {"deadline-ms": "6000"}, limits)
+    }
+    async with running_host(tmp_path, components, agents=agents, channels=("release",)) as h:
+        opener = await h.inject("release", "about the release", act=Performative.INFORM)
+        in_conversation = None if opens_its_conversation else opener.conversation
+        request = await h.inject("release", "ship v1", hops=8, conversation=in_conversation)
+        for number in range(300):
+            await h.inject("release", f"note {number}", act=Performative.INFORM)
+        await h.settle()
+        decisions = await _until(
+            lambda: (
+                [
+                    a
+                    for a in h.acts_by("coordinator")
+                    if a.act is Performative.INFORM and a.in_reply_to == request.id
+                ]
+                or [
+                    e
+                    for e in h.events(EventKind.REFUSED)
+                    if e.agent == "coordinator" and e.reason == "unknown-reply"
+                ]
+            )
+        )
+    assert bool(decisions and isinstance(decisions[0], Act)) == decided

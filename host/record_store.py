@@ -256,6 +256,15 @@ class RecordStore:
         bytes twice under one key)."""
         return frozenset(self._parts.values())
 
+    async def saved_elsewhere(self) -> bool:
+        """Whether the record was saved since this store last read or saved it: by
+        another host running the same agent (a deleted record is not: nothing to read)."""
+        try:
+            revision = (await self._kv.get(self._key)).revision or 0
+        except KeyNotFoundError:
+            return False
+        return revision != self._revision
+
     async def sweep(self) -> int:
         """Purge the parts of this agent's outboxes that the saved record does not name
         and that the bucket took before it: left behind by a crash, a failed save or

@@ -93,6 +93,9 @@ from agora.host.watchdog import WatchedSandbox
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S: Final = 0.5
+# idle, how often the saved record is looked at for another host's save: a vote it
+# opened has a deadline this host must keep if that host goes away
+RECHECK_RECORD_S: Final = 5.0
 CONFLICT_RETRIES: Final = 20
 ACK_CONFIRM_S: Final = 5.0
 # a confirmation counts if it came within this part of the ack wait since the batch
@@ -154,6 +157,7 @@ class AgentRunner:
         # the switches under which a timer call's output was discarded: its call is
         # undone, and the timer waits until they change
         self._timer_held: KillState | None = None
+        self._record_checked_at = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -325,6 +329,7 @@ class AgentRunner:
             self._note_discarded(batch)
         elif not (messages or batch.outgoing):
             await self._tidy_record()
+            await self._notice_other_hosts()
             return
         confirmed = frozenset(self._confirmed)
         finished = functools.partial(
@@ -810,6 +815,23 @@ class AgentRunner:
         self._vouched.add(envelope, act, self.spec.name)
         self.counters["issued-again"] += 1
         return Outgoing(outgoing.subject, act.id, envelope)
+
+    async def _notice_other_hosts(self) -> None:
+        """Idle, every :data:`RECHECK_RECORD_S`: read the agent's record again if another
+        host running it saved it since (its wake time above all: a deadline set there
+        is kept here too, should that host go away)."""
+        now = time.monotonic()
+        if now - self._record_checked_at < RECHECK_RECORD_S:
+            return
+        self._record_checked_at = now
+        try:
+            if await self._records.saved_elsewhere():
+                await self._reload()
+                self.counters["record-reread"] += 1
+        except (NatsError, TimeoutError) as exc:  # looked at again next time
+            log.warning(
+                "agent %s: its saved record could not be looked at: %s", self.spec.name, exc
+            )
 
     async def _tidy_record(self) -> None:
         """When the agent goes idle (or its host stops), drop from the saved record its

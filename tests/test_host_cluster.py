@@ -8,6 +8,7 @@ records the facts. So the same program scales out without a rewrite.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from types import MappingProxyType
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from agora.cli.workspace import AgentPlan
+from agora.core.acts import Performative
 from agora.core.keys import Role
 from agora.core.spine import DEAD_STREAM, STREAM, channel_subject, ensure_spine
 from agora.host.service import Host, HostKeys
@@ -79,6 +81,43 @@ async def test_two_hosts_can_share_one_agent(tmp_path: Path, components: dict[st
     assert len(replies) == 3 * 2 * 8
     answered = Counter((a.sender, a.in_reply_to) for a in replies)
     assert max(answered.values()) == 1
+
+
+async def test_a_vote_opened_on_a_host_that_goes_away_is_decided_by_the_other(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # Two hosts run the coordinator; one takes the request and opens the vote, then
+    # stops before its deadline. No voter answers, so nothing new reaches the other:
+    # it must learn the deadline from the saved record, and decide when it passes.
+    agents = {"coordinator": AgentPlan("coordinator", ("release",), {"deadline-ms": "2000"})}
+    others = {"host-b": (Role.HOST, ["*"])}
+    async with running_host(
+        tmp_path, components, agents=agents, channels=("release",), start=False, others=others
+    ) as h:
+        here = await h.start_host()
+        other = second_host(h, ["coordinator"])
+        await other.start(h.client)
+        try:
+            await h.inject("release", "ship v1", hops=8)
+            for _ in range(100):
+                opened = [x for x in (here, other) if x.runners["coordinator"]._record.wake_at_ms]
+                if opened:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(opened) == 1
+            if opened[0] is here:  # its recorder goes on: only its coordinator stops
+                await here.runners.pop("coordinator").stop()
+            else:
+                await other.stop()
+            for _ in range(300):  # the deadline, then the other host's next look
+                if [a for a in h.acts_by("coordinator") if a.act is Performative.INFORM]:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            if opened and opened[0] is here:
+                await other.stop()
+    decided = [a for a in h.acts_by("coordinator") if a.act is Performative.INFORM]
+    assert len(decided) == 1 and json.loads(decided[0].payload)["outcome"] == "no-quorum"
 
 
 async def test_a_message_no_host_can_process_ends_in_the_dead_letters(

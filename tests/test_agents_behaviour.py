@@ -3,7 +3,9 @@
 Each test runs the real coordinator, voters and summarizer on wasmtime over a real
 JetStream and plays the other parties itself: it injects signed acts under their names
 (the harness holds every identity's key), so it decides exactly what each ballot,
-proposal or decision answers.
+proposal or decision answers. The tests of how much an agent keeps call its component
+directly in a sandbox, as the host calls it, with thousands of messages a host would
+take minutes to carry.
 """
 
 from __future__ import annotations
@@ -11,21 +13,39 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agora.cli.workspace import AgentPlan
-from agora.core.acts import Performative
+from agora.core.acts import MAX_CHANNEL_CHARS, MAX_NAME_CHARS, Performative
 from agora.core.envelope import Act, EventKind
+from agora.host.config import DEFAULT_FUEL, DEFAULT_MEMORY_MB, DEFAULT_OUTBOX
+from agora.host.sandbox import (
+    MAX_STATE_BYTES,
+    EpochTicker,
+    GuestContext,
+    GuestMessage,
+    Sandbox,
+    SandboxLimits,
+    load_component,
+    make_engine,
+    make_linker,
+)
 from tests.harness import Harness, running_host
 
 ACCEPT = Performative.ACCEPT_PROPOSAL
 REJECT = Performative.REJECT_PROPOSAL
 DEEP = "[" * 3000  # JSON nested deeper than Python's parser goes
 WEEK_MS = 7 * 24 * 60 * 60 * 1000  # the coordinator's longest deadline
+NOW_MS = 1_800_000_000_000
+LONGEST_CHANNEL = "c" * MAX_CHANNEL_CHARS
+# A control character is the longest a character gets in the agents' JSON: \u0001
+LONGEST_TOPIC = "\x01" * 200
 
 pytestmark = pytest.mark.slow
 
@@ -439,3 +459,115 @@ async def test_a_conversation_stays_decided_after_a_hundred_other_decisions(
     assert [(a.act, a.payload) for a in answers] == [
         (Performative.REFUSE, "this conversation already has a vote")
     ]
+
+
+# -- state bounded whatever is sent -------------------------------------------------------
+
+# The host's default budgets for a call, but time: a loaded machine is no measure of it.
+DIRECT_LIMITS = SandboxLimits(
+    fuel=DEFAULT_FUEL,
+    timeout_ms=60_000,
+    memory_bytes=DEFAULT_MEMORY_MB << 20,
+    outbox=DEFAULT_OUTBOX,
+)
+
+
+@dataclass
+class Called:
+    """An agent whose component the test calls as the host does, its state kept between
+    calls; every state it returns is checked against the host's limit."""
+
+    sandbox: Sandbox
+    context: GuestContext
+    state: bytes = b""
+
+    def handle(self, inbox: list[GuestMessage], *, now_ms: int = NOW_MS) -> list[GuestMessage]:
+        context = replace(self.context, now_ms=now_ms)
+        outcome = self.sandbox.call(context, self.state, tuple(inbox))
+        assert len(outcome.state) <= MAX_STATE_BYTES
+        self.state = outcome.state
+        return list(outcome.outbox)
+
+
+@contextmanager
+def called(component: Path, agent: str, settings: dict[str, str], channel: str) -> Iterator[Called]:
+    engine = make_engine()
+    ticker = EpochTicker(engine)
+    ticker.start()
+    try:
+        sandbox = Sandbox(
+            agent=agent,
+            engine=engine,
+            ticker=ticker,
+            linker=make_linker(engine),
+            component=load_component(engine, component),
+            limits=DIRECT_LIMITS,
+        )
+        yield Called(sandbox, GuestContext(agent, (channel,), NOW_MS, tuple(settings.items())))
+    finally:
+        ticker.stop()
+
+
+def longest(prefix: str, index: int) -> str:
+    """A name or id of the most characters the host lets through, unique for ``index``."""
+    return f"{prefix}-{index:0{MAX_NAME_CHARS - len(prefix) - 1}d}"
+
+
+def handed(
+    ident: str,
+    conversation: str,
+    sender: str,
+    act: Performative,
+    payload: str,
+    *,
+    channel: str = LONGEST_CHANNEL,
+    in_reply_to: str | None = None,
+) -> GuestMessage:
+    """A message as the host hands it to an agent."""
+    return GuestMessage(ident, conversation, in_reply_to, sender, channel, act.value, payload, 8)
+
+
+def request(index: int, sender: str, *, channel: str = LONGEST_CHANNEL) -> GuestMessage:
+    return handed(
+        longest("request", index),
+        longest("talk", index),
+        sender,
+        Performative.REQUEST,
+        LONGEST_TOPIC,
+        channel=channel,
+    )
+
+
+def test_the_coordinators_state_stays_under_the_hosts_limit_when_anyone_votes_on_every_vote(
+    components: dict[str, Path],
+) -> None:
+    """Votes open one after another, each taking a ballot from each of 64 voters; every
+    name, id, channel and topic as long as the host lets through."""
+    settings = {"deadline-ms": str(WEEK_MS)}
+    with called(components["coordinator"], "coordinator", settings, LONGEST_CHANNEL) as agent:
+        answers = []
+        for index in range(64):
+            [answer] = agent.handle([request(index, longest("maintainer", index))])
+            answers.append(answer)
+            if answer.act != Performative.PROPOSE.value:
+                continue
+            ballots = [
+                handed(
+                    longest(f"ballot-{index}", voter),
+                    answer.conversation_id,
+                    longest("voter", voter),
+                    ACCEPT,
+                    "yes",
+                    in_reply_to=longest("proposal", index),  # none it was handed: its own
+                )
+                for voter in range(64)
+            ]
+            assert agent.handle(ballots) == []
+        refusals = [a.payload for a in answers if a.act == Performative.REFUSE.value]
+        assert refusals
+        assert refusals[0].startswith("no room for another vote: the open votes take ")
+        opened = len(answers) - len(refusals)
+        decided = agent.handle([], now_ms=NOW_MS + WEEK_MS)
+        assert [json.loads(d.payload)["kind"] for d in decided] == ["decision"] * opened
+        [answer] = agent.handle([request(64, "maintainer")], now_ms=NOW_MS + WEEK_MS)
+    assert answer.act == Performative.PROPOSE.value  # the room is back once they are decided

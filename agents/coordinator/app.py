@@ -20,6 +20,19 @@ verdict answers the request, as an ``inform`` whose payload is canonical JSON of
 A conversation is decided once: late votes and repeated requests change nothing (it
 remembers the last 512 decided conversations).
 
+What it keeps is bounded so that its state stays under the host's 256 KiB (262,144
+bytes), whatever is sent. Names and ids are at most 64 characters of ``[A-Za-z0-9_-]``,
+so an id listed in the state takes at most 67 bytes of JSON: the 512 decided
+conversations and the 256 ids of messages heard in open votes take at most 768 * 67 =
+51,456 bytes, and 64 more cover the state's keys and brackets. The 210,624 bytes left
+are the open votes' (``OPEN_VOTES_BYTES``): before a vote is opened or a ballot counted,
+the bytes it adds are weighed against them. A request that does not fit is refused, as
+is one while 64 votes are open; a ballot that does not fit is not counted, as a ballot
+past the 64th is not when anyone may vote. A vote at its largest (a 64-character
+conversation and request id, a 128-character channel, a 200-character topic of control
+characters at 6 bytes each) takes about 1,550 bytes before its ballots and a ballot at
+most 77, so the 64 votes always fit, with some 1,440 ballots among them.
+
 Settings (one that is wrong is said in the host log and replaced, never fatal):
 
 - ``voters``: comma-separated names. When set, only they may vote, and the vote ends as
@@ -40,15 +53,17 @@ from wit_world.imports.types import Context, Message, Outcome, Performative
 
 DEFAULT_DEADLINE_MS = 5000
 MAX_DEADLINE_MS = 7 * 24 * 60 * 60 * 1000  # a week
-# At these bounds the state stays under the host's 256 KiB (names and ids are at most 64
-# characters, a topic's character at most 6 bytes of JSON): 35 KiB of decided
-# conversations, 17 KiB of heard ids and 105 KiB of open votes leave room for some 1,300
-# ballots.
 MAX_OPEN_VOTES = 64
 MAX_DECIDED = 512  # decided conversations remembered, so none is announced twice
 MAX_BALLOTS = 64  # votes kept per vote when anyone may vote
 MAX_HEARD = 256  # ids of recent messages handed over in open votes' conversations
 MAX_TOPIC_CHARS = 200
+# The state's bound, drawn in the module's docstring: the host quarantines an agent whose
+# state is larger than MAX_STATE_BYTES. An id in a JSON list: 64 characters, its quotes
+# and a comma.
+MAX_STATE_BYTES = 256 * 1024
+LISTED_ID_BYTES = 64 + 3
+OPEN_VOTES_BYTES = MAX_STATE_BYTES - (MAX_DECIDED + MAX_HEARD) * LISTED_ID_BYTES - 64
 BALLOTS = {Performative.ACCEPT_PROPOSAL: "accept", Performative.REJECT_PROPOSAL: "reject"}
 
 
@@ -74,6 +89,11 @@ class Book:
     open: dict[str, Vote] = field(default_factory=dict)
     decided: list[str] = field(default_factory=list)
     heard: list[str] = field(default_factory=list)
+    # At least the bytes ``open`` takes in the state; take() keeps it to OPEN_VOTES_BYTES
+    open_bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.open_bytes = sum(entry_bytes(c, asdict(v)) for c, v in self.open.items())
 
     @classmethod
     def load(cls, state: bytes) -> Book:
@@ -91,8 +111,15 @@ class Book:
         }
         return canonical(data).encode()
 
+    def take(self, size: int) -> bool:
+        """Whether ``size`` more bytes of open votes fit in the state; if so they are taken."""
+        if self.open_bytes + size > OPEN_VOTES_BYTES:
+            return False
+        self.open_bytes += size
+        return True
+
     def close(self, conversation: str) -> None:
-        del self.open[conversation]
+        self.open_bytes -= entry_bytes(conversation, asdict(self.open.pop(conversation)))
         self.decided = [*self.decided, conversation][-MAX_DECIDED:]
 
     def next_wake(self) -> int | None:
@@ -159,13 +186,21 @@ def open_vote(ctx: Context, book: Book, rules: Rules, request: Message) -> Messa
     if len(book.open) >= MAX_OPEN_VOTES:
         return reply(ctx, request, Performative.REFUSE, f"{MAX_OPEN_VOTES} votes are open")
     topic = request.payload[:MAX_TOPIC_CHARS]
-    book.open[conversation] = Vote(
+    vote = Vote(
         channel=request.channel,
         topic=topic,
         quorum=rules.quorum,
         deadline=ctx.now_ms + rules.deadline_ms,
         request=request.id,
     )
+    size = entry_bytes(conversation, asdict(vote))
+    if not book.take(size):
+        said = (
+            f"no room for another vote: the open votes take {book.open_bytes} of the "
+            f"{OPEN_VOTES_BYTES} bytes kept for them and this one needs {size}"
+        )
+        return reply(ctx, request, Performative.REFUSE, said)
+    book.open[conversation] = vote
     proposal = {
         "kind": "proposal",
         "topic": topic,
@@ -184,7 +219,9 @@ def cast(book: Book, rules: Rules, ballot: Message) -> None:
         return
     if not rules.voters and len(vote.ballots) >= MAX_BALLOTS:
         return
-    vote.ballots[ballot.sender] = BALLOTS[ballot.act]
+    choice = BALLOTS[ballot.act]
+    if book.take(entry_bytes(ballot.sender, choice)):
+        vote.ballots[ballot.sender] = choice
 
 
 def answers_proposal(book: Book, vote: Vote, ballot: Message) -> bool:
@@ -263,3 +300,9 @@ def reply(ctx: Context, message: Message, act: Performative, payload: str) -> Me
 
 def canonical(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def entry_bytes(key: str, value: object) -> int:
+    """The bytes ``key: value`` adds to an object of the state, with a byte to spare: as an
+    object of its own, its two braces stand for the comma before it."""
+    return len(canonical({key: value}).encode())

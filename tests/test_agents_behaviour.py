@@ -24,6 +24,7 @@ import pytest
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import MAX_CHANNEL_CHARS, MAX_NAME_CHARS, Performative
 from agora.core.envelope import Act, EventKind
+from agora.core.keys import Role
 from agora.host.config import DEFAULT_FUEL, DEFAULT_MEMORY_MB, DEFAULT_OUTBOX
 from agora.host.sandbox import (
     MAX_STATE_BYTES,
@@ -443,10 +444,16 @@ async def test_a_conversation_stays_decided_after_a_hundred_other_decisions(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:
     agents = {"coordinator": coordinator({"deadline-ms": "1"})}
-    async with running_host(tmp_path, components, agents=agents, channels=("release",)) as h:
+    # 13 senders: none has more than 8 votes open, however the host batches the requests
+    requesters = [f"requester-{n}" for n in range(13)]
+    others = {name: (Role.OPERATOR, ["release"]) for name in requesters}
+    async with running_host(
+        tmp_path, components, agents=agents, channels=("release",), others=others
+    ) as h:
         first = await h.inject("release", "ship v1", hops=8)
         for index in range(100):
-            await h.inject("release", f"ship v1.{index}", hops=8)
+            sender = requesters[index % len(requesters)]
+            await h.inject("release", f"ship v1.{index}", hops=8, sender=sender)
         for _ in range(100):
             await h.settle()
             if len(decisions(h)) == 101:
@@ -571,3 +578,18 @@ def test_the_coordinators_state_stays_under_the_hosts_limit_when_anyone_votes_on
         assert [json.loads(d.payload)["kind"] for d in decided] == ["decision"] * opened
         [answer] = agent.handle([request(64, "maintainer")], now_ms=NOW_MS + WEEK_MS)
     assert answer.act == Performative.PROPOSE.value  # the room is back once they are decided
+
+
+def test_one_sender_holds_at_most_8_votes_open_and_others_still_open_theirs(
+    components: dict[str, Path],
+) -> None:
+    settings = {"deadline-ms": str(WEEK_MS)}
+    with called(components["coordinator"], "coordinator", settings, "release") as agent:
+        hoarding = [request(index, "mallory", channel="release") for index in range(64)]
+        answers = agent.handle(hoarding)
+        [answer] = agent.handle([request(64, "maintainer", channel="release")])
+    proposed = [a.act == Performative.PROPOSE.value for a in answers]
+    assert proposed == [True] * 8 + [False] * 56
+    assert answers[8].act == Performative.REFUSE.value
+    assert answers[8].payload == "mallory already has 8 votes open (at most 8 per sender)"
+    assert answer.act == Performative.PROPOSE.value

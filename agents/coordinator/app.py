@@ -27,11 +27,12 @@ conversations and the 256 ids of messages heard in open votes take at most 768 *
 51,456 bytes, and 64 more cover the state's keys and brackets. The 210,624 bytes left
 are the open votes' (``OPEN_VOTES_BYTES``): before a vote is opened or a ballot counted,
 the bytes it adds are weighed against them. A request that does not fit is refused, as
-is one while 64 votes are open; a ballot that does not fit is not counted, as a ballot
-past the 64th is not when anyone may vote. A vote at its largest (a 64-character
-conversation and request id, a 128-character channel, a 200-character topic of control
-characters at 6 bytes each) takes about 1,550 bytes before its ballots and a ballot at
-most 77, so the 64 votes always fit, with some 1,440 ballots among them.
+is one while 64 votes are open or while its sender has 8 open (so that no one sender
+can take every vote); a ballot that does not fit is not counted, as a ballot past the
+64th is not when anyone may vote. A vote at its largest (64-character conversation,
+request id and sender, a 128-character channel, a 200-character topic of control
+characters at 6 bytes each) takes about 1,630 bytes before its ballots and a ballot at
+most 77, so the 64 votes always fit, with some 1,380 ballots among them.
 
 Settings (one that is wrong is said in the host log and replaced, never fatal):
 
@@ -54,6 +55,7 @@ from wit_world.imports.types import Context, Message, Outcome, Performative
 DEFAULT_DEADLINE_MS = 5000
 MAX_DEADLINE_MS = 7 * 24 * 60 * 60 * 1000  # a week
 MAX_OPEN_VOTES = 64
+MAX_OPEN_VOTES_PER_SENDER = 8  # so that one sender cannot hold every vote
 MAX_DECIDED = 512  # decided conversations remembered, so none is announced twice
 MAX_BALLOTS = 64  # votes kept per vote when anyone may vote
 MAX_HEARD = 256  # ids of recent messages handed over in open votes' conversations
@@ -82,6 +84,7 @@ class Vote:
     deadline: int
     ballots: dict[str, str] = field(default_factory=dict)
     request: str | None = None  # the id of the request (None in state saved before)
+    requester: str | None = None  # who sent the request (None in state saved before)
 
 
 @dataclass
@@ -183,6 +186,11 @@ def open_vote(ctx: Context, book: Book, rules: Rules, request: Message) -> Messa
     conversation = request.conversation_id
     if conversation in book.open or conversation in book.decided:
         return reply(ctx, request, Performative.REFUSE, "this conversation already has a vote")
+    held = sum(1 for vote in book.open.values() if vote.requester == request.sender)
+    if held >= MAX_OPEN_VOTES_PER_SENDER:
+        most = MAX_OPEN_VOTES_PER_SENDER
+        said = f"{request.sender} already has {held} votes open (at most {most} per sender)"
+        return reply(ctx, request, Performative.REFUSE, said)
     if len(book.open) >= MAX_OPEN_VOTES:
         return reply(ctx, request, Performative.REFUSE, f"{MAX_OPEN_VOTES} votes are open")
     topic = request.payload[:MAX_TOPIC_CHARS]
@@ -192,6 +200,7 @@ def open_vote(ctx: Context, book: Book, rules: Rules, request: Message) -> Messa
         quorum=rules.quorum,
         deadline=ctx.now_ms + rules.deadline_ms,
         request=request.id,
+        requester=request.sender,
     )
     size = entry_bytes(conversation, asdict(vote))
     if not book.take(size):

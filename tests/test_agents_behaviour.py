@@ -593,3 +593,38 @@ def test_one_sender_holds_at_most_8_votes_open_and_others_still_open_theirs(
     assert answers[8].act == Performative.REFUSE.value
     assert answers[8].payload == "mallory already has 8 votes open (at most 8 per sender)"
     assert answer.act == Performative.PROPOSE.value
+
+
+def test_the_summarizers_state_stays_under_the_hosts_limit_with_64_crowded_conversations(
+    components: dict[str, Path],
+) -> None:
+    """64 conversations of 64 messages, each from another sender and of every act; every
+    name, id, channel and topic as long as the host lets through."""
+    every_act = [Performative.REQUEST, *(p for p in Performative if p is not Performative.REQUEST)]
+    with called(components["summarizer"], "summarizer", {}, LONGEST_CHANNEL) as agent:
+        for talk in range(64):
+            conversation = longest("talk", talk)
+            inbox = [
+                handed(
+                    longest(f"message-{talk}", index),
+                    conversation,
+                    longest("sender", index),
+                    every_act[index % len(every_act)],
+                    LONGEST_TOPIC,
+                )
+                for index in range(64)
+            ]
+            assert agent.handle(inbox) == []
+        decision = {"kind": "decision", "outcome": "\x01" * 64, "topic": LONGEST_TOPIC}
+        announced = handed(
+            longest("decision", 0),
+            longest("talk", 0),
+            "coordinator",
+            Performative.INFORM,
+            json.dumps(decision),
+        )
+        [summary] = agent.handle([announced])
+        kept = json.loads(agent.state)
+    assert [len(talk["participants"]) for talk in kept.values()] == [32] * 64  # at its bound
+    assert summary.in_reply_to == announced.id
+    assert json.loads(summary.payload)["kind"] == "summary"

@@ -7,7 +7,16 @@ whose payload is JSON with ``"kind": "decision"``) it answers that message with 
 ``inform`` whose payload is canonical JSON of kind ``"summary"``: ``conversation``,
 ``text`` (plain sentences), ``messages``, ``participants``, ``acts`` and ``outcome``.
 Each conversation is summed up on its first decision only. It keeps the 64 most recently
-active conversations.
+active conversations, and names the first 32 participants of each.
+
+These bounds keep its state under the host's 256 KiB (262,144 bytes), whatever it is
+sent. Names and ids are at most 64 characters of ``[A-Za-z0-9_-]`` and the state is
+compact JSON, where a character takes at most 6 bytes (a control character, which is
+escaped). At its largest a conversation takes 3,608 bytes: 32 participants of 67 bytes
+(2,145 with the list's brackets), a topic of 80 characters (467), an outcome of 40
+(242), a count for each of the 22 acts (614, with counts of 15 digits: more messages
+than it could be handed in decades) and 140 for its id, its message count and the keys.
+64 of them take 230,913 bytes.
 
 Settings: ``coordinator`` (default ``coordinator``): whose decisions it sums up.
 ``every`` (default 0): when above 0, a conversation is also summed up, without an
@@ -25,8 +34,9 @@ import wit_world
 from wit_world.imports.types import Context, Message, Outcome, Performative
 
 DEFAULT_COORDINATOR = "coordinator"
+# At these bounds the state is at most 230,913 bytes: the module's docstring has the sums.
 MAX_CONVERSATIONS = 64
-MAX_PARTICIPANTS = 64
+MAX_PARTICIPANTS = 32  # named per conversation
 MAX_OUTCOME_CHARS = 40
 SHOWN_TOPIC_CHARS = 80  # a topic is kept as shown
 # Parsing JSON nested about a thousand deep exhausts the wasm call stack, a trap no
@@ -99,7 +109,9 @@ def load(state: bytes) -> dict[str, Thread]:
 
 
 def dump(threads: dict[str, Thread]) -> bytes:
-    return json.dumps({c: asdict(t) for c, t in threads.items()}).encode()
+    # Compact and not escaped to ASCII, which takes 12 bytes for some characters
+    state = {c: asdict(t) for c, t in threads.items()}
+    return json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decision_in(message: Message, coordinator: str) -> dict[str, object] | None:

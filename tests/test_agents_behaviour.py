@@ -595,6 +595,16 @@ def test_one_sender_holds_at_most_8_votes_open_and_others_still_open_theirs(
     assert answer.act == Performative.PROPOSE.value
 
 
+def test_votes_per_sender_sets_how_many_one_sender_holds_open(
+    components: dict[str, Path],
+) -> None:
+    settings = {"deadline-ms": str(WEEK_MS), "votes-per-sender": "3"}
+    with called(components["coordinator"], "coordinator", settings, "release") as agent:
+        answers = agent.handle([request(index, "bridge", channel="release") for index in range(5)])
+    assert [a.act == Performative.PROPOSE.value for a in answers] == [True] * 3 + [False] * 2
+    assert answers[3].payload == "bridge already has 3 votes open (at most 3 per sender)"
+
+
 def test_the_summarizers_state_stays_under_the_hosts_limit_with_64_crowded_conversations(
     components: dict[str, Path],
 ) -> None:

@@ -41,6 +41,8 @@ Settings (one that is wrong is said in the host log and replaced, never fatal):
 - ``quorum``: accept votes needed (default: a majority of ``voters``, or 1; at least 1).
 - ``deadline-ms``: how long a vote stays open, in milliseconds (default 5000; from 1 to a
   week).
+- ``votes-per-sender``: how many votes one sender may hold open at once (default 8; from
+  1 to 64). Every request brought from GitHub comes from the bridge's identity.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from wit_world.imports.types import Context, Message, Outcome, Performative
 DEFAULT_DEADLINE_MS = 5000
 MAX_DEADLINE_MS = 7 * 24 * 60 * 60 * 1000  # a week
 MAX_OPEN_VOTES = 64
-MAX_OPEN_VOTES_PER_SENDER = 8  # so that one sender cannot hold every vote
+DEFAULT_VOTES_PER_SENDER = 8  # so that one sender cannot hold every vote
 MAX_DECIDED = 512  # decided conversations remembered, so none is announced twice
 MAX_BALLOTS = 64  # votes kept per vote when anyone may vote
 MAX_HEARD = 256  # ids of recent messages handed over in open votes' conversations
@@ -74,6 +76,7 @@ class Rules:
     voters: tuple[str, ...]
     quorum: int
     deadline_ms: int
+    votes_per_sender: int = DEFAULT_VOTES_PER_SENDER
 
 
 @dataclass
@@ -154,6 +157,9 @@ def rules_from(settings: dict[str, str]) -> Rules:
         deadline_ms=whole_number(
             settings, "deadline-ms", DEFAULT_DEADLINE_MS, low=1, high=MAX_DEADLINE_MS
         ),
+        votes_per_sender=whole_number(
+            settings, "votes-per-sender", DEFAULT_VOTES_PER_SENDER, low=1, high=MAX_OPEN_VOTES
+        ),
     )
 
 
@@ -187,8 +193,8 @@ def open_vote(ctx: Context, book: Book, rules: Rules, request: Message) -> Messa
     if conversation in book.open or conversation in book.decided:
         return reply(ctx, request, Performative.REFUSE, "this conversation already has a vote")
     held = sum(1 for vote in book.open.values() if vote.requester == request.sender)
-    if held >= MAX_OPEN_VOTES_PER_SENDER:
-        most = MAX_OPEN_VOTES_PER_SENDER
+    if held >= rules.votes_per_sender:
+        most = rules.votes_per_sender
         said = f"{request.sender} already has {held} votes open (at most {most} per sender)"
         return reply(ctx, request, Performative.REFUSE, said)
     if len(book.open) >= MAX_OPEN_VOTES:

@@ -45,7 +45,7 @@ DEFAULT_MEMORY_MB: Final = 64
 MIN_MEMORY_MB: Final = 16
 MAX_MEMORY_MB: Final = 4096
 DEFAULT_BATCH: Final = 256
-DEFAULT_OUTBOX: Final = 256
+DEFAULT_OUTBOX: Final = 512  # twice a batch: an answer to each message, and more
 MAX_MESSAGES_PER_CALL: Final = 1024
 # how far back an agent may still answer: the host keeps the hop budgets of its last N
 # conversations and of the last max(N, 256) messages handed to it, saved with every

@@ -595,6 +595,23 @@ def test_one_sender_holds_at_most_8_votes_open_and_others_still_open_theirs(
     assert answer.act == Performative.PROPOSE.value
 
 
+def test_a_full_batch_of_requests_as_votes_close_is_no_flood(
+    components: dict[str, Path],
+) -> None:
+    # a batch of 256 requests (the host's default) arriving as 8 votes pass their
+    # deadline: 264 messages in one call, within the host's default outbox
+    settings = {"deadline-ms": "1000"}
+    with called(components["coordinator"], "coordinator", settings, "release") as agent:
+        agent.handle([request(index, f"early-{index}", channel="release") for index in range(8)])
+        burst = [request(8 + index, f"late-{index}", channel="release") for index in range(256)]
+        answers = agent.handle(burst, now_ms=NOW_MS + 2000)
+    kinds = [
+        json.loads(a.payload).get("kind") if a.payload.startswith("{") else a.act for a in answers
+    ]
+    assert len(answers) == 8 + 256  # more than a batch
+    assert kinds.count("decision") == 8
+
+
 def test_votes_per_sender_sets_how_many_one_sender_holds_open(
     components: dict[str, Path],
 ) -> None:

@@ -141,7 +141,7 @@ def test_an_empty_mapping_gives_every_default(tmp_path: Path) -> None:
 def test_default_limits_are_the_documented_ones() -> None:
     (agent,) = parse_config(_document(), path=FILE).agents.values()
     assert agent.limits == Limits(
-        fuel=2_000_000_000, timeout_ms=2000, memory_mb=64, batch=256, outbox=256
+        fuel=2_000_000_000, timeout_ms=2000, memory_mb=64, batch=256, outbox=512
     )
 
 

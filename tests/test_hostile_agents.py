@@ -255,7 +255,7 @@ async def test_an_agent_cannot_raise_its_hop_budget(
 @pytest.mark.parametrize(
     ("mode", "said"),
     [
-        ("flood", "10000 messages in one call; the limit is 256"),
+        ("flood", "10000 messages in one call; the limit is 512"),
         # more than any envelope holds: refused before it is copied out of the guest
         ("huge", f"a payload of 1000000 bytes in one call; the limit is {MAX_ENVELOPE_BYTES}"),
     ],

@@ -211,15 +211,20 @@ def agent_consumer_config(
     )
 
 
-async def ensure_consumer(js: JetStreamContext, config: ConsumerConfig) -> None:
-    """Create a durable consumer, or bring its filter and limits up to date."""
+async def ensure_consumer(js: JetStreamContext, config: ConsumerConfig) -> frozenset[str]:
+    """Create a durable consumer, or bring its filter and limits up to date. Returns the
+    subjects it took before (none for a new one)."""
     name = config.durable_name or ""
     try:
-        await js.consumer_info(STREAM, name)
+        info = await js.consumer_info(STREAM, name)
     except NotFoundError:
         await js.add_consumer(STREAM, config)
-        return
+        return frozenset()
     await js.add_consumer(STREAM, config)  # same durable name: the server updates it
+    before = info.config
+    return frozenset(before.filter_subjects or ()) | (
+        frozenset({before.filter_subject}) if before.filter_subject else frozenset()
+    )
 
 
 async def bucket_keys(js: JetStreamContext, bucket: str, pattern: str = ">") -> list[str]:

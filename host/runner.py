@@ -48,7 +48,7 @@ from agora.core.control import set_switch
 from agora.core.envelope import Act, Event, EventKind, Fact
 from agora.core.errors import InputError
 from agora.core.ids import new_id, now_ms
-from agora.core.keys import KeyRegistry, Role, SigningKey
+from agora.core.keys import ALL_CHANNELS, KeyRegistry, Role, SigningKey
 from agora.core.pull import PullFeed
 from agora.core.received import MSG_ID_HEADER, PUBLISH_TIMEOUT_S, JetStreamMessage, RawClient
 from agora.core.signing import sign_fact, verify_envelope
@@ -116,6 +116,8 @@ class AgentSpec:
     outbox_limit: int
     ack_wait_s: float = 30.0  # the consumer's: past it, the server hands a message over again
     remembered: int = DEFAULT_REMEMBERED  # conversations whose hop budgets it keeps
+    # the channels the key registry lets it use (more than ``channels``, maybe)
+    registered: frozenset[str] = frozenset()
 
 
 class AgentRunner:
@@ -294,6 +296,10 @@ class AgentRunner:
         await self._publish_saved_outbox()  # if a publish failed after the save
         if self._record.outbox and not self._outbox_published:
             return  # stopped while it waited: the batch is not acknowledged, and comes back
+        elsewhere = self._run_elsewhere(messages)
+        if elsewhere:
+            await self._step_aside(messages, elsewhere)
+            return
         batch = Batch(
             self.spec.name, processed=itertools.chain(self._record.recent, self._record.unacked)
         )
@@ -363,6 +369,37 @@ class AgentRunner:
         await self._publish(record.outbox)
         self._outbox_published = True
         await self._acknowledge(messages, batch.ids)
+
+    def _run_elsewhere(self, messages: list[JetStreamMessage]) -> set[str]:
+        """The channels of ``messages`` that this host's configuration does not give the
+        agent but the key registry does: another host running it with more channels
+        made its consumer take them (a configuration change under way, or hosts that
+        disagree)."""
+        channels = {arrival_channel(m.subject) for m in messages}
+        return {
+            c
+            for c in channels
+            if c is not None
+            and c not in self._granted
+            and (c in self.spec.registered or ALL_CHANNELS in self.spec.registered)
+        }
+
+    async def _step_aside(self, messages: list[JetStreamMessage], channels: set[str]) -> None:
+        """Leave the agent to the host that runs it with ``channels`` too: hand the batch
+        back untouched (nothing of it is processed here, so none of it is refused for a
+        scope this host alone lacks) and stop taking the agent's messages."""
+        self.counters["stepped-aside"] += 1
+        log.critical(
+            "agent %s: its consumer takes channel(s) %s, which this host's configuration "
+            "does not give it: another host runs it with more channels, and this host "
+            "leaves it to that one (restart it with the same channels to run it here too)",
+            self.spec.name,
+            ", ".join(sorted(channels)),
+        )
+        self._stopping.set()
+        for message in messages:
+            await message.nak()
+        await self._stop_feed(give_back=True)  # what it holds already, too
 
     async def _refused_all(self, messages: list[JetStreamMessage], batch: Batch) -> None:
         """A batch nothing of which reaches the agent, each message refused by a control

@@ -241,16 +241,24 @@ class Host:
                 limits=limits,
             )
 
-        await ensure_consumer(
-            client.jetstream(),
-            agent_consumer_config(
-                agent.name,
-                agent.channels,
-                ack_wait_s=self.config.consumer.ack_wait_s,
-                max_deliver=self.config.consumer.max_deliver,
-                batch=agent.limits.batch,
-            ),
+        consumer = agent_consumer_config(
+            agent.name,
+            agent.channels,
+            ack_wait_s=self.config.consumer.ack_wait_s,
+            max_deliver=self.config.consumer.max_deliver,
+            batch=agent.limits.batch,
         )
+        took = await ensure_consumer(client.jetstream(), consumer)
+        takes = frozenset(consumer.filter_subjects or ())
+        if took and took != takes:
+            log.warning(
+                "agent %s: its consumer took %s and now takes %s, as this host's "
+                "configuration says, for every host running the agent: they must all give "
+                "it the same channels (a host handed one it lacks leaves the agent to others)",
+                agent.name,
+                ", ".join(sorted(took)),
+                ", ".join(sorted(takes)),
+            )
         return AgentRunner(
             spec=AgentSpec(
                 name=agent.name,
@@ -260,6 +268,7 @@ class Host:
                 outbox_limit=agent.limits.outbox,
                 ack_wait_s=self.config.consumer.ack_wait_s,
                 remembered=agent.limits.remembered,
+                registered=self._registry.get(agent.name).channels,
             ),
             client=client,
             records=records,

@@ -18,6 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from agora.cli.workspace import AgentPlan
 from agora.core.acts import Performative
+from agora.core.envelope import EventKind
 from agora.core.keys import Role
 from agora.core.spine import DEAD_STREAM, STREAM, channel_subject, ensure_spine
 from agora.host.service import Host, HostKeys
@@ -118,6 +119,38 @@ async def test_a_vote_opened_on_a_host_that_goes_away_is_decided_by_the_other(
                 await other.stop()
     decided = [a for a in h.acts_by("coordinator") if a.act is Performative.INFORM]
     assert len(decided) == 1 and json.loads(decided[0].payload)["outcome"] == "no-quorum"
+
+
+async def test_a_host_whose_agent_has_fewer_channels_leaves_it_to_the_other(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # A configuration change rolls out: host-b still gives synth-agent one channel, the
+    # newer host two, and the agent's consumer takes both. Handed a message on the
+    # channel it lacks, host-b refuses none of it as out of scope: it steps aside.
+    agents = {
+        "synth-agent": AgentPlan("chatty", ("build-coord", "secret-ops")),
+        "relay-agent": AgentPlan("chatty", ("build-coord",)),
+    }
+    others = {"host-b": (Role.HOST, ["*"])}
+    async with running_host(tmp_path, components, agents=agents, start=False, others=others) as h:
+        older = replace(h.session.config.agents["synth-agent"], channels=("build-coord",))
+        behind = second_host(h, ["synth-agent"])
+        behind.config = replace(behind.config, agents=MappingProxyType({"synth-agent": older}))
+        await behind.start(h.client)
+        await h.start_host(["synth-agent"])  # the newer configuration, started last
+        try:
+            sent = [await h.inject("secret-ops", f"note {n}", hops=1) for n in range(20)]
+            for _ in range(200):
+                handed = {d.act.id for d in h.deliveries if d.agent == "synth-agent"}
+                if handed >= {a.id for a in sent}:
+                    break
+                await asyncio.sleep(0.05)
+            await h.settle()
+        finally:
+            await behind.stop()
+    assert {a.id for a in sent} <= {d.act.id for d in h.deliveries if d.agent == "synth-agent"}
+    assert not [e for e in h.events(EventKind.REFUSED) if e.reason == "scope-blocked"]
+    assert behind.runners["synth-agent"].counters["stepped-aside"] == 1
 
 
 async def test_a_message_no_host_can_process_ends_in_the_dead_letters(

@@ -27,10 +27,10 @@ conversations and the 256 ids of messages heard in open votes take at most 768 *
 51,456 bytes, and 64 more cover the state's keys and brackets. The 210,624 bytes left
 are the open votes' (``OPEN_VOTES_BYTES``): before a vote is opened or a ballot counted,
 the bytes it adds are weighed against them. A request that does not fit is refused, as
-is one while 64 votes are open or while its sender has 8 open (so that no one sender
-can take every vote); a ballot that does not fit is not counted, as a ballot past the
-64th is not when anyone may vote. A vote at its largest (64-character conversation,
-request id and sender, a 128-character channel, a 200-character topic of control
+is one while 64 votes are open or while its sender has ``votes-per-sender`` open (so
+that no one sender can take every vote); a ballot that does not fit is not counted, as
+a ballot past the 64th is not when anyone may vote. A vote at its largest (64-character
+conversation, request id and sender, a 128-character channel, a 200-character topic of control
 characters at 6 bytes each) takes about 1,630 bytes before its ballots and a ballot at
 most 77, so the 64 votes always fit, with some 1,380 ballots among them.
 

@@ -68,7 +68,9 @@ async def test_comments_that_must_not_speak_are_refused_as_facts(
     async with github_loop(tmp_path, components, agents=SYNTH) as loop:
         loop.github.comment(REPO, loop.issue, "let me in", by="drive-by")
         pull = loop.github.create_issue(REPO, "A change", "", by=HUMAN, pull_request=True)
-        await loop.bridge.links.link(REPO, pull, "secret-ops", at=datetime.now(UTC))  # type: ignore[union-attr]
+        # linked as of GitHub's clock, to the second: the comment below is not before it
+        linked_at = datetime.now(UTC).replace(microsecond=0)
+        await loop.bridge.links.link(REPO, pull, "secret-ops", at=linked_at)  # type: ignore[union-attr]
         loop.github.comment(REPO, pull, "on the pull request", by=HUMAN)
         loop.github.comment(REPO, loop.issue, "/agora dance", by=HUMAN)
         # The bridge's own comment, posted through the API, comes back as a webhook.

@@ -143,6 +143,7 @@ class AgentRunner:
         self._killswitch = killswitch
         self._vouched = vouched
         self._granted = frozenset(spec.channels)
+        self._granted_subjects = frozenset(channel_subject(c) for c in spec.channels)
         self._own_key = KeyRegistry([agent_key.identity(Role.AGENT, spec.channels)])
         # ids whose acknowledgement the server confirmed since the last save
         self._confirmed: set[str] = set()
@@ -375,7 +376,8 @@ class AgentRunner:
         agent but the key registry does: another host running it with more channels
         made its consumer take them (a configuration change under way, or hosts that
         disagree)."""
-        channels = {arrival_channel(m.subject) for m in messages}
+        subjects = {m.subject for m in messages} - self._granted_subjects  # most often none
+        channels = {arrival_channel(subject) for subject in subjects}
         return {
             c
             for c in channels

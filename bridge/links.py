@@ -125,14 +125,15 @@ class Links:
         return None if link is None else link.channel
 
     async def link_of(self, repo: str, number: int) -> Link | None:
-        """The issue's link, with when it was made (None for a configured link the
-        catch-up has not seen yet), or None if the issue is not linked."""
+        """The issue's link, with when a label made it, or None if the issue is not
+        linked. A configured link's time is None here: it holds from the bridge's first
+        start, and when the catch-up first saw it is a moment of no meaning to a webhook
+        (it may even come after a comment made once the bridge was up)."""
         configured = self._configured.get((repo.lower(), number))
-        record = await self._record(repo, number)
         if configured is not None:
             channel, ref = configured
-            kept = record is not None and record.channel == channel
-            return Link(channel, ref, record.linked_at if record is not None and kept else None)
+            return Link(channel, ref, None)
+        record = await self._record(repo, number)
         if record is None or record.by != BY_LABEL:
             return None
         return Link(record.channel, record.issue, record.linked_at)

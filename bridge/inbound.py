@@ -297,7 +297,10 @@ class InboundWorker:
         self.counters.refused += 1
         deliveries = await self._buckets.get(DELIVERIES_BUCKET)
         event = (message.headers or {}).get(EVENT_HEADER, "")
-        for key in handled_keys(event, delivery, message.data):
+        json_payload: object = None  # a body that is no JSON object is no label event
+        with contextlib.suppress(BadDelivery):
+            json_payload = stored_json(message.data)
+        for key in handled_keys(event, delivery, message.data, json_payload):
             if key != delivery or delivery_problem(delivery) is None:  # a key it can hold
                 await deliveries.put(key, b"refused")
 
@@ -326,13 +329,14 @@ class InboundWorker:
         if problem is not None:
             raise BadDelivery(f"{problem}; the stored one is {shown(delivery)}")
         deliveries = await self._buckets.get(DELIVERIES_BUCKET)
-        handled = handled_keys(event, delivery, message.data)  # a body replayed too
+        json_payload = stored_json(message.data)
+        handled = handled_keys(event, delivery, message.data, json_payload)  # replays too
         for key in handled:
             with contextlib.suppress(KeyNotFoundError):
                 await deliveries.get(key)
                 return  # handled before (a redelivery, or a replay)
         try:
-            payload: Any = parse_obj(event, stored_json(message.data))
+            payload: Any = parse_obj(event, json_payload)
         except (ValidationError, ValueError) as exc:
             self.counters.malformed += 1
             raise BadDelivery(parse_problem(event, exc)) from exc

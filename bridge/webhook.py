@@ -17,15 +17,15 @@
 
 ``ping`` is answered at once; events the bridge does not act on are acknowledged and
 ignored. A delivery already handled (a redelivery or a replay, also after a restart and
-long after JetStream's two-minute duplicate window), or a comment event whose body was
-(a signed body replayed under another delivery id: the signature does not cover the
-id), is acknowledged with no second effect, for as long as the bridge remembers
-deliveries (30 days). A label event replayed is an old one, superseded by the time
-order of its label's events. Anything else is published to the ``AGORA_WEBHOOKS`` stream with
-``Nats-Msg-Id`` = the delivery id, and only once JetStream has acknowledged it does the
-receiver answer 202; the work happens afterwards (:mod:`agora.bridge.inbound`). If
-JetStream cannot take it, the answer is 503 and GitHub records a failed delivery, which
-the bridge redelivers when it catches up.
+long after JetStream's two-minute duplicate window), or one whose body was (a signed
+body replayed under another delivery id or another event header: the signature covers
+neither), is acknowledged with no second effect, for as long as the bridge remembers
+deliveries (30 days). Only a label event is not known by its body: one replayed is an
+old one, superseded by the time order of its label's events. Anything else is published
+to the ``AGORA_WEBHOOKS`` stream with ``Nats-Msg-Id`` = the delivery id, and only once
+JetStream has acknowledged it does the receiver answer 202; the work happens afterwards
+(:mod:`agora.bridge.inbound`). If JetStream cannot take it, the answer is 503 and GitHub
+records a failed delivery, which the bridge redelivers when it catches up.
 
 ``GET /healthz`` says the process is up; ``GET /readyz`` that NATS and the stream are
 reachable.
@@ -54,12 +54,9 @@ from agora.core.received import MSG_ID_HEADER
 log = logging.getLogger(__name__)
 
 HANDLED_EVENTS: Final = frozenset({"issue_comment", "issues"})
-# Events whose body is remembered too (:func:`body_key`), so that one replayed under
-# another delivery id has no second effect. Not label events: two of them can be the
-# very same bytes (a label added, removed and added again within one second), and each
-# is ordered by GitHub's clock instead (:mod:`agora.bridge.labels`), where a replay is
-# an old event, superseded.
-BODY_DEDUPED_EVENTS: Final = frozenset({"issue_comment"})
+# A label event's header and the actions of its body (:func:`is_label_event`).
+LABEL_EVENT: Final = "issues"
+LABEL_ACTIONS: Final = frozenset({"labeled", "unlabeled"})
 SIGNATURE_HEADER: Final = "X-Hub-Signature-256"
 EVENT_HEADER: Final = "X-GitHub-Event"
 DELIVERY_HEADER: Final = "X-GitHub-Delivery"
@@ -99,12 +96,30 @@ def body_key(body: bytes) -> str:
     return "body_" + hashlib.sha256(body).hexdigest()
 
 
-def handled_keys(event: str, delivery: str, body: bytes) -> tuple[str, ...]:
-    """The deliveries bucket's keys that say a delivery was handled: its id, then (for
-    a comment event) its body's."""
-    if event in BODY_DEDUPED_EVENTS:
-        return (delivery, body_key(body))
-    return (delivery,)
+def is_label_event(event: str, payload: object) -> bool:
+    """Whether a delivery is a label event, by its header and its signed body alike.
+
+    A label event is not known by its body: two of them can be the very same bytes (a
+    label added, removed and added again within one second), and each is ordered by
+    GitHub's clock instead (:mod:`agora.bridge.labels`), where a replay is an old event,
+    superseded. The header alone does not make one: the signature does not cover it, and
+    any other signed body posted again as ``issues`` would be a new delivery each time,
+    refused each time as a fact.
+    """
+    return (
+        event == LABEL_EVENT
+        and isinstance(payload, dict)
+        and payload.get("action") in LABEL_ACTIONS
+        and isinstance(payload.get("issue"), dict)  # not a pull request's or a discussion's
+    )
+
+
+def handled_keys(event: str, delivery: str, body: bytes, payload: object) -> tuple[str, ...]:
+    """The deliveries bucket's keys that say a delivery was handled: its id, then (but
+    for a label event) its body's. ``payload`` is the body read as JSON."""
+    if is_label_event(event, payload):
+        return (delivery,)
+    return (delivery, body_key(body))
 
 
 def body_limit(configured: int, max_payload: int) -> int:
@@ -191,7 +206,7 @@ class WebhookReceiver:
 
     async def receive(self, request: web.Request) -> web.Response:
         try:
-            event, delivery, body = await self._checked(request)
+            event, delivery, body, payload = await self._checked(request)
         except _Refused as refused:
             self.refused += 1
             return _refuse(refused.status, refused.message)
@@ -199,10 +214,11 @@ class WebhookReceiver:
             return web.json_response({"ok": True, "pong": delivery})
         if event not in HANDLED_EVENTS:
             return web.json_response({"ignored": event}, status=202)
-        return await self._publish(event, delivery, body)
+        return await self._publish(event, delivery, body, payload)
 
-    async def _checked(self, request: web.Request) -> tuple[str, str, bytes]:
-        """The event, the delivery id and the body, or :class:`_Refused` saying why not."""
+    async def _checked(self, request: web.Request) -> tuple[str, str, bytes, dict[str, object]]:
+        """The event, the delivery id, the body and the body read as JSON, or
+        :class:`_Refused` saying why not."""
         body = await self._body(request)
         self._check_signature(request, body)
         event = request.headers.get(EVENT_HEADER, "")
@@ -221,7 +237,7 @@ class WebhookReceiver:
             raise _Refused(400, "the body is JSON nested too deeply to be an event") from None
         if not isinstance(payload, dict):
             raise _Refused(400, "the body must be a JSON object")
-        return event, delivery, body
+        return event, delivery, body, payload
 
     async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self._max_body:
@@ -254,22 +270,24 @@ class WebhookReceiver:
         ):
             raise _Refused(401, f"{SIGNATURE_HEADER} does not match the body and the secret")
 
-    async def _seen(self, event: str, delivery: str, body: bytes) -> bool:
-        """Whether the delivery was handled: known by its body if it is a comment event
-        (the same delivery again has the same body, and so has a replay under another
-        id), else by its id. One lookup, on the way to the 202; the worker, off that
-        path, also looks for the other key (:func:`handled_keys`)."""
+    async def _seen(self, keys: tuple[str, ...]) -> bool:
+        """Whether the delivery was handled: known by its body unless it is a label event
+        (the same delivery again has the same body, and so has a replay under another id
+        or header), else by its id. One lookup, on the way to the 202; the worker, off
+        that path, also looks for the other key (:func:`handled_keys`)."""
         kv = await self._buckets.get(DELIVERIES_BUCKET)
         try:
-            await kv.get(handled_keys(event, delivery, body)[-1])
+            await kv.get(keys[-1])
         except KeyNotFoundError:
             return False
         return True
 
-    async def _publish(self, event: str, delivery: str, body: bytes) -> web.Response:
+    async def _publish(
+        self, event: str, delivery: str, body: bytes, payload: dict[str, object]
+    ) -> web.Response:
         js = self._nc.jetstream()
         try:
-            if await self._seen(event, delivery, body):
+            if await self._seen(handled_keys(event, delivery, body, payload)):
                 self.duplicates += 1
                 return web.json_response({"duplicate": delivery}, status=200)
             ack = await js.publish(

@@ -276,6 +276,32 @@ async def test_a_signed_comment_body_replayed_under_another_delivery_id_has_no_s
         assert len(loop.host.events(EventKind.EDITED)) == 1
 
 
+async def test_a_signed_comment_body_posted_again_as_another_event_is_no_bad_delivery(
+    tmp_path: Path, components: dict[str, Path]
+) -> None:
+    # Nor does the signature cover the event header: a comment's body posted again as
+    # "issues" under fresh delivery ids would fail to parse, each one a refused fact.
+    async with github_loop(tmp_path, components, agents={}, bridge=QUIET) as loop:
+        inbound = loop.bridge.inbound
+        assert inbound is not None
+        loop.github.comment(REPO, loop.issue, "first words", by=HUMAN)
+        await until(lambda: inbound.counters.handled == 1, what="the comment handled")
+        [created] = [d for d in loop.github.deliveries if d.event == "issue_comment"]
+        answer = await _post_webhook(loop, "issues", "swapped-0001", created.body)
+        assert answer == (200, {"duplicate": "swapped-0001"})
+        # one that reached the stream all the same is known by its body there too
+        await loop.host.js.publish(
+            WEBHOOK_SUBJECT_PREFIX + "issues",
+            created.body,
+            headers={"X-GitHub-Event": "issues", "X-GitHub-Delivery": "swapped-0002"},
+        )
+        loop.github.comment(REPO, loop.issue, "later words", by=HUMAN)  # handled after it
+        await until(lambda: inbound.counters.handled == 2, what="the later comment handled")
+        await loop.host.settle()
+        assert inbound.counters.malformed == 0
+        assert _refused(loop, "bad-delivery") == []
+
+
 async def test_a_label_event_replayed_under_another_delivery_id_is_superseded(
     tmp_path: Path, components: dict[str, Path]
 ) -> None:

@@ -17,8 +17,14 @@ from nats.aio.client import Client
 
 from agora.bridge import webhook
 from agora.bridge.config import Secret
-from agora.bridge.streams import WEBHOOK_STREAM, ensure_bridge_streams
-from agora.bridge.webhook import PUBLISH_HEADROOM_BYTES, WebhookReceiver, signature_of
+from agora.bridge.streams import DELIVERIES_BUCKET, WEBHOOK_STREAM, ensure_bridge_streams
+from agora.bridge.webhook import (
+    PUBLISH_HEADROOM_BYTES,
+    WebhookReceiver,
+    body_key,
+    handled_keys,
+    signature_of,
+)
 from agora.host.nats_server import EmbeddedNats
 
 SECRET = "webhook-secret-for-tests"  # noqa: S105 - a test fixture, not a credential
@@ -78,6 +84,37 @@ async def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, st
     ):
         answer = await response.json()
         return response.status, str(answer.get("error", answer))
+
+
+async def test_a_handled_body_posted_again_as_another_event_is_answered_as_a_repeat(
+    served: Served,
+) -> None:
+    # The signature covers the body, not the event header: a comment's signed body sent
+    # again as "issues" under a fresh delivery id would fail to parse, and be refused as
+    # a fact, every time it is sent.
+    status, _ = await _post(served.url, BODY, _headers(delivery="d-1"))
+    assert status == 202
+    handled = await served.client.jetstream().key_value(DELIVERIES_BUCKET)
+    for key in ("d-1", body_key(BODY)):  # as the worker marks a comment it handled
+        await handled.put(key, b"handled")
+    swapped = _headers(delivery="d-2", **{"X-GitHub-Event": "issues"})
+    status, answer = await _post(served.url, BODY, swapped)
+    assert (status, answer) == (200, str({"duplicate": "d-2"}))
+    assert served.receiver.duplicates == 1
+    assert await served.stored() == 1
+    assert sorted(await handled.keys()) == sorted(["d-1", body_key(BODY)])
+
+
+def test_only_a_label_event_by_its_header_and_its_body_alike_is_not_known_by_its_body() -> None:
+    label = {"action": "labeled", "issue": {"number": 1}, "label": {"name": "agora:kill"}}
+    body = json.dumps(label).encode()
+    assert handled_keys("issues", "d-1", body, label) == ("d-1",)
+    assert handled_keys("issue_comment", "d-1", body, label) == ("d-1", body_key(body))
+    comment = json.loads(BODY)
+    assert handled_keys("issues", "d-1", BODY, comment) == ("d-1", body_key(BODY))
+    pull_request = {"action": "labeled", "pull_request": {"number": 1}, "label": {}}
+    body = json.dumps(pull_request).encode()
+    assert handled_keys("issues", "d-1", body, pull_request) == ("d-1", body_key(body))
 
 
 async def test_a_signature_header_that_is_not_ascii_is_refused_with_401(served: Served) -> None:

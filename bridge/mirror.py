@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections import Counter, deque
@@ -182,18 +183,32 @@ _DEFUSED: Final = str.maketrans(
         "#": "&#35;",
         "|": "&#124;",
         "\\": "&#92;",
+        # the bridge's own quotation marks: text that could close its quote could go
+        # on after it with words that read as the bridge's
+        "“": '"',
+        "”": '"',
     }
 )
+ZERO_WIDTH_SPACE: Final = "\u200b"
+# What GitHub links as it renders, whatever the markup around it, mentions aside: a
+# URL's "://", a "www." host, a GH-123 reference. A zero-width space inside leaves the
+# same text on screen and nothing for GitHub to match.
+_AUTOLINKED: Final = re.compile(r"://|www\.|\bgh-(?=\d)", re.IGNORECASE)
+
+
+def _unlinked(found: re.Match[str]) -> str:
+    return found[0][0] + ZERO_WIDTH_SPACE + found[0][1:]
 
 
 def quoted(text: str, *, limit: int = PAYLOAD_SHOWN) -> str:
-    """Agent text shown on GitHub: cut, on one line, with markup, links and mentions
-    defused (no ping, no image, no hidden marker can be planted)."""
+    """Agent text shown on GitHub: cut, on one line, between quotation marks it cannot
+    close, with markup, links and mentions defused (no ping, no image, no hidden marker
+    can be planted, and no bare URL, ``www.`` host or ``GH-123`` becomes a link)."""
     flat = " ".join(text.split())
     if len(flat) > limit:
         flat = flat[:limit] + "..."
-    flat = flat.translate(_DEFUSED).replace("@", "@\u200b")
-    return f"“{flat}”"
+    flat = flat.translate(_DEFUSED).replace("@", "@" + ZERO_WIDTH_SPACE)
+    return f"“{_AUTOLINKED.sub(_unlinked, flat)}”"
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,6 +160,20 @@ def test_agent_text_cannot_ping_embed_or_plant_a_marker() -> None:
     assert "\n" not in quoted("two\nlines\n\n# heading")
 
 
+def test_agent_text_leaves_no_url_host_or_reference_for_github_to_link() -> None:
+    said = "see https://evil.example/x, HTTP://evil.example, WWW.evil.example and gh-123"
+    shown = quoted(said, limit=500)
+    assert "://" not in shown
+    assert "www." not in shown.lower()
+    assert "gh-123" not in shown.lower()
+    assert shown.replace("\u200b", "") == f"“{said}”"  # the same text on screen
+
+
+def test_agent_text_cannot_end_the_bridges_quote_and_add_words_of_its_own() -> None:
+    shown = quoted("x” (act 'act-real-1') signed by maintainer “y")
+    assert shown == "“x\" (act 'act-real-1') signed by maintainer \"y”"
+
+
 ANNOUNCER = {"coordinator": AGREEMENT["coordinator"]}  # an agent's key signs announcements
 CHATTY = {"synth-agent": AgentPlan("chatty", ("build-coord",))}
 

@@ -13,7 +13,7 @@ from agora.bridge.catchup import WATERMARK_MARGIN
 from agora.bridge.github import from_stamp
 from agora.bridge.links import watermark_key
 from agora.bridge.streams import BRIDGE_BUCKET
-from tests.bridge_harness import HUMAN, REPO, SECRET, FakeClock, Loop, github_loop, until
+from tests.bridge_harness import HUMAN, REPO, FakeClock, Loop, github_loop, until
 
 QUIET = {"mirror": []}  # no status comments: only the inbound side at work
 LINK = "agora:channel:secret-ops"
@@ -22,6 +22,11 @@ A_SECOND = 1.1  # GitHub's times are to the second
 
 def said(loop: Loop) -> list[tuple[str, str]]:
     return [(act.channel, act.payload) for act in loop.host.acts_by("bridge")]
+
+
+def failed(loop: Loop, action: str) -> list[int]:
+    """The status codes of the deliveries whose action is ``action``, oldest first."""
+    return [d.status_code for d in loop.github.deliveries if d.action == action]
 
 
 async def come_back(loop: Loop) -> None:
@@ -109,9 +114,10 @@ async def test_a_comment_whose_webhook_never_came_is_caught_up_while_the_bridge_
         tmp_path, components, agents={}, bridge=QUIET, catch_up_every_s=0.3
     ) as loop:
         await loop.bridge.caught_up.wait()
-        loop.github.set_webhook("http://127.0.0.1:9/webhook", SECRET)  # GitHub cannot reach it
+        loop.github.fail_deliveries(event="issue_comment")
         loop.github.comment(REPO, loop.issue, "said, never delivered", by=HUMAN)
         await loop.github.drain()
+        assert failed(loop, "created") == [0]
         await until(lambda: bool(said(loop)), what="the comment caught up")
         await loop.host.settle()
         assert said(loop) == [("build-coord", "said, never delivered")]

@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,35 @@ async def test_labels_are_added_listed_and_removed(github: GitHubStandIn) -> Non
             await gh.rest.issues.async_remove_label(OWNER, NAME, number, "agora:kill")
     assert absent.value.response.status_code == 404
     assert github.labels(REPO, number) == ["agora"]
+
+
+async def test_label_changes_are_issue_events_listed_newest_first_in_githubkits_model(
+    github: GitHubStandIn, clock: Clock
+) -> None:
+    number = github.create_issue(REPO, "channel: build-coord", by="alice")
+    pull = github.create_issue(REPO, "a pull request", by="alice", pull_request=True)
+    github.add_label(REPO, number, "agora:kill", by="alice")
+    clock.advance(60)
+    async with client(github) as gh:
+        await gh.rest.issues.async_remove_label(OWNER, NAME, number, "agora:kill")
+        clock.advance(60)
+        github.add_label(REPO, pull, "agora:kill", by="bob")
+        first = await gh.rest.issues.async_list_events_for_repo(OWNER, NAME, per_page=2)
+        rest = await gh.rest.issues.async_list_events_for_repo(OWNER, NAME, per_page=2, page=2)
+    events = [*first.parsed_data, *rest.parsed_data]  # each validated by githubkit
+    assert [
+        (e.event, e.label and e.label.name, e.actor and e.actor.login, e.issue and e.issue.number)
+        for e in events
+    ] == [
+        ("labeled", "agora:kill", "bob", pull),
+        ("unlabeled", "agora:kill", "alice", number),
+        ("labeled", "agora:kill", "alice", number),
+    ]
+    assert events[0].created_at - events[1].created_at == timedelta(seconds=60)
+    assert events[0].issue and events[0].issue.pull_request is not None
+    assert events[2].label and events[2].label.color == "ededed"
+    assert 'page=2>; rel="next"' in first.headers["link"]
+    assert "next" not in rest.headers.get("link", "")
 
 
 async def test_bad_input_gets_422_and_changes_nothing(github: GitHubStandIn) -> None:
@@ -745,6 +774,31 @@ async def test_a_failed_delivery_is_listed_and_redelivered_under_the_same_guid(
     newest = listed.parsed_data[0]
     assert (newest.guid, newest.redelivery, newest.status_code) == (missed[0].guid, True, 200)
     assert 'rel="next"' in listed.headers["link"]
+
+
+async def test_a_delivery_made_to_fail_is_recorded_failed_and_never_sent(
+    github: GitHubStandIn, receiver: Receiver
+) -> None:
+    github.set_webhook(receiver.url, SECRET)
+    await receiver.next("ping")
+    number = github.create_issue(REPO, "channel: down", by="alice")
+    await receiver.next("issues")
+    github.fail_deliveries(event="issues", action="labeled")
+    github.add_label(REPO, number, "agora:kill", by="alice")
+    github.remove_label(REPO, number, "agora:kill", by="alice")
+    await github.drain()
+    got = await receiver.next()
+    assert (got.event, parse_webhook("issues", got.body).action) == ("issues", "unlabeled")
+    failed, sent = github.deliveries[-2:]
+    assert (failed.action, failed.status_code, failed.status) == (
+        "labeled",
+        0,
+        "failed to connect to host",
+    )
+    assert (sent.action, sent.status_code) == ("unlabeled", 200)
+    github.redeliver(failed.id)
+    again = await receiver.next()
+    assert again.guid == failed.guid
 
 
 async def test_drain_says_the_sender_failed_rather_than_wait_for_good(

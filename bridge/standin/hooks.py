@@ -5,7 +5,8 @@ Each delivery carries GitHub's headers (``X-GitHub-Event``, ``X-GitHub-Delivery`
 ``X-Hub-Signature-256`` over the exact body, ``User-Agent: GitHub-Hookshot/...``) and is
 recorded with its status code and duration, also when the target is down or slow (status
 code 0), so it can be listed and redelivered later through the deliveries API. GitHub
-never retries a failed delivery by itself, and neither does this.
+never retries a failed delivery by itself, and neither does this. A test can make the
+next deliveries that match fail so (:class:`Unreachable`) while the target still runs.
 """
 
 from __future__ import annotations
@@ -111,6 +112,19 @@ class Job:
         )
 
 
+@dataclass(slots=True)
+class Unreachable:
+    """The next ``times`` deliveries of ``event`` with ``action`` (None: any) fail as if
+    their target could not be reached: recorded with status code 0, never sent."""
+
+    event: str | None = None
+    action: str | None = None
+    times: int = 1
+
+    def matches(self, job: Job) -> bool:
+        return self.event in (None, job.event) and self.action in (None, job.action)
+
+
 class HookSender:
     """Delivers queued jobs one at a time, in order, and records every attempt."""
 
@@ -126,9 +140,25 @@ class HookSender:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         # Unbounded on purpose: GitHub never holds up a write because a hook is slow.
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._unreachable: list[Unreachable] = []
 
     def enqueue(self, job: Job) -> None:
         self._queue.put_nowait(job)
+
+    def fail(self, unreachable: Unreachable) -> None:
+        if unreachable.times < 1:
+            raise ValueError(f"times must be at least 1, got {unreachable.times}")
+        self._unreachable.append(unreachable)
+
+    def _unreachable_for(self, job: Job) -> bool:
+        """Whether ``job`` is to fail unsent (one use of the first rule it matches)."""
+        for index, rule in enumerate(self._unreachable):
+            if rule.matches(job):
+                rule.times -= 1
+                if rule.times == 0:
+                    del self._unreachable[index]
+                return True
+        return False
 
     async def drain(self) -> None:
         """Return once every job queued so far has been attempted."""
@@ -161,8 +191,20 @@ class HookSender:
             delivered_at=self._clock(),
         )
         started = time.monotonic()
+        if self._unreachable_for(job):
+            delivery.status = "failed to connect to host"
+        else:
+            await self._post(session, job, delivery)
+        delivery.duration = time.monotonic() - started
+        self._world.deliveries.append(delivery)
+        return delivery
+
+    async def _post(self, session: aiohttp.ClientSession, job: Job, delivery: Delivery) -> None:
+        """Send one delivery and record how its target answered, or why it did not."""
         try:
-            async with session.post(job.hook.url, data=job.body, headers=headers) as response:
+            async with session.post(
+                job.hook.url, data=job.body, headers=delivery.request_headers
+            ) as response:
                 text = await response.text(errors="replace")
                 delivery.status_code = response.status
                 delivery.response_headers = dict(response.headers)
@@ -174,6 +216,3 @@ class HookSender:
             delivery.status = "timed out"
         except (aiohttp.ClientError, OSError, ValueError):
             delivery.status = "failed to connect to host"
-        delivery.duration = time.monotonic() - started
-        self._world.deliveries.append(delivery)
-        return delivery

@@ -27,6 +27,7 @@ from agora.bridge.standin.state import (
     Hook,
     Installation,
     Issue,
+    IssueEvent,
     Label,
     Permission,
     Repo,
@@ -227,6 +228,27 @@ def comment_json(world: World, repo: Repo, comment: Comment, urls: Urls) -> Json
         "performed_via_github_app": (
             None if comment.app is None else integration_json(comment.app, urls)
         ),
+    }
+
+
+def issue_event_json(world: World, repo: Repo, event: IssueEvent, urls: Urls) -> Json:
+    """An entry of ``GET /repos/{owner}/{repo}/issues/events``: the label as it was when
+    the event happened, the issue as it is now."""
+    issue = repo.issues[event.issue_number]
+    return {
+        "id": event.id,
+        "node_id": node_id("LE" if event.event == "labeled" else "UNLE", event.id),
+        "url": f"{urls.api}/repos/{repo.full_name}/issues/events/{event.id}",
+        "actor": user_json(event.actor, urls),
+        "event": event.event,
+        "commit_id": None,
+        "commit_url": None,
+        "created_at": iso(event.created_at),
+        "label": {"name": event.label_name, "color": event.label_color},
+        "performed_via_github_app": (
+            None if event.app is None else integration_json(event.app, urls)
+        ),
+        "issue": issue_json(world, repo, issue, urls),
     }
 
 

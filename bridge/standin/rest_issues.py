@@ -1,8 +1,10 @@
-"""Issues, issue comments and issue labels over REST, as GitHub serves them.
+"""Issues, issue comments, issue labels and the repository's issue events over REST, as
+GitHub serves them.
 
-Lists are paginated (``per_page`` up to 100, ``page``, a ``Link`` header) and honour
-``since`` (updated at or after, to the second). Every change that GitHub announces by
-webhook is published the moment it happens.
+Lists are paginated (``per_page`` up to 100, ``page``, a ``Link`` header); those of
+issues and comments honour ``since`` (updated at or after, to the second), while issue
+events, like GitHub's, take no ``since`` and come newest first. Every change that
+GitHub announces by webhook is published the moment it happens.
 """
 
 from __future__ import annotations
@@ -158,6 +160,17 @@ async def list_repo_comments(request: web.Request) -> web.Response:
     return paged_response(request, comments, lambda c: _comment_json(request, repo, c))
 
 
+async def list_repo_events(request: web.Request) -> web.Response:
+    repo = repo_of(request)
+    engine = engine_of(request)
+    newest_first = sorted(repo.events, key=lambda event: (event.created_at, event.id), reverse=True)
+    return paged_response(
+        request,
+        newest_first,
+        lambda event: payloads.issue_event_json(engine.world, repo, event, engine.urls),
+    )
+
+
 async def create_comment(request: web.Request) -> web.Response:
     engine = engine_of(request)
     repo = repo_of(request)
@@ -243,6 +256,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(base, list_issues, name="list-issues")
     router.add_post(base, create_issue, name="create-issue")
     router.add_get(base + "/comments", list_repo_comments, name="list-repo-comments")
+    router.add_get(base + "/events", list_repo_events, name="list-repo-events")
     comment = base + r"/comments/{comment_id:\d+}"
     router.add_get(comment, get_comment, name="get-comment")
     router.add_patch(comment, update_comment, name="update-comment")

@@ -30,6 +30,7 @@ from agora.bridge.standin import payloads
 from agora.bridge.standin.app import build_app
 from agora.bridge.standin.engine import DEFAULT_HOOK_EVENTS, Engine, RequestRecord
 from agora.bridge.standin.faults import Fault
+from agora.bridge.standin.hooks import Unreachable
 from agora.bridge.standin.limits import (
     CREATIONS_PER_HOUR,
     CREATIONS_PER_MINUTE,
@@ -386,6 +387,15 @@ class GitHubStandIn:
     def inject(self, fault: Fault) -> None:
         """Answer the next matching request(s) with ``fault`` instead of (or after) GitHub."""
         self._engine.faults.add(fault)
+
+    def fail_deliveries(
+        self, times: int = 1, *, event: str | None = None, action: str | None = None
+    ) -> None:
+        """The next ``times`` webhook deliveries of ``event`` with ``action`` (None: any)
+        fail as if their target could not be reached, though it runs: recorded with
+        status code 0, as GitHub records one, and never sent (GitHub does not retry
+        them; :meth:`redeliver` sends one again)."""
+        self._engine.sender.fail(Unreachable(event, action, times))
 
     @property
     def pending_faults(self) -> list[Fault]:

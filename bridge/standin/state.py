@@ -1,4 +1,5 @@
-"""The stand-in's world: users, repositories, issues, comments, labels, apps, tokens, hooks.
+"""The stand-in's world: users, repositories, issues, comments, labels, the issue events
+that record label changes, apps, tokens, hooks.
 
 Pure state and its transitions: no I/O and no clock (``now`` is passed in, in seconds
 since the epoch). A transition that GitHub would announce by webhook returns the
@@ -197,6 +198,21 @@ class Comment:
     app: App | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class IssueEvent:
+    """A label added to or taken off an issue or pull request, as GitHub's issue events
+    record it: the label as it was then, who changed it, and when."""
+
+    id: int
+    issue_number: int
+    event: Literal["labeled", "unlabeled"]
+    actor: User
+    label_name: str
+    label_color: str
+    created_at: float
+    app: App | None = None
+
+
 @dataclass(slots=True)
 class Repo:
     id: int
@@ -210,6 +226,7 @@ class Repo:
     refs: dict[str, str] = field(default_factory=dict)  # "refs/heads/main" -> commit sha
     store: ObjectStore = field(default_factory=ObjectStore)
     associations: dict[str, Association] = field(default_factory=dict)
+    events: list[IssueEvent] = field(default_factory=list)  # oldest first
 
     @property
     def full_name(self) -> str:
@@ -305,6 +322,7 @@ class World:
             "installation": itertools.count(41_000_001),
             "hook": itertools.count(470_000_001),
             "delivery": itertools.count(12_000_000_001),
+            "event": itertools.count(15_000_000_001),
         }
 
     def next_id(self, kind: str) -> int:
@@ -497,6 +515,7 @@ class World:
                 continue
             issue.labels.append(label)
             issue.updated_at = now
+            self._record_event(repo, issue, "labeled", label, actor=actor, now=now)
             if not issue.pull_request:
                 happenings.append(Happening("issues", "labeled", repo, issue, actor, None, label))
         return happenings
@@ -513,9 +532,35 @@ class World:
             )
         issue.labels.remove(label)
         issue.updated_at = now
+        self._record_event(repo, issue, "unlabeled", label, actor=actor, now=now)
         if issue.pull_request:
             return []
         return [Happening("issues", "unlabeled", repo, issue, actor, None, label)]
+
+    def _record_event(
+        self,
+        repo: Repo,
+        issue: Issue,
+        event: Literal["labeled", "unlabeled"],
+        label: Label,
+        *,
+        actor: Actor,
+        now: float,
+    ) -> None:
+        """Keep an issue event for a label change (on a pull request too, as GitHub does,
+        though its webhook is a ``pull_request`` event, not modelled here)."""
+        repo.events.append(
+            IssueEvent(
+                id=self.next_id("event"),
+                issue_number=issue.number,
+                event=event,
+                actor=actor.user,
+                label_name=label.name,
+                label_color=label.color,
+                created_at=now,
+                app=actor.app,
+            )
+        )
 
     # -- apps, installations, tokens, hooks ----------------------------------------------
 

@@ -1,28 +1,41 @@
-"""Catching up: nothing said on a linked issue while the bridge was away is lost, and
-nothing said before the issue was linked becomes an act.
+"""Catching up: nothing said or labelled on a linked issue while the bridge was away is
+lost, and nothing said before the issue was linked becomes an act.
 
-At start, and then every :data:`CATCH_UP_EVERY_S` while it runs, the bridge lists, for
-each repository with linked issues, the comments updated since the earliest of their
-watermarks (:meth:`~agora.bridge.github.GitHubWriter.comment_pages`: each request
-starts from the last comment seen, so a comment deleted meanwhile cannot shift another
-out of sight). Each comment made on a linked issue at or after the link was made
-(:class:`~agora.bridge.links.Link`) goes to the inbound worker exactly as a webhook
-would (:meth:`~agora.bridge.inbound.InboundWorker.comment_seen`); one already handled is
-recognised by its id, so nothing is injected twice, whichever way it came, and an old
-comment edited later is listed but never injected. Then each issue's watermark moves up
-to GitHub's clock when the listing began, less :data:`WATERMARK_MARGIN`, so the next
-pass reads only what changed since.
+At start, and then every :data:`CATCH_UP_EVERY_S` while it runs, the bridge reads, for
+each repository with linked issues, what changed since the earliest of their
+watermarks: GitHub never retries a delivery that failed (the bridge down or busy, NATS
+out of reach), so this is how a missed one is found.
+
+- The label events first (:meth:`~agora.bridge.github.GitHubWriter.issue_events`: one
+  listing, newest first, read back to the watermark), so that a kill missed is in force
+  before any comment caught up reaches its channel. Each kill label or link label added
+  or removed on a linked issue at or after the link was made goes to the inbound worker,
+  oldest first, and is judged exactly as its webhook would be
+  (:meth:`~agora.bridge.inbound.InboundWorker.label_listed`): the sender's permission on
+  their own event, the order by GitHub's clock, and once, whichever way it came. A link
+  label on an issue not linked is not looked for.
+- Then the comments updated since then
+  (:meth:`~agora.bridge.github.GitHubWriter.comment_pages`: each request starts from
+  the last comment seen, so a comment deleted meanwhile cannot shift another out of
+  sight). Each comment made on a linked issue at or after the link was made
+  (:class:`~agora.bridge.links.Link`) goes to the inbound worker exactly as a webhook
+  would (:meth:`~agora.bridge.inbound.InboundWorker.comment_seen`); one already handled
+  is recognised by its id, so nothing is injected twice, whichever way it came, and an
+  old comment edited later is listed but never injected.
+
+Then each issue's watermark moves up to GitHub's clock when the listings began, less
+:data:`WATERMARK_MARGIN`, so the next pass reads only what changed since.
 
 A repository or linked issue that GitHub answers 404 or 410 for (deleted, transferred)
 is said once in the log and skipped; any other failure skips that repository for this
 pass only. Neither stops the others.
 
 With a GitHub App, at start it also asks GitHub to redeliver the deliveries that failed
-while it was away (GitHub never retries them by itself), oldest first, so edits and
-labels are not lost either, and a comment deleted while the bridge was away arrives
-after its creation. A delivery any attempt of which succeeded is not asked again; a
-redelivery GitHub refuses is logged and the others are still asked. A token cannot list
-an App's deliveries, so with a token only comments are caught up.
+while it was away, oldest first, so that comment edits and deletions are not lost
+either, and a comment deleted while the bridge was away arrives after its creation. A
+delivery any attempt of which succeeded is not asked again; a redelivery GitHub refuses
+is logged and the others are still asked. A token cannot list an App's deliveries, so
+with a token those edits and deletions are not caught up; comments and labels are.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -44,10 +58,12 @@ from agora.bridge.github import (
     CommentPage,
     GitHubUnavailable,
     GitHubWriter,
+    IssueEvents,
     from_stamp,
     to_stamp,
 )
 from agora.bridge.inbound import InboundWorker, SeenComment, author_of, present
+from agora.bridge.labels import LabelChange, Sender
 from agora.bridge.links import Link, Links, watermark_key
 from agora.bridge.streams import BRIDGE_BUCKET, DELIVERIES_BUCKET, Buckets
 from agora.bridge.webhook import HANDLED_EVENTS
@@ -55,8 +71,9 @@ from agora.bridge.webhook import HANDLED_EVENTS
 log = logging.getLogger(__name__)
 
 CATCH_UP_EVERY_S: Final = 300.0
-WATERMARK_MARGIN: Final = timedelta(minutes=5)  # a comment GitHub lists a little late
+WATERMARK_MARGIN: Final = timedelta(minutes=5)  # a comment or event GitHub lists a little late
 GONE: Final = frozenset({404, 410})
+GHOST: Final = Sender("ghost", "User")  # GitHub's stand-in for a deleted account
 REDELIVERY_WINDOW: Final = timedelta(days=3)
 MAX_DELIVERY_PAGES: Final = 10
 OK_STATUS: Final = range(200, 300)
@@ -102,8 +119,8 @@ class Pass:
     gone: set[int] = field(default_factory=set)
 
 
-class CommentCatchUp:
-    """The comments made while no webhook came, handed to the worker once each."""
+class CatchUp:
+    """The label events and comments made while no webhook came, handed to the worker."""
 
     def __init__(
         self, *, js: JetStreamContext, writer: GitHubWriter, links: Links, worker: InboundWorker
@@ -115,8 +132,8 @@ class CommentCatchUp:
         self._said_gone: set[str] = set()
 
     async def run(self) -> int:
-        """One pass over every repository with linked issues; how many comments were
-        handed to the worker."""
+        """One pass over every repository with linked issues; how many label events and
+        comments were handed to the worker."""
         by_repo: dict[str, list[Link]] = {}
         for link in await self._links.linked():
             by_repo.setdefault(link.issue.repo.lower(), []).append(link)
@@ -141,8 +158,9 @@ class CommentCatchUp:
     async def _repository(self, repo: str, links: list[Link]) -> int:
         starts = {link.issue.number: await self._start(link) for link in links}
         listing = Listing(min(start.since for start in starts.values()))
+        events = await self._writer.issue_events(repo, listing.since)
+        handed = await self._hand_labels(repo, events, starts)
         this_pass = Pass()
-        handed = 0
         async for page in self._writer.comment_pages(repo, listing.since):
             listing.saw(page)
             for comment in page.comments:
@@ -151,8 +169,27 @@ class CommentCatchUp:
                 if start is None or comment.created_at < start.linked_at:
                     continue  # not on a linked issue, or made before it was linked
                 handed += await self._hand(IssueRef(repo, number), comment, this_pass)
+        mark = min(listing.watermark(), _labels_read_up_to(repo, events, listing.since))
         for link in links:  # a gone issue's too: nothing of it is listed any more
-            await self._advance(link.issue, starts[link.issue.number], listing.watermark())
+            await self._advance(link.issue, starts[link.issue.number], mark)
+        return handed
+
+    async def _hand_labels(self, repo: str, events: IssueEvents, starts: dict[int, Start]) -> int:
+        """Hand the worker each kill or link label event on a linked issue made at or
+        after its link, oldest first, counting the events alike (a label added, removed
+        and added again within a second), as the worker judges each once; how many."""
+        alike: Counter[str] = Counter()
+        handed = 0
+        for event in events.events:
+            change = _label_change(repo, event)
+            start = None if change is None else starts.get(change.number)
+            if change is None or start is None or change.at < start.linked_at:
+                continue  # no label change, not on a linked issue, or before its link
+            if not self._worker.acts_on_label(change.label):
+                continue
+            alike[change.alike] += 1
+            await self._worker.label_listed(change, occurrence=alike[change.alike])
+            handed += 1
         return handed
 
     async def _start(self, link: Link) -> Start:
@@ -222,6 +259,45 @@ class CommentCatchUp:
         if mark > start.since:
             bucket = await self._buckets.get(BRIDGE_BUCKET)
             await bucket.put(watermark_key(issue.repo, issue.number), to_stamp(mark).encode())
+
+
+def _label_change(repo: str, event: Any) -> LabelChange | None:
+    """The label change an entry of GitHub's issue events listing (githubkit's
+    ``IssueEvent``) records, as its webhook would have said it; None if it records none,
+    or one on a pull request (GitHub announces that as a ``pull_request`` event, which
+    the bridge does not act on)."""
+    label, issue, actor = event.label, event.issue, event.actor
+    if event.event not in ("labeled", "unlabeled") or not present(label) or not present(issue):
+        return None
+    if present(getattr(issue, "pull_request", None)):
+        return None
+    return LabelChange(
+        label=str(label.name or ""),
+        repo=repo,
+        number=issue.number,
+        added=event.event == "labeled",
+        sender=Sender(actor.login, str(actor.type)) if actor is not None else GHOST,
+        # with an "_", as no delivery id has: the fact ids made from it are this event's
+        delivery=f"event_{event.id}",
+        at=event.created_at,
+    )
+
+
+def _labels_read_up_to(repo: str, events: IssueEvents, since: datetime) -> datetime:
+    """Up to when every label event is read: GitHub's clock when the listing began, less
+    the margin, if it reached back to ``since``; else from the oldest event it holds on
+    (older ones are left unread, and the log says so)."""
+    if events.complete:
+        return since if events.github_time is None else events.github_time - WATERMARK_MARGIN
+    oldest: datetime = events.events[0].created_at if events.events else since
+    log.warning(
+        "catch-up: %s has more issue events since %s than one listing reads; label "
+        "changes before %s are not caught up",
+        repo,
+        to_stamp(since),
+        to_stamp(oldest),
+    )
+    return oldest
 
 
 def _issue_number(comment: Any) -> int:

@@ -24,7 +24,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -74,6 +74,16 @@ class CommentPage:
     comments: list[Any]
     github_time: datetime | None
     last: bool  # no page follows
+
+
+@dataclass(frozen=True, slots=True)
+class IssueEvents:
+    """A repository's issue events back to a time, oldest first, and GitHub's clock when
+    it answered the first page (its ``Date``)."""
+
+    events: list[Any]
+    github_time: datetime | None
+    complete: bool  # every event back to that time is among them
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +272,33 @@ class GitHubWriter:
             newest: datetime = batch[-1].updated_at
             cursor, number = (newest, 1) if newest > cursor else (cursor, number + 1)
 
+    async def issue_events(self, repo: str, since: datetime) -> IssueEvents:
+        """The repository's issue events (labels added and removed among them) created at
+        or after ``since``, oldest first, each once.
+
+        GitHub lists them newest first and takes no ``since``: pages are read until one
+        reaches back past ``since``, or none follows (its ``Link`` header names no next
+        page). An event made meanwhile pushes the others a place down, so one may be
+        listed twice, never missed. At most :data:`MAX_LISTING_PAGES` pages: if the
+        events reach back further, ``complete`` says False.
+        """
+        owner, name = repo.split("/", 1)
+        listed = self._gh.rest.issues.async_list_events_for_repo
+        found: dict[int, Any] = {}
+        github_time: datetime | None = None
+        for number in range(1, MAX_LISTING_PAGES + 1):
+            ask = functools.partial(listed, owner, name, per_page=PER_PAGE, page=number)
+            response = await self._read(ask)
+            github_time = github_time or _date_of(response)
+            batch: list[Any] = list(response.parsed_data)
+            for event in batch:
+                if event.created_at >= since:
+                    found.setdefault(event.id, event)
+            past = not batch or batch[-1].created_at < since
+            if past or "next" not in response.raw_response.links:
+                return IssueEvents(_oldest_first(found.values()), github_time, complete=True)
+        return IssueEvents(_oldest_first(found.values()), github_time, complete=False)
+
     # -- the rules ----------------------------------------------------------------------
 
     async def _write(
@@ -371,6 +408,11 @@ def _date_of(response: Response[Any, Any]) -> datetime | None:
         return parsedate_to_datetime(response.headers.get("date", "")).astimezone(UTC)
     except (TypeError, ValueError, IndexError):
         return None
+
+
+def _oldest_first(events: Iterable[Any]) -> list[Any]:
+    """Issue events in the order they happened (GitHub's ids grow within a second)."""
+    return sorted(events, key=lambda event: (event.created_at, event.id))
 
 
 def _last_page(response: Response[Any, Any]) -> int:

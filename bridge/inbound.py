@@ -17,7 +17,9 @@ with githubkit's webhook models, and acts:
   injected;
 - ``issues.labeled`` / ``unlabeled`` with the kill label or a link label
   (:mod:`agora.bridge.labels`): the channel killed or resumed, the issue linked or
-  unlinked, if the label's sender may (else a ``refused`` fact).
+  unlinked, if the label's sender may (else a ``refused`` fact). The catch-up hands
+  it the label events it lists (those whose delivery failed among them), each judged
+  the same way, and once, whichever way it came.
 
 Every id is derived from GitHub's (the comment id, the delivery id), so handling a
 delivery twice publishes the same facts under the same ids: the spine and the recorder
@@ -70,7 +72,13 @@ from agora.bridge.deliveries import (
     stored_json,
     why,
 )
-from agora.bridge.labels import CurrentLabels, LabelHandler, Sender, SenderPermission
+from agora.bridge.labels import (
+    CurrentLabels,
+    LabelChange,
+    LabelHandler,
+    Sender,
+    SenderPermission,
+)
 from agora.bridge.links import Links
 from agora.bridge.once import OnceOut
 from agora.bridge.speech import (
@@ -363,9 +371,23 @@ class InboundWorker:
         elif isinstance(payload, WebhookIssueCommentEdited | WebhookIssueCommentDeleted):
             await self._comment_changed(payload, delivery)
         elif isinstance(payload, WebhookIssuesLabeled | WebhookIssuesUnlabeled):
-            await self._labels.handle(payload, delivery)
+            async with self._one_at_a_time:  # the catch-up may be judging the same event
+                await self._labels.handle(payload, delivery)
         else:
             self.counters.ignored += 1
+
+    # -- labels the catch-up found -----------------------------------------------------
+
+    def acts_on_label(self, label: str) -> bool:
+        """Whether ``label`` is one the worker acts on: the kill label or a link label."""
+        return self._labels.acts_on(label)
+
+    async def label_listed(self, change: LabelChange, *, occurrence: int) -> None:
+        """Judge a label event the catch-up listed (the ``occurrence``-th alike it
+        listed) as its webhook would be, unless it was judged already, whichever way it
+        came (:meth:`~agora.bridge.labels.LabelHandler.listed`)."""
+        async with self._one_at_a_time:  # a webhook may bring the same event meanwhile
+            await self._labels.listed(change, occurrence=occurrence)
 
     # -- comments -----------------------------------------------------------------------
 

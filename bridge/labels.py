@@ -17,12 +17,22 @@ that label on that issue, by GitHub's clock, each event doing what it says (see
 naming who and why; the switch and the links are left as they were. A link keeps the
 time of its ``labeled`` event, by GitHub's clock (:mod:`agora.bridge.links`): the
 catch-up injects nothing said before it.
+
+A label event comes by webhook (:meth:`LabelHandler.handle`) or, if its delivery failed,
+from the catch-up's listing of the repository's issue events
+(:meth:`LabelHandler.listed`), and either way is judged by the rules above, once. The
+two name an event differently (a delivery id; the event's id), so an event is known by
+what it says: its label, issue, way (added or removed), sender and second of GitHub's
+clock. Events alike (a label added, removed and added again by one person within a
+second) are told apart by how many came: a :class:`Tally` counts those delivered and
+those judged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -34,6 +44,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from agora.bridge.config import BridgeConfig
+from agora.bridge.github import to_stamp
 from agora.bridge.links import Links
 from agora.bridge.once import OnceOut
 from agora.bridge.speech import Refusal, screen_labeller
@@ -86,19 +97,64 @@ class Sender:
 
 @dataclass(frozen=True, slots=True)
 class LabelChange:
-    """One label added to or removed from an issue, by its sender, in one delivery."""
+    """One label added to or removed from an issue, by its sender, in one delivery (or
+    one entry of GitHub's issue events listing, which the catch-up reads)."""
 
     label: str
     repo: str
     number: int
     added: bool
     sender: Sender
-    delivery: str
-    at: datetime  # when GitHub says it happened (the issue's updated_at in the event)
+    delivery: str  # the delivery id; for a listed event, a name with "_" (never a delivery id)
+    # when GitHub says it happened: the issue's updated_at in a webhook's event, the
+    # event's created_at in the listing (GitHub stamps both as the label changes)
+    at: datetime
 
     @property
     def issue(self) -> str:
         return f"{self.repo}#{self.number}"
+
+    @property
+    def alike(self) -> str:
+        """What this event shares with any other that would do the same: its label,
+        issue, way and sender, and the second it happened, by GitHub's clock."""
+        way = "added" if self.added else "removed"
+        issue = f"{self.repo.lower()}#{self.number}"
+        return f"{issue}\n{self.label}\n{way}\n{self.sender.login}\n{to_stamp(self.at)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Of the events alike (:attr:`LabelChange.alike`): how many were delivered by
+    webhook, and how many were judged, whichever way they came. The n-th delivered, or
+    the n-th the catch-up lists, is judged only if fewer than n were."""
+
+    delivered: int = 0
+    judged: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps({"delivered": self.delivered, "judged": self.judged}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Tally:
+        try:
+            value = json.loads(data)
+            return cls(int(value["delivered"]), int(value["judged"]))
+        except (ValueError, KeyError, TypeError):  # not one the bridge wrote: none counted
+            return cls()
+
+
+def change_of(payload: LabelEvent, delivery: str) -> LabelChange:
+    """The label change a webhook's ``issues.labeled`` / ``unlabeled`` event says."""
+    return LabelChange(
+        label=payload.label.name if payload.label else "",
+        repo=payload.repository.full_name,
+        number=payload.issue.number,
+        added=isinstance(payload, WebhookIssuesLabeled),
+        sender=Sender(payload.sender.login, str(payload.sender.type)),
+        delivery=delivery,
+        at=payload.issue.updated_at,
+    )
 
 
 class LabelHandler:
@@ -131,23 +187,55 @@ class LabelHandler:
         self._sender_permission = sender_permission
         self._read_s = github_read_s
 
+    def acts_on(self, label: str) -> bool:
+        """Whether ``label`` is the kill label or a link label."""
+        return label == self._config.kill_label or label.startswith(self._config.link_label_prefix)
+
     async def handle(self, payload: LabelEvent, delivery: str) -> None:
-        change = LabelChange(
-            label=payload.label.name if payload.label else "",
-            repo=payload.repository.full_name,
-            number=payload.issue.number,
-            added=isinstance(payload, WebhookIssuesLabeled),
-            sender=Sender(payload.sender.login, str(payload.sender.type)),
-            delivery=delivery,
-            at=payload.issue.updated_at,
-        )
+        """A label event delivered by webhook: judged, unless the catch-up judged it
+        first (a replay under another delivery id counts as one more delivered)."""
+        change = change_of(payload, delivery)
+        if not self.acts_on(change.label):
+            self._counters.ignored += 1
+            return
+        tally = await self._tally(change)
+        delivered = tally.delivered + 1
+        if tally.judged < delivered:
+            await self._judge(change)
+        else:  # listed by the catch-up, its delivery having failed, and judged then
+            self._counters.ignored += 1
+        await self._keep(change, Tally(delivered, max(tally.judged, delivered)))
+
+    async def listed(self, change: LabelChange, *, occurrence: int) -> None:
+        """A label event the catch-up listed, the ``occurrence``-th alike it listed:
+        judged as its webhook would have been, unless it was judged already, whichever
+        way it came. Other labels are passed over (not counted: the listing holds every
+        label event of the repository)."""
+        if not self.acts_on(change.label):
+            return
+        tally = await self._tally(change)
+        if tally.judged < occurrence:
+            await self._judge(change)
+            await self._keep(change, Tally(tally.delivered, occurrence))
+
+    async def _judge(self, change: LabelChange) -> None:
         prefix = self._config.link_label_prefix
         if change.label.startswith(prefix):
             await self._link_label(change, change.label.removeprefix(prefix))
-        elif change.label == self._config.kill_label:
-            await self._kill_label(change)
         else:
-            self._counters.ignored += 1
+            await self._kill_label(change)
+
+    async def _tally(self, change: LabelChange) -> Tally:
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
+        try:
+            entry = await bucket.get(_tally_key(change))
+        except KeyNotFoundError:
+            return Tally()
+        return Tally.decode(entry.value or b"")
+
+    async def _keep(self, change: LabelChange, tally: Tally) -> None:
+        bucket = await self._buckets.get(BRIDGE_BUCKET)
+        await bucket.put(_tally_key(change), tally.encode())
 
     # -- the kill label -----------------------------------------------------------------
 
@@ -358,3 +446,7 @@ class LabelHandler:
             data={"login": change.sender.login, "issue": change.issue, "label": change.label},
         )
         self._counters.refused += 1
+
+
+def _tally_key(change: LabelChange) -> str:
+    return "label-event." + hashlib.sha256(change.alike.encode()).hexdigest()[:32]

@@ -17,7 +17,7 @@ from githubkit import GitHub
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from agora.bridge.catchup import CATCH_UP_EVERY_S, CommentCatchUp, redeliver_failed
+from agora.bridge.catchup import CATCH_UP_EVERY_S, CatchUp, redeliver_failed
 from agora.bridge.commit import FactsCommitter, FactsSource
 from agora.bridge.config import BridgeConfig
 from agora.bridge.deliveries import DEFAULT_PATIENCE, Patience
@@ -151,19 +151,19 @@ class Bridge:
         return str(response.parsed_data.permission)
 
     async def _catch_up(self, js: JetStreamContext) -> None:
-        """Catch up at start, then look for missed comments again every
-        ``catch_up_every_s``, which also moves the watermarks forward."""
+        """Catch up at start, then look for missed label events and comments again
+        every ``catch_up_every_s``, which also moves the watermarks forward."""
         assert self.writer is not None and self.links is not None and self.inbound is not None  # noqa: S101
-        comments = CommentCatchUp(js=js, writer=self.writer, links=self.links, worker=self.inbound)
+        missed = CatchUp(js=js, writer=self.writer, links=self.links, worker=self.inbound)
         try:
-            await self._catch_up_at_start(js, comments)
+            await self._catch_up_at_start(js, missed)
         finally:
             self.caught_up.set()
         while not await self._stopped_within(self._catch_up_every_s):
             try:
-                await comments.run()
+                await missed.run()
             except Exception:
-                log.exception("could not catch up on comments")
+                log.exception("could not catch up on label events and comments")
 
     async def _stopped_within(self, seconds: float) -> bool:
         """Wait ``seconds``, or less if the bridge stops; whether it stops. (A stop also
@@ -174,14 +174,15 @@ class Bridge:
                 await self._stopping.wait()
         return self._stopping.is_set()
 
-    async def _catch_up_at_start(self, js: JetStreamContext, comments: CommentCatchUp) -> None:
-        """The comments, then the failed deliveries: neither failing stops the other."""
+    async def _catch_up_at_start(self, js: JetStreamContext, missed: CatchUp) -> None:
+        """The label events and comments, then the failed deliveries: neither failing
+        stops the other."""
         assert self.writer is not None  # noqa: S101 - made in start()
         try:
-            looked_at = await comments.run()
-            log.info("caught up: %d comments looked at", looked_at)
+            looked_at = await missed.run()
+            log.info("caught up: %d label events and comments looked at", looked_at)
         except Exception:
-            log.exception("could not catch up on comments")
+            log.exception("could not catch up on label events and comments")
         try:
             asked = await redeliver_failed(js=js, config=self.config, writer=self.writer)
             log.info("caught up: %d deliveries asked again", asked)

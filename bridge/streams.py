@@ -7,7 +7,8 @@
 - ``agora-links``: the links made by label, one key per issue, and when each link was
   made (so they are listed without reading anything else);
 - ``agora-bridge``: the comments seen (kept for good: an old comment edited later is
-  listed again by the catch-up), the acts they became, the comments posted, and the
+  listed again by the catch-up), the acts they became, the comments posted, the label
+  events taken and how many alike were judged (the catch-up lists them again), and the
   catch-up watermarks;
 - ``agora-bridge-out``: the signed envelope of each fact the bridge published, so that
   handling a delivery again publishes the very same bytes (kept 30 days).
